@@ -1,11 +1,31 @@
 """mmlens: explain and interpret multimodal large language models.
 
 >>> import mmlens
->>> lm = mmlens.load("demo")                      # doctest: +SKIP
+>>> lm = mmlens.load("demo")                       # doctest: +SKIP
+>>> lm.generate("cat.png", "what color is the cat?").text   # doctest: +SKIP
 """
 
+from mmlens.core.batch import AnswerScore, Batch, Generation
+from mmlens.core.geometry import ImageGeometry, ImageGrid
+from mmlens.core.loading import load
+from mmlens.core.subject import Subject
+from mmlens.core.tracing import Tracer, count_hooks
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
 
 __version__ = "0.1.0"
 
-__all__ = ["InputError", "MMLensError", "UnsupportedModelError", "__version__"]
+__all__ = [
+    "AnswerScore",
+    "Batch",
+    "Generation",
+    "ImageGeometry",
+    "ImageGrid",
+    "InputError",
+    "MMLensError",
+    "Subject",
+    "Tracer",
+    "UnsupportedModelError",
+    "__version__",
+    "count_hooks",
+    "load",
+]

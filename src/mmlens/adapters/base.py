@@ -1,0 +1,142 @@
+"""What an adapter is: a family's module paths, prompt format and image-token geometry.
+
+Adding a family = one file with an :class:`Adapter` subclass decorated with :func:`register_adapter`,
+plus a tiny-model parity / geometry test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mmlens.core.geometry import ImageGeometry
+from mmlens.core.tracing import ModelParts
+from mmlens.errors import InputError, UnsupportedModelError
+
+ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make ``cls`` the adapter for each ``config.model_type`` in ``cls.model_types``."""
+    for model_type in cls.model_types:
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+def supported_families() -> list[str]:
+    return sorted({cls.family for cls in ADAPTERS.values()})
+
+
+def adapter_for(model_or_config: Any) -> type[Adapter]:
+    """The adapter class for a model's (or config's) ``model_type``."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported; supported families: {', '.join(supported_families())}"
+        )
+    return ADAPTERS[model_type]
+
+
+class Adapter:
+    """Base adapter. Subclasses set ``family`` / ``model_types`` and implement ``parts`` and ``geometry``."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: name of the transformers class that loads this family's checkpoints
+    model_class: ClassVar[str] = ""
+    #: value that per-token type inputs (e.g. PaliGemma's ``token_type_ids``) take for answer tokens
+    answer_token_type: ClassVar[int] = 0
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+
+    @classmethod
+    def load_processor(cls, path: str, **kwargs: Any) -> Any:
+        """The family's processor from a local folder or hub id (PIL image processors: no torchvision)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, **kwargs)
+
+    # -- modules ------------------------------------------------------------------------------------------
+    def parts(self) -> ModelParts:
+        raise NotImplementedError
+
+    # -- tokens -------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(cfg, name, None)
+            if value is not None:
+                return int(value)
+        raise UnsupportedModelError(f"{type(self.model).__name__} config names no image token id")
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids == self.image_token_id
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def prompt_text(self, prompt: str, n_images: int) -> str:
+        """The text handed to the processor: the chat template with ``n_images`` image slots + ``prompt``."""
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        for owner in (self.processor, self.tokenizer):
+            if getattr(owner, "chat_template", None):
+                return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        raise InputError(
+            f"the {self.family} processor has no chat template: pass a processor with `chat_template` set, "
+            "or a prompt that already holds the image placeholders"
+        )
+
+    def processor_inputs(self, images: list[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        return dict(self.processor(images=images, text=text, return_tensors="pt"))
+
+    def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
+        """Token ids of ``answer`` as they follow the prompt (tokenizers that merge across the seam are
+        handled by tokenizing prompt + answer together and taking the tail)."""
+        tok = self.tokenizer
+        joined = tok(prompt_text + " " + answer, add_special_tokens=False).input_ids
+        alone = tok(prompt_text, add_special_tokens=False).input_ids
+        if joined[: len(alone)] == alone and len(joined) > len(alone):
+            return list(joined[len(alone) :])
+        return list(tok(answer, add_special_tokens=False).input_ids)
+
+    def extend_inputs(self, inputs: dict[str, Any], ids: list[int]) -> dict[str, Any]:
+        """Append answer tokens ``ids`` to every per-token input (ids, mask, token types)."""
+        n = len(ids)
+        seq = inputs["input_ids"].shape[1]
+        out = dict(inputs)
+        for key, value in inputs.items():
+            if not (torch.is_tensor(value) and value.ndim == 2 and value.shape[1] == seq):
+                continue
+            if key == "input_ids":
+                tail = torch.tensor([ids], dtype=value.dtype)
+            elif key == "attention_mask":
+                tail = torch.ones(1, n, dtype=value.dtype)
+            else:
+                tail = torch.full((1, n), self.answer_token_type, dtype=value.dtype)
+            out[key] = torch.cat([value, tail.to(value.device)], dim=1)
+        return out
+
+    # -- geometry -----------------------------------------------------------------------------------------
+    def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
+        """One :class:`ImageGeometry` per image, in prompt order."""
+        raise NotImplementedError
+
+    def split_image_positions(self, input_ids: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+        """Split the image-token positions of row 0 into consecutive chunks of ``counts`` tokens."""
+        positions = torch.nonzero(self.image_token_mask(input_ids[0])).flatten()
+        if positions.numel() != sum(counts):
+            raise InputError(
+                f"the prompt holds {positions.numel()} image tokens but the images need {sum(counts)}: "
+                "give one image placeholder per image (or let mmlens build the prompt)"
+            )
+        return list(torch.split(positions, counts))

@@ -1,0 +1,90 @@
+"""Prepared inputs and answers: what every method consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mmlens.core.geometry import ImageGeometry
+
+
+@dataclass
+class Batch:
+    """Model inputs for one prompt (with its images), plus where everything sits in the sequence.
+
+    ``answer_positions[j]`` is the sequence position holding answer token ``j``; its log-prob is read
+    from the logits at ``answer_positions[j] - 1``.
+    """
+
+    inputs: dict[str, Any]
+    images: list[Image.Image]
+    prompt: str
+    text: str
+    geometry: list[ImageGeometry]
+    prompt_len: int
+    answer: str | None = None
+    answer_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    conversions: list[str] = field(default_factory=list)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def answer_positions(self) -> torch.Tensor:
+        return torch.arange(self.prompt_len, self.prompt_len + self.answer_ids.numel())
+
+    def image_positions(self) -> torch.Tensor:
+        """Every image-token position of every image (separators included), sorted."""
+        if not self.geometry:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([g.positions for g in self.geometry]).sort().values
+
+    def text_positions(self) -> torch.Tensor:
+        """Prompt positions that hold no image token (template, question)."""
+        keep = torch.ones(self.prompt_len, dtype=torch.bool)
+        img = self.image_positions()
+        keep[img[img < self.prompt_len]] = False
+        return torch.nonzero(keep).flatten()
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.inputs.items()}
+        return replace(self, inputs=moved)
+
+
+@dataclass
+class AnswerScore:
+    """Per-token log-probs of an answer under teacher forcing."""
+
+    token_ids: torch.Tensor
+    tokens: list[str]
+    log_probs: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def total(self) -> float:
+        return float(self.log_probs.sum())
+
+
+@dataclass
+class Generation:
+    """A generated answer and the teacher-forced batch that reproduces it."""
+
+    text: str
+    token_ids: torch.Tensor
+    tokens: list[str]
+    batch: Batch
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.batch.answer_positions
+
+    def __str__(self) -> str:
+        return self.text

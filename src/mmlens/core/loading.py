@@ -1,0 +1,99 @@
+"""``mmlens.load``: a Subject from a hub id, a local folder, ``"demo"``, or a loaded (model, processor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from mmlens.adapters import adapter_for
+from mmlens.core.subject import Subject
+from mmlens.errors import InputError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load(
+    model: str | Path | nn.Module | tuple[nn.Module, Any] = "demo",
+    processor: Any = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> Subject:
+    """Load a multimodal model as a :class:`Subject`; the family is detected from its config.
+
+    ``model``: ``"demo"`` (the bundled ShapesVQA LLaVA), a hub id or local folder (``from_pretrained``,
+    safetensors only unless ``allow_pickle=True``, no remote code unless ``trust_remote_code=True``), or an
+    already-loaded model (pass ``processor`` too, or a ``(model, processor)`` tuple).
+
+    >>> import mmlens
+    >>> lm = mmlens.load("demo")
+    >>> lm.family
+    'llava'
+    """
+    if isinstance(model, tuple):
+        model, processor = model
+    torch_dtype = _dtype(dtype)
+    if isinstance(model, nn.Module):
+        if processor is None:
+            raise InputError("a loaded model needs its processor: call load(model, processor) or load((model, processor))")
+        subject = Subject(model, processor)
+    else:
+        subject = _from_pretrained(str(model), torch_dtype, trust_remote_code, allow_pickle, from_pretrained_kwargs)
+    if torch_dtype is not None:
+        subject.model.to(torch_dtype)
+    if device is not None:
+        subject.model.to(device)
+    return subject
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    """(path or hub id to load, id to report)."""
+    if name == "demo":
+        from mmlens.demo import DEMO_MODEL_DIR
+
+        if not (Path(DEMO_MODEL_DIR) / "config.json").is_file():
+            raise InputError(f"the bundled demo model is missing from {DEMO_MODEL_DIR}: reinstall mmlens or run "
+                             "`python -m mmlens.demo.train`")
+        return str(DEMO_MODEL_DIR), "demo"
+    path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise InputError(f"{name!r} is a path without config.json: pass a folder saved with save_pretrained")
+    return (str(path) if path.exists() else name), name
+
+
+def _from_pretrained(name: str, dtype, trust_remote_code: bool, allow_pickle: bool, kwargs: dict) -> Subject:
+    path, model_id = _resolve(name)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot load model {name!r} ({first[:200]}): pass a local folder saved with "
+                         "save_pretrained, a reachable hub id, or 'demo'") from None
+    adapter_cls = adapter_for(config)  # unsupported families fail here, before any weights are read
+    model_cls = getattr(transformers, adapter_cls.model_class)
+    try:
+        model = model_cls.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                          trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as err:
+        hint = "" if allow_pickle else " (only safetensors weights are read: pass allow_pickle=True to accept .bin files)"
+        raise InputError(f"cannot load weights of {name!r}{hint}: {str(err).splitlines()[0][:200]}") from None
+    processor = adapter_cls.load_processor(path, trust_remote_code=trust_remote_code)
+    subject = Subject(model, processor, model_id=model_id)
+    subject.load_notes.extend(getattr(processor, "_mmlens_notes", []))
+    return subject

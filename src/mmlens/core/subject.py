@@ -1,0 +1,182 @@
+"""Subject: a model + processor + family adapter, with the operations every method builds on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmlens.adapters.base import Adapter, adapter_for
+from mmlens.core.batch import AnswerScore, Batch, Generation
+from mmlens.core.images import ImageLike, to_rgb
+from mmlens.core.tracing import HookPoint, Tracer
+from mmlens.errors import InputError
+
+
+class Subject:
+    """A multimodal model under study.
+
+    >>> import mmlens
+    >>> lm = mmlens.load("demo")                                  # doctest: +SKIP
+    >>> out = lm.generate(image, "what color is the circle?")     # doctest: +SKIP
+    >>> lm.score(out.batch).log_probs                             # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, model_id: str | None = None, adapter: Adapter | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter or adapter_for(model)(model, processor)
+        self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.load_notes: list[str] = []
+        self._points: dict[str, HookPoint] | None = None
+
+    # -- basics -------------------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.adapter.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.adapter.parts().lm_blocks)
+
+    def __repr__(self) -> str:
+        return f"Subject({self.model_id!r}, family={self.family!r}, layers={self.n_layers}, device={self.device})"
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        prompt: str,
+        answer: str | Sequence[int] | None = None,
+    ) -> Batch:
+        """Build model inputs for ``prompt`` about ``images`` (one or several), optionally followed by
+        ``answer`` (text or token ids) for teacher forcing, with each image's geometry."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt is empty: pass a question or instruction about the image")
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not image_list:
+            raise InputError("no image given: pass at least one image path or PIL image")
+        rgb, notes = [], []
+        for i, img in enumerate(image_list):
+            converted, note = to_rgb(img, name=f"image {i}" if len(image_list) > 1 else "image")
+            rgb.append(converted)
+            if note:
+                notes.append(f"image {i}: {note}")
+        text = self.adapter.prompt_text(prompt, len(rgb))
+        inputs = self.adapter.processor_inputs(rgb, text)
+        n_image_tokens = int(self.adapter.image_token_mask(inputs["input_ids"]).sum())
+        if n_image_tokens == 0:
+            raise InputError(
+                "the processor put no image tokens in this prompt: leave image placeholders out of the prompt "
+                "(mmlens adds them) or use the family's placeholder token"
+            )
+        geometry = self.adapter.geometry(inputs, rgb)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        batch = Batch(inputs=inputs, images=rgb, prompt=prompt, text=text, geometry=geometry,
+                      prompt_len=prompt_len, conversions=notes)
+        return self.with_answer(batch, answer) if answer is not None else batch
+
+    def with_answer(self, batch: Batch, answer: str | Sequence[int]) -> Batch:
+        """A copy of ``batch`` (prompt only) with ``answer`` appended for teacher forcing."""
+        if isinstance(answer, str):
+            if not answer.strip():
+                raise InputError("answer is empty: pass the answer text to score")
+            ids = self.adapter.answer_ids(batch.text, answer)
+            text = answer
+        else:
+            ids = [int(t) for t in answer]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if not ids:
+            raise InputError(f"answer {answer!r} tokenizes to nothing: pass words the tokenizer knows")
+        base = {k: (v[:, : batch.prompt_len] if torch.is_tensor(v) and v.ndim == 2 and v.shape[1] == batch.seq_len else v)
+                for k, v in batch.inputs.items()}
+        inputs = self.adapter.extend_inputs(base, ids)
+        return Batch(inputs=inputs, images=batch.images, prompt=batch.prompt, text=batch.text,
+                     geometry=batch.geometry, prompt_len=batch.prompt_len, answer=text,
+                     answer_ids=torch.tensor(ids, dtype=torch.long), conversions=batch.conversions)
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _model_inputs(self, batch: Batch) -> dict[str, Any]:
+        dtype = next(self.model.parameters()).dtype
+        out = {}
+        for k, v in batch.inputs.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            out[k] = v
+        return out
+
+    def forward(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
+        """Logits ``(1, seq, vocab)`` of a plain forward over ``batch``."""
+        return self.model(**self._model_inputs(batch), use_cache=False, **kwargs).logits
+
+    def answer_log_probs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Differentiable per-token log-probs of ``batch``'s answer from ``logits`` (any leading batch dim)."""
+        if batch.answer_ids.numel() == 0:
+            raise InputError("this batch has no answer: pass answer=... to prepare() or use generate()")
+        rows = logits[..., batch.answer_positions - 1, :].float().log_softmax(-1)
+        ids = batch.answer_ids.to(rows.device)
+        return rows.gather(-1, ids.expand(*rows.shape[:-1])[..., None])[..., 0]
+
+    @torch.no_grad()
+    def score(self, batch: Batch, answer: str | Sequence[int] | None = None) -> AnswerScore:
+        """Per-token log-probs of the answer under teacher forcing, in one forward pass."""
+        if answer is not None:
+            batch = self.with_answer(batch, answer)
+        logits = self.forward(batch)
+        lp = self.answer_log_probs(logits, batch)[0].cpu()
+        ids = batch.answer_ids
+        return AnswerScore(ids, self.tokenizer.convert_ids_to_tokens(ids.tolist()), lp, batch.answer_positions)
+
+    @torch.no_grad()
+    def generate(
+        self, images: ImageLike | Sequence[ImageLike], prompt: str, max_new_tokens: int = 32, **kwargs: Any
+    ) -> Generation:
+        """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens={max_new_tokens}: pass 1 or more")
+        batch = self.prepare(images, prompt)
+        kwargs.setdefault("do_sample", False)
+        out = self.model.generate(**self._model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
+        new = out[0, batch.prompt_len :].cpu()
+        stop = {t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None}
+        ids = []
+        for t in new.tolist():
+            if t in stop:
+                break
+            ids.append(t)
+        if not ids:
+            ids = new[:1].tolist()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        full = self.with_answer(batch, ids)
+        return Generation(text=text, token_ids=torch.tensor(ids), tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
+
+    # -- inside -------------------------------------------------------------------------------------------
+    def hook_point_map(self) -> dict[str, HookPoint]:
+        if self._points is None:
+            self._points = self.adapter.parts().hook_points()
+        return self._points
+
+    def hook_points(self, prefix: str = "") -> list[str]:
+        """Canonical hook-point names (see :mod:`mmlens.core.tracing`)."""
+        return [n for n in self.hook_point_map() if n.startswith(prefix)]
+
+    def trace(self) -> Tracer:
+        """Context manager for captures and interventions; every hook is removed on exit.
+
+        >>> with lm.trace() as tr:                                   # doctest: +SKIP
+        ...     tr.capture("lm.blocks.*.resid_post")
+        ...     lm.forward(batch)
+        """
+        return Tracer(self.hook_point_map())

@@ -1,0 +1,341 @@
+"""Named hook points, identical for every family, with captures and interventions that always clean up.
+
+Hook-point names (``i`` = block index)::
+
+    vision.embed                    patch embeddings entering the vision blocks
+    vision.blocks.{i}.resid_post    output of vision block i
+    vision.blocks.{i}.attn          output of vision block i's self-attention
+    vision.blocks.{i}.attn.weights  its attention probabilities (computed on demand, see core.attention)
+    projector.out                   image features after the projector / merger (the LM's image tokens)
+    lm.blocks.{i}.resid_pre         residual stream entering LM block i
+    lm.blocks.{i}.resid_post        residual stream leaving LM block i
+    lm.blocks.{i}.attn.out          output of LM block i's self-attention (after o_proj)
+    lm.blocks.{i}.attn.weights      attention probabilities of LM block i
+    lm.blocks.{i}.mlp.act           MLP hidden activation (input of the down projection): the neurons
+    lm.blocks.{i}.mlp.out           MLP output
+    lm.norm.out                     final norm output (what the unembedding reads)
+    lm.logits                       unembedding output
+
+>>> from mmlens.testing import tiny_subject                     # doctest: +SKIP
+>>> s = tiny_subject("llava"); batch = s.prepare(s.example_images(), "what is this?")  # doctest: +SKIP
+>>> with s.trace() as tr:                                       # doctest: +SKIP
+...     tr.capture("lm.blocks.*.resid_post", reduce=lambda h: h[:, -1])
+...     s.forward(batch)
+>>> tr["lm.blocks.0.resid_post"].shape                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmlens.core.attention import AttentionTap
+from mmlens.errors import InputError
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A module and which of its tensors the point names: ``output``, ``input`` or ``attn_weights``."""
+
+    module: nn.Module
+    kind: str
+
+
+@dataclass
+class ModelParts:
+    """The modules an adapter names for its family; hook points are derived from these alone."""
+
+    lm_blocks: nn.ModuleList
+    lm_norm: nn.Module
+    unembed: nn.Module
+    vision_blocks: nn.ModuleList | None = None
+    vision_embed: nn.Module | None = None
+    projector: nn.Module | None = None
+    lm_attn: str = "self_attn"
+    lm_mlp: str = "mlp"
+    mlp_down: str = "down_proj"
+    vision_attn: str = "self_attn"
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points: dict[str, HookPoint] = {}
+        if self.vision_embed is not None:
+            points["vision.embed"] = HookPoint(self.vision_embed, "output")
+        for i, block in enumerate(self.vision_blocks or []):
+            attn = getattr(block, self.vision_attn)
+            points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output")
+            points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output")
+            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
+        if self.projector is not None:
+            points["projector.out"] = HookPoint(self.projector, "output")
+        for i, block in enumerate(self.lm_blocks):
+            attn, mlp = getattr(block, self.lm_attn), getattr(block, self.lm_mlp)
+            points[f"lm.blocks.{i}.resid_pre"] = HookPoint(block, "input")
+            points[f"lm.blocks.{i}.resid_post"] = HookPoint(block, "output")
+            points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
+            points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
+            points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down), "input")
+            points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
+        points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
+        points["lm.logits"] = HookPoint(self.unembed, "output")
+        return points
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _replace_first(x: Any, new: torch.Tensor) -> Any:
+    if isinstance(x, tuple):
+        return (new, *x[1:])
+    if isinstance(x, list):
+        return [new, *x[1:]]
+    return new
+
+
+def _select(positions: torch.Tensor | list[int] | None, t: torch.Tensor) -> Any:
+    """Index of the sequence axis (-2) of a hidden tensor."""
+    if positions is None:
+        return (Ellipsis,)
+    return (Ellipsis, torch.as_tensor(positions, device=t.device), slice(None))
+
+
+class Tracer:
+    """Registers hooks on named points; removes every one of them in :meth:`close` (also on errors).
+
+    Use through :meth:`mmlens.Subject.trace` as a context manager.
+    """
+
+    def __init__(self, points: dict[str, HookPoint]) -> None:
+        self.points = points
+        self.captured: dict[str, list[Any]] = {}
+        self._handles: list[Any] = []
+        self._taps: dict[int, AttentionTap] = {}
+        self._closed = False
+
+    # -- context management -------------------------------------------------------------------------
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and attention tap this tracer installed (idempotent)."""
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+        taps, self._taps = self._taps, {}
+        for tap in taps.values():
+            tap.remove()
+        self._closed = True
+
+    # -- lookup ---------------------------------------------------------------------------------------
+    def resolve(self, pattern: str) -> list[str]:
+        """Names matching ``pattern`` (exact or glob, e.g. ``lm.blocks.*.resid_post``)."""
+        if pattern in self.points:
+            return [pattern]
+        names = [n for n in self.points if fnmatch.fnmatchcase(n, pattern)]
+        if not names:
+            blocks = sum(1 for n in self.points if n.endswith(".resid_post") and n.startswith("lm."))
+            raise InputError(
+                f"unknown hook point {pattern!r}: use names like 'lm.blocks.{{0..{blocks - 1}}}.resid_post', "
+                f"'projector.out' or a glob (Subject.hook_points() lists all {len(self.points)})"
+            )
+        return names
+
+    def __getitem__(self, name: str) -> Any:
+        """The last value captured at ``name``."""
+        if not self.captured.get(name):
+            raise KeyError(f"nothing captured at {name!r}; captured: {sorted(self.captured)}")
+        return self.captured[name][-1]
+
+    def all(self, name: str) -> list[Any]:
+        """Every value captured at ``name`` (one per call of the module, e.g. per generation step)."""
+        return self.captured.get(name, [])
+
+    # -- registration -----------------------------------------------------------------------------------
+    def _hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
+        if self._closed:
+            raise RuntimeError("this tracer is closed; open a new `with subject.trace()` block")
+        point = self.points[name]
+        if point.kind == "output":
+
+            def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
+                new = fn(_first(output))
+                return None if new is None else _replace_first(output, new)
+
+            out_hook._mmlens = True  # type: ignore[attr-defined]
+            self._handles.append(point.module.register_forward_hook(out_hook))
+        elif point.kind == "input":
+
+            def in_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+                if args:
+                    new = fn(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                new = fn(kwargs["hidden_states"])
+                return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+            in_hook._mmlens = True  # type: ignore[attr-defined]
+            self._handles.append(point.module.register_forward_pre_hook(in_hook, with_kwargs=True))
+        else:
+            raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
+
+    def _tap(self, name: str) -> AttentionTap:
+        point = self.points[name]
+        if point.kind != "attn_weights":
+            raise InputError(f"{name!r} is not an attention-weights point (names end in '.attn.weights')")
+        key = id(point.module)
+        if key not in self._taps:
+            tap = AttentionTap(point.module)
+            tap.install()
+            self._taps[key] = tap
+        return self._taps[key]
+
+    def capture(self, pattern: str, reduce: Callable[[torch.Tensor], Any] | None = None, detach: bool = True) -> list[str]:
+        """Keep ``reduce(tensor)`` (default: the tensor) each time a matching point runs.
+
+        The reducer runs inside the hook, so only what it returns stays alive. ``detach=False`` keeps the
+        autograd graph (for gradient methods). Attention-weight points are routed to
+        :meth:`capture_attention`.
+        """
+        names = self.resolve(pattern)
+        for name in names:
+            if self.points[name].kind == "attn_weights":
+                self.capture_attention(name, reduce=reduce, detach=detach)
+                continue
+
+            def keep(t: torch.Tensor, name: str = name) -> None:
+                t = t.detach() if detach else t
+                self.captured.setdefault(name, []).append(reduce(t) if reduce else t)
+
+            self._hook(name, keep)
+        return names
+
+    def capture_attention(
+        self,
+        pattern: str,
+        rows: torch.Tensor | list[int] | None = None,
+        reduce: Callable[[torch.Tensor], Any] | None = None,
+        detach: bool = True,
+    ) -> list[str]:
+        """Capture attention probabilities ``(batch, heads, rows, keys)`` of matching ``*.attn.weights`` points.
+
+        Only the query ``rows`` asked for are computed (all rows if None), one layer at a time; the
+        model's own attention output is unchanged.
+        """
+        names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
+        if not names:
+            raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
+        index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        for name in names:
+
+            def keep(w: torch.Tensor, name: str = name) -> None:
+                w = w.detach() if detach else w
+                self.captured.setdefault(name, []).append(reduce(w) if reduce else w)
+
+            self._tap(name).weight_callbacks.append((index, keep))
+        return names
+
+    def edit(self, pattern: str, fn: Edit) -> list[str]:
+        """Replace the tensor at matching points with ``fn(tensor)``."""
+        names = self.resolve(pattern)
+        for name in names:
+            self._hook(name, fn)
+        return names
+
+    def ablate(
+        self,
+        pattern: str,
+        positions: torch.Tensor | list[int] | None = None,
+        units: torch.Tensor | list[int] | None = None,
+        value: float | torch.Tensor = 0.0,
+    ) -> list[str]:
+        """Set ``positions`` x ``units`` of matching points to ``value`` (0 = zero ablation; pass a mean
+        activation for mean ablation)."""
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
+            idx = _select(positions, t)
+            sub = t[idx]
+            if units is None:
+                sub = torch.as_tensor(value, dtype=t.dtype, device=t.device).expand_as(sub)
+            else:
+                u = torch.as_tensor(units, device=t.device)
+                v = torch.as_tensor(value, dtype=t.dtype, device=t.device)
+                sub = sub.clone()
+                sub[..., u] = v if v.ndim == 0 else v[..., u]
+            t[idx] = sub
+            return t
+
+        return self.edit(pattern, fn)
+
+    def patch(self, pattern: str, source: torch.Tensor | dict[str, torch.Tensor], positions=None) -> list[str]:
+        """Replace ``positions`` of matching points with the same positions of ``source`` (a tensor, or a
+        dict name -> tensor as captured from another run)."""
+
+        def make(name: str) -> Edit:
+            def fn(t: torch.Tensor) -> torch.Tensor:
+                src = source[name] if isinstance(source, dict) else source
+                t = t.clone()
+                idx = _select(positions, t)
+                t[idx] = src.to(t.device, t.dtype)[idx]
+                return t
+
+            return fn
+
+        names = self.resolve(pattern)
+        for name in names:
+            self._hook(name, make(name))
+        return names
+
+    def add(self, pattern: str, vector: torch.Tensor, positions=None, scale: float = 1.0) -> list[str]:
+        """Add ``scale * vector`` at ``positions`` (all if None) of matching points: steering."""
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
+            idx = _select(positions, t)
+            t[idx] = t[idx] + scale * vector.to(t.device, t.dtype)
+            return t
+
+        return self.edit(pattern, fn)
+
+    def block_attention(self, pattern: str, queries, keys) -> list[str]:
+        """Knock out attention edges ``queries -> keys`` (position lists) at matching ``*.attn.weights``
+        points; the softmax renormalises over the edges left."""
+        names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
+        if not names:
+            raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
+        q = torch.as_tensor(queries, dtype=torch.long)
+        k = torch.as_tensor(keys, dtype=torch.long)
+        if q.numel() == 0 or k.numel() == 0:
+            raise InputError("block_attention needs non-empty query and key position groups")
+
+        def edit(shape: torch.Size) -> torch.Tensor:
+            blocked = torch.zeros(1, 1, shape[2], shape[3], dtype=torch.bool)
+            qq, kk = q[q < shape[2]], k[k < shape[3]]
+            blocked[0, 0, qq[:, None], kk[None, :]] = True
+            return blocked
+
+        for name in names:
+            self._tap(name).mask_edits.append(edit)
+        return names
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of mmlens hooks and attention taps left on ``model``'s modules (0 after every trace).
+
+    Hooks that transformers itself installs (e.g. for output recording) are not counted.
+    """
+    total = 0
+    for m in model.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            total += sum(1 for fn in hooks.values() if getattr(fn, "_mmlens", False))
+        total += int(hasattr(m, "_mmlens_tap"))
+    return total
