@@ -73,7 +73,12 @@ class Subject:
             if note:
                 notes.append(f"image {i}: {note}")
         text = self.adapter.prompt_text(prompt, len(rgb))
-        inputs = self.adapter.processor_inputs(rgb, text)
+        try:
+            inputs = self.adapter.processor_inputs(rgb, text)
+        except ValueError as err:  # e.g. placeholders and images that do not match
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise InputError(f"the {self.family} processor rejected this prompt/images ({first}): pass one image "
+                             "per placeholder, or a prompt without placeholders (mmlens adds them)") from None
         n_image_tokens = int(self.adapter.image_token_mask(inputs["input_ids"]).sum())
         if n_image_tokens == 0:
             raise InputError(
@@ -150,7 +155,7 @@ class Subject:
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(**self._model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
         new = out[0, batch.prompt_len :].cpu()
-        stop = {t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None}
+        stop = self._stop_ids()
         ids = []
         for t in new.tolist():
             if t in stop:
@@ -161,6 +166,12 @@ class Subject:
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         full = self.with_answer(batch, ids)
         return Generation(text=text, token_ids=torch.tensor(ids), tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
+
+    def _stop_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        return {int(t) for t in ids if t is not None}
 
     # -- inside -------------------------------------------------------------------------------------------
     def hook_point_map(self) -> dict[str, HookPoint]:

@@ -1,0 +1,72 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): base image grid + any-resolution tiles.
+
+Per image the tokens are: the base image (squashed to the tile size) as a square grid, then the tiles
+stitched into one high-resolution grid, its pure-padding rows/columns removed (``unpad_image``), laid
+out row-major with one ``image_newline`` token after each row. The processor fitted the image into the
+best pinpoint resolution keeping its aspect ratio and centred it with zero padding; the grid box below
+maps the unpadded grid back onto the original pixels through exactly those steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+from transformers.image_processing_utils import select_best_resolution
+from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+from mmlens.adapters.base import register_adapter
+from mmlens.adapters.llava import LlavaAdapter
+from mmlens.core.geometry import Box, ImageGeometry, ImageGrid
+
+
+def _fit(size_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the image resized to fit ``target_hw`` keeping aspect (as the processor does)."""
+    (h, w), (th, tw) = size_hw, target_hw
+    if tw / w < th / h:
+        return min(math.ceil(h * tw / w), th), tw
+    return th, min(math.ceil(w * th / h), tw)
+
+
+@register_adapter
+class LlavaNextAdapter(LlavaAdapter):
+    family = "llava_next"
+    model_types = ("llava_next",)
+    model_class = "LlavaNextForConditionalGeneration"
+
+    def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
+        """(rows, cols, original-pixel box) of the unpadded high-resolution grid of one image."""
+        cfg = self.model.config
+        tile = cfg.vision_config.image_size
+        per_tile = tile // cfg.vision_config.patch_size
+        w, h = size_wh
+        th, tw = select_best_resolution((h, w), cfg.image_grid_pinpoints)
+        frame_rows, frame_cols = th // tile * per_tile, tw // tile * per_tile
+        rows, cols = unpad_image(torch.zeros(1, frame_rows, frame_cols), (h, w)).shape[1:]
+        # Where the unpadded feature grid sits in the padded frame, then in original pixels.
+        px = tile / per_tile  # frame pixels per feature
+        top, left = (frame_rows - rows) // 2 * px, (frame_cols - cols) // 2 * px
+        nh, nw = _fit((h, w), (th, tw))
+        paste_y, paste_x = (th - nh) // 2, (tw - nw) // 2
+        sy, sx = h / nh, w / nw
+        box = ((left - paste_x) * sx, (top - paste_y) * sy, (left + cols * px - paste_x) * sx, (top + rows * px - paste_y) * sy)
+        return int(rows), int(cols), box
+
+    def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
+        _, base = self.tokens_per_image()
+        side = math.isqrt(base)
+        layouts = [self._tile_layout(img.size) for img in images]
+        counts = [base + r * (c + 1) for r, c, _ in layouts]
+        chunks = self.split_image_positions(inputs["input_ids"], counts)
+        out = []
+        for i, (img, pos, (rows, cols, box)) in enumerate(zip(images, chunks, layouts)):
+            hi = pos[base:].reshape(rows, cols + 1)
+            w, h = img.size
+            grids = [
+                ImageGrid(pos[:base].reshape(side, side), (0.0, 0.0, float(w), float(h)), kind="base"),
+                ImageGrid(hi[:, :cols], box, kind="tiles"),
+            ]
+            out.append(ImageGeometry(i, img.size, pos, grids, separators=hi[:, cols],
+                                     notes={"tile_grid": (rows, cols)}))
+        return out

@@ -1,0 +1,71 @@
+"""Qwen2-VL and Qwen2.5-VL: dynamic resolution, 2x2 patch merge, several images per prompt.
+
+Each image is resized (no crop) to multiples of ``patch * merge`` pixels; ``image_grid_thw[i] = (t, h, w)``
+counts patches, and the image gets ``t * h * w / merge^2`` tokens, row-major over the merged
+``(h / merge) x (w / merge)`` grid, between ``<|vision_start|>`` and ``<|vision_end|>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mmlens.adapters.base import Adapter, register_adapter
+from mmlens.core.geometry import ImageGeometry, ImageGrid
+from mmlens.core.tracing import ModelParts
+
+
+@register_adapter
+class Qwen2VLAdapter(Adapter):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    model_class = "Qwen2VLForConditionalGeneration"
+
+    @classmethod
+    def load_processor(cls, path: str, **kwargs: Any) -> Any:
+        """AutoProcessor; without torchvision (no video processor) an image-only processor, with a note."""
+        from transformers import AutoProcessor
+
+        try:
+            return AutoProcessor.from_pretrained(path, **kwargs)
+        except (ImportError, ValueError, TypeError, AttributeError) as err:
+            from mmlens.adapters.qwen_processor import image_only_processor_from_pretrained
+
+            kwargs.pop("trust_remote_code", None)
+            processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
+            processor._mmlens_notes = [f"using an image-only {cls.family} processor (no video processor: {type(err).__name__})"]
+            return processor
+
+    def parts(self) -> ModelParts:
+        inner = self.model.model
+        return ModelParts(
+            lm_blocks=inner.language_model.layers,
+            lm_norm=inner.language_model.norm,
+            unembed=self.model.lm_head,
+            vision_blocks=inner.visual.blocks,
+            vision_embed=inner.visual.patch_embed,
+            projector=inner.visual.merger,
+            vision_attn="attn",
+        )
+
+    def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        thw = inputs["image_grid_thw"].tolist()
+        shapes = [(t, h // merge, w // merge) for t, h, w in thw]
+        chunks = self.split_image_positions(inputs["input_ids"], [t * r * c for t, r, c in shapes])
+        out = []
+        for i, (img, pos, (t, rows, cols)) in enumerate(zip(images, chunks, shapes)):
+            w, h = img.size
+            box = (0.0, 0.0, float(w), float(h))
+            grids = [ImageGrid(frame, box, kind="image") for frame in pos.reshape(t, rows, cols)]
+            out.append(ImageGeometry(i, img.size, pos, grids, notes={"grid_thw": tuple(thw[i])}))
+        return out
+
+
+@register_adapter
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    model_class = "Qwen2_5_VLForConditionalGeneration"
