@@ -138,12 +138,11 @@ def resize_crop_box(
     (50.0, 0.0, 150.0, 100.0)
     """
     (w, h), (rw, rh) = size, resized
-    sx, sy = rw / w, rh / h
     if crop is None:
         return (0.0, 0.0, float(w), float(h))
     cw, ch = crop
     left, top = int((rw - cw) / 2.0), int((rh - ch) / 2.0)
-    return (left / sx, top / sy, (left + cw) / sx, (top + ch) / sy)
+    return (left * w / rw, top * h / rh, (left + cw) * w / rw, (top + ch) * h / rh)
 
 
 def runs(positions: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from mmlens.testing import tiny_subject  # noqa: E402
+from mmlens.testing.tiny_models import FAMILIES, tiny_images  # noqa: E402
+
+_CACHE: dict = {}
+
+
+def subject_for(family: str):
+    """One tiny subject per family per test session (building is cheap, but not free)."""
+    if family not in _CACHE:
+        _CACHE[family] = tiny_subject(family)
+    return _CACHE[family]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def subject(family):
+    return subject_for(family)
+
+
+@pytest.fixture
+def images(family):
+    # several images: multi-tile for llava_next, several images in one prompt for the others
+    return tiny_images(family, n=3 if family == "llava_next" else 2)

@@ -1,0 +1,101 @@
+"""Image geometry: positions, grid sizes, and the position -> pixel-box mapping, for every family."""
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from mmlens.core.geometry import resize_crop_box
+
+
+def test_positions_equal_placeholders_and_grids_multiply_out(subject, images):
+    batch = subject.prepare(images, "what color is the cat?")
+    placeholders = torch.nonzero(batch.input_ids[0] == subject.adapter.image_token_id).flatten()
+    assert torch.equal(batch.image_positions(), placeholders)
+    assert len(batch.geometry) == len(images)
+    for geo, img in zip(batch.geometry, images):
+        assert geo.size == img.size
+        cells = sum(math.prod(g.shape) for g in geo.grids)
+        assert cells + geo.separators.numel() == geo.n_tokens
+        # grid cells and separators partition the image's positions
+        both = torch.cat([geo.grid_positions(), geo.separators]).sort().values
+        assert torch.equal(both, geo.positions)
+    if subject.family == "llava_next":
+        for geo in batch.geometry:
+            rows, cols = geo.notes["tile_grid"]
+            assert geo.separators.numel() == rows  # one newline per row of the tile grid
+            assert [g.kind for g in geo.grids] == ["base", "tiles"]
+        assert any(g.notes["tile_grid"][0] * g.notes["tile_grid"][1] > 16 for g in batch.geometry)  # >1 tile
+
+
+def _features(subject, batch):
+    """LM-input features at every image position, with vision attention zeroed so each image token only
+    sees its own patch(es): a change in a token's feature means its patch's pixels changed."""
+    with subject.trace() as tr:
+        tr.edit("vision.blocks.*.attn", torch.zeros_like)
+        tr.capture("lm.blocks.0.resid_pre")
+        subject.forward(batch)
+    return tr["lm.blocks.0.resid_pre"][0]
+
+
+def _mark(image: Image.Image, box, frac: float = 0.3) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    x0, y0, x1, y1 = box
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * frac / 2, (y1 - y0) * frac / 2
+    mark = (cx - hw, cy - hh, cx + hw, cy + hh)
+    out = image.copy()
+    ImageDraw.Draw(out).rectangle([round(mark[0]), round(mark[1]), round(mark[2]) - 1, round(mark[3]) - 1], fill=(255, 0, 255))
+    return out, mark
+
+
+def _intersects(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_marking_a_patch_moves_exactly_its_image_tokens(subject, images):
+    """Paint a mark inside the pixel box that the geometry assigns to a cell; the features that move must
+    be those of the cells whose boxes hold the mark (in every grid: base and tiles), and nothing else."""
+    rng = np.random.default_rng(0)
+    prompt = "what is this?"
+    for image in images:
+        base = subject.prepare([image], prompt)
+        geo = base.geometry[0]
+        ref = _features(subject, base)
+        boxes = geo.position_boxes()
+        inside = [p for p, bs in boxes.items() if all(b[0] >= 0 and b[1] >= 0 and b[2] <= image.width and b[3] <= image.height for b in bs)]
+        for p in rng.choice(inside, size=min(3, len(inside)), replace=False):
+            p = int(p)
+            cell = boxes[p][0]
+            marked_img, mark = _mark(image, cell)
+            got = _features(subject, subject.prepare([marked_img], prompt))
+            moved = {int(q) for q in geo.positions if (got[q] - ref[q]).abs().max() > 1e-4}
+            cx, cy = (mark[0] + mark[2]) / 2, (mark[1] + mark[3]) / 2
+            expected = set(geo.positions_at(cx, cy))
+            assert p in expected
+            # a small halo for resampling filters: half a cell around the mark
+            w, h = cell[2] - cell[0], cell[3] - cell[1]
+            halo = (mark[0] - w / 2, mark[1] - h / 2, mark[2] + w / 2, mark[3] + h / 2)
+            allowed = {q for q, bs in boxes.items() if any(_intersects(b, halo) for b in bs)}
+            assert expected <= moved, (subject.family, p, expected - moved)
+            assert moved <= allowed, (subject.family, p, moved - allowed)
+            assert not moved & {int(s) for s in geo.separators}
+
+
+def test_heatmap_has_image_size_and_puts_scores_in_their_box(subject, images):
+    batch = subject.prepare(images[:1], "what is this?")
+    geo = batch.geometry[0]
+    grid = geo.grids[-1]
+    p = int(grid.positions[0, 0])
+    scores = torch.zeros(batch.seq_len)
+    scores[p] = 1.0
+    heat = geo.heatmap(scores, kinds=(grid.kind,))
+    assert heat.shape == (images[0].height, images[0].width)
+    x0, y0, x1, y1 = grid.cell_box(0, 0)
+    ys, xs = np.unravel_index(np.argmax(heat), heat.shape)
+    assert max(x0, 0) - 1 <= xs <= x1 + 1 and max(y0, 0) - 1 <= ys <= y1 + 1
+
+
+def test_resize_crop_box_inverts_a_centre_crop():
+    # 200x100 image, shortest edge -> 224 (448x224), centre crop 224: the middle 100x100 of the original
+    assert resize_crop_box((200, 100), (448, 224), (224, 224)) == (50.0, 0.0, 150.0, 100.0)
+    assert resize_crop_box((30, 60), (30, 60), None) == (0.0, 0.0, 30.0, 60.0)
