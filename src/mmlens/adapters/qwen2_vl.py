@@ -28,15 +28,19 @@ class Qwen2VLAdapter(Adapter):
         """AutoProcessor; without torchvision (no video processor) an image-only processor, with a note."""
         from transformers import AutoProcessor
 
+        reason = "its saved processor has no image processor"
         try:
-            return AutoProcessor.from_pretrained(path, **kwargs)
-        except (ImportError, ValueError, TypeError, AttributeError) as err:
-            from mmlens.adapters.qwen_processor import image_only_processor_from_pretrained
+            processor = AutoProcessor.from_pretrained(path, **kwargs)
+            if hasattr(processor, "image_processor"):
+                return processor
+        except (ImportError, ValueError, TypeError, AttributeError) as err:  # no torchvision -> no video processor
+            reason = f"the full processor needs a video processor ({type(err).__name__})"
+        from mmlens.adapters.qwen_processor import image_only_processor_from_pretrained
 
-            kwargs.pop("trust_remote_code", None)
-            processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
-            processor._mmlens_notes = [f"using an image-only {cls.family} processor (no video processor: {type(err).__name__})"]
-            return processor
+        kwargs.pop("trust_remote_code", None)
+        processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
+        processor._mmlens_notes = [f"using an image-only {cls.family} processor: {reason}"]
+        return processor
 
     def parts(self) -> ModelParts:
         inner = self.model.model

@@ -1,0 +1,5 @@
+"""Datasets with ground truth for scoring explanations."""
+
+from mmlens.data.shapes_vqa import QUESTION_TYPES, ShapesSample, ShapesVQA
+
+__all__ = ["QUESTION_TYPES", "ShapesSample", "ShapesVQA"]

@@ -1,0 +1,148 @@
+"""Build the (untrained) demo model: a real tiny LLaVA with a real tokenizer and processor.
+
+The model is a ``transformers.LlavaForConditionalGeneration`` (tiny CLIP vision tower + tiny
+Llama), the processor a ``transformers.LlavaProcessor`` (``CLIPImageProcessorPil`` + a word-level
+``PreTrainedTokenizerFast`` with the LLaVA-1.5 chat template). Both load back with plain
+``from_pretrained`` and go through exactly the same code paths as a hub LLaVA.
+
+>>> processor = build_processor()
+>>> model = build_model(processor.tokenizer)
+>>> chat_prompt(processor, "what color is the triangle?")
+'USER: <image>\\nwhat color is the triangle? ASSISTANT:'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from mmlens.data.shapes_vqa import VOCAB
+from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE, build_word_tokenizer
+
+#: Words of the chat template, besides the ShapesVQA vocabulary.
+CHAT_WORDS: tuple[str, ...] = ("user", "assistant", ":")
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Architecture of the demo model."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 96
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    vision_feature_layer: int = -1
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_intermediate: int = 384
+    max_positions: int = 256
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the ShapesVQA and chat words, with ``<image>`` as a special token.
+
+    >>> build_tokenizer().tokenize("USER: <image>\\nwhat color is the circle? ASSISTANT:")[:3]
+    ['user', ':', '<image>']
+    """
+    return build_word_tokenizer([*CHAT_WORDS, *VOCAB], extra_special_tokens=[IMAGE_TOKEN], chat_template=LLAVA_CHAT_TEMPLATE)
+
+
+def build_processor(config: DemoConfig = DemoConfig()) -> LlavaProcessor:
+    """``LlavaProcessor`` with a PIL-backed CLIP image processor at ``config.image_size``.
+
+    >>> build_processor().image_processor.crop_size
+    {'height': 64, 'width': 64}
+    """
+    side = config.image_size
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        patch_size=config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig = DemoConfig()) -> LlavaForConditionalGeneration:
+    """A randomly initialised tiny LLaVA whose token ids match ``tokenizer``.
+
+    >>> model = build_model(build_tokenizer())
+    >>> model.config.image_token_id == build_tokenizer().convert_tokens_to_ids("<image>")
+    True
+    """
+    vision = CLIPVisionConfig(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        hidden_size=config.vision_hidden,
+        intermediate_size=config.vision_intermediate,
+        num_hidden_layers=config.vision_layers,
+        num_attention_heads=config.vision_heads,
+        projection_dim=config.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_hidden,
+        intermediate_size=config.text_intermediate,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        num_key_value_heads=config.text_heads,
+        max_position_embeddings=config.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    llava = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlavaForConditionalGeneration(llava)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def chat_prompt(processor: LlavaProcessor, question: str) -> str:
+    """The LLaVA-1.5 prompt for one image and ``question``, ending with ``"ASSISTANT:"``."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def save_demo(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out_dir: str | Path) -> Path:
+    """Save ``model`` (safetensors) and ``processor`` into ``out_dir``; return the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+def config_dict(config: DemoConfig) -> dict[str, int]:
+    """The architecture as a plain dict (for logs)."""
+    return asdict(config)
