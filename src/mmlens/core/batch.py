@@ -59,6 +59,28 @@ class Batch:
         return replace(self, inputs=moved)
 
 
+def cat_inputs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batched model input from several one-prompt inputs of equal sequence length, for every family.
+
+    Per-token tensors ``(1, seq)`` stack along the batch axis; image tensors (``pixel_values`` in any family's
+    layout, ``image_sizes``, ``image_grid_thw``) concatenate along their first axis, which is how every
+    processor lays out the images of consecutive prompts.
+
+    >>> a = {"input_ids": torch.ones(1, 5, dtype=torch.long), "pixel_values": torch.ones(2, 3, 8, 8)}
+    >>> cat_inputs([a, a, a])["pixel_values"].shape
+    torch.Size([6, 3, 8, 8])
+    """
+    lengths = {int(r["input_ids"].shape[1]) for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"inputs of different lengths {sorted(lengths)} cannot share a batch")
+    return {k: (torch.cat([r[k] for r in rows], dim=0) if torch.is_tensor(v) else v) for k, v in rows[0].items()}
+
+
+def repeat_inputs(inputs: dict[str, Any], n: int) -> dict[str, Any]:
+    """Model inputs for ``n`` identical rows of a one-prompt batch (see :func:`cat_inputs`)."""
+    return cat_inputs([inputs] * n)
+
+
 @dataclass
 class AnswerScore:
     """Per-token log-probs of an answer under teacher forcing."""

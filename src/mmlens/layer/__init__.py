@@ -1,0 +1,1 @@
+"""Model perspective / layer: logit lens, causal tracing, attention knockout."""
