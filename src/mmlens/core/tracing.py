@@ -306,21 +306,23 @@ class Tracer:
 
         return self.edit(pattern, fn)
 
-    def block_attention(self, pattern: str, queries, keys) -> list[str]:
+    def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None) -> list[str]:
         """Knock out attention edges ``queries -> keys`` (position lists) at matching ``*.attn.weights``
-        points; the softmax renormalises over the edges left."""
+        points, in batch ``rows`` only (all rows if None); the softmax renormalises over the edges left."""
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
             raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
-        q = torch.as_tensor(queries, dtype=torch.long)
-        k = torch.as_tensor(keys, dtype=torch.long)
+        q = torch.as_tensor(queries, dtype=torch.long).flatten()
+        k = torch.as_tensor(keys, dtype=torch.long).flatten()
         if q.numel() == 0 or k.numel() == 0:
             raise InputError("block_attention needs non-empty query and key position groups")
 
         def edit(shape: torch.Size) -> torch.Tensor:
-            blocked = torch.zeros(1, 1, shape[2], shape[3], dtype=torch.bool)
+            n_rows = 1 if rows is None else shape[0]
+            blocked = torch.zeros(n_rows, 1, shape[2], shape[3], dtype=torch.bool)
             qq, kk = q[q < shape[2]], k[k < shape[3]]
-            blocked[0, 0, qq[:, None], kk[None, :]] = True
+            which = torch.arange(n_rows) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+            blocked[which[:, None, None], 0, qq[None, :, None], kk[None, None, :]] = True
             return blocked
 
         for name in names:
