@@ -11,6 +11,7 @@ Hook-point names (``i`` = block index)::
     lm.blocks.{i}.resid_post        residual stream leaving LM block i
     lm.blocks.{i}.attn.out          output of LM block i's self-attention (after o_proj)
     lm.blocks.{i}.attn.weights      attention probabilities of LM block i
+    lm.blocks.{i}.attn.heads        per-head attention outputs, concatenated (input of o_proj)
     lm.blocks.{i}.mlp.act           MLP hidden activation (input of the down projection): the neurons
     lm.blocks.{i}.mlp.out           MLP output
     lm.norm.out                     final norm output (what the unembedding reads)
@@ -61,6 +62,7 @@ class ModelParts:
     lm_attn: str = "self_attn"
     lm_mlp: str = "mlp"
     mlp_down: str = "down_proj"
+    attn_out_proj: str = "o_proj"
     vision_attn: str = "self_attn"
 
     def hook_points(self) -> dict[str, HookPoint]:
@@ -80,6 +82,7 @@ class ModelParts:
             points[f"lm.blocks.{i}.resid_post"] = HookPoint(block, "output")
             points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
             points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
+            points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
             points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down), "input")
             points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
         points["lm.norm.out"] = HookPoint(self.lm_norm, "output")

@@ -1,0 +1,58 @@
+"""Running analyses over many inputs: samples in, prepared batches out, with streaming reductions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmlens.core.batch import Batch
+from mmlens.core.progress import progress
+from mmlens.core.subject import Subject
+from mmlens.errors import InputError
+
+
+def sample_fields(sample: Any) -> tuple[Any, str, str | None]:
+    """(image(s), prompt, answer or None) from a ShapesSample-like object, a dict or a tuple."""
+    if hasattr(sample, "image") and hasattr(sample, "question"):
+        return sample.image, sample.question, getattr(sample, "answer", None)
+    if isinstance(sample, dict):
+        return sample["image"], sample.get("prompt") or sample["question"], sample.get("answer")
+    if isinstance(sample, (tuple, list)) and len(sample) in (2, 3):
+        return sample[0], sample[1], (sample[2] if len(sample) == 3 else None)
+    raise InputError("a sample must be (image, prompt[, answer]), a dict with image/prompt, or a ShapesSample")
+
+
+def iter_batches(subject: Subject, samples: Iterable[Any], answer: str = "model", description: str = "inputs",
+                 show_progress: bool | None = None, total: int | None = None) -> Iterator[tuple[int, Batch]]:
+    """Yield ``(index, teacher-forced batch)`` per sample; ``answer="model"`` explains the model's own greedy
+    answer, ``answer="given"`` the sample's answer."""
+    if answer not in ("model", "given"):
+        raise InputError(f"answer={answer!r}: use 'model' (the model's own answer) or 'given' (the sample's)")
+    for i, sample in enumerate(progress(samples, description, enabled=show_progress, total=total)):
+        image, prompt, given = sample_fields(sample)
+        if answer == "given" and given is not None:
+            yield i, subject.prepare(image, prompt, answer=given)
+        else:
+            yield i, subject.generate(image, prompt, max_new_tokens=8).batch
+
+
+@dataclass
+class RunningMean:
+    """Streaming mean of equally shaped tensors (memory does not grow with the number of inputs)."""
+
+    total: torch.Tensor | None = None
+    count: int = 0
+
+    def add(self, value: torch.Tensor) -> None:
+        value = value.detach().double().cpu()
+        self.total = value.clone() if self.total is None else self.total + value
+        self.count += 1
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise InputError("no inputs were processed: pass at least one sample")
+        return (self.total / self.count).float()

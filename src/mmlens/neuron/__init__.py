@@ -1,0 +1,1 @@
+"""Model perspective / neuron: per-neuron scores, ablation, top-activating patches, specialisation."""

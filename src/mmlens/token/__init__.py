@@ -1,0 +1,1 @@
+"""Model perspective / token: visual token importance and pruning."""

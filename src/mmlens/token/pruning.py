@@ -1,0 +1,131 @@
+"""Visual token importance and pruning (FastV-style): rank image tokens, drop a share r of them from the
+later layers, and measure how the answer holds up as a curve over r.
+
+Pruning is done by blocking attention from every position to the pruned image tokens in the layers from
+``after_layer`` on, which is what dropping them from the sequence at that layer does (FastV).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmlens.core.batch import Batch, cat_inputs
+from mmlens.core.dataset import RunningMean, iter_batches
+from mmlens.core.io import atomic_write
+from mmlens.core.registry import register_method
+from mmlens.core.subject import Subject
+from mmlens.core.targets import resolve_targets
+from mmlens.errors import InputError
+from mmlens.layer.logit_lens import check_layers
+
+DEFAULT_RATIOS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+@dataclass
+class PruningCurve:
+    """Answer agreement and target probability as a function of the pruned share of image tokens."""
+
+    ratios: list[float]
+    prob: list[float]
+    agreement: list[float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratios": self.ratios, "prob": self.prob, "agreement": self.agreement, "meta": self.meta}
+
+    def plot(self, ax: Any = None) -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
+        ax.plot(self.ratios, self.prob, "o-", label="p(answer)")
+        ax.plot(self.ratios, self.agreement, "s--", label="answer agreement")
+        ax.set_xlabel("share of image tokens pruned")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"visual token pruning ({self.meta.get('rank', '')})", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def save(self, path: str | Path) -> Path:
+        def write(tmp: Path) -> None:
+            if tmp.suffix.lower() == ".json":
+                tmp.write_text(json.dumps(self.to_dict(), indent=1))
+            else:
+                import matplotlib.pyplot as plt
+
+                fig = self.plot()
+                fig.savefig(tmp, dpi=120, format="png")
+                plt.close(fig)
+
+        return atomic_write(path, write, suffixes=(".json", ".png"))
+
+
+def fastv_scores(subject: Subject, batch: Batch, layer: int) -> torch.Tensor:
+    """Per-position importance: mean attention (heads, queries after the image) each token receives at ``layer``."""
+    (layer,) = check_layers(subject, [layer])
+    image = batch.image_positions()
+    queries = torch.arange(int(image.max()) + 1, batch.seq_len)
+    with torch.no_grad(), subject.trace() as tr:
+        tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=queries, reduce=lambda w: w[0].mean((0, 1)).cpu())
+        subject.forward(batch)
+    return tr[f"lm.blocks.{layer}.attn.weights"]
+
+
+@register_method("token_pruning", leaf="model/token/visual", tier="intervention",
+                 summary="rank image tokens (FastV attention or any map), prune a share r, answer drift over r",
+                 kind="analysis")
+@torch.no_grad()
+def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFAULT_RATIOS,
+                  scores: torch.Tensor | None = None, after_layer: int = 2, target: Any = "answer") -> PruningCurve:
+    """Prune the lowest-scored share ``r`` of image tokens from layer ``after_layer`` on, for each ``r``, in one
+    batched forward. ``scores``: per-position importance (default FastV: attention received at layer
+    ``after_layer - 1``).
+
+    >>> curve = pruning_curve(lm, batch); curve.save("pruning.png")     # doctest: +SKIP
+    """
+    n = subject.n_layers
+    if not 1 <= after_layer < n:
+        raise InputError(f"after_layer={after_layer} is out of range: use 1..{n - 1}")
+    if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
+        raise InputError(f"ratios must lie in [0, 1], got {list(ratios)}")
+    rank = "fastv" if scores is None else "given scores"
+    scores = fastv_scores(subject, batch, after_layer - 1) if scores is None else torch.as_tensor(scores).float()
+    image = batch.image_positions()
+    order = image[scores[image].argsort()]  # least important first
+    (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
+    everyone = torch.arange(batch.seq_len)
+    with subject.trace() as tr:
+        for row, r in enumerate(ratios):
+            pruned = order[: round(r * image.numel())]
+            if pruned.numel():
+                tr.block_attention(f"lm.blocks.{after_layer}.attn.weights", everyone, pruned, rows=[row])
+                for layer in range(after_layer + 1, n):
+                    tr.block_attention(f"lm.blocks.{layer}.attn.weights", everyone, pruned, rows=[row])
+        logits = subject.model(**cat_inputs([subject._model_inputs(batch)] * len(ratios)), use_cache=False).logits
+    prob = tgt.value(logits, batch).exp().cpu()
+    q = batch.answer_positions - 1
+    agree = (logits[:, q].argmax(-1).cpu() == batch.answer_ids).float().mean(-1)
+    return PruningCurve([float(r) for r in ratios], prob.tolist(), agree.tolist(),
+                        {"model": subject.model_id, "rank": rank, "after_layer": after_layer, "target": tgt.label,
+                         "image_tokens": int(image.numel()), "forward_calls": 1 + (rank == "fastv")})
+
+
+def dataset_pruning_curve(subject: Subject, samples: Iterable[Any], ratios: Sequence[float] = DEFAULT_RATIOS,
+                          after_layer: int = 2, show_progress: bool | None = None) -> PruningCurve:
+    """Mean pruning curve over ``samples`` (the model's own answers), with streaming means."""
+    prob, agree = RunningMean(), RunningMean()
+    for _, batch in iter_batches(subject, samples, description="pruning", show_progress=show_progress):
+        curve = pruning_curve(subject, batch, ratios, after_layer=after_layer)
+        prob.add(torch.tensor(curve.prob))
+        agree.add(torch.tensor(curve.agreement))
+    return PruningCurve(list(ratios), prob.mean.tolist(), agree.mean.tolist(),
+                        {"model": subject.model_id, "rank": "fastv", "after_layer": after_layer, "samples": prob.count})
