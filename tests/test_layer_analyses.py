@@ -39,11 +39,14 @@ def test_causal_trace_restoring_everything_recovers_clean(subject, images):
     restored = grid.values[:, 0] + p_corrupt
     torch.testing.assert_close(restored, torch.full_like(restored, p_clean), atol=1e-7, rtol=1e-4)
     # p_corrupt equals a plain forward with the same noise added by hand
-    from mmlens.layer.causal_trace import _noise
+    from mmlens.layer.causal_trace import _draw_noise
 
-    noise = _noise(subject, batch, 5.0, 0)
     target = resolve_targets(subject.tokenizer, batch, "answer")[0]
     img = batch.image_positions()
+    with subject.trace() as tr:
+        tr.capture("lm.blocks.0.resid_pre", reduce=lambda h: h[0, img])
+        subject.forward(batch)
+    noise = _draw_noise(tr["lm.blocks.0.resid_pre"], 5.0, 0)
     with subject.trace() as tr:
         tr.edit("lm.blocks.0.resid_pre", lambda h: h.index_put((torch.tensor([0]), img), h[0, img] + noise))
         by_hand = float(target.value(subject.forward(batch), batch).exp())

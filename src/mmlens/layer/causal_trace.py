@@ -108,16 +108,18 @@ def causal_trace(
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     clean_inputs = subject._model_inputs(batch)
     corrupted_inputs = _corrupted(subject, batch, corrupt, corrupt_with)
-    noise = _noise(subject, batch, noise_scale, seed) if corrupt == "noise" else None
+    noise: dict[str, torch.Tensor] = {}  # drawn in the first forward, from the clean row's embeddings
     point = COMPONENTS[component]
 
     def values(inputs: dict[str, Any], noise_rows: torch.Tensor | None, tr) -> torch.Tensor:
-        if noise is not None and noise_rows is not None:
+        if corrupt == "noise" and noise_rows is not None:
             img = batch.image_positions().to(subject.device)
 
             def add_noise(h: torch.Tensor) -> torch.Tensor:
+                if "value" not in noise:
+                    noise["value"] = _draw_noise(h[0, img], noise_scale, seed)
                 h = h.clone()
-                h[noise_rows[:, None], img[None, :]] += noise.to(h.dtype)
+                h[noise_rows[:, None], img[None, :]] += noise["value"].to(h.device, h.dtype)
                 return h
 
             tr.edit("lm.blocks.0.resid_pre", add_noise)
@@ -178,14 +180,11 @@ def _restorer(rows: list[tuple[int, torch.Tensor]], clean: torch.Tensor):
     return fn
 
 
-def _noise(subject: Subject, batch: Batch, scale: float, seed: int) -> torch.Tensor:
-    """Seeded Gaussian noise for the image tokens, scaled to their embeddings' standard deviation."""
-    with subject.trace() as tr:
-        tr.capture("lm.blocks.0.resid_pre", reduce=lambda h: h[0, batch.image_positions().to(h.device)].float())
-        subject.forward(batch)
-    emb = tr["lm.blocks.0.resid_pre"]
+def _draw_noise(embeddings: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    """Seeded Gaussian noise shaped like the image-token ``embeddings``, scaled to their standard deviation."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(emb.shape, generator=gen) * (scale * float(emb.std()))
+    std = float(embeddings.float().std())
+    return torch.randn(embeddings.shape, generator=gen) * (scale * std)
 
 
 def expected_forwards(cells: int, batch_size: int) -> int:

@@ -1,0 +1,74 @@
+"""Shared helpers for the benchmark scripts: a mid-size random LLaVA built from a config, and timers."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+import mmlens
+from mmlens.testing.word_tokenizer import build_word_tokenizer
+
+
+def mid_llava(layers: int = 12, hidden: int = 768, image_size: int = 336, patch: int = 14,
+              dtype: torch.dtype = torch.float32, device: str = "cpu") -> mmlens.Subject:
+    """A random LLaVA: CLIP tower (``image_size / patch``)^2 image tokens (576 by default) + Llama LM."""
+    words = "what color is the shape object in image red green blue yellow circle square triangle a of".split()
+    tok = build_word_tokenizer(words + [f"w{i}" for i in range(200)], ["<image>"])
+    vision = CLIPVisionConfig(hidden_size=hidden // 2, intermediate_size=hidden * 2, num_hidden_layers=max(2, layers // 3),
+                              num_attention_heads=max(2, hidden // 128), image_size=image_size, patch_size=patch)
+    text = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 4 * 2 // 3, num_hidden_layers=layers,
+                       num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(2, hidden // 64),
+                       vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_select_strategy="default", vision_feature_layer=-2)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval().to(dtype=dtype, device=device)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(ip, tok, patch_size=patch, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=tok.chat_template)
+    return mmlens.load(model, processor)
+
+
+def image(size: int = 336, seed: int = 0) -> Image.Image:
+    gen = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(size, size, 3, generator=gen) * 255).byte().numpy())
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class ForwardCounter:
+    """Counts top-level forward calls of a model while active."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.calls, self.rows = model, 0, 0
+
+    def __enter__(self) -> ForwardCounter:
+        def hook(module, args, kwargs):
+            self.calls += 1
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.rows += int(ids.shape[0]) if ids is not None else 0
+
+        self.handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
