@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(PY) -m mmlens.demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -21,8 +21,8 @@ from PIL import Image
 from benchmarks.common import ForwardCounter, image, mid_llava
 from mmlens.core.batching import forward_values, perturbed_inputs
 from mmlens.core.targets import resolve_targets
-from mmlens.methods.perturbation import occlusion
-from mmlens.methods.perturbation_masks import occlusion_windows
+from mmlens.attribution.perturbation import occlusion
+from mmlens.attribution.perturbation_masks import occlusion_windows
 
 
 def captum_per_token(subject, batch, targets, patch: int, batch_size: int) -> list[np.ndarray]:

@@ -8,15 +8,19 @@
 from mmlens.core.batch import AnswerScore, Batch, Generation
 from mmlens.core.geometry import ImageGeometry, ImageGrid
 from mmlens.core.loading import load
+from mmlens.core.results import Explanation
 from mmlens.core.subject import Subject
 from mmlens.core.tracing import Tracer, count_hooks
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
+from mmlens.core.registry import methods
+from mmlens.explain import explain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AnswerScore",
     "Batch",
+    "Explanation",
     "Generation",
     "ImageGeometry",
     "ImageGrid",
@@ -27,5 +31,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "count_hooks",
+    "explain",
     "load",
+    "methods",
 ]

@@ -110,19 +110,20 @@ class Adapter:
         return list(tok(answer, add_special_tokens=False).input_ids)
 
     def extend_inputs(self, inputs: dict[str, Any], ids: list[int]) -> dict[str, Any]:
-        """Append answer tokens ``ids`` to every per-token input (ids, mask, token types)."""
+        """Append answer tokens ``ids`` to every per-token input (ids, mask, token types) of each row
+        (inputs of shape ``(rows, seq)``: every row gets the same answer)."""
         n = len(ids)
-        seq = inputs["input_ids"].shape[1]
+        rows, seq = inputs["input_ids"].shape
         out = dict(inputs)
         for key, value in inputs.items():
-            if not (torch.is_tensor(value) and value.ndim == 2 and value.shape[1] == seq):
+            if not (torch.is_tensor(value) and value.ndim == 2 and value.shape == (rows, seq)):
                 continue
             if key == "input_ids":
-                tail = torch.tensor([ids], dtype=value.dtype)
+                tail = torch.tensor([ids], dtype=value.dtype).expand(rows, n)
             elif key == "attention_mask":
-                tail = torch.ones(1, n, dtype=value.dtype)
+                tail = torch.ones(rows, n, dtype=value.dtype)
             else:
-                tail = torch.full((1, n), self.answer_token_type, dtype=value.dtype)
+                tail = torch.full((rows, n), self.answer_token_type, dtype=value.dtype)
             out[key] = torch.cat([value, tail.to(value.device)], dim=1)
         return out
 

@@ -77,4 +77,8 @@ def get_method(name: str) -> MethodInfo:
 
 
 def _load_builtin() -> None:
-    import mmlens.methods  # noqa: F401  (registers the built-in methods)
+    """Import every package that registers methods (attribution methods and the inside-the-model analyses)."""
+    import mmlens.attribution  # noqa: F401
+    import mmlens.layer  # noqa: F401
+    import mmlens.neuron  # noqa: F401
+    import mmlens.token  # noqa: F401

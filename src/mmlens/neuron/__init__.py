@@ -1,1 +1,3 @@
 """Model perspective / neuron: per-neuron scores, ablation, top-activating patches, specialisation."""
+
+from mmlens.neuron import scores, dataset  # noqa: F401  (registers the methods)

@@ -1,0 +1,189 @@
+"""Attention-tier attribution: raw attention from the target's query positions, and attention rollout.
+
+Both read the language model's attention probabilities through ``Tracer.capture_attention``: one forward
+pass explains every target, and heads are reduced inside the hook, one layer at a time.
+
+>>> import mmlens                                                                   # doctest: +SKIP
+>>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="attention", layers=[-1])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmlens.core.batch import Batch
+from mmlens.core.registry import register_method
+from mmlens.core.subject import Subject
+from mmlens.core.targets import Target
+from mmlens.errors import InputError
+from mmlens.attribution.output import MethodOutput
+
+# -- option checks shared by the attention and gradient methods ----------------------------------------------
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, else a one-line InputError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name}={value!r} is out of range: pass an integer >= {minimum}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else an InputError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = (value > low if open_low else value >= low) and (high is None or value <= high) and value == value
+    if not ok:
+        left, right = "(" if open_low else "[", "]" if high is not None else ")"
+        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+        raise InputError(f"{name}={value!r} is out of range: pass a number in {span}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InputError(f"{name}={value!r} is not an option: choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def select_indices(name: str, value: int | Sequence[int] | None, count: int) -> list[int]:
+    """Layer / head indices from None (all), an int or a list (negative counts from the end)."""
+    if value is None:
+        return list(range(count))
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise InputError(f"{name}={value!r}: pass an index, a list of indices or None (all)") from None
+    out = []
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
+            raise InputError(f"{name}={value!r} is out of range: the model has {count} {name} (0..{count - 1})")
+        out.append(i % count)
+    if not out:
+        raise InputError(f"{name}=[] selects nothing: pass indices or None (all)")
+    return sorted(set(out))
+
+
+# -- positions ---------------------------------------------------------------------------------------------
+
+
+def target_rows(targets: list[Target], batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The sorted union of every target's query positions, and per target the indices of its rows in it."""
+    per = [t.query_positions(batch) for t in targets]
+    rows = torch.unique(torch.cat(per))
+    return rows, [torch.searchsorted(rows, p) for p in per]
+
+
+def n_heads(subject: Subject) -> int:
+    return int(subject.model.config.get_text_config().num_attention_heads)
+
+
+# -- attention ---------------------------------------------------------------------------------------------
+
+
+def _reduce(w: torch.Tensor, heads: list[int], how: str) -> torch.Tensor:
+    w = w[0, heads].float()
+    return w.mean(0) if how == "mean" else w.amax(0)
+
+
+@register_method(
+    "attention",
+    leaf="model/token/visual-text",
+    tier="attention",
+    summary="attention from the target's query positions to every position, averaged (or maxed) over heads and layers",
+)
+def attention(
+    subject: Subject,
+    batch: Batch,
+    targets: list[Target],
+    layers: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    aggregate: str = "mean",
+) -> MethodOutput:
+    """Score of position ``k`` for a target = ``agg_{layers, heads} A[q, k]``, averaged over the target's
+    query positions ``q`` (the positions whose logits predict its tokens). ``aggregate`` ("mean" | "max")
+    reduces the selected ``heads`` inside the hook, then the selected ``layers``. One forward pass for all
+    targets; only the query rows are computed.
+    """
+    layer_ids = select_indices("layers", layers, subject.n_layers)
+    head_ids = select_indices("heads", heads, n_heads(subject))
+    how = check_choice("aggregate", aggregate, ("mean", "max"))
+    rows, index = target_rows(targets, batch)
+    with torch.no_grad(), subject.trace() as tr:
+        for layer in layer_ids:
+            tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=rows,
+                                 reduce=lambda w: _reduce(w, head_ids, how))
+        subject.forward(batch)
+        stack = torch.stack([tr[f"lm.blocks.{layer}.attn.weights"].cpu() for layer in layer_ids])  # (L, R, N)
+    per_row = stack.mean(0) if how == "mean" else stack.amax(0)
+    scores = torch.stack([per_row[i].mean(0) for i in index])
+    return MethodOutput(scores, extras={"layers": layer_ids, "heads": head_ids, "query_positions": rows.tolist()})
+
+
+# -- rollout -----------------------------------------------------------------------------------------------
+
+
+def attention_rollout(
+    attn_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequence[int], residual: float = 0.5
+) -> torch.Tensor:
+    """Rows ``rows`` of Abnar & Zuidema's attention rollout ``A'_L @ ... @ A'_1``.
+
+    ``attn_stack[l]`` is layer ``l``'s ``(N, N)`` head-fused attention; ``A'_l = (1 - residual) A_l +
+    residual I`` with rows renormalised to sum to 1. Computed from the last layer down on the requested
+    rows only: ``r <- r @ A'_l``. Returns ``(len(rows), N)``.
+
+    >>> a = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    >>> attention_rollout([a, a], [1])
+    tensor([[0.4375, 0.5625]])
+    """
+    if not attn_stack:
+        raise ValueError("attention_rollout needs at least one layer")
+    n = attn_stack[0].shape[-1]
+    eye = torch.eye(n, dtype=torch.float32, device=attn_stack[0].device)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=eye.device)
+    out: torch.Tensor | None = None
+    for a in reversed(attn_stack):
+        a = (1.0 - residual) * a.float() + residual * eye
+        a = a / a.sum(-1, keepdim=True)
+        out = a[rows] if out is None else out @ a
+    return out
+
+
+@register_method(
+    "rollout",
+    leaf="model/architecture/analysis",
+    tier="attention",
+    summary="attention rollout (Abnar & Zuidema 2020): product over layers of head-fused attention plus identity",
+)
+def rollout(
+    subject: Subject,
+    batch: Batch,
+    targets: list[Target],
+    residual: float = 0.5,
+    head_fusion: str = "mean",
+) -> MethodOutput:
+    """Attention rollout read at the target's query rows (averaged over them): see :func:`attention_rollout`.
+
+    Memory: the product runs from the last layer backwards, so each layer's head-fused ``N x N`` attention is
+    kept (``layers x N x N`` float32; heads are fused inside the hook, one layer at a time).
+    """
+    residual = check_float("residual", residual, 0.0, 1.0)
+    how = check_choice("head_fusion", head_fusion, ("mean", "max"))
+    heads = list(range(n_heads(subject)))
+    rows, index = target_rows(targets, batch)
+    with torch.no_grad(), subject.trace() as tr:
+        names = tr.capture_attention("lm.blocks.*.attn.weights", rows=None, reduce=lambda w: _reduce(w, heads, how))
+        subject.forward(batch)
+        stack = [tr[name] for name in sorted(names, key=_layer_of)]
+    rolled = attention_rollout(stack, rows.to(stack[0].device), residual).cpu()
+    scores = torch.stack([rolled[i].mean(0) for i in index])
+    return MethodOutput(scores, extras={"query_positions": rows.tolist()})
+
+
+def _layer_of(name: str) -> int:
+    return int(name.split(".")[2])

@@ -1,0 +1,203 @@
+"""Black-box perturbation methods: occlusion and RISE (SHAP methods live in ``perturbation_shap``).
+
+Every method scores all targets from the same teacher-forced forwards (one forward scores every answer
+token of every perturbed row), ``batch_size`` perturbed rows per forward, and reports
+``extras["forward_calls"]`` and ``extras["rows"]``.
+
+>>> from mmlens.testing import tiny_subject
+>>> from mmlens.testing.tiny_models import tiny_images
+>>> from mmlens.core.targets import resolve_targets
+>>> lm = tiny_subject("llava")
+>>> batch = lm.prepare(tiny_images("llava", 1), "what color is the cat ?", answer="red cat")
+>>> out = occlusion(lm, batch, resolve_targets(lm.tokenizer, batch), patch=16)
+>>> out.pixel_maps[0][0].shape, out.extras["forward_calls"], out.extras["rows"]
+((32, 48), 2, 12)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmlens.core.batch import Batch
+from mmlens.core.batching import Evaluator, check_int, mask_token_id, masked_input_ids, prompt_words
+from mmlens.core.registry import register_method
+from mmlens.core.subject import Subject
+from mmlens.core.targets import Target
+from mmlens.errors import InputError
+from mmlens.attribution.output import MethodOutput
+from mmlens.attribution.perturbation_masks import (
+    baseline_array,
+    blend,
+    default_patch,
+    image_array,
+    occlusion_windows,
+    pool_to_positions,
+    rise_grids,
+    rise_mask,
+    window_average,
+    window_keep,
+)
+
+_LEAF, _TIER = "data/input-output", "black-box"
+
+
+# -- shared helpers ---------------------------------------------------------------------------------------
+def position_scores(batch: Batch, n_targets: int, pixel_maps: list[list[np.ndarray]],
+                    words: Sequence[torch.Tensor] = (), word_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n_targets, seq_len)`` scores: each image-token position gets the mean of its image's pixel map over
+    the token's pixel box; each prompt word's token positions get that word's score."""
+    out = torch.zeros(n_targets, batch.seq_len)
+    for t in range(n_targets):
+        for geom in batch.geometry:
+            pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
+        if word_scores is not None:
+            for w, positions in enumerate(words):
+                out[t, positions] = float(word_scores[t, w])
+    return out
+
+
+def check_range(name: str, value: float, low: float, high: float) -> float:
+    """``value`` as a float strictly inside ``(low, high)``, else a one-line InputError."""
+    try:
+        ok = low < float(value) < high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name}={value!r} is out of range: pass a number strictly between {low:g} and {high:g}")
+    return float(value)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed``, or with ``None`` one drawn from torch's global RNG (which :func:`mmlens.explain` seeds)."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()))
+    return check_int("seed", seed, 0)
+
+
+def _min_side(batch: Batch) -> int:
+    return min(min(img.size) for img in batch.images)
+
+
+# -- occlusion ------------------------------------------------------------------------------------------
+@register_method("occlusion", leaf=_LEAF, tier=_TIER,
+                 summary="slide a patch over each image (and mask each prompt word); score = drop of the target")
+def occlusion(
+    subject: Subject,
+    batch: Batch,
+    targets: list[Target],
+    patch: int | None = None,
+    stride: int | None = None,
+    baseline: str = "mean",
+    words: bool = True,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> MethodOutput:
+    """Occlusion: drop ``value(original) - value(occluded)`` of every target.
+
+    Each image in turn gets a ``patch x patch`` square (original pixels; default: about 8 x 8 windows per
+    image) slid by ``stride`` (default ``patch``; a last window flush with each edge covers every pixel),
+    filled with ``baseline`` ("mean" colour, "black" or "blur"); ``pixel_maps[t][i]`` is the average drop
+    over the windows covering each pixel. With ``words``, each prompt word is replaced by the pad (or unk)
+    token in turn and its drop is the score of its token positions. One reference forward + one forward
+    per ``batch_size`` perturbed rows.
+
+    >>> out = occlusion(lm, batch, targets, patch=16, baseline="black")          # doctest: +SKIP
+    """
+    ev = Evaluator(subject, batch, targets, batch_size, progress, desc="occlusion")
+    side = _min_side(batch)
+    patches = [default_patch(img.size) for img in batch.images] if patch is None else \
+        [check_int("patch", patch, 1, side, why=" (the smallest image side, in pixels)")] * len(batch.images)
+    strides = patches if stride is None else \
+        [check_int("stride", stride, 1, min(patches), why=" (the patch size)")] * len(batch.images)
+    arrays = [image_array(img) for img in batch.images]
+    bases = [baseline_array(img, baseline) for img in batch.images]
+    word_pos = prompt_words(subject, batch) if words else []
+    fill = mask_token_id(subject) if word_pos else 0
+    corners = [occlusion_windows(img.size, p, s) for img, p, s in zip(batch.images, patches, strides)]
+    jobs = [(i, c) for i, cs in enumerate(corners) for c in cs] + [(-1, w) for w in range(len(word_pos))]
+
+    def make_rows(lo: int, hi: int) -> tuple[list[list], torch.Tensor | None]:
+        sets, keep = [], torch.ones(hi - lo, len(word_pos), dtype=torch.bool)
+        for r, (i, what) in enumerate(jobs[lo:hi]):
+            images = list(batch.images)
+            if i >= 0:
+                images[i] = blend(arrays[i], bases[i], window_keep(images[i].size, what, patches[i]))
+            else:
+                keep[r, what] = False
+            sets.append(images)
+        return sets, (masked_input_ids(batch, word_pos, keep, fill) if not keep.all() else None)
+
+    reference = ev.reference()
+    drops = (reference[None] - ev.run(len(jobs), make_rows)).T.numpy()  # (T, rows)
+    maps_by_image, start = [], 0
+    for img, cs, p in zip(batch.images, corners, patches):
+        maps_by_image.append(window_average(img.size, cs, p, drops[:, start : start + len(cs)]))
+        start += len(cs)
+    pixel_maps = [[m[t] for m in maps_by_image] for t in range(len(targets))]
+    word_scores = torch.from_numpy(drops[:, start:])
+    scores = position_scores(batch, len(targets), pixel_maps, word_pos, word_scores)
+    extras = {"forward_calls": ev.calls, "rows": ev.rows, "patch": patches, "stride": strides,
+              "baseline": baseline, "windows": [len(cs) for cs in corners], "words": len(word_pos),
+              "reference": reference.tolist()}
+    return MethodOutput(scores, pixel_maps, extras)
+
+
+# -- RISE -----------------------------------------------------------------------------------------------
+@register_method("rise", leaf=_LEAF, tier=_TIER,
+                 summary="RISE: random low-resolution masks, map = target-weighted average of the masks")
+def rise(
+    subject: Subject,
+    batch: Batch,
+    targets: list[Target],
+    n_masks: int = 500,
+    cells: int = 7,
+    p: float = 0.5,
+    baseline: str = "mean",
+    seed: int | None = None,
+    prob: bool = False,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> MethodOutput:
+    """RISE (Petsiuk et al. 2018): ``n_masks`` random binary ``cells x cells`` grids (cell kept with
+    probability ``p``), bilinearly upsampled with a random shift of less than one cell, blend each image
+    with ``baseline`` (every image of the prompt masked independently in each row). For image ``i``:
+    ``map = sum_m value_m * mask_m,i / (n_masks * p)``, the expected target value when the pixel is kept.
+    ``value`` is the target value (a log-prob), or its ``exp`` with ``prob=True`` (the paper's class
+    probability). Seeded by ``seed`` (``None``: drawn from torch's global RNG, so
+    ``mmlens.explain(..., seed=...)`` decides; the seed used is in ``extras``). Only images are masked:
+    prompt positions score 0.
+
+    >>> out = rise(lm, batch, targets, n_masks=64, seed=0)                       # doctest: +SKIP
+    """
+    ev = Evaluator(subject, batch, targets, batch_size, progress, desc="RISE")
+    n_masks = check_int("n_masks", n_masks, 1)
+    cells = check_int("cells", cells, 1, _min_side(batch), why=" (the smallest image side, in pixels)")
+    p = check_range("p", p, 0.0, 1.0)
+    seed = resolve_seed(seed)
+    arrays = [image_array(img) for img in batch.images]
+    bases = [baseline_array(img, baseline) for img in batch.images]
+    grids, shifts = rise_grids(n_masks, len(batch.images), cells, p, seed)
+    sizes = [img.size for img in batch.images]
+    sums = [np.zeros((len(targets), h, w), dtype=np.float64) for w, h in sizes]
+    masks: dict[int, list[list[np.ndarray]]] = {}
+
+    def make_rows(lo: int, hi: int) -> tuple[list[list], None]:
+        masks[lo] = [[rise_mask(grids[m, i], shifts[m, i], sizes[i]) for i in range(len(sizes))] for m in range(lo, hi)]
+        return [[blend(a, b, mk) for a, b, mk in zip(arrays, bases, row)] for row in masks[lo]], None
+
+    total = torch.zeros(len(targets), dtype=torch.float64)
+    for lo, hi, values in ev.chunks(n_masks, make_rows):
+        v = (values.exp() if prob else values).double()  # (b, T)
+        total += v.sum(0)
+        rows = masks.pop(lo)
+        for i in range(len(sizes)):
+            sums[i] += np.einsum("bt,bhw->thw", v.numpy(), np.stack([row[i] for row in rows]))
+    maps = [s / (n_masks * p) for s in sums]
+    pixel_maps = [[m[t].astype(np.float32) for m in maps] for t in range(len(targets))]
+    scores = position_scores(batch, len(targets), pixel_maps)
+    extras = {"forward_calls": ev.calls, "rows": ev.rows, "n_masks": n_masks, "cells": cells, "p": p,
+              "seed": seed, "baseline": baseline, "prob": prob, "mean_value": (total / n_masks).tolist()}
+    return MethodOutput(scores, pixel_maps, extras)

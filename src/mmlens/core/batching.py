@@ -1,0 +1,287 @@
+"""Batched perturbation forwards: many perturbed copies of one teacher-forced batch in one model call.
+
+Black-box methods (occlusion, RISE, SHAP) score every target of every perturbed copy from one
+teacher-forced forward per chunk of rows: row ``b`` holds the same prompt and answer as the batch,
+with its own images (same sizes, so the same token layout) and optionally some prompt words masked.
+
+>>> from mmlens.testing import tiny_subject
+>>> from mmlens.testing.tiny_models import tiny_images
+>>> from mmlens.core.targets import resolve_targets
+>>> lm = tiny_subject("llava")
+>>> img = tiny_images("llava", 1)[0]
+>>> batch = lm.prepare(img, "what color is the cat ?", answer="red")
+>>> targets = resolve_targets(lm.tokenizer, batch)
+>>> inputs = perturbed_inputs(lm, batch, [[img], [img.point(lambda v: 0)]])
+>>> forward_values(lm, batch, inputs, targets).shape
+torch.Size([2, 1])
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mmlens.core.batch import Batch
+from mmlens.core.subject import Subject
+from mmlens.core.targets import Target
+from mmlens.errors import InputError
+
+#: A chunk of perturbed rows: one image list per row, and optionally (rows, seq) input ids.
+Rows = tuple[list[list[Image.Image]], "torch.Tensor | None"]
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def perturbed_inputs(
+    subject: Subject,
+    batch: Batch,
+    image_sets: Sequence[Sequence[Image.Image]],
+    input_ids: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """One batched model input: row ``b`` = ``batch``'s prompt and answer with images ``image_sets[b]``.
+
+    The family's processor is called once with ``text=[batch.text] * B`` and one image list per row;
+    ``batch.answer_ids`` are appended to every row as :meth:`Subject.with_answer` does. ``input_ids``
+    (``(B, batch.seq_len)``), when given, replaces the token ids (e.g. prompt words masked per row).
+
+    >>> inputs = perturbed_inputs(lm, batch, [[img]] * 3)              # doctest: +SKIP
+    >>> inputs["input_ids"].shape                                       # doctest: +SKIP
+    torch.Size([3, 28])
+    """
+    rows = len(image_sets)
+    if rows == 0:
+        raise InputError("no image sets given: pass one list of images per perturbed row")
+    _check_sizes(batch, image_sets)
+    out = subject.adapter.processor(images=[list(s) for s in image_sets], text=[batch.text] * rows,
+                                    return_tensors="pt")
+    inputs = {k: v for k, v in out.items() if k in batch.inputs}
+    prompt_ids = batch.input_ids[:, : batch.prompt_len].expand(rows, -1)
+    if not torch.equal(inputs["input_ids"], prompt_ids.to(inputs["input_ids"].device)):
+        raise RuntimeError(f"the {subject.family} processor tokenized the perturbed rows differently from the batch")
+    if batch.answer_ids.numel():
+        inputs = subject.adapter.extend_inputs(inputs, batch.answer_ids.tolist())
+    if input_ids is not None:
+        if tuple(input_ids.shape) != (rows, batch.seq_len):
+            raise InputError(f"input_ids has shape {tuple(input_ids.shape)}: pass ({rows}, {batch.seq_len})")
+        inputs["input_ids"] = input_ids.to(inputs["input_ids"].dtype)
+    return inputs
+
+
+def _check_sizes(batch: Batch, image_sets: Sequence[Sequence[Image.Image]]) -> None:
+    want = [img.size for img in batch.images]
+    for b, images in enumerate(image_sets):
+        got = [img.size for img in images]
+        if got != want:
+            raise InputError(f"perturbed row {b} has image sizes {got}: keep the batch's sizes {want}")
+
+
+def _to_model(subject: Subject, inputs: dict[str, Any]) -> dict[str, Any]:
+    dtype = next(subject.model.parameters()).dtype
+    out = {}
+    for k, v in inputs.items():
+        if torch.is_tensor(v):
+            v = v.to(subject.device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+@torch.no_grad()
+def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targets: Sequence[Target]) -> torch.Tensor:
+    """Target values ``(B, n_targets)`` (float32, CPU) of one no-grad forward over batched ``inputs``.
+
+    Only the logits of the answer's query positions are computed (``logits_to_keep``) when the model
+    supports it, so a large vocabulary costs ``B x (answer length + 1) x V``, not ``B x seq x V``.
+
+    >>> forward_values(lm, batch, perturbed_inputs(lm, batch, [[img]]), targets)   # doctest: +SKIP
+    tensor([[-4.1021]])
+    """
+    if batch.answer_ids.numel() == 0:
+        raise InputError("this batch has no answer: pass answer=... to prepare() or use generate()")
+    model_inputs = _to_model(subject, inputs)
+    keep = batch.seq_len - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq_len - 1
+    if "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
+        model_inputs["logits_to_keep"] = keep
+    logits = subject.model(**model_inputs, use_cache=False).logits
+    # with logits_to_keep, logits index 0 is sequence position prompt_len - 1: shift the answer there
+    view = batch if logits.shape[1] == batch.seq_len else replace(batch, prompt_len=1)
+    return torch.stack([t.value(logits, view).float() for t in targets], dim=1).cpu()
+
+
+# -- prompt words -----------------------------------------------------------------------------------------
+def mask_token_id(subject: Subject) -> int:
+    """Token id that replaces masked prompt words: pad, else unk, else eos."""
+    tok = subject.tokenizer
+    for name in ("pad_token_id", "unk_token_id", "eos_token_id"):
+        value = getattr(tok, name, None)
+        if value is not None:
+            return int(value)
+    raise InputError("the tokenizer has no pad, unk or eos token to mask words with: set tokenizer.pad_token")
+
+
+def prompt_words(subject: Subject, batch: Batch) -> list[torch.Tensor]:
+    """Sequence positions of each word of the user's prompt (one tensor of token positions per word).
+
+    The prompt's own tokenization is located among the text positions (allowing the first token to
+    differ, as tokenizers merge across the template seam); if it is not found, every non-special text
+    position is its own word.
+
+    >>> [p.tolist() for p in prompt_words(lm, batch)]                   # doctest: +SKIP
+    [[18], [19], [20], [21], [22], [23]]
+    """
+    tok = subject.tokenizer
+    text_pos = batch.text_positions()
+    ids = batch.input_ids[0, text_pos].tolist()
+    enc = tok(batch.prompt, add_special_tokens=False)
+    want = list(enc.input_ids)
+    word_ids = _word_ids(enc, len(want))
+    for skip in (0, 1):
+        start = _find_last(ids, want[skip:])
+        if want[skip:] and start is not None and start >= skip:
+            span = text_pos[start - skip : start + len(want) - skip]
+            return _group(span, word_ids)
+    special = set(getattr(tok, "all_special_ids", []))
+    return [p[None] for p, t in zip(text_pos, ids) if t not in special]
+
+
+def _word_ids(enc: Any, n: int) -> list[int]:
+    try:
+        words = enc.word_ids()
+    except (ValueError, AttributeError):  # slow tokenizers
+        words = None
+    if not words or any(w is None for w in words):
+        return list(range(n))
+    return list(words)
+
+
+def _find_last(seq: list[int], sub: list[int]) -> int | None:
+    for start in range(len(seq) - len(sub), -1, -1):
+        if seq[start : start + len(sub)] == sub:
+            return start
+    return None
+
+
+def _group(positions: torch.Tensor, word_ids: list[int]) -> list[torch.Tensor]:
+    groups: dict[int, list[int]] = {}
+    for pos, word in zip(positions.tolist(), word_ids):
+        groups.setdefault(word, []).append(pos)
+    return [torch.tensor(g) for g in groups.values()]
+
+
+def masked_input_ids(batch: Batch, words: Sequence[torch.Tensor], keep: torch.Tensor, fill_id: int) -> torch.Tensor:
+    """``(B, seq)`` ids of ``batch`` where row ``b`` has word ``w`` replaced by ``fill_id`` if not ``keep[b, w]``.
+
+    >>> masked_input_ids(batch, words, torch.tensor([[True] * 5 + [False]]), 0)   # doctest: +SKIP
+    """
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    ids = batch.input_ids[:1].expand(keep.shape[0], -1).clone()
+    for w, positions in enumerate(words):
+        drop = ~keep[:, w]
+        if drop.any():
+            ids[drop.nonzero()[:, 0][:, None], positions[None]] = fill_id
+    return ids
+
+
+# -- chunked runs ---------------------------------------------------------------------------------------
+class Evaluator:
+    """Scores perturbed rows of one batch, ``batch_size`` rows per forward, counting forwards and rows.
+
+    >>> ev = Evaluator(lm, batch, targets, batch_size=32)              # doctest: +SKIP
+    >>> ev.reference().shape, ev.calls                                   # doctest: +SKIP
+    (torch.Size([1]), 1)
+    >>> ev.run(3, lambda lo, hi: ([[img]] * (hi - lo), None)).shape, ev.calls, ev.rows   # doctest: +SKIP
+    (torch.Size([3, 1]), 2, 3)
+    """
+
+    def __init__(self, subject: Subject, batch: Batch, targets: Sequence[Target], batch_size: int = 32,
+                 progress: bool | None = None, desc: str = "perturbations") -> None:
+        if not targets:
+            raise InputError("no targets to explain: pass at least one target")
+        if batch.answer_ids.numel() == 0:
+            raise InputError("this batch has no answer to score: pass answer=... to prepare() or use generate()")
+        check_int("batch_size", batch_size, 1)
+        self.subject, self.batch, self.targets = subject, batch, list(targets)
+        self.batch_size, self.progress, self.desc = batch_size, progress, desc
+        self.calls = 0
+        self.rows = 0
+
+    def reference(self) -> torch.Tensor:
+        """Target values ``(n_targets,)`` of the unperturbed batch (one forward)."""
+        values = forward_values(self.subject, self.batch, self.batch.inputs, self.targets)[0]
+        self.calls += 1
+        return values
+
+    def values(self, image_sets: Sequence[Sequence[Image.Image]],
+               input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Target values ``(B, n_targets)`` of B rows in one forward."""
+        inputs = perturbed_inputs(self.subject, self.batch, image_sets, input_ids)
+        out = forward_values(self.subject, self.batch, inputs, self.targets)
+        self.calls += 1
+        self.rows += len(image_sets)
+        return out
+
+    def chunks(self, n_rows: int, make_rows: Callable[[int, int], Rows]) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(lo, hi, values (hi - lo, n_targets))`` for rows built chunk by chunk:
+        ``make_rows(lo, hi)`` returns ``(image_sets, input_ids or None)`` for rows ``lo:hi``."""
+        bar = progress_bar(math.ceil(n_rows / self.batch_size), self.desc, self.progress)
+        try:
+            for lo in range(0, n_rows, self.batch_size):
+                hi = min(lo + self.batch_size, n_rows)
+                yield lo, hi, self.values(*make_rows(lo, hi))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def run(self, n_rows: int, make_rows: Callable[[int, int], Rows]) -> torch.Tensor:
+        """Values ``(n_rows, n_targets)`` of all rows (see :meth:`chunks`)."""
+        out = [values for _, _, values in self.chunks(n_rows, make_rows)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.targets))
+
+
+def progress_bar(total: int, desc: str, show: bool | None) -> Any:
+    """A tqdm bar (rich when tqdm is missing) over ``total`` forwards; ``show=None``: only for long runs
+    (several forwards, and the bar appears once the run has taken 2 seconds)."""
+    if show is False or (show is None and total < 4):
+        return None
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="forward", leave=False, delay=0.0 if show else 2.0)
+    except ImportError:
+        return _RichBar(total, desc)
+
+
+class _RichBar:
+    def __init__(self, total: int, desc: str) -> None:
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(desc, total=total)
+
+    def update(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+# -- option checks ----------------------------------------------------------------------------------------
+def check_int(name: str, value: Any, low: int, high: int | None = None, why: str = "") -> int:
+    """``value`` as an int in ``[low, high]``, else a one-line :class:`InputError` naming the option."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok:
+        value = int(value)
+    if not ok or value < low or (high is not None and value > high):
+        span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+        raise InputError(f"{name}={value!r} is out of range: pass {span}{why}")
+    return value

@@ -1,0 +1,156 @@
+"""``mmlens.explain``: one call from (model, images, prompt) to an :class:`~mmlens.core.results.Explanation`.
+
+>>> import mmlens
+>>> from mmlens.testing import tiny_subject
+>>> from mmlens.testing.tiny_models import tiny_images
+>>> lm = tiny_subject("llava")
+>>> ex = mmlens.explain(lm, tiny_images("llava"), "what color is the cat?", method="attention", answer="red")
+>>> ex.targets, ex.image_map("red").shape
+(['red'], (32, 48))
+"""
+
+from __future__ import annotations
+
+import inspect
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmlens.core.batch import Batch
+from mmlens.core.images import ImageLike
+from mmlens.core.registry import MethodInfo, get_method
+from mmlens.core.results import Explanation, jsonable
+from mmlens.core.subject import Subject
+from mmlens.core.targets import Target, resolve_targets
+from mmlens.errors import InputError
+from mmlens.attribution.output import MethodOutput
+
+
+def explain(
+    subject: Subject,
+    images: ImageLike | Sequence[ImageLike],
+    prompt: str,
+    method: str = "relevancy",
+    target: str | tuple[str, str] | None = None,
+    answer: str | Sequence[int] | None = None,
+    *,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    **options: Any,
+) -> Explanation:
+    """Explain ``subject``'s answer to ``prompt`` about ``images`` with ``method``.
+
+    ``answer=None`` explains the model's own greedy answer (up to ``max_new_tokens``); otherwise the given
+    answer is teacher-forced. ``target``: None (each answer token), ``"answer"``, a word/phrase of the answer,
+    or a contrast ``("red", "blue")`` (see :func:`mmlens.core.targets.resolve_targets`). ``options`` go to the
+    method (``mmlens.methods()`` lists methods; each documents its options). Random methods are seeded with
+    ``seed`` (the global RNG state is restored afterwards).
+
+    >>> ex = mmlens.explain(lm, "cat.png", "what is on the mat?", method="integrated_gradients",
+    ...                     steps=16)                                                # doctest: +SKIP
+    >>> ex.plot(); ex.save("cat.safetensors")                                        # doctest: +SKIP
+    """
+    info = get_method(method)
+    if info.kind != "attribution":
+        raise InputError(f"method {method!r} is a {info.kind} method, not an attribution: use its own entry point")
+    _check_options(info, options)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed={seed!r}: pass an integer")
+    if answer is None:
+        batch = subject.generate(images, prompt, max_new_tokens=max_new_tokens).batch
+    else:
+        batch = subject.prepare(images, prompt, answer=answer)
+    targets = resolve_targets(subject.tokenizer, batch, target)
+    devices = [subject.device] if subject.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = info.fn(subject, batch, targets, **options)
+    spec = {"target": target, "answer": answer, "max_new_tokens": max_new_tokens if answer is None else None}
+    return build_explanation(subject, batch, targets, out, method, options, seed, spec)
+
+
+def _check_options(info: MethodInfo, options: dict[str, Any]) -> None:
+    """Unknown option names -> one-line InputError listing the method's options."""
+    params = list(inspect.signature(info.fn).parameters.values())[3:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    known = [p.name for p in params if p.kind in named]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        offered = ", ".join(known) if known else "none"
+        raise InputError(f"method {info.name!r} has no option {unknown[0]!r}; its options: {offered}")
+
+
+def versions() -> dict[str, str]:
+    """Versions that matter for reproducing a result."""
+    import transformers
+
+    from mmlens import __version__
+
+    out = {"mmlens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version()}
+    try:
+        import captum
+
+        out["captum"] = captum.__version__
+    except ImportError:  # pragma: no cover - captum is a dependency
+        pass
+    return out
+
+
+def build_explanation(
+    subject: Subject,
+    batch: Batch,
+    targets: list[Target],
+    out: MethodOutput,
+    method: str,
+    options: dict[str, Any],
+    seed: int,
+    spec: dict[str, Any] | None = None,
+) -> Explanation:
+    """Turn a method's per-position scores (and optional pixel maps) into an :class:`Explanation`."""
+    scores = torch.as_tensor(out.position_scores).detach().float().cpu()
+    if scores.shape != (len(targets), batch.seq_len):
+        raise RuntimeError(f"method {method!r} returned scores of shape {tuple(scores.shape)}, "
+                           f"expected (n_targets, seq_len) = {(len(targets), batch.seq_len)}")
+    geoms = batch.geometry
+    if out.pixel_maps is not None:
+        pixel = [[np.asarray(m, dtype=np.float32) for m in per_image] for per_image in out.pixel_maps]
+    else:
+        pixel = [[g.heatmap(scores[t]).astype(np.float32) for g in geoms] for t in range(len(targets))]
+    grids = [[[m.numpy().astype(np.float32) for m in g.grid_maps(scores[t])] for g in geoms]
+             for t in range(len(targets))]
+    ids = batch.input_ids[0].tolist()
+    tok = subject.tokenizer
+    metadata = {
+        "model_id": subject.model_id,
+        "family": subject.family,
+        "method": method,
+        "options": jsonable(options),
+        "seed": seed,
+        **jsonable(spec or {}),
+        "dtype": str(next(subject.model.parameters()).dtype).replace("torch.", ""),
+        "versions": versions(),
+    }
+    return Explanation(
+        method=method,
+        labels=[t.label for t in targets],
+        target_indices=[list(t.indices) for t in targets],
+        position_scores=scores.numpy().astype(np.float32),
+        pixel_maps=pixel,
+        grid_maps=grids,
+        grid_kinds=[[grid.kind for grid in g.grids] for g in geoms],
+        tokens=[str(t) for t in tok.convert_ids_to_tokens(ids)],
+        text_positions=batch.text_positions().tolist(),
+        image_positions=[g.positions.tolist() for g in geoms],
+        images=list(batch.images),
+        prompt=batch.prompt,
+        answer=batch.answer or "",
+        answer_tokens=[str(t) for t in tok.convert_ids_to_tokens(batch.answer_ids.tolist())],
+        metadata=metadata,
+        extras=jsonable(out.extras),
+    )

@@ -1,1 +1,0 @@
-"""Built-in methods; importing a module registers its methods in :mod:`mmlens.core.registry`."""

@@ -1,0 +1,34 @@
+"""Heatmap over an image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: float = 0.5, cmap: str = "jet") -> Any:
+    """Draw ``image`` on matplotlib axes ``ax`` with ``heat`` (``(H, W)``, same size) blended on top.
+
+    The colour scale spans ``heat``'s own range; returns the heat layer (pass it to ``fig.colorbar``).
+
+    >>> from matplotlib.figure import Figure
+    >>> ax = Figure().subplots()
+    >>> m = overlay(Image.new("RGB", (4, 3)), np.arange(12.0).reshape(3, 4), ax)
+    >>> m.get_clim()
+    (0.0, 11.0)
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape != pixels.shape[:2]:
+        raise ValueError(f"heatmap {heat.shape} and image {pixels.shape[:2]} differ in size")
+    finite = heat[np.isfinite(heat)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1e-12
+    ax.imshow(pixels)
+    layer = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return layer
