@@ -1,12 +1,16 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mmlens.testing import tiny_subject  # noqa: E402
 from mmlens.testing.tiny_models import FAMILIES, tiny_images  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and lose a lot to OpenMP spinning on shared cores.
+torch.set_num_threads(1)
 
 _CACHE: dict = {}
 

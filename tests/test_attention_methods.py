@@ -14,14 +14,6 @@ FAMILIES4 = ("llava", "llava_next", "qwen2_vl", "paligemma")
 PROMPT = "what color is the cat?"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to OpenMP spinning on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def eager_attentions(subject, batch):
     """Every layer's (1, heads, N, N) attention from a plain eager forward with output_attentions."""

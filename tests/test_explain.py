@@ -32,14 +32,6 @@ def images_for(family):
     return tiny_images(family, n=2 if family in ("qwen2_vl", "llava") else 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to OpenMP spinning on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def example():

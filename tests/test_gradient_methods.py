@@ -25,14 +25,6 @@ from mmlens.testing.tiny_models import tiny_images
 
 PROMPT = "what color is the cat?"
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to OpenMP spinning on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def setup(family, answer="red cat", target=None, n_images=1):
     subject = subject_for(family)

@@ -38,14 +38,6 @@ PROMPT = "what color is the cat ?"
 METHODS = {"occlusion": occlusion, "rise": rise, "kernel_shap": kernel_shap, "mm_shap": mm_shap}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _images(family: str) -> list[Image.Image]:
     """llava / paligemma: one image; llava_next: one 80x24 image (2 tiles); qwen: two images in one prompt."""

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmlens.core.io import atomic_write
 from mmlens.errors import InputError
 
 FORMAT = "mmlens.explanation"
@@ -273,19 +273,13 @@ class Explanation:
         """Write ``.png`` (the plot), ``.json`` (:meth:`to_dict`), ``.safetensors`` (arrays + metadata in
         the header) or ``.html`` (self-contained report). The file appears complete or not at all."""
         path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in SUFFIXES:
-            raise InputError(f"cannot save to {str(path)!r}: use a file name ending in {', '.join(SUFFIXES)}")
-        if not path.parent.is_dir():
-            raise InputError(f"folder {str(path.parent)!r} does not exist: create it or save elsewhere")
         writers: dict[str, Callable[[Path], None]] = {
             ".png": lambda tmp: tmp.write_bytes(self._png_bytes(dpi=120)),
             ".json": lambda tmp: tmp.write_text(json.dumps(self.to_dict()), encoding="utf-8"),
             ".safetensors": self._write_safetensors,
             ".html": lambda tmp: tmp.write_text(_html_page(self), encoding="utf-8"),
         }
-        _atomic_write(path, writers[suffix])
-        return path
+        return atomic_write(path, lambda tmp: writers[path.suffix.lower()](tmp), suffixes=SUFFIXES)
 
     def _write_safetensors(self, tmp: Path) -> None:
         from safetensors.numpy import save_file
@@ -394,12 +388,3 @@ def _html_page(ex: Explanation) -> str:
     return f"<!doctype html><html>{head}<body>{ex._repr_html_()}</body></html>"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
