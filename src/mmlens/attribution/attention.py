@@ -20,54 +20,7 @@ from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
 from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
-
-# -- option checks shared by the attention and gradient methods ----------------------------------------------
-
-
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, else a one-line InputError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name}={value!r} is out of range: pass an integer >= {minimum}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else an InputError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = (value > low if open_low else value >= low) and (high is None or value <= high) and value == value
-    if not ok:
-        left, right = "(" if open_low else "[", "]" if high is not None else ")"
-        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
-        raise InputError(f"{name}={value!r} is out of range: pass a number in {span}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise InputError(f"{name}={value!r} is not an option: choose one of {', '.join(map(repr, choices))}")
-    return value
-
-
-def select_indices(name: str, value: int | Sequence[int] | None, count: int) -> list[int]:
-    """Layer / head indices from None (all), an int or a list (negative counts from the end)."""
-    if value is None:
-        return list(range(count))
-    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        items = list(items)
-    except TypeError:
-        raise InputError(f"{name}={value!r}: pass an index, a list of indices or None (all)") from None
-    out = []
-    for i in items:
-        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
-            raise InputError(f"{name}={value!r} is out of range: the model has {count} {name} (0..{count - 1})")
-        out.append(i % count)
-    if not out:
-        raise InputError(f"{name}=[] selects nothing: pass indices or None (all)")
-    return sorted(set(out))
-
+from mmlens.core.options import check_choice, check_float, check_int, select_indices
 
 # -- positions ---------------------------------------------------------------------------------------------
 

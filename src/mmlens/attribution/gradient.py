@@ -28,7 +28,7 @@ from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
 from mmlens.errors import UnsupportedModelError
-from mmlens.attribution.attention import check_choice, check_float, check_int
+from mmlens.core.options import check_choice, check_float, check_int
 from mmlens.attribution.output import MethodOutput
 
 INPUT = "lm.blocks.0.resid_pre"

@@ -30,7 +30,8 @@ from captum.attr import KernelShap, ShapleyValueSampling
 from PIL import Image
 
 from mmlens.core.batch import Batch
-from mmlens.core.batching import Evaluator, check_int, mask_token_id, masked_input_ids, progress_bar, prompt_words
+from mmlens.core.options import check_int
+from mmlens.core.batching import Evaluator, mask_token_id, masked_input_ids, progress_bar, prompt_words
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target

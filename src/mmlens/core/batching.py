@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from mmlens.core.batch import Batch
+from mmlens.core.options import check_int
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
 from mmlens.errors import InputError
@@ -273,15 +273,3 @@ class _RichBar:
 
     def close(self) -> None:
         self._progress.stop()
-
-
-# -- option checks ----------------------------------------------------------------------------------------
-def check_int(name: str, value: Any, low: int, high: int | None = None, why: str = "") -> int:
-    """``value`` as an int in ``[low, high]``, else a one-line :class:`InputError` naming the option."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if ok:
-        value = int(value)
-    if not ok or value < low or (high is not None and value > high):
-        span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-        raise InputError(f"{name}={value!r} is out of range: pass {span}{why}")
-    return value

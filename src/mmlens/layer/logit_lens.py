@@ -15,6 +15,7 @@ import torch
 from mmlens.core.batch import Batch
 from mmlens.core.grid_result import GridResult
 from mmlens.core.labels import position_labels
+from mmlens.core.options import select_indices
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.errors import InputError
@@ -22,15 +23,7 @@ from mmlens.errors import InputError
 
 def check_layers(subject: Subject, layers: Sequence[int] | None) -> list[int]:
     """Validate layer indices (negative ones count from the end); default all layers."""
-    n = subject.n_layers
-    if layers is None:
-        return list(range(n))
-    out = []
-    for layer in layers:
-        if not -n <= int(layer) < n:
-            raise InputError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
-        out.append(int(layer) % n)
-    return out
+    return select_indices("layers", layers, subject.n_layers)
 
 
 def check_positions(batch: Batch, positions: Sequence[int] | torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""Checks of method options: each failure is one InputError line naming the option and the valid range."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from mmlens.errors import InputError
+
+
+def check_int(name: str, value: Any, low: int = 1, high: int | None = None, why: str = "") -> int:
+    """``value`` as an int in ``[low, high]``, else a one-line :class:`InputError` naming the option."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok:
+        value = int(value)
+    if not ok or value < low or (high is not None and value > high):
+        span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+        raise InputError(f"{name}={value!r} is out of range: pass {span}{why}")
+    return value
+
+
+def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else an InputError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = (value > low if open_low else value >= low) and (high is None or value <= high) and value == value
+    if not ok:
+        left, right = "(" if open_low else "[", "]" if high is not None else ")"
+        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+        raise InputError(f"{name}={value!r} is out of range: pass a number in {span}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InputError(f"{name}={value!r} is not an option: choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def select_indices(name: str, value: int | Sequence[int] | None, count: int) -> list[int]:
+    """Layer / head indices from None (all), an int or a list (negative counts from the end)."""
+    if value is None:
+        return list(range(count))
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise InputError(f"{name}={value!r}: pass an index, a list of indices or None (all)") from None
+    out = []
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
+            raise InputError(f"{name}={value!r} is out of range: the model has {count} {name} (0..{count - 1})")
+        out.append(i % count)
+    if not out:
+        raise InputError(f"{name}=[] selects nothing: pass indices or None (all)")
+    return sorted(set(out))
