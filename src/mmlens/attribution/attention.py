@@ -10,7 +10,6 @@ pass explains every target, and heads are reduced inside the hook, one layer at 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -18,9 +17,8 @@ from mmlens.core.batch import Batch
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
-from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
-from mmlens.core.options import check_choice, check_float, check_int, select_indices
+from mmlens.core.options import check_choice, check_float, select_indices
 
 # -- positions ---------------------------------------------------------------------------------------------
 
