@@ -63,3 +63,37 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_dir, args, message):
     errors = [line for line in result.output.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0]
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.json"))
+
+
+def test_explain_writes_the_requested_format(tmp_path, tiny_dir):
+    for name in ("ex.png", "ex.json", "ex.html"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["explain", str(tiny_dir / "image.png"), "what color is the cat?", "--model",
+                                     str(tiny_dir), "--answer", "red cat", "--method", "integrated_gradients",
+                                     "-O", "steps=4", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 500
+    data = json.loads((tmp_path / "ex.json").read_text())
+    assert data["metadata"]["method"] == "integrated_gradients" and data["metadata"]["options"]["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "magic"], "unknown method"),
+        (["--target", "dog"], "not in the answer"),
+        (["--method", "integrated_gradients", "-O", "steps=0"], "steps=0"),
+        (["-O", "nonsense"], "key=value"),
+        (["--out", "{tmp}/x.txt"], "ending in"),
+    ],
+)
+def test_explain_bad_input(tmp_path, tiny_dir, extra, message):
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    if "--out" not in extra:
+        extra += ["--out", str(tmp_path / "ex.png")]
+    result = runner.invoke(app, ["explain", str(tiny_dir / "image.png"), "what color is the cat?", "--model",
+                                 str(tiny_dir), "--answer", "red cat", *extra])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert list(tmp_path.iterdir()) == []

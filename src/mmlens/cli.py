@@ -98,6 +98,53 @@ def methods_cmd() -> None:
     Console().print(tree)
 
 
+@app.command("explain")
+@cli_errors
+def explain_cmd(
+    image: Path = typer.Argument(..., help="image file"),
+    prompt: str = typer.Argument(..., help="question or instruction"),
+    model: str = ModelOpt,
+    method: str = typer.Option("relevancy", "--method", help="attribution method (see `mmlens methods`)"),
+    target: str | None = typer.Option(None, "--target", help="answer word/phrase, 'answer', or 'red - blue' (default: every token)"),
+    answer: str | None = AnswerOpt,
+    option: list[str] = typer.Option([], "--option", "-O", help="method option as key=value (repeatable), e.g. -O steps=32"),
+    out: Path = typer.Option(Path("explanation.png"), "--out", "-o", help=".png, .html, .json or .safetensors"),
+) -> None:
+    """Explain which pixels and prompt words made each answer token."""
+    import mmlens
+    from mmlens.core.images import to_rgb
+    from mmlens.core.registry import get_method
+    from mmlens.core.results import SUFFIXES
+    from mmlens.errors import InputError
+
+    if out.suffix.lower() not in SUFFIXES:
+        raise InputError(f"--out {str(out)!r}: use a file name ending in {', '.join(SUFFIXES)}")
+    if not out.parent.is_dir():
+        raise InputError(f"folder {str(out.parent)!r} does not exist: create it or choose another --out")
+    get_method(method)  # unknown methods fail before the model loads
+    options = dict(_option(o) for o in option)
+    to_rgb(str(image))
+    subject = mmlens.load(model)
+    ex = mmlens.explain(subject, str(image), prompt, method=method, target=target, answer=answer, **options)
+    console.print(f"answer: [bold]{ex.answer}[/]  targets: {', '.join(ex.targets)}", highlight=False)
+    print(ex.save(out))
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as int, float, bool or string."""
+    from mmlens.errors import InputError
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--option {text!r}: pass key=value, e.g. --option steps=32")
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(raw)
+        except ValueError:
+            pass
+    return key.strip(), {"true": True, "false": False}.get(raw.lower(), raw)
+
+
 @app.command("lens")
 @cli_errors
 def lens_cmd(
@@ -157,6 +204,41 @@ def knockout_cmd(
     png, js = _outputs(out, "knockout")
     subject, batch = _batch(model, image, prompt, answer)
     _write(attention_knockout(subject, batch, window=window), png, js)
+
+
+@app.command("benchmark")
+@cli_errors
+def benchmark_cmd(
+    model: str = ModelOpt,
+    methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods"),
+    n: int = typer.Option(200, "--n", help="samples (ShapesVQA, or the first n rows of --data)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the ShapesVQA samples and of every random choice"),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of image, question, answer, mask or box"),
+    out: Path = typer.Option(Path("benchmark"), "--out", "-o", help="folder for results.csv/.json/.md and curves.png"),
+    sanity_n: int = typer.Option(5, "--sanity-n", help="samples that also get the randomisation and robustness checks"),
+    metrics: str = typer.Option("all", "--metrics", help="'all' or comma-separated metric names"),
+) -> None:
+    """Score attribution methods and baselines on ground-truth data (table + CSV, JSON, Markdown, curves PNG)."""
+    import shlex
+
+    from mmlens.core.loading import load
+    from mmlens.evaluation.benchmark import resolve_methods, resolve_metrics, run_benchmark
+    from mmlens.evaluation.data_file import read_data_file
+
+    resolve_methods(methods)  # bad names, data or --out fail before the model is loaded
+    resolve_metrics(metrics)
+    if out.exists() and not out.is_dir():
+        from mmlens.errors import InputError
+
+        raise InputError(f"--out {str(out)!r} is a file: pass a folder for the result files")
+    if data is not None:
+        read_data_file(data)
+    command = "mmlens benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    result = run_benchmark(load(model), methods=methods, n=n, seed=seed, data=data, metrics=metrics, out=out,
+                           sanity_n=sanity_n, show_progress=sys.stderr.isatty(), command=command)
+    Console(width=max(160, Console().width)).print(result.table())
+    for name in ("results.csv", "results.json", "results.md", "curves.png"):
+        print(out / name)
 
 
 def main() -> None:  # pragma: no cover - console entry point
