@@ -1,6 +1,6 @@
 """Forward calls and wall time of mmlens occlusion vs Captum FeatureAblation run once per answer token.
 
-    python benchmarks/perturbation_calls.py [--layers 4 --hidden 256 --image-size 336 --patch 48 --batch 32]
+    python -m benchmarks.perturbation_calls [--layers 4 --hidden 256 --image-size 336 --patch 48 --batch 32]
 
 Both occlude the same non-overlapping ``patch x patch`` windows with the image's mean colour. mmlens scores
 every answer token from one teacher-forced forward per chunk of masks; Captum's ``FeatureAblation`` explains
