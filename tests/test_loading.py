@@ -62,3 +62,18 @@ def test_missing_model_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="config.json"):
         mmlens.load(str(tmp_path / "empty"))
+
+
+def test_access_tiers_limit_methods():
+    model, processor = tiny_model_and_processor("llava")
+    subject = mmlens.load((model, processor), access="black-box")
+    img = tiny_images("llava")
+    with pytest.raises(InputError, match="needs 'gradient' access") as info:
+        mmlens.explain(subject, img, "what is this?", method="saliency", answer="red")
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="needs 'activations' access"):
+        subject.trace()
+    ex = mmlens.explain(subject, img, "what is this?", method="occlusion", answer="red")  # black-box still works
+    assert ex.image_map().shape == (img[0].height, img[0].width)
+    with pytest.raises(InputError, match="unknown access tier"):
+        mmlens.load((model, processor), access="root")

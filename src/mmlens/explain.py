@@ -57,6 +57,7 @@ def explain(
     if info.kind != "attribution":
         raise InputError(f"method {method!r} is a {info.kind} method, not an attribution: use its own entry point")
     _check_options(info, options)
+    subject.require(info.tier)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
     if answer is None:

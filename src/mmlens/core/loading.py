@@ -10,7 +10,7 @@ import transformers
 from torch import nn
 
 from mmlens.adapters import adapter_for
-from mmlens.core.subject import Subject
+from mmlens.core.subject import Subject, access_tiers
 from mmlens.errors import InputError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -33,13 +33,15 @@ def load(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    access: str | list[str] = "all",
     **from_pretrained_kwargs: Any,
 ) -> Subject:
     """Load a multimodal model as a :class:`Subject`; the family is detected from its config.
 
     ``model``: ``"demo"`` (the bundled ShapesVQA LLaVA), a hub id or local folder (``from_pretrained``,
     safetensors only unless ``allow_pickle=True``, no remote code unless ``trust_remote_code=True``), or an
-    already-loaded model (pass ``processor`` too, or a ``(model, processor)`` tuple).
+    already-loaded model (pass ``processor`` too, or a ``(model, processor)`` tuple). ``access`` limits which
+    method tiers may run (e.g. ``"black-box"`` to study the model as if it sat behind an API).
 
     >>> import mmlens
     >>> lm = mmlens.load("demo")
@@ -55,6 +57,7 @@ def load(
         subject = Subject(model, processor)
     else:
         subject = _from_pretrained(str(model), torch_dtype, trust_remote_code, allow_pickle, from_pretrained_kwargs)
+    subject.access = access_tiers(access)
     if torch_dtype is not None:
         subject.model.to(torch_dtype)
     if device is not None:

@@ -11,6 +11,7 @@ from torch import nn
 from mmlens.adapters.base import Adapter, adapter_for
 from mmlens.core.batch import AnswerScore, Batch, Generation
 from mmlens.core.images import ImageLike, to_rgb
+from mmlens.core.registry import TIERS
 from mmlens.core.tracing import HookPoint, Tracer
 from mmlens.errors import InputError
 
@@ -24,13 +25,22 @@ class Subject:
     >>> lm.score(out.batch).log_probs                             # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, processor: Any, model_id: str | None = None, adapter: Adapter | None = None):
+    def __init__(self, model: nn.Module, processor: Any, model_id: str | None = None, adapter: Adapter | None = None,
+                 access: str | Sequence[str] = "all"):
+        self.access = access_tiers(access)
         self.model = model.eval()
         self.processor = processor
         self.adapter = adapter or adapter_for(model)(model, processor)
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.load_notes: list[str] = []
         self._points: dict[str, HookPoint] | None = None
+
+    def require(self, tier: str) -> None:
+        """Raise a one-line InputError if this subject's ``access`` does not allow ``tier``."""
+        if tier not in self.access:
+            allowed = ", ".join(t for t in TIERS if t in self.access)
+            raise InputError(f"this needs {tier!r} access but the subject allows only: {allowed}; "
+                             "load it with access='all' or pick a black-box method")
 
     # -- basics -------------------------------------------------------------------------------------------
     @property
@@ -190,4 +200,14 @@ class Subject:
         ...     tr.capture("lm.blocks.*.resid_post")
         ...     lm.forward(batch)
         """
+        self.require("activations")
         return Tracer(self.hook_point_map())
+
+
+def access_tiers(access: str | Sequence[str]) -> frozenset[str]:
+    """Tiers a subject may serve: ``"all"``, one tier name, or a list (``black-box`` is always allowed)."""
+    tiers = set(TIERS) if access == "all" else {access} if isinstance(access, str) else set(access)
+    unknown = tiers - set(TIERS)
+    if unknown:
+        raise InputError(f"unknown access tier {sorted(unknown)[0]!r}: use 'all' or tiers from {', '.join(TIERS)}")
+    return frozenset(tiers | {"black-box"})
