@@ -72,3 +72,39 @@ class ForwardCounter:
 
     def __exit__(self, *exc: object) -> None:
         self.handle.remove()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Peak memory (MB) that ``fn`` adds on top of what is alive before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's resident-set high-water mark, reset just
+    before the call (Linux ``/proc/self/clear_refs``), minus the resident set at that moment.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - base) / 1024

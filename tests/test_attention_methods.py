@@ -21,7 +21,7 @@ def eager_attentions(subject, batch):
     subject.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            out = subject.model(**subject._model_inputs(batch), output_attentions=True, use_cache=False)
+            out = subject.model(**subject.model_inputs(batch), output_attentions=True, use_cache=False)
     finally:
         subject.model.set_attn_implementation(impl)
     return [a.float() for a in out.attentions]

@@ -151,7 +151,7 @@ def eager_attention_grads(subject, batch, target):
     impl = subject.model.config._attn_implementation
     subject.model.set_attn_implementation("eager")
     try:
-        out = subject.model(**subject._model_inputs(batch), output_attentions=True, use_cache=False)
+        out = subject.model(**subject.model_inputs(batch), output_attentions=True, use_cache=False)
         grads = torch.autograd.grad(target.value(out.logits, batch).sum(), out.attentions)
     finally:
         subject.model.set_attn_implementation(impl)

@@ -15,7 +15,7 @@ def test_score_equals_log_softmax_of_plain_forward(subject, images):
     assert subject.tokenizer.convert_ids_to_tokens(batch.answer_ids.tolist()) == ["red", "cat"]
     scored = subject.score(batch)
     with torch.no_grad():
-        logits = subject.model(**subject._model_inputs(batch)).logits[0]
+        logits = subject.model(**subject.model_inputs(batch)).logits[0]
     expected = logits.float().log_softmax(-1)[batch.answer_positions - 1, batch.answer_ids]
     torch.testing.assert_close(scored.log_probs, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(batch.input_ids[0, batch.answer_positions], batch.answer_ids)

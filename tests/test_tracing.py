@@ -53,7 +53,7 @@ def test_attention_capture_matches_eager_weights(subject, images):
     subject.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            out = subject.model(**subject._model_inputs(batch), output_attentions=True, use_cache=False)
+            out = subject.model(**subject.model_inputs(batch), output_attentions=True, use_cache=False)
     finally:
         subject.model.set_attn_implementation(impl)
     for i, ref in enumerate(out.attentions):

@@ -81,18 +81,6 @@ def _check_sizes(batch: Batch, image_sets: Sequence[Sequence[Image.Image]]) -> N
             raise InputError(f"perturbed row {b} has image sizes {got}: keep the batch's sizes {want}")
 
 
-def _to_model(subject: Subject, inputs: dict[str, Any]) -> dict[str, Any]:
-    dtype = next(subject.model.parameters()).dtype
-    out = {}
-    for k, v in inputs.items():
-        if torch.is_tensor(v):
-            v = v.to(subject.device)
-            if v.is_floating_point():
-                v = v.to(dtype)
-        out[k] = v
-    return out
-
-
 @torch.no_grad()
 def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targets: Sequence[Target]) -> torch.Tensor:
     """Target values ``(B, n_targets)`` (float32, CPU) of one no-grad forward over batched ``inputs``.
@@ -105,7 +93,7 @@ def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targe
     """
     if batch.answer_ids.numel() == 0:
         raise InputError("this batch has no answer: pass answer=... to prepare() or use generate()")
-    model_inputs = _to_model(subject, inputs)
+    model_inputs = subject.model_inputs(inputs)
     keep = batch.seq_len - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq_len - 1
     if "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
         model_inputs["logits_to_keep"] = keep

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmlens.core.io import atomic_write
+from mmlens.core.io import save_plot_or_json
 from mmlens.errors import InputError
 
 
@@ -86,18 +86,7 @@ class GridResult:
 
     def save(self, path: str | Path) -> Path:
         """Write ``.json`` (numbers + metadata) or ``.png`` (the plot); nothing is left on failure."""
-
-        def write(tmp: Path) -> None:
-            if tmp.suffix.lower() == ".json":
-                tmp.write_text(json.dumps(self.to_dict(), indent=1))
-            else:
-                import matplotlib.pyplot as plt
-
-                fig = self.plot()
-                fig.savefig(tmp, dpi=120, format="png")
-                plt.close(fig)
-
-        return atomic_write(path, write, suffixes=(".json", ".png"))
+        return save_plot_or_json(path, self.to_dict, self.plot)
 
     def _repr_html_(self) -> str:
         import matplotlib.pyplot as plt

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mmlens.errors import InputError
 
@@ -32,3 +34,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffixes: tupl
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_plot_or_json(path: str | Path, to_dict: Callable[[], dict], plot: Callable[[], Any]) -> Path:
+    """Write ``to_dict()`` as ``.json`` or the figure from ``plot()`` as ``.png``, atomically."""
+
+    def write(tmp: Path) -> None:
+        if tmp.suffix.lower() == ".json":
+            tmp.write_text(json.dumps(to_dict(), indent=1))
+        else:
+            import matplotlib.pyplot as plt
+
+            fig = plot()
+            fig.savefig(tmp, dpi=120, format="png")
+            plt.close(fig)
+
+    return atomic_write(path, write, suffixes=(".json", ".png"))

@@ -121,10 +121,12 @@ class Subject:
                      answer_ids=torch.tensor(ids, dtype=torch.long), conversions=batch.conversions)
 
     # -- running ------------------------------------------------------------------------------------------
-    def _model_inputs(self, batch: Batch) -> dict[str, Any]:
+    def model_inputs(self, batch: Batch | dict[str, Any]) -> dict[str, Any]:
+        """``batch``'s inputs (or an inputs dict) on the model's device, floats in the model's dtype."""
         dtype = next(self.model.parameters()).dtype
+        inputs = batch.inputs if isinstance(batch, Batch) else batch
         out = {}
-        for k, v in batch.inputs.items():
+        for k, v in inputs.items():
             if torch.is_tensor(v):
                 v = v.to(self.device)
                 if v.is_floating_point():
@@ -134,7 +136,7 @@ class Subject:
 
     def forward(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
         """Logits ``(1, seq, vocab)`` of a plain forward over ``batch``."""
-        return self.model(**self._model_inputs(batch), use_cache=False, **kwargs).logits
+        return self.model(**self.model_inputs(batch), use_cache=False, **kwargs).logits
 
     def answer_log_probs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Differentiable per-token log-probs of ``batch``'s answer from ``logits`` (any leading batch dim)."""
@@ -163,7 +165,7 @@ class Subject:
             raise InputError(f"max_new_tokens={max_new_tokens}: pass 1 or more")
         batch = self.prepare(images, prompt)
         kwargs.setdefault("do_sample", False)
-        out = self.model.generate(**self._model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
+        out = self.model.generate(**self.model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
         new = out[0, batch.prompt_len :].cpu()
         stop = self._stop_ids()
         ids = []

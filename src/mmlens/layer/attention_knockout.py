@@ -72,7 +72,7 @@ def attention_knockout(
     resolved = {name: (_group(groups, batch, q), _group(groups, batch, k)) for name, (q, k) in chosen.items()}
     windows = [layers_] if window is None else _windows(layers_, window)
     cells = [(w, name) for w in range(len(windows)) for name in resolved]
-    inputs = subject._model_inputs(batch)
+    inputs = subject.model_inputs(batch)
     p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
     values = torch.zeros(len(windows), len(resolved))
     names = list(resolved)

@@ -47,7 +47,7 @@ def _groups(batch: Batch, positions: Any) -> dict[str, torch.Tensor]:
 
 def _corrupted(subject: Subject, batch: Batch, corrupt: str, corrupt_with: Any) -> dict[str, Any]:
     """Model inputs of the corrupted run (for 'noise' the clean inputs: the noise is added by a hook)."""
-    clean = subject._model_inputs(batch)
+    clean = subject.model_inputs(batch)
     if corrupt == "noise":
         return clean
     if corrupt_with is None:
@@ -60,7 +60,7 @@ def _corrupted(subject: Subject, batch: Batch, corrupt: str, corrupt_with: Any) 
     if other.seq_len != batch.seq_len or other.prompt_len != batch.prompt_len:
         raise InputError(f"the corrupted {corrupt} gives {other.seq_len} tokens, the clean input {batch.seq_len}: "
                          f"pass a {corrupt} of the same size / token length")
-    inputs = subject._model_inputs(other)
+    inputs = subject.model_inputs(other)
     if all(torch.equal(inputs[k], clean[k]) for k in clean if torch.is_tensor(clean[k])):
         raise InputError(f"the corrupted {corrupt} leaves the input unchanged: pass a different {corrupt}")
     return inputs
@@ -106,7 +106,7 @@ def causal_trace(
     layers_ = check_layers(subject, layers)
     groups = _groups(batch, positions)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
-    clean_inputs = subject._model_inputs(batch)
+    clean_inputs = subject.model_inputs(batch)
     corrupted_inputs = _corrupted(subject, batch, corrupt, corrupt_with)
     noise: dict[str, torch.Tensor] = {}  # drawn in the first forward, from the clean row's embeddings
     point = COMPONENTS[component]

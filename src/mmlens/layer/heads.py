@@ -58,7 +58,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     n_heads = _n_heads(subject)
-    inputs = subject._model_inputs(batch)
+    inputs = subject.model_inputs(batch)
     p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
     values = torch.zeros(len(layers_), n_heads)
     for i, layer in enumerate(layers_):

@@ -7,7 +7,6 @@ Pruning is done by blocking attention from every position to the pruned image to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from mmlens.core.batch import Batch, cat_inputs
 from mmlens.core.dataset import RunningMean, iter_batches
-from mmlens.core.io import atomic_write
+from mmlens.core.io import save_plot_or_json
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import resolve_targets
@@ -56,17 +55,8 @@ class PruningCurve:
         return fig
 
     def save(self, path: str | Path) -> Path:
-        def write(tmp: Path) -> None:
-            if tmp.suffix.lower() == ".json":
-                tmp.write_text(json.dumps(self.to_dict(), indent=1))
-            else:
-                import matplotlib.pyplot as plt
-
-                fig = self.plot()
-                fig.savefig(tmp, dpi=120, format="png")
-                plt.close(fig)
-
-        return atomic_write(path, write, suffixes=(".json", ".png"))
+        """Write ``.json`` (numbers + metadata) or ``.png`` (the plot); nothing is left on failure."""
+        return save_plot_or_json(path, self.to_dict, self.plot)
 
 
 def fastv_scores(subject: Subject, batch: Batch, layer: int) -> torch.Tensor:
@@ -110,7 +100,7 @@ def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFA
                 tr.block_attention(f"lm.blocks.{after_layer}.attn.weights", everyone, pruned, rows=[row])
                 for layer in range(after_layer + 1, n):
                     tr.block_attention(f"lm.blocks.{layer}.attn.weights", everyone, pruned, rows=[row])
-        logits = subject.model(**cat_inputs([subject._model_inputs(batch)] * len(ratios)), use_cache=False).logits
+        logits = subject.model(**cat_inputs([subject.model_inputs(batch)] * len(ratios)), use_cache=False).logits
     prob = tgt.value(logits, batch).exp().cpu()
     q = batch.answer_positions - 1
     agree = (logits[:, q].argmax(-1).cpu() == batch.answer_ids).float().mean(-1)
