@@ -47,7 +47,7 @@ def evidence_positions(batch, mask: np.ndarray, min_cover: float = 0.5) -> tuple
 def test_restoring_the_evidence_object_recovers_more_than_other_patches(demo):
     rng = np.random.default_rng(0)
     gains = []
-    for s in object_samples(50):
+    for s in object_samples(56):
         batch = demo.prepare(s.image, s.question, answer=s.answer)
         ev, other = evidence_positions(batch, s.mask)
         if ev.numel() == 0 or other.numel() < ev.numel():
@@ -57,7 +57,7 @@ def test_restoring_the_evidence_object_recovers_more_than_other_patches(demo):
         recovered = grid.values[0] / max(grid.meta["p_clean"] - grid.meta["p_corrupt"], 1e-6)
         gains.append(recovered.tolist())
     gains = np.array(gains)
-    assert len(gains) >= 40
+    assert len(gains) >= 50
     evidence, other = gains[:, 0].mean(), gains[:, 1].mean()
     print(f"share of p recovered at layer 0: evidence {evidence:.3f}, other {other:.3f} ({len(gains)} samples)")
     assert evidence > other + 0.2

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = show_answers(subject)
         show_accuracy(subject, args.n_eval)
         show_geometry(subject, samples[0])
-        write_explanation(subject, samples[0], args.out)
+        write_explanation(subject, next(s for s in samples if s.evidence == "object"), args.out)
     except MMLensError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
@@ -77,9 +77,14 @@ def write_explanation(subject: mmlens.Subject, sample, out: Path) -> None:
     if explain is None:
         return
     out.mkdir(parents=True, exist_ok=True)
+    from mmlens.evaluation.metrics.pointing_game import pointing_game
+
     ex = explain(subject, sample.image, sample.question, method="relevancy")
     path = ex.save(out / "explanation.png")
-    console.print(f"explanation of {ex.answer!r} for {sample.question!r}: {path}")
+    ex.save(out / "explanation.html")
+    hit = pointing_game(ex.image_map(), sample.mask, tolerance=2)
+    console.print(f"relevancy explanation of {ex.answer!r} for {sample.question!r}: {path} "
+                  f"(peak {'inside' if hit else 'outside'} the evidence object)")
 
 
 if __name__ == "__main__":

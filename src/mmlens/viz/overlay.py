@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: float = 0.5, cmap: str = "jet") -> Any:
-    """Draw ``image`` on matplotlib axes ``ax`` with ``heat`` (``(H, W)``, same size) blended on top.
+def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: float = 0.6, cmap: str = "jet") -> Any:
+    """Draw ``image`` on matplotlib axes ``ax`` with ``heat`` (``(H, W)``, same size) blended on top,
+    more opaque where the score is high.
 
     The colour scale spans ``heat``'s own range; returns the heat layer (pass it to ``fig.colorbar``).
 
@@ -28,7 +29,10 @@ def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: f
     if hi <= lo:
         hi = lo + 1e-12
     ax.imshow(pixels)
-    layer = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=lo, vmax=hi, interpolation="nearest")
+    # opacity follows the score, so low-scored regions keep the image readable
+    strength = np.clip((np.nan_to_num(heat, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    layer = ax.imshow(heat, cmap=cmap, alpha=alpha * (0.1 + 0.9 * strength), vmin=lo, vmax=hi,
+                      interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     return layer
