@@ -14,6 +14,11 @@ from mmlens.demo.train import TRAIN_SEED_BASE, evaluate
 MAX_BYTES = 10 * 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module")
 def loaded() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     with pytest.MonkeyPatch.context() as mp:
@@ -34,6 +39,7 @@ def test_folder_is_small_safetensors() -> None:
 def test_loads_as_real_llava(loaded: tuple[LlavaForConditionalGeneration, LlavaProcessor]) -> None:
     model, processor = loaded
     assert isinstance(processor, LlavaProcessor)
+    assert processor.tokenizer.padding_side == "left"  # batched generation
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
     prompt = chat_prompt(processor, "what color is the circle?")
     assert prompt == "USER: <image>\nwhat color is the circle? ASSISTANT:"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mmlens import InputError
-from mmlens.evaluation import get_metric, metrics
+from mmlens.evaluation.registry import get_metric, metrics
 from mmlens.evaluation.metrics.energy_pointing_game import energy_in_mask
 from mmlens.evaluation.metrics.pointing_game import pointing_game
 from mmlens.evaluation.metrics.sparseness import sparseness

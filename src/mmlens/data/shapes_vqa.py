@@ -111,7 +111,7 @@ class ShapesVQA:
         image, masks = _render(rng, self.image_size, attrs, boxes)
         objects = [
             {"shape": shape, "color": color, "box": _mask_box(m), "mask": m}
-            for (color, shape), m in zip(attrs, masks)
+            for (color, shape), m in zip(attrs, masks, strict=True)
         ]
         if target is None:
             mask = np.ones((self.image_size, self.image_size), dtype=bool)
@@ -259,7 +259,7 @@ def _render(
         pixels = pixels + rng.integers(-_TEXTURE_AMPLITUDE, _TEXTURE_AMPLITUDE + 1, size=(size, size, 1))
     pixels = pixels.clip(0, 255).astype(np.uint8)
     masks = []
-    for (color, shape), box in zip(attrs, boxes):
+    for (color, shape), box in zip(attrs, boxes, strict=True):
         mask = _shape_mask(size, shape, box)
         pixels[mask] = COLORS[color]
         masks.append(mask)

@@ -13,7 +13,7 @@ Llama), the processor a ``transformers.LlavaProcessor`` (``CLIPImageProcessorPil
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import (
@@ -50,6 +50,7 @@ class DemoConfig:
     text_heads: int = 4
     text_intermediate: int = 384
     max_positions: int = 256
+    init_std: float = 0.1  # text model / projector init; HF's 0.02 leaves a tiny model stuck on the prior
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -58,15 +59,17 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     >>> build_tokenizer().tokenize("USER: <image>\\nwhat color is the circle? ASSISTANT:")[:3]
     ['user', ':', '<image>']
     """
-    return build_word_tokenizer([*CHAT_WORDS, *VOCAB], extra_special_tokens=[IMAGE_TOKEN], chat_template=LLAVA_CHAT_TEMPLATE)
+    words = [*CHAT_WORDS, *VOCAB]
+    return build_word_tokenizer(words, extra_special_tokens=[IMAGE_TOKEN], chat_template=LLAVA_CHAT_TEMPLATE)
 
 
-def build_processor(config: DemoConfig = DemoConfig()) -> LlavaProcessor:
+def build_processor(config: DemoConfig | None = None) -> LlavaProcessor:
     """``LlavaProcessor`` with a PIL-backed CLIP image processor at ``config.image_size``.
 
-    >>> build_processor().image_processor.crop_size
-    {'height': 64, 'width': 64}
+    >>> build_processor().image_processor.crop_size["height"]
+    64
     """
+    config = config or DemoConfig()
     side = config.image_size
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}
@@ -81,13 +84,14 @@ def build_processor(config: DemoConfig = DemoConfig()) -> LlavaProcessor:
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig = DemoConfig()) -> LlavaForConditionalGeneration:
+def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig | None = None) -> LlavaForConditionalGeneration:
     """A randomly initialised tiny LLaVA whose token ids match ``tokenizer``.
 
     >>> model = build_model(build_tokenizer())
     >>> model.config.image_token_id == build_tokenizer().convert_tokens_to_ids("<image>")
     True
     """
+    config = config or DemoConfig()
     vision = CLIPVisionConfig(
         image_size=config.image_size,
         patch_size=config.patch_size,
@@ -109,11 +113,13 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig = DemoCon
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        initializer_range=config.init_std,
     )
     llava = LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(config.image_size // config.patch_size) ** 2,
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -142,7 +148,3 @@ def save_demo(model: LlavaForConditionalGeneration, processor: LlavaProcessor, o
     processor.save_pretrained(out)
     return out
 
-
-def config_dict(config: DemoConfig) -> dict[str, int]:
-    """The architecture as a plain dict (for logs)."""
-    return asdict(config)

@@ -1,8 +1,17 @@
-"""Train the bundled demo model on ShapesVQA (CPU, 2 threads, deterministic given ``--seed``).
+"""Train the bundled demo model on ShapesVQA (CPU; deterministic given ``--seed`` and ``--threads``).
+
+Recipe: stage 1 trains the vision tower + projector alone to tell each patch's colour and shape
+(from the ground-truth masks; it stands in for a real LLaVA's pretrained CLIP); stage 2 trains the
+whole ``LlavaForConditionalGeneration`` with teacher forcing on ``processor`` outputs (loss on the
+answer and ``</s>`` only), keeping the per-patch loss as an auxiliary term. The per-patch heads
+are training-only; the saved model is a plain LLaVA.
 
 Data split: training reads ``ShapesVQA(seed=TRAIN_SEED_BASE + seed)`` (seeds >= 1000), batch ``k``
-being indices ``k * batch_size ...``; evaluation reads ``ShapesVQA(seed=s)`` with ``s`` in
-``EVAL_SEEDS`` (0..9), never used for training.
+being indices ``k * batch_size ...`` (stage 2 continues where stage 1 stopped); evaluation reads
+``ShapesVQA(seed=s)`` with ``s`` in ``EVAL_SEEDS`` (0..9), never used for training.
+
+One thread is the default: on a shared 2-core machine, two threads slow down by an order of
+magnitude as soon as another process wants a core.
 
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
@@ -14,16 +23,18 @@ import argparse
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from mmlens.data.shapes_vqa import QUESTION_TYPES, ShapesSample, ShapesVQA
+from mmlens.data.shapes_vqa import COLORS, QUESTION_TYPES, SHAPES, ShapesSample, ShapesVQA
 from mmlens.demo import DEMO_MODEL_DIR
 from mmlens.demo.build import DemoConfig, build_model, build_processor, chat_prompt, save_demo
+from mmlens.errors import InputError
 
 TRAIN_SEED_BASE = 1000
 EVAL_SEEDS = tuple(range(10))
@@ -33,14 +44,18 @@ EVAL_SEEDS = tuple(range(10))
 class TrainConfig:
     """Optimisation settings."""
 
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-3
+    vision_steps: int = 600  # stage 1: vision tower + projector on per-patch colour/shape labels
+    vision_lr: float = 2e-3
+    steps: int = 1500  # stage 2: the whole model on the answers (teacher forcing)
+    lr: float = 1e-3
+    batch_size: int = 32
     warmup: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    aux_weight: float = 0.5  # stage 2 keeps the per-patch loss with this weight
     seed: int = 0
+    threads: int = 1
     log_every: int = 50
 
 
@@ -61,12 +76,48 @@ def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> di
     return dict(batch)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def patch_labels(samples: Sequence[ShapesSample], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch ``(color, shape)`` class ids (0 = background), row-major over a ``grid x grid`` grid.
+
+    A patch takes the object covering most of it, if that covers at least a quarter of the patch.
+    """
+    colors, shapes = list(COLORS), list(SHAPES)
+    color_ids = np.zeros((len(samples), grid * grid), dtype=np.int64)
+    shape_ids = np.zeros_like(color_ids)
+    for row, s in enumerate(samples):
+        side = s.mask.shape[0] // grid
+        best = np.zeros(grid * grid)
+        for o in s.objects:
+            cover = o["mask"][: grid * side, : grid * side].reshape(grid, side, grid, side).mean(axis=(1, 3)).ravel()
+            take = (cover >= 0.25) & (cover > best)
+            best[take] = cover[take]
+            color_ids[row, take] = colors.index(o["color"]) + 1
+            shape_ids[row, take] = shapes.index(o["shape"]) + 1
+    return torch.from_numpy(color_ids), torch.from_numpy(shape_ids)
+
+
+class PatchProbe(torch.nn.Module):
+    """Training-only heads that read colour and shape from each projected image token."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
+        self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+
+    def loss(self, features: torch.Tensor, color_ids: torch.Tensor, shape_ids: torch.Tensor) -> torch.Tensor:
+        features = features.reshape(*color_ids.shape, -1)
+        ce = torch.nn.functional.cross_entropy
+        return ce(self.color(features).flatten(0, 1), color_ids.flatten()) + ce(
+            self.shape(features).flatten(0, 1), shape_ids.flatten()
+        )
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -76,40 +127,119 @@ def _answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[rows, first].argmax(-1) == labels[rows, first + 1]
 
 
-def train(cfg: TrainConfig = TrainConfig(), arch: DemoConfig = DemoConfig()) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Train a demo model from scratch and return it with its processor."""
+def _optimizer(
+    named: list[tuple[str, torch.nn.Parameter]], lr: float, total: int, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases, norms and embeddings) with warm-up + cosine decay."""
+    decayed = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+    warmup = min(cfg.warmup, max(1, total // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
+    return optimizer, schedule
+
+
+def _step(
+    loss: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    clip: float,
+) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _batches(data: ShapesVQA, batch_size: int, first: int, count: int) -> Iterator[list[ShapesSample]]:
+    for k in range(first, first + count):
+        yield list(data.samples(batch_size, start=k * batch_size))
+
+
+def pretrain_vision(
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    probe: PatchProbe,
+    data: ShapesVQA,
+    cfg: TrainConfig,
+) -> None:
+    """Stage 1: train vision tower + projector to tell each patch's colour and shape.
+
+    This stands in for the pretrained CLIP of a real LLaVA; the text model is not run.
+    """
+    config = model.config
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    named = [*tower.named_parameters(), *projector.named_parameters(), *probe.named_parameters()]
+    params = [p for _, p in named]
+    optimizer, schedule = _optimizer(named, cfg.vision_lr, cfg.vision_steps, cfg)
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    start = time.time()
+    for step, samples in enumerate(_batches(data, cfg.batch_size, 0, cfg.vision_steps)):
+        pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
+        hidden = tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+        loss = probe.loss(projector(hidden[:, 1:]), *patch_labels(samples, grid))  # [:, 1:] drops CLS
+        _step(loss, params, optimizer, schedule, cfg.grad_clip)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.vision_steps:
+            elapsed = time.time() - start
+            print(f"vision {step + 1:5d}/{cfg.vision_steps}  patch loss {loss.item():.4f}  {elapsed:6.0f}s", flush=True)
+
+
+def train_llava(
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    probe: PatchProbe,
+    data: ShapesVQA,
+    cfg: TrainConfig,
+) -> None:
+    """Stage 2: train the whole model to answer (teacher forcing), keeping the patch loss."""
+    named = [*model.named_parameters(), *probe.named_parameters()]
+    params = [p for _, p in named]
+    optimizer, schedule = _optimizer(named, cfg.lr, cfg.steps, cfg)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    projected: list[torch.Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: projected.append(out))
+    start, losses, hits = time.time(), [], []
+    try:
+        for step, samples in enumerate(_batches(data, cfg.batch_size, cfg.vision_steps, cfg.steps)):
+            batch = make_batch(processor, samples)
+            projected.clear()
+            out = model(**batch)
+            loss = out.loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
+            _step(loss, params, optimizer, schedule, cfg.grad_clip)
+            losses.append(out.loss.item())
+            hits.extend(_answer_hits(out.logits.detach(), batch["labels"]).tolist())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                recent = hits[-cfg.log_every * cfg.batch_size :]
+                print(
+                    f"llava  {step + 1:5d}/{cfg.steps}  loss {np.mean(losses[-cfg.log_every :]):.4f}"
+                    f"  train acc {np.mean(recent):.3f}  lr {schedule.get_last_lr()[0]:.2e}"
+                    f"  {time.time() - start:6.0f}s",
+                    flush=True,
+                )
+    finally:
+        hook.remove()
+
+
+def train(
+    cfg: TrainConfig | None = None, arch: DemoConfig | None = None
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Train a demo model from scratch (stage 1: vision, stage 2: all) and return it with its processor.
+
+    >>> model, processor = train(TrainConfig(vision_steps=2, steps=2, batch_size=4))  # doctest: +ELLIPSIS
+    vision ...
+    """
+    cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
     torch.manual_seed(cfg.seed)
     processor = build_processor(arch)
     model = build_model(processor.tokenizer, arch)
-    model.train()
+    probe = PatchProbe(arch.text_hidden)  # training-only: not part of the saved model
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    start, losses, hits = time.time(), [], []
-    for step in range(cfg.steps):
-        batch = make_batch(processor, list(data.samples(cfg.batch_size, start=step * cfg.batch_size)))
-        out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
-        hits.extend(_answer_hits(out.logits.detach(), batch["labels"]).tolist())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = cfg.log_every * cfg.batch_size
-            print(
-                f"step {step + 1:5d}/{cfg.steps}  loss {sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f}"
-                f"  train acc {sum(hits[-n:]) / len(hits[-n:]):.3f}  lr {scheduler.get_last_lr()[0]:.2e}"
-                f"  {time.time() - start:6.0f}s",
-                flush=True,
-            )
+    model.train()
+    pretrain_vision(model, processor, probe, data, cfg)
+    train_llava(model, processor, probe, data, cfg)
     model.eval()
     return model, processor
 
@@ -121,7 +251,6 @@ def evaluate(
     n: int = 1000,
     seed: int | Sequence[int] = EVAL_SEEDS,
     batch_size: int = 100,
-    image_size: int | None = None,
 ) -> dict[str, float]:
     """Greedy-generation accuracy on ``n`` held-out samples, overall and per question type.
 
@@ -135,9 +264,9 @@ def evaluate(
     True
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    if any(s >= TRAIN_SEED_BASE for s in seeds):
-        raise ValueError(f"evaluation seeds must be < {TRAIN_SEED_BASE} (larger ones are training data)")
-    side = image_size or processor.image_processor.crop_size["height"]
+    if not seeds or any(not 0 <= s < TRAIN_SEED_BASE for s in seeds):
+        raise InputError(f"evaluation seeds must be in [0, {TRAIN_SEED_BASE}): larger ones are training data")
+    side = processor.image_processor.crop_size["height"]
     samples = [
         s
         for i, sd in enumerate(seeds)
@@ -147,7 +276,7 @@ def evaluate(
     correct: dict[str, list[bool]] = defaultdict(list)
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo : lo + batch_size]
-        for s, answer in zip(chunk, generate_answers(model, processor, chunk)):
+        for s, answer in zip(chunk, generate_answers(model, processor, chunk), strict=True):
             correct[s.question_type].append(answer == s.answer)
     result = {t: sum(v) / len(v) for t, v in correct.items()}
     result["overall"] = sum(map(sum, correct.values())) / len(samples)
@@ -177,19 +306,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="folder to save to / evaluate")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the model in --out")
     parser.add_argument("--n", type=int, default=1000, help="held-out samples to evaluate")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    for defaults in (TrainConfig(), DemoConfig()):
+        for f in fields(defaults):
+            value = getattr(defaults, f.name)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.eval_only:
         model = LlavaForConditionalGeneration.from_pretrained(args.out)
         processor = AutoProcessor.from_pretrained(args.out)
     else:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-        print(f"training {cfg} {DemoConfig()}", flush=True)
+        arch = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
+        print(f"training {cfg} {arch}", flush=True)
         start = time.time()
-        model, processor = train(cfg)
+        model, processor = train(cfg, arch)
         print(f"trained in {time.time() - start:.0f}s", flush=True)
         save_demo(model, processor, args.out)
         print(f"saved to {args.out}", flush=True)

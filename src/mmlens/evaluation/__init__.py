@@ -1,5 +1,9 @@
-"""Measured faithfulness: metrics (one file each, with category and score direction) and the benchmark."""
+"""Measured faithfulness: metrics (one file each, with category and score direction) and the benchmark.
 
-from mmlens.evaluation.registry import MetricInfo, get_metric, metrics, register_metric
+The catalog is ``mmlens.evaluation.registry.metrics()``; ``mmlens.evaluation.metrics`` is the package of
+metric modules.
+"""
 
-__all__ = ["MetricInfo", "get_metric", "metrics", "register_metric"]
+from mmlens.evaluation.registry import MetricInfo, get_metric, register_metric
+
+__all__ = ["MetricInfo", "get_metric", "register_metric"]

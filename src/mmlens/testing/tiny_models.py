@@ -208,22 +208,8 @@ def _tokenizer(extra_special: tuple[str, ...], named: dict[str, str], chat_templ
     """Word tokenizer with ``extra_special`` tokens; ``named`` tokens (e.g. ``image_token``) become tokenizer
     attributes (``tok.image_token`` / ``tok.image_token_id``), the transformers-5 "model specific special tokens"
     mechanism that real multimodal tokenizers use (saved in tokenizer_config.json)."""
-    base = build_word_tokenizer(_WORDS, extra_special_tokens=extra_special, chat_template=chat_template)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=base.backend_tokenizer,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens=list(base.extra_special_tokens),
-        model_max_length=base.model_max_length,
-        **named,
-    )
-    tok.padding_side = base.padding_side
-    tok.chat_template = chat_template
-    for name, token in named.items():
-        assert getattr(tok, f"{name}_id") == base.convert_tokens_to_ids(token), name
-    return tok
+    return build_word_tokenizer(_WORDS, extra_special_tokens=extra_special, chat_template=chat_template,
+                                named_tokens=named)
 
 
 def _text_ids(tok) -> dict[str, int]:

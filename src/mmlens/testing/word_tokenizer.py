@@ -35,11 +35,15 @@ def build_word_tokenizer(
     extra_special_tokens: Iterable[str] = (),
     chat_template: str | None = LLAVA_CHAT_TEMPLATE,
     model_max_length: int = 4096,
+    named_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Build a lower-casing word-level tokenizer over ``words``.
 
     Special tokens come first (ids 0..), in the order ``<pad> <unk> <s> </s>`` then ``extra_special_tokens``
-    (e.g. ``<image>``); punctuation splits into its own tokens.
+    (e.g. ``<image>``); punctuation splits into its own tokens. ``named_tokens`` (e.g.
+    ``{"image_token": "<image>"}``) become attributes ``tok.image_token`` / ``tok.image_token_id``, the way real
+    multimodal tokenizers carry them. Padding is on the left (for batched generation), and survives
+    ``save_pretrained``.
 
     >>> tok = build_word_tokenizer(["what", "color", "?"], ["<image>"])
     >>> tok("What color?").input_ids[-2:] == tok.convert_tokens_to_ids(["color", "?"])
@@ -62,9 +66,10 @@ def build_word_tokenizer(
         bos_token="<s>",
         eos_token="</s>",
         model_max_length=model_max_length,
+        padding_side="left",
+        extra_special_tokens=[t for t in specials if t not in BASE_SPECIAL_TOKENS],
+        **(named_tokens or {}),
     )
-    tok.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in BASE_SPECIAL_TOKENS]})
-    tok.padding_side = "left"
     if chat_template is not None:
         tok.chat_template = chat_template
     return tok
