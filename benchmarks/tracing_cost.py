@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--trace-layers", type=int, default=None, help="layers in the tracing grid (default all)")
+    ap.add_argument("--skip-grid", action="store_true", help="only measure the capture overhead")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
@@ -44,6 +45,8 @@ def main() -> None:
     traced = median_time(captured, args.repeats)
     print(f"capture all {args.layers} residual streams: {traced:.3f}s vs plain {plain:.3f}s -> ratio {traced / plain:.3f} (goal <= 1.1)")
 
+    if args.skip_grid:
+        return
     layers = list(range(args.trace_layers)) if args.trace_layers else None
     with ForwardCounter(subject.model) as counter:
         grid = causal_trace(subject, batch, layers=layers, batch_size=args.batch)

@@ -77,3 +77,12 @@ def test_access_tiers_limit_methods():
     assert ex.image_map().shape == (img[0].height, img[0].width)
     with pytest.raises(InputError, match="unknown access tier"):
         mmlens.load((model, processor), access="root")
+
+
+def test_demo_loads_offline_through_the_llava_adapter(monkeypatch):
+    from mmlens.adapters.llava import LlavaAdapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    demo = mmlens.load("demo")
+    assert type(demo.adapter) is LlavaAdapter and demo.family == "llava"
+    assert demo.model_id == "demo" and type(demo.model).__name__ == "LlavaForConditionalGeneration"
