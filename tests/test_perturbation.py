@@ -200,13 +200,20 @@ def test_rise_is_seeded_and_follows_the_formula():
     img = batch.images[0]
     grids, shifts = rise_grids(6, 1, 4, 0.4, 3)
     expected = np.zeros((len(targets), img.height, img.width))
+    masks, values = [], []
     for m in range(6):
         mask = rise_mask(grids[m, 0], shifts[m, 0], img.size)
         assert mask.shape == (img.height, img.width) and 0 <= mask.min() and mask.max() <= 1
         masked = Image.fromarray(np.clip(np.rint(np.array(img) * mask[..., None]), 0, 255).astype(np.uint8))
-        expected += _single_values(lm, [masked], None, batch, targets).numpy()[:, None, None] * mask
+        masks.append(mask)
+        values.append(_single_values(lm, [masked], None, batch, targets).numpy())
+        expected += values[-1][:, None, None] * mask
+    raw = rise(lm, batch, targets, n_masks=6, cells=4, p=0.4, baseline="black", batch_size=4, seed=3, centered=False)
+    mean = np.mean(values, axis=0)
     for t in range(len(targets)):
-        np.testing.assert_allclose(a.pixel_maps[t][0], expected[t] / (6 * 0.4), atol=1e-4)
+        np.testing.assert_allclose(raw.pixel_maps[t][0], expected[t] / (6 * 0.4), atol=1e-4)
+        centred = (expected[t] - mean[t] * np.sum(masks, axis=0)) / (6 * 0.4)
+        np.testing.assert_allclose(a.pixel_maps[t][0], centred, atol=1e-4)
     assert a.extras["forward_calls"] == 2 and a.extras["rows"] == 6
 
 

@@ -217,26 +217,25 @@ def benchmark_cmd(
     out: Path = typer.Option(Path("benchmark"), "--out", "-o", help="folder for results.csv/.json/.md and curves.png"),
     sanity_n: int = typer.Option(5, "--sanity-n", help="samples that also get the randomisation and robustness checks"),
     metrics: str = typer.Option("all", "--metrics", help="'all' or comma-separated metric names"),
+    cells: int = typer.Option(8, "--cells", help="deletion / insertion grid: cells x cells patches"),
 ) -> None:
     """Score attribution methods and baselines on ground-truth data (table + CSV, JSON, Markdown, curves PNG)."""
     import shlex
 
-    from mmlens.core.loading import load
-    from mmlens.evaluation.benchmark import resolve_methods, resolve_metrics, run_benchmark
-    from mmlens.evaluation.data_file import read_data_file
+    from mmlens.evaluation.benchmark import resolve_metrics, run_benchmark
 
-    resolve_methods(methods)  # bad names, data or --out fail before the model is loaded
-    resolve_metrics(metrics)
-    if out.exists() and not out.is_dir():
-        from mmlens.errors import InputError
-
-        raise InputError(f"--out {str(out)!r} is a file: pass a folder for the result files")
-    if data is not None:
-        read_data_file(data)
-    command = "mmlens benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
-    result = run_benchmark(load(model), methods=methods, n=n, seed=seed, data=data, metrics=metrics, out=out,
-                           sanity_n=sanity_n, show_progress=sys.stderr.isatty(), command=command)
-    Console(width=max(160, Console().width)).print(result.table())
+    chosen = {m.name for m in resolve_metrics(metrics)}
+    curve_options = {mode: {"cells": cells} for mode in ("deletion", "insertion") if mode in chosen}
+    args = ["--model", model, "--methods", methods, "--n", str(n), "--seed", str(seed), "--sanity-n", str(sanity_n)]
+    args += (["--data", str(data)] if data is not None else []) + (["--metrics", metrics] if metrics != "all" else [])
+    args += (["--cells", str(cells)] if cells != 8 else []) + ["--out", str(out)]
+    # every argument (methods, metrics, options, data file, --out) is checked before the model is loaded
+    result = run_benchmark(model, methods=methods, n=n, seed=seed, data=data, metrics=metrics, out=out,
+                           sanity_n=sanity_n, metric_options=curve_options, show_progress=sys.stderr.isatty(),
+                           command="mmlens benchmark " + " ".join(shlex.quote(a) for a in args))
+    Console(width=None if sys.stdout.isatty() else 200).print(result.table())
+    for line in result.failures():
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     for name in ("results.csv", "results.json", "results.md", "curves.png"):
         print(out / name)
 

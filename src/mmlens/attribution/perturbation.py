@@ -159,6 +159,7 @@ def rise(
     baseline: str = "mean",
     seed: int | None = None,
     prob: bool = False,
+    centered: bool = True,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> MethodOutput:
@@ -167,7 +168,9 @@ def rise(
     with ``baseline`` (every image of the prompt masked independently in each row). For image ``i``:
     ``map = sum_m value_m * mask_m,i / (n_masks * p)``, the expected target value when the pixel is kept.
     ``value`` is the target value (a log-prob), or its ``exp`` with ``prob=True`` (the paper's class
-    probability). Seeded by ``seed`` (``None``: drawn from torch's global RNG, so
+    probability). ``centered`` (default) subtracts the mean value over masks first, so the map shows how much
+    keeping a pixel raises the target above its average rather than a large constant offset (the
+    uncentred map of the paper is ``centered=False``; the two differ by ``mean * mask density``). Seeded by ``seed`` (``None``: drawn from torch's global RNG, so
     ``mmlens.explain(..., seed=...)`` decides; the seed used is in ``extras``). Only images are masked:
     prompt positions score 0.
 
@@ -183,6 +186,7 @@ def rise(
     grids, shifts = rise_grids(n_masks, len(batch.images), cells, p, seed)
     sizes = [img.size for img in batch.images]
     sums = [np.zeros((len(targets), h, w), dtype=np.float64) for w, h in sizes]
+    mask_sums = [np.zeros((h, w), dtype=np.float64) for w, h in sizes]
     masks: dict[int, list[list[np.ndarray]]] = {}
 
     def make_rows(lo: int, hi: int) -> tuple[list[list], None]:
@@ -195,10 +199,15 @@ def rise(
         total += v.sum(0)
         rows = masks.pop(lo)
         for i in range(len(sizes)):
-            sums[i] += np.einsum("bt,bhw->thw", v.numpy(), np.stack([row[i] for row in rows]))
+            stack = np.stack([row[i] for row in rows])
+            sums[i] += np.einsum("bt,bhw->thw", v.numpy(), stack)
+            mask_sums[i] += stack.sum(0)
+    mean = (total / n_masks).numpy()
+    if centered:
+        sums = [s - mean[:, None, None] * m[None] for s, m in zip(sums, mask_sums)]
     maps = [s / (n_masks * p) for s in sums]
     pixel_maps = [[m[t].astype(np.float32) for m in maps] for t in range(len(targets))]
     scores = position_scores(batch, len(targets), pixel_maps)
     extras = {"forward_calls": ev.calls, "rows": ev.rows, "n_masks": n_masks, "cells": cells, "p": p,
-              "seed": seed, "baseline": baseline, "prob": prob, "mean_value": (total / n_masks).tolist()}
+              "seed": seed, "baseline": baseline, "prob": prob, "centered": centered, "mean_value": mean.tolist()}
     return MethodOutput(scores, pixel_maps, extras)

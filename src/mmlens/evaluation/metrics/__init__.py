@@ -1,3 +1,11 @@
 """Built-in metrics, one module each."""
 
-from mmlens.evaluation.metrics import energy_pointing_game, pointing_game, sparseness, topk_iou  # noqa: F401
+from mmlens.evaluation.metrics import (  # noqa: F401  (importing registers each metric)
+    deletion_insertion,
+    energy_pointing_game,
+    max_sensitivity,
+    pointing_game,
+    randomisation,
+    sparseness,
+    topk_iou,
+)

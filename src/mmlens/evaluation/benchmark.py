@@ -1,0 +1,629 @@
+"""``mmlens benchmark``: score every attribution method (and three baselines) on data with known evidence.
+
+For each sample (ShapesVQA at the model's input size, or the rows of a user data file) and each method, the
+sample's ground-truth answer is teacher-forced and explained as a whole (target ``"answer"``), then scored:
+
+- localisation metrics (pointing game, energy in mask, top-k IoU) on the samples whose evidence is one
+  object (ShapesVQA "is there ...? no" samples have the whole image as evidence and are left out);
+- complexity (sparseness) and faithfulness (deletion / insertion AUC) on every sample;
+- the randomisation sanity check and max-sensitivity on the first ``sanity_n`` samples only (each costs
+  several explanations per sample);
+- seconds per explanation (the method's call only; the first, warm-up call per method is not timed).
+
+Everything is streamed: running means and mean curves, so memory does not grow with ``n``. Every random choice
+is seeded from ``seed`` (and the sample index), so two runs give the same table except for the timings.
+
+>>> result = run_benchmark(mmlens.load("demo"), methods=["gradcam", "occlusion"], n=20)   # doctest: +SKIP
+>>> result.rows[0]["method"], result.rows[0]["deletion"]                               # doctest: +SKIP
+('gradcam', 0.21)
+>>> result.save("bench/")                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmlens.core.results import Explanation, jsonable
+from mmlens.core.subject import Subject
+from mmlens.errors import InputError
+from mmlens.evaluation.baselines import BASELINE_NAMES, baseline_explanation
+from mmlens.evaluation.registry import MetricInfo, get_metric
+from mmlens.evaluation.registry import metrics as all_metrics
+
+#: Metrics run only on the first ``sanity_n`` samples (each costs several explanations per sample).
+SANITY_CATEGORIES = ("randomisation", "robustness")
+OUTPUT_FILES = ("results.csv", "results.json", "results.md", "curves.png")
+DEFAULT_IMAGE_SIZE = 64
+MAX_N = 1_000_000
+
+
+# -- streaming accumulators ---------------------------------------------------------------------------------
+@dataclass
+class Mean:
+    """Streaming mean of scalars that skips NaN (and counts them)."""
+
+    total: float = 0.0
+    count: int = 0
+    nan: int = 0
+
+    def add(self, value: float) -> None:
+        value = float(value)
+        if math.isnan(value):
+            self.nan += 1
+        else:
+            self.total += value
+            self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+@dataclass
+class CurveMean:
+    """Streaming point-wise mean of equally long curves (NaN curves skipped)."""
+
+    total: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, values: Sequence[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            return
+        self.total = arr.copy() if self.total is None else self.total + arr
+        self.count += 1
+
+    @property
+    def mean(self) -> list[float]:
+        return [] if self.total is None else (self.total / self.count).tolist()
+
+
+@dataclass
+class MethodStats:
+    """Everything the table needs about one method, accumulated sample by sample."""
+
+    method: str
+    kind: str  # "method" | "baseline"
+    scores: dict[str, Mean] = field(default_factory=dict)
+    curves: dict[str, CurveMean] = field(default_factory=dict)
+    seconds: Mean = field(default_factory=Mean)
+    explained: int = 0
+    failures: int = 0
+    first_error: str = ""
+    sanity_passes: int = 0
+    sanity_checked: int = 0
+
+    def score(self, name: str) -> Mean:
+        return self.scores.setdefault(name, Mean())
+
+    def curve(self, name: str) -> CurveMean:
+        return self.curves.setdefault(name, CurveMean())
+
+    def fail(self, where: str, err: BaseException) -> None:
+        self.failures += 1
+        if not self.first_error:
+            self.first_error = f"{where}: {err.__class__.__name__}: {' '.join(str(err).split())[:300]}"
+
+
+# -- result -------------------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkResult:
+    """The benchmark table (``rows``: one dict per method, baselines last), the mean deletion / insertion curves
+    and the per-step randomisation correlations, with what is needed to reproduce them (``meta``)."""
+
+    rows: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]  # name, category, higher_is_better, summary, samples ("all" | "object" | "sanity")
+    curves: dict[str, dict[str, list[float]]]  # method -> {"deletion": [...], "insertion": [...]}
+    fractions: dict[str, list[float]]  # mode -> share of patches removed / revealed at each curve point
+    randomisation: dict[str, dict[str, Any]]  # method -> {"steps": [...], "correlations": [...]}
+    meta: dict[str, Any]
+
+    # -- views ----------------------------------------------------------------------------------------------
+    def columns(self) -> list[tuple[str, str]]:
+        """(row key, header) of every column of the table."""
+        cols = [("method", "method")]
+        for m in self.metrics:
+            arrow = "↑" if m["higher_is_better"] else "↓"
+            cols.append((m["name"], f"{_label(m['name'])} {arrow}"))
+        if any(m["name"] == "randomisation" for m in self.metrics):
+            cols.append(("sanity", "sanity check"))
+        cols += [("seconds_per_explanation", "s / explanation"), ("n", "n")]
+        if any(r["failures"] for r in self.rows):
+            cols.append(("failures", "failures"))
+        return cols
+
+    def table(self) -> Any:
+        """A rich :class:`~rich.table.Table` of the results."""
+        from rich.table import Table
+
+        table = Table(title=f"mmlens benchmark: {self.meta['model']} ({self.meta['data_description']})",
+                      caption=self._caption(markdown=False), caption_justify="left")
+        for key, header in self.columns():
+            table.add_column(header, justify="left" if key in ("method", "sanity") else "right",
+                             no_wrap=key == "method")
+        for row in self.rows:
+            table.add_row(*[_cell(row.get(key)) for key, _ in self.columns()])
+        return table
+
+    def to_csv(self) -> str:
+        keys = ["method", "kind", "n", "n_localisation", "n_sanity"]
+        for m in self.metrics:
+            keys.append(m["name"])
+            if m["name"] == "randomisation":
+                keys += ["randomisation_pass_rate", "sanity"]
+        keys += ["seconds_per_explanation", "failures"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in keys})
+        return buf.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"format": "mmlens.benchmark", "format_version": 1, "meta": self.meta,
+                         "metrics": self.metrics, "rows": self.rows, "fractions": self.fractions,
+                         "curves": self.curves, "randomisation": self.randomisation})
+
+    def to_json(self) -> str:
+        return json.dumps(_nan_to_none(self.to_dict()), indent=2)
+
+    def to_markdown(self) -> str:
+        cols = self.columns()
+        lines = [f"# mmlens benchmark: {self.meta['model']}", "",
+                 f"{self.meta['data_description']}; seed {self.meta['seed']}.", ""]
+        lines.append("| " + " | ".join(h for _, h in cols) + " |")
+        lines.append("|" + "|".join("---" if k in ("method", "sanity") else "---:" for k, _ in cols) + "|")
+        for row in self.rows:
+            lines.append("| " + " | ".join(_cell(row.get(k)).replace("|", "\\|") for k, _ in cols) + " |")
+        lines += ["", self._caption(markdown=True), "", "Metrics (↑ higher is better, ↓ lower is better):", ""]
+        for m in self.metrics:
+            direction = "higher is better" if m["higher_is_better"] else "lower is better"
+            lines.append(f"- **{_label(m['name'])}** ({m['category']}, {direction}; {_SAMPLES[m['samples']]}): "
+                         f"{m['summary']}")
+        lines.append("- **s / explanation**: seconds per call of the method (the warm-up call not counted); "
+                     "timings vary between runs, every other number is reproducible.")
+        failed = self.failures()
+        if failed:
+            lines += ["", "Failures (counted, not scored; the method's means cover the other samples):", ""]
+            lines += [f"- {line}" for line in failed]
+        if self.meta.get("command"):
+            lines += ["", "Regenerate with:", "", "```", self.meta["command"], "```"]
+        return "\n".join(lines) + "\n"
+
+    def failures(self) -> list[str]:
+        """One line per method that failed on some sample or metric: count and first error."""
+        return [f"{r['method']}: {r['failures']} failure(s); first: {r.get('first_error', '')}"
+                for r in self.rows if r.get("failures")]
+
+    def _caption(self, markdown: bool) -> str:
+        meta = self.meta
+        parts = [f"n = {meta['n']} samples; localisation metrics on the {meta['n_localisation']} whose "
+                 + "evidence is one object"]
+        if meta.get("n_sanity"):
+            parts.append(f"randomisation and max-sensitivity on the first {meta['n_sanity']}")
+        text = "; ".join(parts) + "."
+        if any(m["name"] == "randomisation" for m in self.metrics):
+            thr = meta.get("randomisation_threshold", 0.5)
+            text += (f" Sanity check: pass = the mean Spearman correlation between the map and the map of the "
+                     f"fully cascade-randomised model is below {thr}; baselines ignore the model, so they fail "
+                     "by design.")
+        return text
+
+    def plot_curves(self) -> Any:
+        """Matplotlib figure: mean deletion and insertion curves, one line per method (baselines dashed)."""
+        from matplotlib.figure import Figure
+
+        modes = [m for m in ("deletion", "insertion") if any(m in c for c in self.curves.values())]
+        fig = Figure(figsize=(6.2 * max(1, len(modes)), 4.8), layout="constrained")
+        axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
+        kinds = {r["method"]: r["kind"] for r in self.rows}
+        cmap = _colours(len(self.curves))
+        for ax, mode in zip(axes, modes):
+            for colour, (method, curves) in zip(cmap, self.curves.items()):
+                if mode not in curves or not curves[mode]:
+                    continue
+                values, xs = curves[mode], self.fractions[mode]
+                auc = float(np.trapezoid(values, xs))
+                ax.plot(xs, values, color=colour,
+                        linestyle="--" if kinds.get(method) == "baseline" else "-", label=f"{method} ({auc:.3f})")
+            removed = "removed" if mode == "deletion" else "revealed"
+            better = "lower" if mode == "deletion" else "higher"
+            ax.set_title(f"{mode} (AUC in legend, {better} is better)", fontsize=10)
+            ax.set_xlabel(f"share of patches {removed}")
+            ax.set_ylabel("mean probability of the answer")
+            ax.set_xlim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncols=2 if len(self.curves) > 8 else 1)
+        if not modes:
+            axes[0].text(0.5, 0.5, "no deletion / insertion metric was run", ha="center", va="center")
+            axes[0].axis("off")
+        fig.suptitle(f"{self.meta['model']}: {self.meta['data_description']}", fontsize=10)
+        return fig
+
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write results.csv, results.json, results.md and curves.png into folder ``out`` (created if needed).
+        Every file is written to a temporary name first, and the four are renamed only once all succeeded."""
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out {str(folder)!r} is a file: pass a folder for results.csv, results.json, "
+                             "results.md and curves.png")
+        folder.mkdir(parents=True, exist_ok=True)
+        writers = {
+            "results.csv": lambda p: p.write_text(self.to_csv(), encoding="utf-8"),
+            "results.json": lambda p: p.write_text(self.to_json(), encoding="utf-8"),
+            "results.md": lambda p: p.write_text(self.to_markdown(), encoding="utf-8"),
+            "curves.png": lambda p: self.plot_curves().savefig(p, format="png", dpi=120),
+        }
+        tag = uuid.uuid4().hex[:8]
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for name, write in writers.items():
+                tmp = folder / f".{name}.{tag}.tmp"
+                staged.append((tmp, folder / name))
+                write(tmp)
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return [final for _, final in staged]
+
+
+_SAMPLES = {"all": "every sample", "object": "samples whose evidence is one object",
+            "sanity": "the first sanity_n samples"}
+_LABELS = {"pointing_game": "pointing game", "energy_in_mask": "energy in mask", "topk_iou": "top-k IoU",
+           "deletion": "deletion AUC", "insertion": "insertion AUC", "randomisation": "randomisation corr.",
+           "max_sensitivity": "max-sensitivity", "sparseness": "sparseness"}
+
+
+def _label(name: str) -> str:
+    return _LABELS.get(name, name.replace("_", " "))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return value
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
+# -- configuration checks ------------------------------------------------------------------------------------
+def resolve_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"all"`` (every attribution method) or a list / comma-separated string of attribution methods."""
+    from mmlens.core.registry import get_method
+    from mmlens.core.registry import methods as catalog
+
+    if isinstance(methods, str):
+        names = [m.name for m in catalog(kind="attribution")] if methods.strip() == "all" else \
+            [m.strip() for m in methods.split(",") if m.strip()]
+    else:
+        names = [str(m).strip() for m in methods]
+    if not names:
+        raise InputError("no methods given: pass 'all' or method names, e.g. gradcam,occlusion")
+    out = []
+    for name in names:
+        info = get_method(name)  # unknown -> one-line InputError listing the methods
+        if info.kind != "attribution":
+            raise InputError(f"method {name!r} is a {info.kind} analysis, not an attribution method: choose from "
+                             f"{', '.join(m.name for m in catalog(kind='attribution'))}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def resolve_metrics(names: str | Sequence[str] | None) -> list[MetricInfo]:
+    """``None`` / ``"all"``: every registered metric; else a list / comma-separated string of metric names."""
+    if names is None or (isinstance(names, str) and names.strip() == "all"):
+        return all_metrics()
+    items = [m.strip() for m in names.split(",")] if isinstance(names, str) else [str(m).strip() for m in names]
+    items = [m for m in items if m]
+    if not items:
+        raise InputError("no metrics given: pass 'all' or metric names, e.g. pointing_game,deletion")
+    found = {get_metric(name).name: get_metric(name) for name in items}  # unknown -> one-line InputError
+    return [m for m in all_metrics() if m.name in found]
+
+
+def _check_options(methods: list[str], method_options: dict[str, dict[str, Any]] | None,
+                   metric_list: list[MetricInfo], metric_options: dict[str, dict[str, Any]] | None) -> None:
+    import inspect
+
+    from mmlens.core.registry import get_method
+    from mmlens.explain import _check_options as check_method_options
+
+    for name, opts in (method_options or {}).items():
+        if name not in methods:
+            raise InputError(f"method_options names {name!r}, which is not among the benchmarked methods "
+                             f"({', '.join(methods)})")
+        check_method_options(get_method(name), dict(opts))
+    chosen = {m.name: m for m in metric_list}
+    for name, opts in (metric_options or {}).items():
+        if name not in chosen:
+            raise InputError(f"metric_options names {name!r}, which is not among the chosen metrics "
+                             f"({', '.join(chosen)})")
+        params = inspect.signature(chosen[name].fn).parameters
+        unknown = sorted(set(opts) - set(params) - {"subject", "ex", "heat", "mask"})
+        if unknown:
+            offered = [p for p in params if p not in ("subject", "ex", "heat", "mask")]
+            raise InputError(f"metric {name!r} has no option {unknown[0]!r}; its options: {', '.join(offered)}")
+        _check_values(name, opts)
+
+
+def _check_values(name: str, opts: dict[str, Any]) -> None:
+    """Option values of the built-in model metrics, checked before the run (not once per sample)."""
+    from mmlens.attribution.perturbation_masks import BASELINES
+    from mmlens.core.batching import check_int
+
+    where = f" (metric {name!r})"
+    if "cells" in opts:
+        check_int("cells", opts["cells"], 1, 64, where)
+    if opts.get("steps") is not None:
+        check_int("steps", opts["steps"], 1, None, where)
+    if "baseline" in opts and opts["baseline"] not in BASELINES:
+        raise InputError(f"baseline={opts['baseline']!r}{where}: pass one of {', '.join(BASELINES)}")
+    for key, low in (("n", 1), ("max_steps", 1), ("batch_size", 1)):
+        if opts.get(key) is not None:
+            check_int(key, opts[key], low, None, where)
+    if "radius" in opts and not (isinstance(opts["radius"], (int, float)) and opts["radius"] > 0):
+        raise InputError(f"radius={opts['radius']!r}{where}: pass a noise standard deviation > 0")
+    if "threshold" in opts and not (isinstance(opts["threshold"], (int, float)) and 0 < opts["threshold"] <= 1):
+        raise InputError(f"threshold={opts['threshold']!r}{where}: pass a correlation in (0, 1]")
+
+
+def shapes_image_size(subject: Subject) -> int:
+    """The side of the square images the model sees (the image processor's crop size, else its size), within
+    ShapesVQA's range."""
+    from mmlens.data.shapes_vqa import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+    ip = getattr(subject.processor, "image_processor", None)
+    side = None
+    for attr, keys in (("crop_size", ("height", "width")), ("size", ("height", "width", "shortest_edge"))):
+        value = getattr(ip, attr, None) if getattr(ip, f"do_{'center_crop' if attr == 'crop_size' else 'resize'}",
+                                                  True) else None
+        for key in keys:
+            got = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if isinstance(got, int) and got > 0:
+                side = got
+                break
+        if side:
+            break
+    return int(min(max(side or DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE), MAX_IMAGE_SIZE))
+
+
+def _quiet(method: str) -> dict[str, Any]:
+    """``progress=False`` for methods that draw their own progress bar (the benchmark draws one)."""
+    import inspect
+
+    from mmlens.core.registry import get_method
+
+    return {"progress": False} if "progress" in inspect.signature(get_method(method).fn).parameters else {}
+
+
+def _sample_seed(seed: int, index: int) -> int:
+    return int(np.random.default_rng([seed, index]).integers(2**31))
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+def run_benchmark(
+    subject: Subject | str,
+    methods: str | Sequence[str] = "all",
+    n: int = 200,
+    seed: int = 0,
+    data: str | os.PathLike | None = None,
+    metrics: str | Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    sanity_n: int = 5,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    metric_options: dict[str, dict[str, Any]] | None = None,
+    baselines: bool = True,
+    show_progress: bool | None = None,
+    command: str | None = None,
+) -> BenchmarkResult:
+    """Score ``methods`` (``"all"`` attribution methods, or a list) and the three baselines on ``n`` samples.
+
+    ``data``: a JSONL file (see :mod:`mmlens.evaluation.data_file`; its first ``n`` rows), else ShapesVQA with
+    ``seed`` at the model's input size. ``metrics``: names (default: every registered metric).
+    ``sanity_n``: the randomisation and max-sensitivity metrics run on the first ``sanity_n`` samples only.
+    ``method_options`` / ``metric_options``: ``{name: {option: value}}``. ``out``: a folder for results.csv,
+    results.json, results.md and curves.png. Every argument is checked before any work is done; the files are
+    written only when the whole run succeeded.
+    """
+    from mmlens.core.progress import progress
+    from mmlens.data.shapes_vqa import ShapesVQA
+    from mmlens.evaluation.data_file import read_data_file
+
+    for name, value, low in (("n", n, 1), ("seed", seed, 0), ("sanity_n", sanity_n, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= (
+                MAX_N if name != "seed" else 2**63 - 1):
+            raise InputError(f"{name}={value!r}: pass an integer >= {low}")
+    method_names = resolve_methods(methods)
+    metric_list = resolve_metrics(metrics)
+    _check_options(method_names, method_options, metric_list, metric_options)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {str(out)!r} is a file: pass a folder")
+    data_file = read_data_file(data) if data is not None else None
+    if isinstance(subject, str):
+        from mmlens.core.loading import load
+
+        subject = load(subject)
+
+    if data_file is not None:
+        n = min(int(n), len(data_file))
+        samples: Iterable[Any] = data_file.samples(n)
+        description = f"{n} rows of {data_file.path.name}"
+    else:
+        size = shapes_image_size(subject)
+        samples = ShapesVQA(image_size=size, seed=int(seed)).samples(int(n))
+        description = f"{n} ShapesVQA samples ({size} px)"
+    sanity_n = min(int(sanity_n), int(n))
+
+    stats = [MethodStats(m, "method") for m in method_names]
+    if baselines:
+        stats += [MethodStats(b, "baseline") for b in BASELINE_NAMES]
+    method_options = {m: {**_quiet(m), **dict((method_options or {}).get(m, {}))} for m in method_names}
+    metric_options = {k: dict(v) for k, v in (metric_options or {}).items()}
+    n_loc = 0
+    warmed: set[str] = set()
+    for index, sample in enumerate(progress(samples, "benchmark", enabled=show_progress, total=int(n))):
+        where = f"{data_file.path}, line {sample.line}" if data_file is not None else f"ShapesVQA sample {index}"
+        try:
+            batch = subject.prepare(sample.image, sample.question, answer=sample.answer)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
+        object_evidence = getattr(sample, "evidence", "object") == "object"
+        n_loc += int(object_evidence)
+        sample_seed = _sample_seed(int(seed), index)
+        for st in stats:
+            _run_one(subject, batch, sample, st, metric_list, method_options.get(st.method, {}), metric_options,
+                     sample_seed, object_evidence, index < sanity_n, warmed, where)
+
+    return _finish(subject, stats, metric_list, metric_options, int(n), n_loc, sanity_n, int(seed), description,
+                   data, command, out)
+
+
+def _run_one(subject: Subject, batch: Any, sample: Any, st: MethodStats, metric_list: list[MetricInfo],
+             options: dict[str, Any], metric_options: dict[str, dict[str, Any]], sample_seed: int,
+             object_evidence: bool, sanity: bool, warmed: set[str], where: str) -> None:
+    from mmlens.explain import explain
+
+    def make() -> Explanation:
+        if st.kind == "baseline":
+            return baseline_explanation(subject, batch, st.method, sample_seed)
+        return explain(subject, sample.image, sample.question, method=st.method, target="answer",
+                       answer=batch.answer_ids.tolist(), seed=sample_seed, **options)
+
+    try:
+        if st.method not in warmed:  # lazy imports and first-call set-up are not part of the timing
+            make()
+            warmed.add(st.method)
+        start = time.perf_counter()
+        ex = make()
+        st.seconds.add(time.perf_counter() - start)
+    except Exception as err:  # noqa: BLE001 - a method failing on one sample is counted and reported, not fatal
+        st.fail(where, err)
+        return
+    st.explained += 1
+    heat = ex.image_map(0, 0)
+    mask = np.asarray(sample.mask, dtype=bool)
+    for m in metric_list:
+        if m.category == "localisation" and not object_evidence:
+            continue
+        if m.category in SANITY_CATEGORIES and not sanity:
+            continue
+        opts = dict(metric_options.get(m.name, {}))
+        try:
+            if m.needs_model:
+                if "seed" in _params(m) and "seed" not in opts and m.category != "randomisation":
+                    opts["seed"] = sample_seed
+                result = m.fn(subject, ex, **opts)
+            else:
+                result = m.fn(heat, mask, **opts)
+        except Exception as err:  # noqa: BLE001 - counted and reported like a method failure
+            st.fail(f"{where}, metric {m.name}", err)
+            continue
+        st.score(m.name).add(float(getattr(result, "score", result)))
+        if hasattr(result, "values") and isinstance(result.values, list):
+            st.curve(m.name).add(result.values)
+        if hasattr(result, "correlations"):
+            st.curve(m.name).add(result.correlations)
+            st.sanity_checked += 1
+            st.sanity_passes += int(bool(result.passed))
+
+
+def _params(m: MetricInfo) -> Any:
+    import inspect
+
+    return inspect.signature(m.fn).parameters
+
+
+def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[MetricInfo],
+            metric_options: dict[str, dict[str, Any]], n: int, n_loc: int, sanity_n: int, seed: int,
+            description: str, data: Any, command: str | None, out: Any) -> BenchmarkResult:
+    from mmlens.evaluation.metrics.deletion_insertion import curve_points
+    from mmlens.evaluation.metrics.randomisation import cascade_blocks
+    from mmlens.explain import versions
+
+    threshold = float(metric_options.get("randomisation", {}).get("threshold", 0.5))
+    names = {m.name for m in metric_list}
+    rows = []
+    for st in stats:
+        row: dict[str, Any] = {"method": st.method, "kind": st.kind, "n": st.explained, "n_localisation": n_loc,
+                               "n_sanity": st.sanity_checked if "randomisation" in names else sanity_n}
+        for m in metric_list:
+            row[m.name] = st.scores[m.name].mean if m.name in st.scores else float("nan")
+        if "randomisation" in names:
+            final = row["randomisation"]
+            row["randomisation_pass_rate"] = (st.sanity_passes / st.sanity_checked if st.sanity_checked
+                                              else float("nan"))
+            row["sanity"] = "n/a" if math.isnan(final) else ("pass" if final < threshold else "fail")
+        row["seconds_per_explanation"] = st.seconds.mean
+        row["failures"] = st.failures
+        if st.first_error:
+            row["first_error"] = st.first_error
+        rows.append(row)
+
+    fractions = {}
+    for mode in ("deletion", "insertion"):
+        cells = int(metric_options.get(mode, {}).get("cells", 8))
+        points = curve_points(cells * cells, metric_options.get(mode, {}).get("steps"))
+        fractions[mode] = [k / (cells * cells) for k in points]
+    curves = {st.method: {mode: st.curves[mode].mean for mode in ("deletion", "insertion") if mode in st.curves}
+              for st in stats}
+    curves = {k: v for k, v in curves.items() if v}
+    rand_steps = [name for name, _ in cascade_blocks(subject)]
+    max_steps = metric_options.get("randomisation", {}).get("max_steps")
+    if max_steps:
+        rand_steps = rand_steps[: int(max_steps)]
+    randomisation = {st.method: {"steps": rand_steps, "correlations": st.curves["randomisation"].mean}
+                     for st in stats if "randomisation" in st.curves}
+    metric_meta = [{"name": m.name, "category": m.category, "higher_is_better": m.higher_is_better,
+                    "summary": m.summary,
+                    "samples": "object" if m.category == "localisation" else
+                    "sanity" if m.category in SANITY_CATEGORIES else "all",
+                    "options": metric_options.get(m.name, {})} for m in metric_list]
+    meta = {"model": subject.model_id, "family": subject.family, "n": n, "n_localisation": n_loc,
+            "n_sanity": sanity_n, "seed": seed, "data": str(data) if data is not None else "ShapesVQA",
+            "data_description": description, "randomisation_threshold": threshold,
+            "methods": [st.method for st in stats if st.kind == "method"],
+            "baselines": [st.method for st in stats if st.kind == "baseline"],
+            "target": "answer (teacher-forced ground truth; probability = exp of the summed log-probs)",
+            "command": command, "versions": versions()}
+    result = BenchmarkResult(rows, metric_meta, curves, fractions, randomisation, meta)
+    if out is not None:
+        result.save(out)
+    return result

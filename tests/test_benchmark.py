@@ -1,0 +1,155 @@
+"""``run_benchmark`` and ``mmlens benchmark``: every method and baseline in the table, files written whole or
+not at all, reproducible numbers, user data files, one-line errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import subject_for
+from PIL import Image
+from typer.testing import CliRunner
+
+from mmlens import InputError
+from mmlens.cli import app
+from mmlens.data.shapes_vqa import ShapesVQA
+from mmlens.evaluation.baselines import BASELINE_NAMES
+from mmlens.evaluation.benchmark import OUTPUT_FILES, run_benchmark, shapes_image_size
+from mmlens.testing.tiny_models import tiny_model_and_processor
+
+runner = CliRunner()
+FAST = ["saliency", "gradcam", "occlusion"]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two threads per forward are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llava_bench")
+    model, processor = tiny_model_and_processor("llava")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_cli_benchmark_n20_writes_every_method_and_baseline(tmp_path, tiny_dir):
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--methods", ",".join(FAST), "--n", "20",
+                                 "--sanity-n", "1", "--cells", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == FAST + list(BASELINE_NAMES)
+    for r in rows:
+        assert r["n"] == "20" and int(r["n_localisation"]) < 20 and r["n_sanity"] == "1"
+        for key in ("pointing_game", "energy_in_mask", "topk_iou", "sparseness", "deletion", "insertion",
+                    "randomisation", "max_sensitivity", "seconds_per_explanation"):
+            assert r[key] != "" and np.isfinite(float(r[key])), (r["method"], key)
+        assert r["sanity"] in ("pass", "fail")
+    assert all(r["sanity"] == "fail" for r in rows if r["kind"] == "baseline")  # a baseline ignores the model
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["n"] == 20 and set(data["curves"]) == set(FAST) | set(BASELINE_NAMES)
+    assert len(data["curves"]["gradcam"]["deletion"]) == len(data["fractions"]["deletion"]) == 17
+    md = (out / "results.md").read_text()
+    assert "deletion AUC ↓" in md and "insertion AUC ↑" in md and "pointing game ↑" in md
+    assert "lower is better" in md and "Sanity check: pass" in md and "| fail |" in md
+    assert "whose evidence is one object" in md and "mmlens benchmark --model" in md and "--cells 4" in md
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "baseline:random" in result.output  # the table is printed
+
+
+def test_benchmark_is_reproducible_and_localises_only_object_samples():
+    lm = subject_for("llava")
+    kwargs = {"methods": ["saliency"], "n": 6, "seed": 3, "sanity_n": 1,
+              "metric_options": {"deletion": {"cells": 4}, "insertion": {"cells": 4}}}
+    a, b = run_benchmark(lm, **kwargs), run_benchmark(lm, **kwargs)
+    strip = [{k: v for k, v in r.items() if k != "seconds_per_explanation"} for r in a.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds_per_explanation"} for r in b.rows]
+    assert a.curves == b.curves and a.randomisation == b.randomisation
+    objects = sum(s.evidence == "object" for s in ShapesVQA(image_size=32, seed=3).samples(6))
+    assert a.meta["n_localisation"] == objects < 6
+    assert a.fractions["deletion"] == [k / 16 for k in range(17)]
+    assert shapes_image_size(lm) == 32
+    # streaming: one mean curve per (method, metric), whatever n
+    assert {len(v["deletion"]) for v in a.curves.values()} == {17}
+
+
+def test_benchmark_on_a_user_data_file(tmp_path):
+    lm = subject_for("llava")
+    sample = ShapesVQA(image_size=40, seed=0).sample(0)
+    sample.image.save(tmp_path / "img.png")
+    Image.fromarray(sample.mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    rows = [{"image": "img.png", "question": "what color is the square ?", "answer": "red", "mask": "mask.png"},
+            {"image": "img.png", "question": "what color is the cat ?", "answer": "blue", "box": [0, 0, 20, 20]}]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    res = run_benchmark(lm, methods="gradcam", n=200, data=tmp_path / "data.jsonl", sanity_n=0,
+                        metrics=["pointing_game", "energy_in_mask", "deletion"], out=tmp_path / "out")
+    assert res.meta["n"] == 2 and res.meta["n_localisation"] == 2
+    assert [r["method"] for r in res.rows] == ["gradcam", *BASELINE_NAMES]
+    assert all(r["n"] == 2 and r["failures"] == 0 for r in res.rows)
+    assert "randomisation" not in res.rows[0] and "sanity" not in res.rows[0]
+    uniform = res.rows[-1]
+    assert uniform["energy_in_mask"] == pytest.approx(np.mean([sample.mask.mean(), 400 / 1600]))
+    assert (tmp_path / "out" / "results.csv").is_file()
+
+
+def test_unknown_metric_or_method_fails_before_any_work(tmp_path):
+    lm = subject_for("llava")
+    with pytest.raises(InputError, match="unknown metric 'faithfulnes'"):
+        run_benchmark(lm, methods="saliency", n=2, metrics=["faithfulnes"], out=tmp_path / "a")
+    with pytest.raises(InputError, match="unknown method 'salency'"):
+        run_benchmark(lm, methods="salency", n=2, out=tmp_path / "a")
+    with pytest.raises(InputError, match="not an attribution method"):
+        run_benchmark(lm, methods="logit_lens", n=2, out=tmp_path / "a")
+    with pytest.raises(InputError, match="has no option 'cellz'"):
+        run_benchmark(lm, methods="saliency", n=2, metric_options={"deletion": {"cellz": 2}})
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics", "pointing_game,nope"], "unknown metric 'nope'"),
+    (["--methods", "saliency,nope"], "unknown method 'nope'"),
+    (["--data", "DATA"], "line 1: missing field(s) answer"),
+    (["--cells", "0"], "cells=0 is out of range"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_no_files(tmp_path, tiny_dir, args, message):
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "x.png", "question": "q", "box": [0, 0, 1, 1]}) + "\n")
+    args = [str(tmp_path / "data.jsonl") if a == "DATA" else a for a in args]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--n", "2", "--out", str(out), *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not out.exists()
+
+
+def test_a_failing_method_is_counted_and_reported():
+    from mmlens.attribution.output import MethodOutput
+    from mmlens.core import registry
+
+    @registry.register_method("_test_fails_on_odd_samples", "data/input-output", "black-box", "test only")
+    def _odd(subject, batch, targets):
+        if "square" in batch.prompt:
+            raise RuntimeError("no squares")
+        import torch as t
+
+        return MethodOutput(t.rand(len(targets), batch.seq_len))
+
+    try:
+        res = run_benchmark(subject_for("llava"), methods="_test_fails_on_odd_samples", n=6, sanity_n=0,
+                            metrics=["pointing_game"], baselines=False)
+    finally:
+        registry._REGISTRY.pop("_test_fails_on_odd_samples", None)
+    squares = sum("square" in s.question for s in ShapesVQA(image_size=32, seed=0).samples(6))
+    row = res.rows[0]
+    assert 0 < squares < 6 and row["n"] == 6 - squares and row["failures"] == squares
+    assert "RuntimeError: no squares" in res.failures()[0] and "Failures" in res.to_markdown()
