@@ -84,7 +84,7 @@ def methods_cmd() -> None:
 
     from mmlens.core.registry import methods
 
-    tree = Tree("mmlens methods (survey leaf / method [tier])")
+    tree = Tree("mmlens methods (survey leaf / method \\[access tier])")
     nodes: dict[str, Any] = {}
     for m in methods():
         node = tree
