@@ -53,9 +53,9 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         from mmlens.attribution.gradient import baseline_embeddings, embedding_function, input_embeddings
 
         pos = batch.image_positions()
+        x = input_embeddings(subject, batch)[:, pos].detach()
+        base = baseline_embeddings(subject, batch, pos, "black").detach()
         for target in resolve_targets(subject.tokenizer, batch, None):
-            x = input_embeddings(subject, batch)[:, pos].detach()
-            base = baseline_embeddings(subject, batch, pos, "black").detach()
             IntegratedGradients(embedding_function(subject, batch, target, pos)).attribute(
                 x, baselines=base, n_steps=steps, internal_batch_size=steps)
 

@@ -198,21 +198,13 @@ def attributed_positions(batch: Batch, modality: str) -> torch.Tensor:
     return torch.cat([image, text]).sort().values
 
 
-def embedding_function(
-    subject: Subject, batch: Batch, target: Target, positions: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``f(emb) -> (k,)``: ``target``'s value when the LM input embeddings at ``positions`` are ``emb``
-    (``(k, len(positions), D)``; the other positions keep ``batch``'s embeddings).
-
-    The ``k`` rows run as one batch of ``k`` through the language model (the vision tower runs once per call);
-    this is the function Captum attributes.
-
-    >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
-    >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP
-    """
+def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``g(emb) -> logits (k, seq, V)`` when the LM input embeddings at ``positions`` are ``emb``
+    (``(k, len(positions), D)``; the other positions keep ``batch``'s embeddings). The ``k`` rows run as one
+    batch of ``k`` through the language model (the vision tower runs once per call)."""
     pos = torch.as_tensor(positions, dtype=torch.long)
 
-    def f(emb: torch.Tensor) -> torch.Tensor:
+    def g(emb: torch.Tensor) -> torch.Tensor:
         def put(t: torch.Tensor) -> torch.Tensor:
             out = t.detach().expand(emb.shape[0], -1, -1).clone()
             out[:, pos.to(out.device)] = emb.to(out.device, out.dtype)
@@ -220,10 +212,22 @@ def embedding_function(
 
         with subject.trace() as tr:
             tr.edit(INPUT, put)
-            logits = subject.forward(batch)
-        return target.value(logits, batch)
+            return subject.forward(batch)
 
-    return f
+    return g
+
+
+def embedding_function(
+    subject: Subject, batch: Batch, target: Target, positions: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(emb) -> (k,)``: ``target``'s value when the LM input embeddings at ``positions`` are ``emb``
+    (see :func:`embedding_logits`); this is the function Captum attributes.
+
+    >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
+    >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP
+    """
+    logits = embedding_logits(subject, batch, positions)
+    return lambda emb: target.value(logits(emb), batch)
 
 
 def _image_variant(subject: Subject, batch: Batch, images: list[Image.Image]) -> torch.Tensor:
@@ -351,13 +355,16 @@ def integrated_gradients(
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
     scores = torch.zeros(len(targets), batch.seq_len)
     deltas = []
+    with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
+        end_logits = embedding_logits(subject, batch, positions)(torch.cat([x, base]))
+        ends = torch.stack([t.value(end_logits, batch) for t in targets], dim=1).double()  # (2, T)
     with gradient_mode(subject):
         for t, target in enumerate(targets):
             ig = IntegratedGradients(embedding_function(subject, batch, target, positions))
-            attr, delta = ig.attribute(x, baselines=base, n_steps=steps, internal_batch_size=ibs,
-                                       return_convergence_delta=True)
+            attr = ig.attribute(x, baselines=base, n_steps=steps, internal_batch_size=ibs)
             scores[t, positions] = attr[0].detach().float().sum(-1).cpu()
-            deltas.append(float(delta.detach().float().sum()))
+            # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
+            deltas.append(float(attr.detach().double().sum() - (ends[0, t] - ends[1, t])))
     return MethodOutput(scores, extras={"convergence_delta": deltas, "positions": modality})
 
 
