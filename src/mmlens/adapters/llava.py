@@ -73,6 +73,21 @@ def square_grid_geometry(
     )
 
 
+def tower_projector_lm_parts(model: Any) -> ModelParts:
+    """Parts of the families built as ``model.model.{vision_tower, multi_modal_projector, language_model}``
+    with a top-level ``lm_head`` (LLaVA, LLaVA-NeXT, PaliGemma)."""
+    inner = model.model
+    vision = getattr(inner.vision_tower, "vision_model", inner.vision_tower)  # transformers 4 nests it
+    return ModelParts(
+        lm_blocks=inner.language_model.layers,
+        lm_norm=inner.language_model.norm,
+        unembed=model.lm_head,
+        vision_blocks=vision.encoder.layers,
+        vision_embed=vision.embeddings,
+        projector=inner.multi_modal_projector,
+    )
+
+
 @register_adapter
 class LlavaAdapter(Adapter):
     family = "llava"
@@ -80,16 +95,7 @@ class LlavaAdapter(Adapter):
     model_class = "LlavaForConditionalGeneration"
 
     def parts(self) -> ModelParts:
-        inner = self.model.model
-        vision = getattr(inner.vision_tower, "vision_model", inner.vision_tower)  # transformers 4 nests it
-        return ModelParts(
-            lm_blocks=inner.language_model.layers,
-            lm_norm=inner.language_model.norm,
-            unembed=self.model.lm_head,
-            vision_blocks=vision.encoder.layers,
-            vision_embed=vision.embeddings,
-            projector=inner.multi_modal_projector,
-        )
+        return tower_projector_lm_parts(self.model)
 
     def tokens_per_image(self) -> tuple[int, int]:
         """(non-spatial prefix tokens, grid tokens) per image."""

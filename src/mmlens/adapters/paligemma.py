@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.adapters.llava import processed_box, square_grid_geometry
+from mmlens.adapters.llava import processed_box, square_grid_geometry, tower_projector_lm_parts
 from mmlens.core.geometry import ImageGeometry
 from mmlens.core.tracing import ModelParts
 
@@ -26,16 +26,7 @@ class PaliGemmaAdapter(Adapter):
     answer_token_type = 1
 
     def parts(self) -> ModelParts:
-        inner = self.model.model
-        vision = getattr(inner.vision_tower, "vision_model", inner.vision_tower)
-        return ModelParts(
-            lm_blocks=inner.language_model.layers,
-            lm_norm=inner.language_model.norm,
-            unembed=self.model.lm_head,
-            vision_blocks=vision.encoder.layers,
-            vision_embed=vision.embeddings,
-            projector=inner.multi_modal_projector,
-        )
+        return tower_projector_lm_parts(self.model)
 
     def prompt_text(self, prompt: str, n_images: int) -> str:
         """PaliGemma has no chat template: image tokens, then the prompt (the processor adds bos / newline)."""
