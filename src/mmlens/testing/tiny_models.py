@@ -250,37 +250,15 @@ def _llama(tok) -> LlamaConfig:
     )
 
 
-def _build_llava():
-    tok = _tokenizer(("<image>",), {"image_token": "<image>"}, LLAVA_CHAT_TEMPLATE)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    config = LlavaConfig(
-        vision_config=_clip_vision(),
-        text_config=_llama(tok),
-        image_token_index=tok.image_token_id,
-        image_seq_length=16,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    return LlavaForConditionalGeneration(config), processor
-
-
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]  # (H, W) multiples of the 32 px tile
 
 
-def _build_llava_next():
+def _build_llava_like(image_processor_cls, processor_cls, config_cls, model_cls, **extra):
+    """LLaVA-1.5 or LLaVA-NeXT: CLIP 32 px / patch 8 tower + tiny Llama; ``extra`` goes to the image
+    processor and the config (LLaVA-NeXT's ``image_grid_pinpoints``)."""
     tok = _tokenizer(("<image>",), {"image_token": "<image>"}, LLAVA_CHAT_TEMPLATE)
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=_PINPOINTS
-    )
-    processor = LlavaNextProcessor(
+    image_processor = image_processor_cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, **extra)
+    processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=8,
@@ -288,16 +266,25 @@ def _build_llava_next():
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    config = LlavaNextConfig(
+    config = config_cls(
         vision_config=_clip_vision(),
         text_config=_llama(tok),
         image_token_index=tok.image_token_id,
-        image_grid_pinpoints=_PINPOINTS,
         image_seq_length=16,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
+        **extra,
     )
-    return LlavaNextForConditionalGeneration(config), processor
+    return model_cls(config), processor
+
+
+def _build_llava():
+    return _build_llava_like(CLIPImageProcessorPil, LlavaProcessor, LlavaConfig, LlavaForConditionalGeneration)
+
+
+def _build_llava_next():
+    return _build_llava_like(LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaNextConfig,
+                             LlavaNextForConditionalGeneration, image_grid_pinpoints=_PINPOINTS)
 
 
 def _build_qwen(family: str):
