@@ -24,7 +24,7 @@ from mmlens.errors import InputError
 from mmlens.attribution.perturbation import occlusion, rise
 from mmlens.attribution.perturbation_masks import cell_index_map, rise_grids, rise_mask
 from mmlens.attribution.perturbation_shap import (
-    CellFeatures,
+    RegionFeatures,
     Game,
     WeightedLinearRegression,
     coalitions,
@@ -221,7 +221,7 @@ def test_rise_is_seeded_and_follows_the_formula():
 def test_kernel_shap_equals_direct_captum_call():
     lm, batch, targets = _setup("qwen2_vl")  # two images: 2 x 9 cells + 6 words
     out = kernel_shap(lm, batch, targets, cells=3, n_samples=40, batch_size=8, seed=5)
-    features = CellFeatures(lm, batch, 3)
+    features = RegionFeatures(lm, batch, 3)
     game = Game(Evaluator(lm, batch, targets, batch_size=8), features)
     n = features.n_players
     assert n == 2 * 9 + 6

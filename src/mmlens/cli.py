@@ -210,7 +210,7 @@ def knockout_cmd(
 @cli_errors
 def benchmark_cmd(
     model: str = ModelOpt,
-    methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods"),
+    methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods, each optionally with options, e.g. all,occlusion:regions=slic"),
     n: int = typer.Option(200, "--n", help="samples (ShapesVQA, or the first n rows of --data)"),
     seed: int = typer.Option(0, "--seed", help="seed of the ShapesVQA samples and of every random choice"),
     data: Path | None = typer.Option(None, "--data", help="JSONL of image, question, answer, mask or box"),

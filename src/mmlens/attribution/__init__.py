@@ -5,4 +5,4 @@ is registered with its leaf and access tier, so ``mmlens.methods()`` prints them
 """
 
 from mmlens.attribution import attention, gradient, relevancy  # noqa: F401  (attention and gradient methods)
-from mmlens.attribution import perturbation, perturbation_shap  # noqa: F401  (occlusion, rise, kernel_shap, mm_shap)
+from mmlens.attribution import lime, perturbation, perturbation_shap  # noqa: F401  (occlusion, rise, SHAP, LIME)

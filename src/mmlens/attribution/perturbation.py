@@ -22,20 +22,21 @@ import numpy as np
 import torch
 
 from mmlens.core.batch import Batch
-from mmlens.core.options import check_int
+from mmlens.core.options import check_choice, check_int
 from mmlens.core.batching import Evaluator, mask_token_id, masked_input_ids, prompt_words
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
 from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
+from mmlens.attribution.regions import SEGMENTATIONS, paint, region_labels
 from mmlens.attribution.perturbation_masks import (
     baseline_array,
     blend,
     default_patch,
     image_array,
     occlusion_windows,
-    pool_to_positions,
+    position_scores,
     rise_grids,
     rise_mask,
     window_average,
@@ -46,20 +47,6 @@ _LEAF, _TIER = "data/input-output", "black-box"
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------
-def position_scores(batch: Batch, n_targets: int, pixel_maps: list[list[np.ndarray]],
-                    words: Sequence[torch.Tensor] = (), word_scores: torch.Tensor | None = None) -> torch.Tensor:
-    """``(n_targets, seq_len)`` scores: each image-token position gets the mean of its image's pixel map over
-    the token's pixel box; each prompt word's token positions get that word's score."""
-    out = torch.zeros(n_targets, batch.seq_len)
-    for t in range(n_targets):
-        for geom in batch.geometry:
-            pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
-        if word_scores is not None:
-            for w, positions in enumerate(words):
-                out[t, positions] = float(word_scores[t, w])
-    return out
-
-
 def check_range(name: str, value: float, low: float, high: float) -> float:
     """``value`` as a float strictly inside ``(low, high)``, else a one-line InputError."""
     try:
@@ -93,39 +80,58 @@ def occlusion(
     stride: int | None = None,
     baseline: str = "mean",
     words: bool = True,
+    regions: str = "windows",
+    n_segments: int = 50,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> MethodOutput:
     """Occlusion: drop ``value(original) - value(occluded)`` of every target.
 
-    Each image in turn gets a ``patch x patch`` square (original pixels; default: about 8 x 8 windows per
-    image) slid by ``stride`` (default ``patch``; a last window flush with each edge covers every pixel),
-    filled with ``baseline`` ("mean" colour, "black" or "blur"); ``pixel_maps[t][i]`` is the average drop
-    over the windows covering each pixel. With ``words``, each prompt word is replaced by the pad (or unk)
-    token in turn and its drop is the score of its token positions. One reference forward + one forward
-    per ``batch_size`` perturbed rows.
+    ``regions="windows"`` (default): each image in turn gets a ``patch x patch`` square (original pixels;
+    default: about 8 x 8 windows per image) slid by ``stride`` (default ``patch``; a last window flush with
+    each edge covers every pixel), filled with ``baseline`` ("mean" colour, "black" or "blur");
+    ``pixel_maps[t][i]`` is the average drop over the windows covering each pixel. ``regions="slic"`` or
+    ``"felzenszwalb"``: each superpixel (about ``n_segments`` per image, see
+    :func:`~mmlens.attribution.regions.region_labels`) is filled in turn and its drop painted on its pixels.
+    With ``words``, each prompt word is replaced by the pad (or unk) token in turn and its drop is the score
+    of its token positions. One reference forward + one forward per ``batch_size`` perturbed rows.
 
     >>> out = occlusion(lm, batch, targets, patch=16, baseline="black")          # doctest: +SKIP
+    >>> out = occlusion(lm, batch, targets, regions="slic", n_segments=40)      # doctest: +SKIP
     """
     ev = Evaluator(subject, batch, targets, batch_size, progress, desc="occlusion")
-    side = _min_side(batch)
-    patches = [default_patch(img.size) for img in batch.images] if patch is None else \
-        [check_int("patch", patch, 1, side, why=" (the smallest image side, in pixels)")] * len(batch.images)
-    strides = patches if stride is None else \
-        [check_int("stride", stride, 1, min(patches), why=" (the patch size)")] * len(batch.images)
+    check_choice("regions", regions, ("windows", *SEGMENTATIONS))
     arrays = [image_array(img) for img in batch.images]
     bases = [baseline_array(img, baseline) for img in batch.images]
     word_pos = prompt_words(subject, batch) if words else []
     fill = mask_token_id(subject) if word_pos else 0
-    corners = [occlusion_windows(img.size, p, s) for img, p, s in zip(batch.images, patches, strides)]
-    jobs = [(i, c) for i, cs in enumerate(corners) for c in cs] + [(-1, w) for w in range(len(word_pos))]
+    if regions == "windows":
+        side = _min_side(batch)
+        patches = [default_patch(img.size) for img in batch.images] if patch is None else \
+            [check_int("patch", patch, 1, side, why=" (the smallest image side, in pixels)")] * len(batch.images)
+        strides = patches if stride is None else \
+            [check_int("stride", stride, 1, min(patches), why=" (the patch size)")] * len(batch.images)
+        corners = [occlusion_windows(img.size, p, s) for img, p, s in zip(batch.images, patches, strides)]
+        counts = [len(cs) for cs in corners]
+        layout = {"patch": patches, "stride": strides, "windows": counts}
+
+        def keep_mask(i: int, j: int) -> np.ndarray:  # built per row: stride-1 windows would not fit in memory
+            return window_keep(batch.images[i].size, corners[i][j], patches[i])
+    else:
+        labels = [region_labels(img, regions, n_segments=n_segments) for img in batch.images]
+        counts = [int(lab.max()) + 1 for lab in labels]
+        layout = {"regions": regions, "regions_per_image": counts}
+
+        def keep_mask(i: int, j: int) -> np.ndarray:
+            return (labels[i] != j).astype(np.float32)
+    jobs = [(i, j) for i, c in enumerate(counts) for j in range(c)] + [(-1, w) for w in range(len(word_pos))]
 
     def make_rows(lo: int, hi: int) -> tuple[list[list], torch.Tensor | None]:
         sets, keep = [], torch.ones(hi - lo, len(word_pos), dtype=torch.bool)
         for r, (i, what) in enumerate(jobs[lo:hi]):
             images = list(batch.images)
             if i >= 0:
-                images[i] = blend(arrays[i], bases[i], window_keep(images[i].size, what, patches[i]))
+                images[i] = blend(arrays[i], bases[i], keep_mask(i, what))
             else:
                 keep[r, what] = False
             sets.append(images)
@@ -134,15 +140,16 @@ def occlusion(
     reference = ev.reference()
     drops = (reference[None] - ev.run(len(jobs), make_rows)).T.numpy()  # (T, rows)
     maps_by_image, start = [], 0
-    for img, cs, p in zip(batch.images, corners, patches):
-        maps_by_image.append(window_average(img.size, cs, p, drops[:, start : start + len(cs)]))
-        start += len(cs)
+    for i, img in enumerate(batch.images):
+        d = drops[:, start : start + counts[i]]
+        maps_by_image.append(window_average(img.size, corners[i], patches[i], d) if regions == "windows"
+                             else np.stack([paint(labels[i], row) for row in d]))
+        start += counts[i]
     pixel_maps = [[m[t] for m in maps_by_image] for t in range(len(targets))]
     word_scores = torch.from_numpy(drops[:, start:])
     scores = position_scores(batch, len(targets), pixel_maps, word_pos, word_scores)
-    extras = {"forward_calls": ev.calls, "rows": ev.rows, "patch": patches, "stride": strides,
-              "baseline": baseline, "windows": [len(cs) for cs in corners], "words": len(word_pos),
-              "reference": reference.tolist()}
+    extras = {"forward_calls": ev.calls, "rows": ev.rows, **layout, "baseline": baseline,
+              "words": len(word_pos), "reference": reference.tolist()}
     return MethodOutput(scores, pixel_maps, extras)
 
 

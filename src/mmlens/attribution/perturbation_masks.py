@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from mmlens.core.batch import Batch
 from mmlens.core.geometry import ImageGeometry
 from mmlens.errors import InputError
 
@@ -161,3 +162,17 @@ def pool_to_positions(geometry: ImageGeometry, pixel_map: np.ndarray, out: torch
             area += (a1 - a0) * (b1 - b0)
         if area:
             out[pos] = sums / area
+
+
+def position_scores(batch: Batch, n_targets: int, pixel_maps: list[list[np.ndarray]],
+                    words: Sequence[torch.Tensor] = (), word_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n_targets, seq_len)`` scores: each image-token position gets the mean of its image's pixel map over
+    the token's pixel box; each prompt word's token positions get that word's score."""
+    out = torch.zeros(n_targets, batch.seq_len)
+    for t in range(n_targets):
+        for geom in batch.geometry:
+            pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
+        if word_scores is not None:
+            for w, positions in enumerate(words):
+                out[t, positions] = float(word_scores[t, w])
+    return out

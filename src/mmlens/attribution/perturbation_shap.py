@@ -1,10 +1,11 @@
-"""Shapley-value methods over image grid cells and prompt words: KernelSHAP (Captum) and MM-SHAP.
+"""Shapley-value methods over image regions and prompt words: KernelSHAP (Captum) and MM-SHAP.
 
-Players are the cells of a ``cells x cells`` grid on each original image and the words of the prompt. A
-coalition (binary vector) becomes one perturbed row: absent cells show the baseline, absent words are
-replaced by the pad (or unk) token. :class:`Game` evaluates coalitions in batches, each distinct
-coalition once, all targets at once, so Captum's per-target runs (same seed, same samples) cost the
-model forwards of the first target only.
+Players are the regions of each original image (the cells of a ``cells x cells`` grid, or superpixels:
+:mod:`mmlens.attribution.regions`) and the words of the prompt. A coalition (binary vector) becomes one
+perturbed row: absent regions show the baseline, absent words are replaced by the pad (or unk) token.
+:class:`~mmlens.attribution.regions.Game` evaluates coalitions in batches, each distinct coalition once,
+all targets at once, so Captum's per-target runs (same seed, same samples) cost the model forwards of the
+first target only.
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
@@ -23,22 +24,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from captum._utils.models.linear_model.model import LinearModel
 from captum.attr import KernelShap, ShapleyValueSampling
-from PIL import Image
 
 from mmlens.core.batch import Batch
 from mmlens.core.options import check_int
-from mmlens.core.batching import Evaluator, mask_token_id, masked_input_ids, progress_bar, prompt_words
+from mmlens.core.batching import Evaluator, progress_bar, prompt_words
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
 from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.perturbation import position_scores, resolve_seed
-from mmlens.attribution.perturbation_masks import baseline_array, blend, cell_index_map, image_array
+from mmlens.attribution.perturbation import resolve_seed
+from mmlens.attribution.regions import Game, RegionFeatures
 
 _LEAF, _TIER = "data/input-output", "black-box"
 ESTIMATORS = ("auto", "exact", "kernel", "permutation")
@@ -48,86 +47,20 @@ EXACT_MAX_PLAYERS = 10
 EXACT_LIMIT = 16
 
 
-# -- players ----------------------------------------------------------------------------------------------
-class CellFeatures:
-    """Players: ``cells x cells`` grid cells of each image (row-major, image by image), then prompt words.
-
-    >>> feats = CellFeatures(lm, batch, cells=2)                             # doctest: +SKIP
-    >>> feats.n_players, feats.n_image_players                               # doctest: +SKIP
-    (10, 4)
-    """
-
-    def __init__(self, subject: Subject, batch: Batch, cells: int, baseline: str = "mean", words: bool = True):
-        self.batch, self.cells = batch, cells
-        self.maps = [cell_index_map(img.size, cells) for img in batch.images]
-        self.arrays = [image_array(img) for img in batch.images]
-        self.bases = [baseline_array(img, baseline) for img in batch.images]
-        self.words = prompt_words(subject, batch) if words else []
-        self.fill = mask_token_id(subject) if self.words else 0
-        self.n_image_players = len(batch.images) * cells * cells
-
-    @property
-    def n_players(self) -> int:
-        return self.n_image_players + len(self.words)
-
-    def rows(self, z: torch.Tensor) -> tuple[list[list[Image.Image]], torch.Tensor | None]:
-        """Perturbed rows for coalitions ``z`` ``(k, n_players)`` (1 = present)."""
-        z = (z > 0.5).cpu()
-        n_cells = self.cells * self.cells
-        sets = []
-        for row in z:
-            images = []
-            for i, img in enumerate(self.batch.images):
-                cells = row[i * n_cells : (i + 1) * n_cells].numpy()
-                images.append(img if cells.all() else
-                              blend(self.arrays[i], self.bases[i], cells[self.maps[i]].astype(np.float32)))
-            sets.append(images)
-        keep = z[:, self.n_image_players :]
-        ids = masked_input_ids(self.batch, self.words, keep, self.fill) if self.words and not keep.all() else None
-        return sets, ids
-
-    def output(self, phi: torch.Tensor, extras: dict[str, Any]) -> MethodOutput:
-        """MethodOutput from player values ``phi`` ``(T, n_players)``: cell values painted on the pixels,
-        word values on the words' token positions."""
-        n_cells = self.cells * self.cells
-        phi_np = phi.double().numpy()
-        pixel_maps = [[phi_np[t, i * n_cells + m].astype(np.float32) for i, m in enumerate(self.maps)]
-                      for t in range(phi.shape[0])]
-        scores = position_scores(self.batch, phi.shape[0], pixel_maps, self.words, phi[:, self.n_image_players :])
-        extras = {**extras, "phi": phi.tolist(), "cells": self.cells, "words": len(self.words),
-                  "image_players": self.n_image_players}
-        return MethodOutput(scores, pixel_maps, extras)
-
-
-class Game:
-    """Coalition values ``v(z)`` ``(k, n_targets)`` for binary ``z`` ``(k, n_players)``; one forward per call
-    over the coalitions not seen before (the Captum forward function)."""
-
-    def __init__(self, evaluator: Evaluator, features: CellFeatures, bar: Any = None):
-        self.ev, self.features, self.bar = evaluator, features, bar
-        self.cache: dict[bytes, torch.Tensor] = {}
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        keys = [bytes(row) for row in (z > 0.5).to(torch.uint8).cpu().numpy()]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            missing = torch.tensor(np.stack([np.frombuffer(k, dtype=np.uint8) for k in todo]))
-            for key, value in zip(todo, self.ev.values(*self.features.rows(missing))):
-                self.cache[key] = value
-            if self.bar is not None:
-                self.bar.update(1)
-        return torch.stack([self.cache[k] for k in keys]).to(z.device)
-
-
 # -- Captum glue ----------------------------------------------------------------------------------------
-def _fit_weighted_least_squares(model: LinearModel, dataloader: Any, construct_kwargs: dict, **_: Any) -> dict:
+def _fit_weighted_least_squares(model: LinearModel, dataloader: Any, construct_kwargs: dict, alpha: float = 0.0,
+                                **_: Any) -> dict:
     xs, ys, ws = zip(*[(b[0], b[1], b[2] if len(b) == 3 else torch.ones(len(b[0]))) for b in dataloader])
     x, y, w = (torch.cat(v).double() for v in (xs, ys, ws))
     w = w.flatten()
     xm = (w[:, None] * x).sum(0) / w.sum()
     ym = (w * y.flatten()).sum() / w.sum()
     sw = w.sqrt()[:, None]
-    coef = torch.linalg.lstsq((x - xm) * sw, (y.flatten() - ym)[:, None] * sw, driver="gelsd").solution[:, 0]
+    a, b = (x - xm) * sw, (y.flatten() - ym)[:, None] * sw
+    if alpha > 0:  # ridge: sqrt(alpha) I appended as extra rows with target 0
+        a = torch.cat([a, math.sqrt(alpha) * torch.eye(x.shape[1], dtype=a.dtype)])
+        b = torch.cat([b, torch.zeros(x.shape[1], 1, dtype=b.dtype)])
+    coef = torch.linalg.lstsq(a, b, driver="gelsd").solution[:, 0]
     model._construct_model_params(norm_type=None, weight_values=coef.float(),
                                   bias_value=(ym - xm @ coef).float().reshape(1))
     return {}
@@ -135,10 +68,11 @@ def _fit_weighted_least_squares(model: LinearModel, dataloader: Any, construct_k
 
 class WeightedLinearRegression(LinearModel):
     """Weighted least squares with intercept in closed form (what scikit-learn's ``LinearRegression`` fits
-    for Captum's KernelShap, minimum-norm when rank-deficient), so KernelShap runs without scikit-learn."""
+    for Captum's KernelShap, minimum-norm when rank-deficient), so KernelShap runs without scikit-learn;
+    ``alpha > 0`` fits weighted ridge regression instead (scikit-learn's ``Ridge``, LIME's surrogate)."""
 
-    def __init__(self) -> None:
-        super().__init__(train_fn=_fit_weighted_least_squares)
+    def __init__(self, alpha: float = 0.0) -> None:
+        super().__init__(train_fn=lambda *args, **kwargs: _fit_weighted_least_squares(*args, alpha=alpha, **kwargs))
 
 
 def captum_kernel_shap(game: Game, n_players: int, target: int, n_samples: int, batch_size: int,
@@ -198,7 +132,7 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
 
 # -- methods ----------------------------------------------------------------------------------------------
 @contextmanager
-def _bar(total: int, desc: str, show: bool | None) -> Iterator[Any]:
+def progress_context(total: int, desc: str, show: bool | None) -> Iterator[Any]:
     bar = progress_bar(total, desc, show)
     try:
         yield bar
@@ -207,19 +141,22 @@ def _bar(total: int, desc: str, show: bool | None) -> Iterator[Any]:
             bar.close()
 
 
-def _check_common(batch: Batch, cells: int, n_samples: int, seed: int | None) -> tuple[int, int, int]:
+def check_players(batch: Batch, cells: int, n_samples: int, seed: int | None) -> tuple[int, int, int]:
+    """``cells``, ``n_samples`` and the seed checked (one-line InputError otherwise)."""
     side = min(min(img.size) for img in batch.images)
     return (check_int("cells", cells, 1, side, why=" (the smallest image side, in pixels)"),
             check_int("n_samples", n_samples, 1), resolve_seed(seed))
 
 
 @register_method("kernel_shap", leaf=_LEAF, tier=_TIER,
-                 summary="KernelSHAP (Captum) over image grid cells and prompt words")
+                 summary="KernelSHAP (Captum) over image grid cells (or superpixels) and prompt words")
 def kernel_shap(
     subject: Subject,
     batch: Batch,
     targets: list[Target],
     cells: int = 8,
+    regions: str = "grid",
+    n_segments: int = 50,
     n_samples: int = 200,
     baseline: str = "mean",
     words: bool = True,
@@ -227,20 +164,21 @@ def kernel_shap(
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> MethodOutput:
-    """KernelSHAP: Captum ``KernelShap`` with one player per cell of a ``cells x cells`` grid on each original
-    image and per prompt word (``words``). Captum samples ``n_samples`` coalitions, ``batch_size`` per
+    """KernelSHAP: Captum ``KernelShap`` with one player per region of each original image (``regions``:
+    "grid" = ``cells x cells`` cells, or "slic" / "felzenszwalb" superpixels, about ``n_segments``; see
+    :func:`~mmlens.attribution.regions.region_labels`) and per prompt word (``words``). Captum samples ``n_samples`` coalitions, ``batch_size`` per
     forward (``perturbations_per_eval``), seeded by ``seed`` (``None``: drawn from torch's global RNG;
     torch's RNG is restored afterwards). Each coalition is a perturbed row (absent cells -> ``baseline``,
     absent words -> pad token) scoring all targets at once. The regression is weighted least squares in
-    closed form (scikit-learn not needed). ``pixel_maps``: each cell's value on its pixels;
+    closed form (scikit-learn not needed). ``pixel_maps``: each region's value on its pixels;
     ``extras["phi"]``: ``(T, players)`` values.
 
     >>> out = kernel_shap(lm, batch, targets, cells=4, n_samples=64)             # doctest: +SKIP
     """
     ev = Evaluator(subject, batch, targets, batch_size, progress, desc="KernelSHAP")
-    cells, n_samples, seed = _check_common(batch, cells, n_samples, seed)
-    features = CellFeatures(subject, batch, cells, baseline, words)
-    with _bar(math.ceil(n_samples / batch_size), "KernelSHAP", progress) as bar:
+    cells, n_samples, seed = check_players(batch, cells, n_samples, seed)
+    features = RegionFeatures(subject, batch, cells, baseline, words, regions, n_segments)
+    with progress_context(math.ceil(n_samples / batch_size), "KernelSHAP", progress) as bar:
         game = Game(ev, features, bar)
         phi = torch.stack([captum_kernel_shap(game, features.n_players, t, n_samples, batch_size, seed)
                            for t in range(len(targets))])
@@ -281,8 +219,8 @@ def mm_shap(
     if cells == "auto":
         n_words = len(prompt_words(subject, batch))
         cells = max(1, min(math.ceil(math.sqrt(n_words)), min(min(img.size) for img in batch.images)))
-    cells, n_samples, seed = _check_common(batch, cells, n_samples, seed)
-    features = CellFeatures(subject, batch, cells, baseline, words=True)
+    cells, n_samples, seed = check_players(batch, cells, n_samples, seed)
+    features = RegionFeatures(subject, batch, cells, baseline, words=True)
     n = features.n_players
     if estimator == "auto":
         estimator = "exact" if n <= EXACT_MAX_PLAYERS else "kernel"
@@ -295,7 +233,7 @@ def mm_shap(
     else:
         run = captum_kernel_shap if estimator == "kernel" else captum_permutation_shapley
         rows = n_samples if estimator == "kernel" else n_samples * n + 1
-        with _bar(math.ceil(rows / batch_size), "MM-SHAP", progress) as bar:
+        with progress_context(math.ceil(rows / batch_size), "MM-SHAP", progress) as bar:
             game = Game(ev, features, bar)
             phi = torch.stack([run(game, n, t, n_samples, batch_size, seed) for t in range(len(targets))])
     image = phi[:, : features.n_image_players].abs().sum(1).double()

@@ -39,6 +39,8 @@ from mmlens.core.results import Explanation, jsonable
 from mmlens.core.subject import Subject
 from mmlens.errors import InputError
 from mmlens.evaluation.baselines import BASELINE_NAMES, baseline_explanation
+from mmlens.evaluation.method_spec import parse_method_spec
+from mmlens.explain import _check_options as check_method_options
 from mmlens.evaluation.registry import MetricInfo, get_metric
 from mmlens.evaluation.registry import metrics as all_metrics
 
@@ -325,25 +327,27 @@ def _colours(n: int) -> list[Any]:
 
 # -- configuration checks ------------------------------------------------------------------------------------
 def resolve_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"all"`` (every attribution method) or a list / comma-separated string of attribution methods."""
+    """Method specs from ``"all"`` (every attribution method) or a list / comma-separated string of specs:
+    method names, optionally with options (``"occlusion:regions=slic"``, see
+    :func:`~mmlens.evaluation.method_spec.parse_method_spec`); ``"all"`` may also be one item of the list."""
     from mmlens.core.registry import get_method
     from mmlens.core.registry import methods as catalog
 
-    if isinstance(methods, str):
-        names = [m.name for m in catalog(kind="attribution")] if methods.strip() == "all" else \
-            [m.strip() for m in methods.split(",") if m.strip()]
-    else:
-        names = [str(m).strip() for m in methods]
+    every = [m.name for m in catalog(kind="attribution")]
+    items = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
+    names = [n for item in items if item for n in (every if item == "all" else [item])]
     if not names:
         raise InputError("no methods given: pass 'all' or method names, e.g. gradcam,occlusion")
     out = []
-    for name in names:
+    for spec in names:
+        name, options = parse_method_spec(spec)
         info = get_method(name)  # unknown -> one-line InputError listing the methods
         if info.kind != "attribution":
             raise InputError(f"method {name!r} is a {info.kind} analysis, not an attribution method: choose from "
-                             f"{', '.join(m.name for m in catalog(kind='attribution'))}")
-        if name not in out:
-            out.append(name)
+                             f"{', '.join(every)}")
+        check_method_options(info, options)
+        if spec not in out:
+            out.append(spec)
     return out
 
 
@@ -364,13 +368,12 @@ def _check_options(methods: list[str], method_options: dict[str, dict[str, Any]]
     import inspect
 
     from mmlens.core.registry import get_method
-    from mmlens.explain import _check_options as check_method_options
 
-    for name, opts in (method_options or {}).items():
-        if name not in methods:
-            raise InputError(f"method_options names {name!r}, which is not among the benchmarked methods "
+    for spec, opts in (method_options or {}).items():
+        if spec not in methods:
+            raise InputError(f"method_options names {spec!r}, which is not among the benchmarked methods "
                              f"({', '.join(methods)})")
-        check_method_options(get_method(name), dict(opts))
+        check_method_options(get_method(parse_method_spec(spec)[0]), dict(opts))
     chosen = {m.name: m for m in metric_list}
     for name, opts in (metric_options or {}).items():
         if name not in chosen:
@@ -495,7 +498,8 @@ def run_benchmark(
     stats = [MethodStats(m, "method") for m in method_names]
     if baselines:
         stats += [MethodStats(b, "baseline") for b in BASELINE_NAMES]
-    method_options = {m: {**_quiet(m), **dict((method_options or {}).get(m, {}))} for m in method_names}
+    method_options = {m: {**_quiet(parse_method_spec(m)[0]), **parse_method_spec(m)[1],
+                          **dict((method_options or {}).get(m, {}))} for m in method_names}
     metric_options = {k: dict(v) for k, v in (metric_options or {}).items()}
     n_loc = 0
     warmed: set[str] = set()
@@ -524,13 +528,18 @@ def _run_one(subject: Subject, batch: Any, sample: Any, st: MethodStats, metric_
     def make() -> Explanation:
         if st.kind == "baseline":
             return baseline_explanation(subject, batch, st.method, sample_seed)
-        return explain(subject, sample.image, sample.question, method=st.method, target="answer",
-                       answer=batch.answer_ids.tolist(), seed=sample_seed, **options)
+        return explain(subject, sample.image, sample.question, method=parse_method_spec(st.method)[0],
+                       target="answer", answer=batch.answer_ids.tolist(), seed=sample_seed, **options)
 
-    try:
-        if st.method not in warmed:  # lazy imports and first-call set-up are not part of the timing
+    if st.method not in warmed:  # lazy imports and first-call set-up are not part of the timing
+        try:
             make()
-            warmed.add(st.method)
+        except InputError as err:  # e.g. a bad option value: stop before any table is written
+            raise InputError(f"method {st.method!r}: {err}") from None
+        except Exception:  # noqa: BLE001 - counted below, when the timed call fails the same way
+            pass
+        warmed.add(st.method)
+    try:
         start = time.perf_counter()
         ex = make()
         st.seconds.add(time.perf_counter() - start)
