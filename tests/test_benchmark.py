@@ -11,6 +11,7 @@ from conftest import subject_for
 from PIL import Image
 from typer.testing import CliRunner
 
+import mmlens
 from mmlens import InputError
 from mmlens.cli import app
 from mmlens.data.shapes_vqa import ShapesVQA
@@ -120,6 +121,9 @@ def test_unknown_metric_or_method_fails_before_any_work(tmp_path):
     (["--methods", "saliency,nope"], "unknown method 'nope'"),
     (["--data", "DATA"], "line 1: missing field(s) answer"),
     (["--cells", "0"], "cells=0 is out of range"),
+    (["--methods", "occlusion:regions=slic:stride"], "option 'stride' is not key=value"),
+    (["--methods", "occlusion:strde=2"], "has no option 'strde'"),
+    (["--methods", "occlusion:regions=voronoi"], "method 'occlusion:regions=voronoi': regions='voronoi'"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_no_files(tmp_path, tiny_dir, args, message):
     (tmp_path / "data.jsonl").write_text(json.dumps({"image": "x.png", "question": "q", "box": [0, 0, 1, 1]}) + "\n")
@@ -130,6 +134,22 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_files(tmp_path, tiny_dir, ar
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert not out.exists()
+
+
+def test_method_specs_are_rows_of_their_own_with_their_options():
+    lm = subject_for("llava")
+    res = run_benchmark(lm, methods="occlusion,all,occlusion:regions=slic:n_segments=12", n=2, sanity_n=0,
+                        metrics=["energy_in_mask", "sparseness"], baselines=False)
+    names = [r["method"] for r in res.rows]
+    assert names[0] == "occlusion" and names[-1] == "occlusion:regions=slic:n_segments=12"
+    assert names.count("occlusion") == 1 and "lime" in names and len(names) == len(set(names))
+    rows = {r["method"]: r for r in res.rows}
+    windows, superpixels = rows["occlusion"], rows["occlusion:regions=slic:n_segments=12"]
+    assert windows["n"] == superpixels["n"] == 2 and superpixels["failures"] == 0
+    assert windows["sparseness"] != superpixels["sparseness"]  # the options reached the method
+    ex = mmlens.explain(lm, ShapesVQA(image_size=32, seed=0).sample(0).image, "what is it ?", method="occlusion",
+                        answer="red", regions="slic", n_segments=12)
+    assert ex.metadata["options"]["regions"] == "slic"
 
 
 def test_a_failing_method_is_counted_and_reported():

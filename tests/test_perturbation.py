@@ -23,9 +23,9 @@ from mmlens.core.targets import resolve_targets
 from mmlens.errors import InputError
 from mmlens.attribution.perturbation import occlusion, rise
 from mmlens.attribution.perturbation_masks import cell_index_map, rise_grids, rise_mask
+from mmlens.attribution.lime import lime
+from mmlens.attribution.regions import Game, RegionFeatures, region_labels
 from mmlens.attribution.perturbation_shap import (
-    RegionFeatures,
-    Game,
     WeightedLinearRegression,
     coalitions,
     exact_shapley,
@@ -35,7 +35,7 @@ from mmlens.attribution.perturbation_shap import (
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
 
 PROMPT = "what color is the cat ?"
-METHODS = {"occlusion": occlusion, "rise": rise, "kernel_shap": kernel_shap, "mm_shap": mm_shap}
+METHODS = {"occlusion": occlusion, "rise": rise, "kernel_shap": kernel_shap, "mm_shap": mm_shap, "lime": lime}
 
 
 
@@ -136,6 +136,15 @@ def test_occlusion_equals_hand_rolled_loop():
     assert np.abs(total).max() > 1e-3  # occlusion changed something
 
 
+def _pixel_forward(lm, batch, targets, t: int):
+    """Target ``t``'s value for a batch of ``(k, H, W, 3)`` pixel arrays (what Captum attributes)."""
+    def forward(pixels):
+        rows = [[Image.fromarray(np.clip(np.rint(p.numpy()), 0, 255).astype(np.uint8))] for p in pixels]
+        return forward_values(lm, batch, perturbed_inputs(lm, batch, rows), targets)[:, t]
+
+    return forward
+
+
 def test_occlusion_equals_captum_feature_ablation_per_token():
     lm, batch, targets = _setup("llava")
     img = batch.images[0]  # 48 x 32: 3 x 2 windows of 16 px
@@ -144,13 +153,28 @@ def test_occlusion_equals_captum_feature_ablation_per_token():
     base = x.mean(dim=(1, 2), keepdim=True).expand_as(x).contiguous()
     mask = (torch.arange(32)[:, None] // 16 * 3 + torch.arange(48)[None] // 16)[None, :, :, None].expand_as(x)
     for t in range(len(targets)):
-        def forward(pixels, t=t):
-            rows = [[Image.fromarray(np.clip(np.rint(p.numpy()), 0, 255).astype(np.uint8))] for p in pixels]
-            return forward_values(lm, batch, perturbed_inputs(lm, batch, rows), targets)[:, t]
-
-        attr = FeatureAblation(forward).attribute(x, baselines=base, feature_mask=mask, perturbations_per_eval=4)
+        attr = FeatureAblation(_pixel_forward(lm, batch, targets, t)).attribute(
+            x, baselines=base, feature_mask=mask, perturbations_per_eval=4)
         np.testing.assert_allclose(out.pixel_maps[t][0], attr[0, :, :, 0].numpy(), atol=1e-5)
     assert out.extras["forward_calls"] == 2  # Captum: (1 + ceil(6 / 4)) per answer token
+
+
+def test_superpixel_occlusion_equals_captum_feature_ablation_over_the_segments():
+    lm, batch, targets = _setup("llava")
+    img = batch.images[0]
+    out = occlusion(lm, batch, targets, regions="slic", n_segments=12, baseline="black", words=False)
+    labels = region_labels(img, "slic", n_segments=12)
+    k = int(labels.max()) + 1
+    assert out.extras["regions_per_image"] == [k] and k >= 3
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32))[None]
+    mask = torch.from_numpy(labels)[None, :, :, None].expand_as(x)
+    for t in range(len(targets)):
+        attr = FeatureAblation(_pixel_forward(lm, batch, targets, t)).attribute(
+            x, baselines=0.0, feature_mask=mask, perturbations_per_eval=4)
+        np.testing.assert_allclose(out.pixel_maps[t][0], attr[0, :, :, 0].numpy(), atol=1e-5)
+        for j in range(k):  # one value per superpixel
+            assert np.ptp(out.pixel_maps[t][0][labels == j]) == 0
+    assert out.extras["rows"] == k and np.abs(out.pixel_maps[0][0]).max() > 1e-4
 
 
 # -- every method on every family -----------------------------------------------------------------------
@@ -159,6 +183,7 @@ _SMALL = {
     "rise": {"n_masks": 10, "cells": 3},
     "kernel_shap": {"cells": 3, "n_samples": 10},
     "mm_shap": {"n_samples": 10},
+    "lime": {"n_segments": 6, "n_samples": 10},
 }
 
 
@@ -218,6 +243,45 @@ def test_rise_is_seeded_and_follows_the_formula():
 
 
 # -- SHAP -----------------------------------------------------------------------------------------------
+def test_weighted_ridge_matches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x, y, w = torch.rand(40, 5, generator=g), torch.rand(40, generator=g), torch.rand(40, generator=g) + 0.1
+    for alpha in (0.0, 2.0):
+        model = WeightedLinearRegression(alpha)
+        model.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, w), batch_size=40))
+        # reference: minimise sum w (y - b - x c)^2 + alpha |c|^2 with an unpenalised intercept
+        xd, yd, wd = x.double(), y.double(), w.double()
+        xm, ym = (wd[:, None] * xd).sum(0) / wd.sum(), (wd * yd).sum() / wd.sum()
+        xc, yc = xd - xm, yd - ym
+        coef = torch.linalg.solve(xc.T @ (wd[:, None] * xc) + alpha * torch.eye(5, dtype=torch.float64),
+                                  xc.T @ (wd * yc))
+        torch.testing.assert_close(model.representation().flatten().double(), coef, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.bias().double().reshape(()), ym - xm @ coef, atol=1e-5, rtol=0)
+
+
+def test_lime_equals_direct_captum_call():
+    from captum.attr import Lime
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    lm, batch, targets = _setup("qwen2_vl")  # two images, superpixels on each, + 6 words
+    out = lime(lm, batch, targets, n_segments=5, n_samples=40, batch_size=8, seed=5)
+    features = RegionFeatures(lm, batch, regions="slic", n_segments=5)
+    assert out.extras["regions_per_image"] == features.counts and out.extras["regions"] == "slic"
+    game = Game(Evaluator(lm, batch, targets, batch_size=8), features)
+    n = features.n_players
+    for t in range(len(targets)):
+        explainer = Lime(game, interpretable_model=WeightedLinearRegression(1.0),
+                         similarity_func=get_exp_kernel_similarity_function("cosine", 0.25))
+        torch.manual_seed(5)
+        direct = explainer.attribute(torch.ones(1, n), baselines=torch.zeros(1, n), target=t,
+                                     feature_mask=torch.arange(n)[None], n_samples=40, perturbations_per_eval=8)[0]
+        torch.testing.assert_close(torch.tensor(out.extras["phi"][t]), direct, atol=1e-5, rtol=0)
+        first = features.counts[0]
+        np.testing.assert_allclose(out.pixel_maps[t][1], direct.numpy()[first + features.maps[1]], atol=1e-6)
+    assert np.abs(np.array(out.extras["phi"])).max() > 1e-4
+    assert out.extras["forward_calls"] == 5  # all targets from the forwards of the first
+
+
 def test_kernel_shap_equals_direct_captum_call():
     lm, batch, targets = _setup("qwen2_vl")  # two images: 2 x 9 cells + 6 words
     out = kernel_shap(lm, batch, targets, cells=3, n_samples=40, batch_size=8, seed=5)
@@ -305,6 +369,12 @@ def test_mm_shap_exact_shares_and_efficiency():
         ("mm_shap", {"estimator": "magic"}, "estimator='magic'"),
         ("mm_shap", {"cells": 8, "estimator": "exact"}, "estimator='exact'"),
         ("rise", {"seed": -1}, "seed=-1"),
+        ("occlusion", {"regions": "grid"}, "regions='grid'"),  # occlusion's grid is its windows
+        ("occlusion", {"regions": "slic", "n_segments": 0}, "n_segments=0"),
+        ("kernel_shap", {"regions": "voronoi"}, "regions='voronoi'"),
+        ("lime", {"regions": "voronoi"}, "regions='voronoi'"),
+        ("lime", {"kernel_width": 0}, "kernel_width=0"),
+        ("lime", {"alpha": -1.0}, "alpha=-1.0"),
     ],
 )
 def test_bad_options_raise_one_line_input_error(name, options, words):

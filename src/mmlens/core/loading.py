@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,20 @@ def _resolve(name: str) -> tuple[str, str]:
     return (str(path) if path.exists() else name), name
 
 
+@contextmanager
+def loading_bar(show: bool) -> Iterator[None]:
+    """transformers' weight-loading progress bar on or off inside (restored after); mmlens shows bars only on
+    a terminal, so logs, pipes and CLI errors stay free of them."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def _from_pretrained(name: str, dtype, trust_remote_code: bool, allow_pickle: bool, kwargs: dict) -> Subject:
     path, model_id = _resolve(name)
     try:
@@ -91,8 +108,9 @@ def _from_pretrained(name: str, dtype, trust_remote_code: bool, allow_pickle: bo
     adapter_cls = adapter_for(config)  # unsupported families fail here, before any weights are read
     model_cls = getattr(transformers, adapter_cls.model_class)
     try:
-        model = model_cls.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
-                                          trust_remote_code=trust_remote_code, **kwargs)
+        with loading_bar(sys.stderr.isatty()):
+            model = model_cls.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                              trust_remote_code=trust_remote_code, **kwargs)
     except OSError as err:
         hint = "" if allow_pickle else " (only safetensors weights are read: pass allow_pickle=True to accept .bin files)"
         raise InputError(f"cannot load weights of {name!r}{hint}: {str(err).splitlines()[0][:200]}") from None
