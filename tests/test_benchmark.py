@@ -43,22 +43,24 @@ def tiny_dir(tmp_path_factory):
 
 def test_cli_benchmark_n20_writes_every_method_and_baseline(tmp_path, tiny_dir):
     out = tmp_path / "bench"
-    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--methods", ",".join(FAST), "--n", "20",
+    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--methods", "all", "--n", "20",
                                  "--sanity-n", "1", "--cells", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == FAST + list(BASELINE_NAMES)
+    every = [m.name for m in mmlens.methods(kind="attribution")]
+    assert len(every) >= 14 and set(FAST) <= set(every)
+    assert [r["method"] for r in rows] == every + list(BASELINE_NAMES)
     for r in rows:
-        assert r["n"] == "20" and int(r["n_localisation"]) < 20 and r["n_sanity"] == "1"
+        assert r["n"] == "20" and int(r["n_localisation"]) < 20 and r["n_sanity"] == "1" and r["failures"] == "0"
         for key in ("pointing_game", "energy_in_mask", "topk_iou", "sparseness", "deletion", "insertion",
                     "randomisation", "max_sensitivity", "seconds_per_explanation"):
             assert r[key] != "" and np.isfinite(float(r[key])), (r["method"], key)
         assert r["sanity"] in ("pass", "fail")
     assert all(r["sanity"] == "fail" for r in rows if r["kind"] == "baseline")  # a baseline ignores the model
     data = json.loads((out / "results.json").read_text())
-    assert data["meta"]["n"] == 20 and set(data["curves"]) == set(FAST) | set(BASELINE_NAMES)
+    assert data["meta"]["n"] == 20 and set(data["curves"]) == set(every) | set(BASELINE_NAMES)
     assert len(data["curves"]["gradcam"]["deletion"]) == len(data["fractions"]["deletion"]) == 17
     md = (out / "results.md").read_text()
     assert "deletion AUC ↓" in md and "insertion AUC ↑" in md and "pointing game ↑" in md
