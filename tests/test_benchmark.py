@@ -16,7 +16,8 @@ from mmlens import InputError
 from mmlens.cli import app
 from mmlens.data.shapes_vqa import ShapesVQA
 from mmlens.evaluation.baselines import BASELINE_NAMES
-from mmlens.evaluation.benchmark import OUTPUT_FILES, run_benchmark, shapes_image_size
+from mmlens.evaluation.benchmark import run_benchmark, shapes_image_size
+from mmlens.evaluation.benchmark_result import OUTPUT_FILES
 from mmlens.testing.tiny_models import tiny_model_and_processor
 
 runner = CliRunner()

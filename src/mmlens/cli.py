@@ -223,6 +223,7 @@ def benchmark_cmd(
     import shlex
 
     from mmlens.evaluation.benchmark import resolve_metrics, run_benchmark
+    from mmlens.evaluation.benchmark_result import OUTPUT_FILES
 
     chosen = {m.name for m in resolve_metrics(metrics)}
     curve_options = {mode: {"cells": cells} for mode in ("deletion", "insertion") if mode in chosen}
@@ -236,7 +237,7 @@ def benchmark_cmd(
     Console(width=None if sys.stdout.isatty() else 200).print(result.table())
     for line in result.failures():
         console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
-    for name in ("results.csv", "results.json", "results.md", "curves.png"):
+    for name in OUTPUT_FILES:
         print(out / name)
 
 

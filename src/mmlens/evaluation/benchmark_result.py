@@ -1,0 +1,300 @@
+"""The benchmark's table: streaming accumulators per method and :class:`BenchmarkResult` (rich table, CSV, JSON,
+Markdown, deletion / insertion curves PNG, written all-or-nothing).
+
+>>> result = run_benchmark(mmlens.load("demo"), methods=["rise"], n=20)     # doctest: +SKIP
+>>> print(result.to_markdown())                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmlens.core.results import jsonable
+from mmlens.errors import InputError
+
+OUTPUT_FILES = ("results.csv", "results.json", "results.md", "curves.png")
+
+
+# -- streaming accumulators ---------------------------------------------------------------------------------
+@dataclass
+class Mean:
+    """Streaming mean of scalars that skips NaN (and counts them)."""
+
+    total: float = 0.0
+    count: int = 0
+    nan: int = 0
+
+    def add(self, value: float) -> None:
+        value = float(value)
+        if math.isnan(value):
+            self.nan += 1
+        else:
+            self.total += value
+            self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+@dataclass
+class CurveMean:
+    """Streaming point-wise mean of equally long curves (NaN curves skipped)."""
+
+    total: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, values: Sequence[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            return
+        self.total = arr.copy() if self.total is None else self.total + arr
+        self.count += 1
+
+    @property
+    def mean(self) -> list[float]:
+        return [] if self.total is None else (self.total / self.count).tolist()
+
+
+@dataclass
+class MethodStats:
+    """Everything the table needs about one method, accumulated sample by sample."""
+
+    method: str
+    kind: str  # "method" | "baseline"
+    scores: dict[str, Mean] = field(default_factory=dict)
+    curves: dict[str, CurveMean] = field(default_factory=dict)
+    seconds: Mean = field(default_factory=Mean)
+    explained: int = 0
+    failures: int = 0
+    first_error: str = ""
+    sanity_passes: int = 0
+    sanity_checked: int = 0
+
+    def score(self, name: str) -> Mean:
+        return self.scores.setdefault(name, Mean())
+
+    def curve(self, name: str) -> CurveMean:
+        return self.curves.setdefault(name, CurveMean())
+
+    def fail(self, where: str, err: BaseException) -> None:
+        self.failures += 1
+        if not self.first_error:
+            self.first_error = f"{where}: {err.__class__.__name__}: {' '.join(str(err).split())[:300]}"
+
+
+# -- result -------------------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkResult:
+    """The benchmark table (``rows``: one dict per method, baselines last), the mean deletion / insertion curves
+    and the per-step randomisation correlations, with what is needed to reproduce them (``meta``)."""
+
+    rows: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]  # name, category, higher_is_better, summary, samples ("all" | "object" | "sanity")
+    curves: dict[str, dict[str, list[float]]]  # method -> {"deletion": [...], "insertion": [...]}
+    fractions: dict[str, list[float]]  # mode -> share of patches removed / revealed at each curve point
+    randomisation: dict[str, dict[str, Any]]  # method -> {"steps": [...], "correlations": [...]}
+    meta: dict[str, Any]
+
+    # -- views ----------------------------------------------------------------------------------------------
+    def columns(self) -> list[tuple[str, str]]:
+        """(row key, header) of every column of the table."""
+        cols = [("method", "method")]
+        for m in self.metrics:
+            arrow = "↑" if m["higher_is_better"] else "↓"
+            cols.append((m["name"], f"{_label(m['name'])} {arrow}"))
+        if any(m["name"] == "randomisation" for m in self.metrics):
+            cols.append(("sanity", "sanity check"))
+        cols += [("seconds_per_explanation", "s / explanation"), ("n", "n")]
+        if any(r["failures"] for r in self.rows):
+            cols.append(("failures", "failures"))
+        return cols
+
+    def table(self) -> Any:
+        """A rich :class:`~rich.table.Table` of the results."""
+        from rich.table import Table
+
+        table = Table(title=f"mmlens benchmark: {self.meta['model']} ({self.meta['data_description']})",
+                      caption=self._caption(markdown=False), caption_justify="left")
+        for key, header in self.columns():
+            table.add_column(header, justify="left" if key in ("method", "sanity") else "right",
+                             no_wrap=key == "method")
+        for row in self.rows:
+            table.add_row(*[_cell(row.get(key)) for key, _ in self.columns()])
+        return table
+
+    def to_csv(self) -> str:
+        keys = ["method", "kind", "n", "n_localisation", "n_sanity"]
+        for m in self.metrics:
+            keys.append(m["name"])
+            if m["name"] == "randomisation":
+                keys += ["randomisation_pass_rate", "sanity"]
+        keys += ["seconds_per_explanation", "failures"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in keys})
+        return buf.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"format": "mmlens.benchmark", "format_version": 1, "meta": self.meta,
+                         "metrics": self.metrics, "rows": self.rows, "fractions": self.fractions,
+                         "curves": self.curves, "randomisation": self.randomisation})
+
+    def to_json(self) -> str:
+        return json.dumps(_nan_to_none(self.to_dict()), indent=2)
+
+    def to_markdown(self) -> str:
+        cols = self.columns()
+        lines = [f"# mmlens benchmark: {self.meta['model']}", "",
+                 f"{self.meta['data_description']}; seed {self.meta['seed']}.", ""]
+        lines.append("| " + " | ".join(h for _, h in cols) + " |")
+        lines.append("|" + "|".join("---" if k in ("method", "sanity") else "---:" for k, _ in cols) + "|")
+        for row in self.rows:
+            lines.append("| " + " | ".join(_cell(row.get(k)).replace("|", "\\|") for k, _ in cols) + " |")
+        lines += ["", self._caption(markdown=True), "", "Metrics (↑ higher is better, ↓ lower is better):", ""]
+        for m in self.metrics:
+            direction = "higher is better" if m["higher_is_better"] else "lower is better"
+            lines.append(f"- **{_label(m['name'])}** ({m['category']}, {direction}; {_SAMPLES[m['samples']]}): "
+                         f"{m['summary']}")
+        lines.append("- **s / explanation**: seconds per call of the method (the warm-up call not counted); "
+                     "timings vary between runs, every other number is reproducible.")
+        failed = self.failures()
+        if failed:
+            lines += ["", "Failures (counted, not scored; the method's means cover the other samples):", ""]
+            lines += [f"- {line}" for line in failed]
+        if self.meta.get("command"):
+            lines += ["", "Regenerate with:", "", "```", self.meta["command"], "```"]
+        return "\n".join(lines) + "\n"
+
+    def failures(self) -> list[str]:
+        """One line per method that failed on some sample or metric: count and first error."""
+        return [f"{r['method']}: {r['failures']} failure(s); first: {r.get('first_error', '')}"
+                for r in self.rows if r.get("failures")]
+
+    def _caption(self, markdown: bool) -> str:
+        meta = self.meta
+        parts = [f"n = {meta['n']} samples; localisation metrics on the {meta['n_localisation']} whose "
+                 + "evidence is one object"]
+        if meta.get("n_sanity"):
+            parts.append(f"randomisation and max-sensitivity on the first {meta['n_sanity']}")
+        text = "; ".join(parts) + "."
+        if any(m["name"] == "randomisation" for m in self.metrics):
+            thr = meta.get("randomisation_threshold", 0.5)
+            text += (f" Sanity check: pass = the mean Spearman correlation between the map and the map of the "
+                     f"fully cascade-randomised model is below {thr}; baselines ignore the model, so they fail "
+                     "by design.")
+        return text
+
+    def plot_curves(self) -> Any:
+        """Matplotlib figure: mean deletion and insertion curves, one line per method (baselines dashed)."""
+        from matplotlib.figure import Figure
+
+        modes = [m for m in ("deletion", "insertion") if any(m in c for c in self.curves.values())]
+        fig = Figure(figsize=(6.2 * max(1, len(modes)), 4.8), layout="constrained")
+        axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
+        kinds = {r["method"]: r["kind"] for r in self.rows}
+        cmap = _colours(len(self.curves))
+        for ax, mode in zip(axes, modes):
+            for colour, (method, curves) in zip(cmap, self.curves.items()):
+                if mode not in curves or not curves[mode]:
+                    continue
+                values, xs = curves[mode], self.fractions[mode]
+                auc = float(np.trapezoid(values, xs))
+                ax.plot(xs, values, color=colour,
+                        linestyle="--" if kinds.get(method) == "baseline" else "-", label=f"{method} ({auc:.3f})")
+            removed = "removed" if mode == "deletion" else "revealed"
+            better = "lower" if mode == "deletion" else "higher"
+            ax.set_title(f"{mode} (AUC in legend, {better} is better)", fontsize=10)
+            ax.set_xlabel(f"share of patches {removed}")
+            ax.set_ylabel("mean probability of the answer")
+            ax.set_xlim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncols=2 if len(self.curves) > 8 else 1)
+        if not modes:
+            axes[0].text(0.5, 0.5, "no deletion / insertion metric was run", ha="center", va="center")
+            axes[0].axis("off")
+        fig.suptitle(f"{self.meta['model']}: {self.meta['data_description']}", fontsize=10)
+        return fig
+
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write results.csv, results.json, results.md and curves.png into folder ``out`` (created if needed).
+        Every file is written to a temporary name first, and the four are renamed only once all succeeded."""
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out {str(folder)!r} is a file: pass a folder for results.csv, results.json, "
+                             "results.md and curves.png")
+        folder.mkdir(parents=True, exist_ok=True)
+        writers = {
+            "results.csv": lambda p: p.write_text(self.to_csv(), encoding="utf-8"),
+            "results.json": lambda p: p.write_text(self.to_json(), encoding="utf-8"),
+            "results.md": lambda p: p.write_text(self.to_markdown(), encoding="utf-8"),
+            "curves.png": lambda p: self.plot_curves().savefig(p, format="png", dpi=120),
+        }
+        tag = uuid.uuid4().hex[:8]
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for name, write in writers.items():
+                tmp = folder / f".{name}.{tag}.tmp"
+                staged.append((tmp, folder / name))
+                write(tmp)
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return [final for _, final in staged]
+
+
+_SAMPLES = {"all": "every sample", "object": "samples whose evidence is one object",
+            "sanity": "the first sanity_n samples"}
+_LABELS = {"pointing_game": "pointing game", "energy_in_mask": "energy in mask", "topk_iou": "top-k IoU",
+           "deletion": "deletion AUC", "insertion": "insertion AUC", "randomisation": "randomisation corr.",
+           "max_sensitivity": "max-sensitivity", "sparseness": "sparseness"}
+
+
+def _label(name: str) -> str:
+    return _LABELS.get(name, name.replace("_", " "))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return value
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
