@@ -214,6 +214,23 @@ def test_method_runs_on_every_family(name, family):
     assert out.position_scores[:, batch.image_positions()].abs().sum() > 0
 
 
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "paligemma"])
+@pytest.mark.parametrize("name, regions", [("occlusion", "felzenszwalb"), ("kernel_shap", "slic")])
+def test_superpixel_maps_are_constant_on_each_region_of_each_image(family, name, regions):
+    lm, batch, targets = _setup(family)
+    out = METHODS[name](lm, batch, targets, regions=regions, n_segments=8, batch_size=8,
+                        **({"n_samples": 16} if name == "kernel_shap" else {}))
+    assert out.extras["regions"] == regions and len(out.extras["regions_per_image"]) == len(batch.images)
+    for i, img in enumerate(batch.images):
+        labels = region_labels(img, regions, n_segments=8)
+        assert out.extras["regions_per_image"][i] == int(labels.max()) + 1
+        for t in range(len(targets)):
+            m = out.pixel_maps[t][i]
+            assert m.shape == (img.height, img.width)
+            assert all(np.ptp(m[labels == k]) == 0 for k in range(int(labels.max()) + 1))
+    assert max(np.abs(m).max() for maps in out.pixel_maps for m in maps) > 1e-5
+
+
 # -- RISE -----------------------------------------------------------------------------------------------
 def test_rise_is_seeded_and_follows_the_formula():
     lm, batch, targets = _setup("llava")
