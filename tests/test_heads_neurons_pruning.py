@@ -43,7 +43,7 @@ def test_head_ablation_rows_equal_single_ablations(subject, images):
         h[..., head * width :] = 0
         return h
 
-    with subject.trace() as tr:
+    with torch.no_grad(), subject.trace() as tr:
         tr.edit("lm.blocks.0.attn.heads", zero_last)
         single = float(target.value(subject.forward(batch), batch).exp())
     assert grid.values[0, head] + grid.meta["p_clean"] == pytest.approx(single, rel=1e-4, abs=1e-10)
@@ -57,8 +57,9 @@ def test_neuron_scores_first_order_and_ablation(subject, images):
     # act x grad predicts the first-order change of log p when a neuron is zeroed
     layer, index, score = ns.top(1)[0]
     target = resolve_targets(subject.tokenizer, batch, "answer")[0]
-    lp = float(target.value(subject.forward(batch), batch))
-    with subject.trace() as tr:
+    with torch.no_grad():
+        lp = float(target.value(subject.forward(batch), batch))
+    with torch.no_grad(), subject.trace() as tr:
         tr.ablate(f"lm.blocks.{layer}.mlp.act", units=[index])
         lp_ablated = float(target.value(subject.forward(batch), batch))
     assert lp - lp_ablated == pytest.approx(score, rel=0.2, abs=1e-5)
