@@ -74,10 +74,11 @@ def test_pruning_curve_end_points(subject, images):
     batch = _batch(subject, images[:1])
     curve = pruning_curve(subject, batch, ratios=(0.0, 0.5, 1.0), after_layer=1)
     target = resolve_targets(subject.tokenizer, batch, "answer")[0]
-    p = float(target.value(subject.forward(batch), batch).exp())
+    with torch.no_grad():
+        p = float(target.value(subject.forward(batch), batch).exp())
     assert curve.prob[0] == pytest.approx(p, rel=1e-4)  # nothing pruned = the plain model
     image = batch.image_positions()
-    with subject.trace() as tr:
+    with torch.no_grad(), subject.trace() as tr:
         tr.block_attention("lm.blocks.1.attn.weights", torch.arange(batch.seq_len), image)
         p_all = float(target.value(subject.forward(batch), batch).exp())
     assert curve.prob[-1] == pytest.approx(p_all, rel=1e-4)

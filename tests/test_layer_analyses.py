@@ -47,7 +47,7 @@ def test_causal_trace_restoring_everything_recovers_clean(subject, images):
         tr.capture("lm.blocks.0.resid_pre", reduce=lambda h: h[0, img])
         subject.forward(batch)
     noise = _draw_noise(tr["lm.blocks.0.resid_pre"], 5.0, 0)
-    with subject.trace() as tr:
+    with torch.no_grad(), subject.trace() as tr:
         tr.edit("lm.blocks.0.resid_pre", lambda h: h.index_put((torch.tensor([0]), img), h[0, img] + noise))
         by_hand = float(target.value(subject.forward(batch), batch).exp())
     assert by_hand == pytest.approx(p_corrupt, rel=1e-4)
@@ -78,7 +78,7 @@ def test_knockout_batched_rows_equal_single_runs(subject, images):
     target = resolve_targets(subject.tokenizer, batch, "answer")[0]
     groups = position_groups(batch, target)
     layer = subject.n_layers - 1
-    with subject.trace() as tr:
+    with torch.no_grad(), subject.trace() as tr:
         tr.block_attention(f"lm.blocks.{layer}.attn.weights", groups["last"], groups["image"])
         single = float(target.value(subject.forward(batch), batch).exp())
     got = float(grid.values[layer, grid.col_labels.index("image -> last")]) + grid.meta["p_clean"]
