@@ -16,7 +16,6 @@ token of every perturbed row), ``batch_size`` perturbed rows per forward, and re
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

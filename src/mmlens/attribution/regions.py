@@ -92,7 +92,7 @@ class RegionFeatures:
 
     def __init__(self, subject: Subject, batch: Batch, cells: int = 8, baseline: str = "mean", words: bool = True,
                  regions: str = "grid", n_segments: int = 50):
-        self.batch, self.regions = batch, regions
+        self.batch, self.regions, self.cells = batch, regions, cells
         self.maps = [region_labels(img, regions, cells, n_segments) for img in batch.images]
         self.counts = [int(m.max()) + 1 for m in self.maps]
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(int)
@@ -128,8 +128,9 @@ class RegionFeatures:
         pixel_maps = [[paint(m, phi_np[t, self.offsets[i] : self.offsets[i + 1]]) for i, m in enumerate(self.maps)]
                       for t in range(phi.shape[0])]
         scores = position_scores(self.batch, phi.shape[0], pixel_maps, self.words, phi[:, self.n_image_players :])
-        extras = {**extras, "phi": phi.tolist(), "regions": self.regions, "regions_per_image": self.counts,
-                  "words": len(self.words), "image_players": self.n_image_players}
+        layout = {"cells": self.cells} if self.regions == "grid" else {}
+        extras = {**extras, "phi": phi.tolist(), "regions": self.regions, **layout,
+                  "regions_per_image": self.counts, "words": len(self.words), "image_players": self.n_image_players}
         return MethodOutput(scores, pixel_maps, extras)
 
 
