@@ -25,7 +25,12 @@ from captum.attr import Lime
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.perturbation_shap import WeightedLinearRegression, check_players, progress_context
+from mmlens.attribution.perturbation_shap import (
+    WeightedLinearRegression,
+    attribute_players,
+    check_players,
+    progress_context,
+)
 from mmlens.attribution.regions import Game, RegionFeatures
 from mmlens.core.batch import Batch
 from mmlens.core.batching import Evaluator
@@ -73,15 +78,8 @@ def lime(
     similarity = get_exp_kernel_similarity_function("cosine", kernel_width)
     with progress_context(math.ceil(n_samples / batch_size), "LIME", progress) as bar:
         game = Game(ev, features, bar)
-        phi = []
-        for t in range(len(targets)):
-            explainer = Lime(game, interpretable_model=WeightedLinearRegression(alpha), similarity_func=similarity)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # every target sees the same coalitions: forwards run once
-                attr = explainer.attribute(torch.ones(1, n), baselines=torch.zeros(1, n), target=t,
-                                           feature_mask=torch.arange(n)[None], n_samples=n_samples,
-                                           perturbations_per_eval=batch_size)
-            phi.append(attr[0].float())
+        explainer = Lime(game, interpretable_model=WeightedLinearRegression(alpha), similarity_func=similarity)
+        phi = [attribute_players(explainer, n, t, n_samples, batch_size, seed) for t in range(len(targets))]
     extras = {"forward_calls": ev.calls, "rows": ev.rows, "n_samples": n_samples, "seed": seed,
               "baseline": baseline, "kernel_width": kernel_width, "alpha": alpha}
     return features.output(torch.stack(phi), extras)

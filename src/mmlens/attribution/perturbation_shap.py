@@ -75,29 +75,32 @@ class WeightedLinearRegression(LinearModel):
         super().__init__(train_fn=lambda *args, **kwargs: _fit_weighted_least_squares(*args, alpha=alpha, **kwargs))
 
 
+def attribute_players(explainer: Any, n_players: int, target: int, n_samples: int, batch_size: int,
+                      seed: int) -> torch.Tensor:
+    """A Captum perturbation explainer (KernelShap, ShapleyValueSampling, Lime) over ``n_players`` binary
+    players (all present vs all absent) for one target column, seeded (torch's RNG restored after):
+    ``(n_players,)``. With the same seed every target sees the same samples, so a caching :class:`Game`
+    runs the model once for all targets."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        phi = explainer.attribute(torch.ones(1, n_players), baselines=torch.zeros(1, n_players), target=target,
+                                  feature_mask=torch.arange(n_players)[None], n_samples=n_samples,
+                                  perturbations_per_eval=batch_size)
+    return phi[0].float()
+
+
 def captum_kernel_shap(game: Game, n_players: int, target: int, n_samples: int, batch_size: int,
                        seed: int) -> torch.Tensor:
     """Captum ``KernelShap`` of ``game`` for one target column, seeded: ``(n_players,)``."""
     ks = KernelShap(game)
     ks.interpretable_model = WeightedLinearRegression()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        phi = ks.attribute(torch.ones(1, n_players), baselines=torch.zeros(1, n_players), target=target,
-                           feature_mask=torch.arange(n_players)[None], n_samples=n_samples,
-                           perturbations_per_eval=batch_size)
-    return phi[0].float()
+    return attribute_players(ks, n_players, target, n_samples, batch_size, seed)
 
 
 def captum_permutation_shapley(game: Game, n_players: int, target: int, n_samples: int, batch_size: int,
                                seed: int) -> torch.Tensor:
     """Captum ``ShapleyValueSampling`` (``n_samples`` random permutations) for one target: ``(n_players,)``."""
-    sv = ShapleyValueSampling(game)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        phi = sv.attribute(torch.ones(1, n_players), baselines=torch.zeros(1, n_players), target=target,
-                           feature_mask=torch.arange(n_players)[None], n_samples=n_samples,
-                           perturbations_per_eval=batch_size)
-    return phi[0].float()
+    return attribute_players(ShapleyValueSampling(game), n_players, target, n_samples, batch_size, seed)
 
 
 def coalitions(n_players: int) -> torch.Tensor:
