@@ -85,6 +85,7 @@ def tower_projector_lm_parts(model: Any) -> ModelParts:
         vision_blocks=vision.encoder.layers,
         vision_embed=vision.embeddings,
         projector=inner.multi_modal_projector,
+        image_features=inner,
     )
 
 

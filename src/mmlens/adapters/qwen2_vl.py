@@ -52,6 +52,8 @@ class Qwen2VLAdapter(Adapter):
             vision_embed=inner.visual.patch_embed,
             projector=inner.visual.merger,
             vision_attn="attn",
+            image_features=inner,  # after the merger, back in sequence order (Qwen2.5-VL un-windows there)
+            vision_attn_chunked=True,  # one attention call per image (Qwen2.5-VL: per window)
         )
 
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:

@@ -1,12 +1,14 @@
 """Named hook points, identical for every family, with captures and interventions that always clean up.
 
-Hook-point names (``i`` = block index)::
+Hook-point names (``i`` = block index) and what their tensors hold, the same in every family::
 
     vision.embed                    patch embeddings entering the vision blocks
     vision.blocks.{i}.resid_post    output of vision block i
     vision.blocks.{i}.attn          output of vision block i's self-attention
     vision.blocks.{i}.attn.weights  its attention probabilities (computed on demand, see core.attention)
-    projector.out                   image features after the projector / merger (the LM's image tokens)
+    projector.out                   the LM's image-token embeddings: (n_image_tokens, d), row k = the token at
+                                    the k-th image placeholder of the batch (``batch.image_positions()[k]`` for
+                                    one row), separators included (LLaVA-NeXT newlines, CLS if kept)
     lm.blocks.{i}.resid_pre         residual stream entering LM block i
     lm.blocks.{i}.resid_post        residual stream leaving LM block i
     lm.blocks.{i}.attn.out          output of LM block i's self-attention (after o_proj)
@@ -16,6 +18,19 @@ Hook-point names (``i`` = block index)::
     lm.blocks.{i}.mlp.out           MLP output
     lm.norm.out                     final norm output (what the unembedding reads)
     lm.logits                       unembedding output
+
+Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for
+``lm.*``, the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
+
+``projector.out`` is read where the model hands its image features to the LM (the output of
+``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
+Qwen2.5-VL's merger output already put back from window order), so it means the same in every family.
+The ``vision.*`` points are the tower's own tensors: LLaVA / LLaVA-NeXT / PaliGemma ``(images or tiles,
+patches, d)``; Qwen ``(patches of all images, d)``, which Qwen2.5-VL's tower holds in window order.
+Vision attention weights are ``(batch, heads, queries, keys)``; where the tower attends in chunks (Qwen:
+one call per image, Qwen2.5-VL's windowed blocks one per window) the chunks are gathered into one
+``(1, heads, patches, patches)`` block-diagonal matrix (zero between chunks), in the tower's row order,
+and ``rows=`` selects its query rows.
 
 >>> from mmlens.testing import tiny_subject                     # doctest: +SKIP
 >>> s = tiny_subject("llava"); batch = s.prepare(s.example_images(), "what is this?")  # doctest: +SKIP
@@ -43,10 +58,15 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A module and which of its tensors the point names: ``output``, ``input`` or ``attn_weights``."""
+    """A module and which of its tensors the point names: ``output``, ``input``, ``attn_weights``, or
+    ``image_features`` (the module's ``get_image_features`` result, flattened to one row per image token).
+
+    ``chunked``: attention that may run in several calls per forward (gathered block-diagonally).
+    """
 
     module: nn.Module
     kind: str
+    chunked: bool = False
 
 
 @dataclass
@@ -64,6 +84,10 @@ class ModelParts:
     mlp_down: str = "down_proj"
     attn_out_proj: str = "o_proj"
     vision_attn: str = "self_attn"
+    #: the module whose ``get_image_features`` hands image features to the LM (``projector.out``)
+    image_features: nn.Module | None = None
+    #: vision attention runs in chunks (one call per image / window, as Qwen's towers do)
+    vision_attn_chunked: bool = False
 
     def hook_points(self) -> dict[str, HookPoint]:
         points: dict[str, HookPoint] = {}
@@ -73,8 +97,10 @@ class ModelParts:
             attn = getattr(block, self.vision_attn)
             points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output")
             points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output")
-            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
-        if self.projector is not None:
+            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked)
+        if self.image_features is not None:
+            points["projector.out"] = HookPoint(self.image_features, "image_features")
+        elif self.projector is not None:
             points["projector.out"] = HookPoint(self.projector, "output")
         for i, block in enumerate(self.lm_blocks):
             attn, mlp = getattr(block, self.lm_attn), getattr(block, self.lm_mlp)
@@ -100,6 +126,51 @@ def _replace_first(x: Any, new: torch.Tensor) -> Any:
     if isinstance(x, list):
         return [new, *x[1:]]
     return new
+
+
+def _flatten_features(feats: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """Image features as ``get_image_features`` returns them (a tensor, or a list / tuple per image) ->
+    one ``(tokens, d)`` tensor, and the function that puts an edited one back into the same structure."""
+    if torch.is_tensor(feats):
+        return feats.reshape(-1, feats.shape[-1]), lambda new: new.reshape(feats.shape)
+    shapes = [f.shape for f in feats]
+    sizes = [f.numel() // f.shape[-1] for f in feats]
+    flat = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+
+    def restore(new: torch.Tensor) -> Any:
+        parts = [p.reshape(shape) for p, shape in zip(torch.split(new, sizes), shapes)]
+        return type(feats)(parts)
+
+    return flat, restore
+
+
+class _MethodPatch:
+    """Replaces ``owner.<name>`` by a wrapper for the life of a trace; ``remove`` restores what was there."""
+
+    _MISSING = object()
+
+    def __init__(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        self.owner, self.name = owner, name
+        self.previous = owner.__dict__.get(name, self._MISSING)
+        setattr(owner, name, wrapper)
+
+    def remove(self) -> None:
+        if self.previous is self._MISSING:
+            self.owner.__dict__.pop(self.name, None)
+        else:
+            setattr(self.owner, self.name, self.previous)
+
+
+def _block_diagonal(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Square attention chunks ``(1, heads, n_i, n_i)`` -> one ``(1, heads, sum n_i, sum n_i)`` matrix."""
+    n = sum(c.shape[-1] for c in chunks)
+    out = chunks[0].new_zeros(*chunks[0].shape[:2], n, n)
+    start = 0
+    for c in chunks:
+        end = start + c.shape[-1]
+        out[..., start:end, start:end] = c
+        start = end
+    return out
 
 
 def _select(positions: torch.Tensor | list[int] | None, t: torch.Tensor) -> Any:
@@ -132,7 +203,7 @@ class Tracer:
     def close(self) -> None:
         """Remove every hook and attention tap this tracer installed (idempotent)."""
         handles, self._handles = self._handles, []
-        for h in handles:
+        for h in reversed(handles):  # last in, first out: stacked method patches restore in order
             h.remove()
         taps, self._taps = self._taps, {}
         for tap in taps.values():
@@ -187,6 +258,19 @@ class Tracer:
 
             in_hook._mmlens = True  # type: ignore[attr-defined]
             self._handles.append(point.module.register_forward_pre_hook(in_hook, with_kwargs=True))
+        elif point.kind == "image_features":
+            original = point.module.get_image_features
+
+            def features(*args: Any, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                flat, restore = _flatten_features(out.pooler_output)
+                new = fn(flat)
+                if new is not None:
+                    out.pooler_output = restore(new)
+                return out
+
+            features._mmlens = True  # type: ignore[attr-defined]
+            self._handles.append(_MethodPatch(point.module, "get_image_features", features))
         else:
             raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
 
@@ -243,8 +327,33 @@ class Tracer:
                 w = w.detach() if detach else w
                 self.captured.setdefault(name, []).append(reduce(w) if reduce else w)
 
-            self._tap(name).weight_callbacks.append((index, keep))
+            if self.points[name].chunked:
+                self._gather_chunks(name, index, keep)
+            else:
+                self._tap(name).weight_callbacks.append((index, keep))
         return names
+
+    def _gather_chunks(self, name: str, rows: torch.Tensor | None, keep: Callable[[torch.Tensor], None]) -> None:
+        """Collect every attention call of one module forward (one per chunk) and hand ``keep`` the
+        block-diagonal matrix over all chunks (its query ``rows`` if given)."""
+        module = self.points[name].module
+        chunks: list[torch.Tensor] = []
+
+        def start(m: nn.Module, args: Any) -> None:
+            chunks.clear()
+
+        def finish(m: nn.Module, args: Any, output: Any) -> None:
+            if not chunks:
+                return
+            w = chunks[0] if len(chunks) == 1 else _block_diagonal(chunks)
+            chunks.clear()
+            keep(w if rows is None else w[:, :, rows.to(w.device)])
+
+        for hook in (start, finish):
+            hook._mmlens = True  # type: ignore[attr-defined]
+        self._handles.append(module.register_forward_pre_hook(start))
+        self._handles.append(module.register_forward_hook(finish))
+        self._tap(name).weight_callbacks.append((None, chunks.append))
 
     def edit(self, pattern: str, fn: Edit) -> list[str]:
         """Replace the tensor at matching points with ``fn(tensor)``."""
@@ -342,5 +451,6 @@ def count_hooks(model: nn.Module) -> int:
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             total += sum(1 for fn in hooks.values() if getattr(fn, "_mmlens", False))
+        total += int(getattr(m.__dict__.get("get_image_features"), "_mmlens", False))
         total += int(hasattr(m, "_mmlens_tap"))
     return total
