@@ -7,6 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmlens.core.geometry import resize_crop_box
+from conftest import subject_for
 
 
 def test_positions_equal_placeholders_and_grids_multiply_out(subject, images):
@@ -99,3 +100,74 @@ def test_resize_crop_box_inverts_a_centre_crop():
     # 200x100 image, shortest edge -> 224 (448x224), centre crop 224: the middle 100x100 of the original
     assert resize_crop_box((200, 100), (448, 224), (224, 224)) == (50.0, 0.0, 150.0, 100.0)
     assert resize_crop_box((30, 60), (30, 60), None) == (0.0, 0.0, 30.0, 60.0)
+
+
+# -- LLaVA-NeXT: the tile box follows the processor's rounding and the model's unpadding -----------------
+
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # llava-v1.6, tile 336
+
+
+def _reference_tile_box(size_wh, tile, patch, pinpoints, image_processor):
+    """The tile grid's box from transformers' own functions: the processor's fit (``get_patch_output_size``)
+    and padding (``_get_padding_size``), and the feature rows / columns the model's ``unpad_image`` keeps."""
+    from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+    from transformers.image_utils import ChannelDimension
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    w, h = size_wh
+    th, tw = select_best_resolution((h, w), pinpoints)
+    nh, nw = get_patch_output_size(np.broadcast_to(np.zeros(()), (1, h, w)), (th, tw), ChannelDimension.FIRST)
+    (paste_y, _), (paste_x, _) = image_processor._get_padding_size((nh, nw), (th, tw))
+    per_tile = tile // patch
+    frame = torch.arange((th // tile * per_tile) * (tw // tile * per_tile)).reshape(1, th // tile * per_tile, -1)
+    kept = unpad_image(frame, (h, w))[0]
+    r0, c0 = divmod(int(kept[0, 0]), frame.shape[2])
+    rows, cols = kept.shape
+    px = tile / per_tile
+    box = ((c0 * px - paste_x) * w / nw, (r0 * px - paste_y) * h / nh,
+           ((c0 + cols) * px - paste_x) * w / nw, ((r0 + rows) * px - paste_y) * h / nh)
+    return rows, cols, box
+
+
+def test_llava_next_tile_box_matches_transformers_on_a_size_sweep():
+    """Every size from 16 to 300 px per side (81k sizes; the old ``ceil(h * tw / w)`` rounding was off by
+    one pixel of fit on 135 of them, boxes by up to 0.90 px): rows, columns and box equal the reference built from transformers."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from mmlens.adapters.llava_next import tile_layout
+
+    ip = LlavaNextImageProcessorPil()
+    worst, wrong = 0.0, []
+    for h in range(16, 301):
+        for w in range(16, 301):
+            rows, cols, box = tile_layout((w, h), 336, 14, LLAVA_NEXT_PINPOINTS)
+            ref_rows, ref_cols, ref_box = _reference_tile_box((w, h), 336, 14, LLAVA_NEXT_PINPOINTS, ip)
+            err = max(abs(a - b) for a, b in zip(box, ref_box))
+            worst = max(worst, err)
+            if (rows, cols) != (ref_rows, ref_cols) or err > 1e-9:
+                wrong.append((w, h, box, ref_box))
+    assert not wrong, (len(wrong), worst, wrong[:3])
+
+
+def test_llava_next_tile_box_matches_the_processed_pixels():
+    """A white 364x273 image: the tiny processor fits it to 64x49 (``ceil`` of a float scale), not 64x48, and
+    centres it at row 7. The geometry's tile box must map the kept feature rows through those pixels."""
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    subject = subject_for("llava_next")
+    image = Image.new("RGB", (364, 273), (255, 255, 255))
+    batch = subject.prepare([image], "what is this?")
+    pv = batch.inputs["pixel_values"][0]  # (1 + tiles, 3, 32, 32)
+    (th, tw) = (64, 64)
+    frame = torch.cat([torch.cat(list(pv[1:][r * 2:(r + 1) * 2]), dim=-1) for r in range(2)], dim=-2)  # (3, 64, 64)
+    content = (frame - frame[:, :1, :1]).abs().amax(0) > 1e-3
+    ys, xs = torch.nonzero(content.any(1)).flatten(), torch.nonzero(content.any(0)).flatten()
+    paste_y, nh = int(ys[0]), int(ys[-1]) - int(ys[0]) + 1
+    paste_x, nw = int(xs[0]), int(xs[-1]) - int(xs[0]) + 1
+    assert (nh, nw, paste_y, paste_x) == (49, 64, 7, 0)
+    kept = unpad_image(torch.arange(64).reshape(1, 8, 8), (273, 364))[0]
+    r0, rows = int(kept[0, 0]) // 8, kept.shape[0]
+    tiles = batch.geometry[0].grids[1]
+    assert tiles.shape == tuple(kept.shape)
+    expected = (0.0, (r0 * 8 - paste_y) * 273 / nh, 364.0, ((r0 + rows) * 8 - paste_y) * 273 / nh)
+    assert max(abs(a - b) for a, b in zip(tiles.box, expected)) < 1e-9, (tiles.box, expected)

@@ -22,11 +22,35 @@ from mmlens.core.geometry import Box, ImageGeometry, ImageGrid
 
 
 def _fit(size_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of the image resized to fit ``target_hw`` keeping aspect (as the processor does)."""
+    """(height, width) of the image resized to fit ``target_hw`` keeping aspect, rounded as the processor
+    rounds (``get_patch_output_size``): the scale is a float first, then ``ceil(side * scale)``, which is not
+    always ``ceil(side * target / other_side)`` (e.g. 19x19 into 336x672 -> 336x337)."""
     (h, w), (th, tw) = size_hw, target_hw
-    if tw / w < th / h:
-        return min(math.ceil(h * tw / w), th), tw
-    return th, min(math.ceil(w * th / h), tw)
+    scale_w, scale_h = tw / w, th / h
+    if scale_w < scale_h:
+        return min(math.ceil(h * scale_w), th), tw
+    return th, min(math.ceil(w * scale_h), tw)
+
+
+def tile_layout(size_wh: tuple[int, int], tile: int, patch: int, pinpoints: list) -> tuple[int, int, Box]:
+    """(rows, cols, original-pixel box) of the unpadded high-resolution feature grid of one image.
+
+    Which feature rows / columns survive is the model's ``unpad_image``; where the resized image sits in the
+    padded frame is the processor's (fit as :func:`_fit`, centred with the extra pixel after).
+    """
+    per_tile = tile // patch
+    w, h = size_wh
+    th, tw = select_best_resolution((h, w), pinpoints)
+    frame_rows, frame_cols = th // tile * per_tile, tw // tile * per_tile
+    rows, cols = unpad_image(torch.zeros(1, frame_rows, frame_cols), (h, w)).shape[1:]
+    # Where the unpadded feature grid sits in the padded frame, then in original pixels.
+    px = tile / per_tile  # frame pixels per feature
+    top, left = (frame_rows - rows) // 2 * px, (frame_cols - cols) // 2 * px
+    nh, nw = _fit((h, w), (th, tw))
+    paste_y, paste_x = (th - nh) // 2, (tw - nw) // 2
+    sy, sx = h / nh, w / nw
+    box = ((left - paste_x) * sx, (top - paste_y) * sy, (left + cols * px - paste_x) * sx, (top + rows * px - paste_y) * sy)
+    return int(rows), int(cols), box
 
 
 @register_adapter
@@ -38,20 +62,7 @@ class LlavaNextAdapter(LlavaAdapter):
     def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
         """(rows, cols, original-pixel box) of the unpadded high-resolution grid of one image."""
         cfg = self.model.config
-        tile = cfg.vision_config.image_size
-        per_tile = tile // cfg.vision_config.patch_size
-        w, h = size_wh
-        th, tw = select_best_resolution((h, w), cfg.image_grid_pinpoints)
-        frame_rows, frame_cols = th // tile * per_tile, tw // tile * per_tile
-        rows, cols = unpad_image(torch.zeros(1, frame_rows, frame_cols), (h, w)).shape[1:]
-        # Where the unpadded feature grid sits in the padded frame, then in original pixels.
-        px = tile / per_tile  # frame pixels per feature
-        top, left = (frame_rows - rows) // 2 * px, (frame_cols - cols) // 2 * px
-        nh, nw = _fit((h, w), (th, tw))
-        paste_y, paste_x = (th - nh) // 2, (tw - nw) // 2
-        sy, sx = h / nh, w / nw
-        box = ((left - paste_x) * sx, (top - paste_y) * sy, (left + cols * px - paste_x) * sx, (top + rows * px - paste_y) * sy)
-        return int(rows), int(cols), box
+        return tile_layout(size_wh, cfg.vision_config.image_size, cfg.vision_config.patch_size, cfg.image_grid_pinpoints)
 
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
         _, base = self.tokens_per_image()
