@@ -131,7 +131,8 @@ def _reference_tile_box(size_wh, tile, patch, pinpoints, image_processor):
 
 def test_llava_next_tile_box_matches_transformers_on_a_size_sweep():
     """Every size from 16 to 300 px per side (81k sizes; the old ``ceil(h * tw / w)`` rounding was off by
-    one pixel of fit on 135 of them, boxes by up to 0.90 px): rows, columns and box equal the reference built from transformers."""
+    one pixel of fit on 135 of them, boxes by up to 0.90 px): rows, columns and box equal the reference
+    built from transformers' functions."""
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from mmlens.adapters.llava_next import tile_layout
