@@ -64,26 +64,42 @@ def test_marking_at_projector_out_moves_exactly_that_sequence_position(subject, 
             torch.testing.assert_close(got[p], expected)
 
 
-def _chunk_bounds(subject, batch, block: int) -> list[int]:
-    """Chunk boundaries (cu_seqlens) that HF's Qwen vision tower uses in vision block ``block``."""
-    from transformers.vision_utils import get_vision_attention_seqlens, get_vision_window_index
+def _window(subject, batch):
+    """Qwen2.5-VL: HF's window permutation of merged units and window boundaries (in patches)."""
+    from transformers.vision_utils import get_vision_window_index
 
     visual = subject.model.model.visual
-    thw = batch.inputs["image_grid_thw"]
-    full, _ = get_vision_attention_seqlens(thw, visual.config, kwargs={})
+    return get_vision_window_index(batch.inputs["image_grid_thw"], spatial_merge_size=visual.spatial_merge_size,
+                                   window_size=visual.window_size, patch_size=visual.patch_size, kwargs={})
+
+
+def _patch_perm(subject, batch) -> torch.Tensor:
+    """Patch order of the vision blocks: held row i = input patch perm[i] (identity for Qwen2-VL)."""
+    n = int(batch.inputs["image_grid_thw"].prod(-1).sum())
+    if subject.family != "qwen2_5_vl":
+        return torch.arange(n)
+    window_index, _ = _window(subject, batch)
+    return (window_index[:, None] * 4 + torch.arange(4)).flatten()
+
+
+def _chunk_bounds(subject, batch, block: int) -> list[int]:
+    """Chunk boundaries (cu_seqlens, in held order) that HF's Qwen vision tower uses in block ``block``."""
+    from transformers.vision_utils import get_vision_attention_seqlens
+
+    visual = subject.model.model.visual
+    full, _ = get_vision_attention_seqlens(batch.inputs["image_grid_thw"], visual.config, kwargs={})
     if block in getattr(visual, "fullatt_block_indexes", range(len(visual.blocks))):
         return full.tolist()
-    _, windows = get_vision_window_index(thw, spatial_merge_size=visual.spatial_merge_size,
-                                         window_size=visual.window_size, patch_size=visual.patch_size, kwargs={})
-    return torch.unique_consecutive(windows).tolist()
+    return torch.unique_consecutive(_window(subject, batch)[1]).tolist()
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 @pytest.mark.parametrize("block", [0, 1])
 def test_chunked_vision_attention_is_gathered_over_all_chunks(subject, images, block):
     """Qwen vision attention runs one call per image (Qwen2.5-VL: per window in windowed blocks): the
-    captured weights are one ``(1, heads, patches, patches)`` block-diagonal matrix over all chunks, each
-    block equal to ``softmax(q k^T / sqrt(d))`` recomputed from the block's input."""
+    captured weights are one ``(1, heads, patches, patches)`` matrix over all chunks, block-diagonal in the
+    tower's held order, each block equal to ``softmax(q k^T / sqrt(d))`` recomputed from the block's input,
+    and shown in input-patch order (Qwen2.5-VL holds patches in window order)."""
     batch = subject.prepare(images, "what color is the cat?")
     attn = subject.adapter.parts().vision_blocks[block].attn
     seen = {}
@@ -107,9 +123,42 @@ def test_chunked_vision_attention_is_gathered_over_all_chunks(subject, images, b
     ref = torch.zeros(heads, n, n)
     for a, b in zip(bounds[:-1], bounds[1:]):
         ref[:, a:b, a:b] = torch.softmax(scores[:, a:b, a:b], dim=-1)
+    inv = torch.argsort(_patch_perm(subject, batch))
+    ref = ref[:, inv][:, :, inv]
     torch.testing.assert_close(got[0], ref, rtol=1e-5, atol=1e-6)
     # rows select query rows of the gathered matrix
     with subject.trace() as tr:
         tr.capture_attention(f"vision.blocks.{block}.attn.weights", rows=[0, n - 1])
         subject.forward(batch)
     torch.testing.assert_close(tr[f"vision.blocks.{block}.attn.weights"][0], ref[:, [0, n - 1]], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_vision_rows_are_input_patches_in_every_vision_point(subject, images):
+    """Row j of every ``vision.*`` point is input patch j (Qwen2.5-VL's window order undone, for captures
+    and edits): with vision attention zeroed, setting row j of ``vision.embed`` moves only row j of each
+    ``vision.blocks.*.resid_post``, and setting row j of the last block's output moves only merged token
+    ``j // 4`` of ``projector.out`` (patches come in 2x2 merge units, merged tokens in sequence order)."""
+    batch = subject.prepare(images, "what color is the cat?")
+
+    def run(point=None, row=None):
+        with subject.trace() as tr:
+            tr.edit("vision.blocks.*.attn", torch.zeros_like)
+            if point:
+                tr.ablate(point, positions=[row], value=3.0)
+            tr.capture("vision.blocks.*.resid_post")
+            tr.capture("projector.out")
+            subject.forward(batch)
+        return tr
+
+    ref = run()
+    n = ref["vision.blocks.0.resid_post"].shape[0]
+    for j in [1, 9, 14, n - 3]:  # 9, 14: merge units 2, 3 of the first image (windows reorder them)
+        got = run("vision.embed", j)
+        for i in range(len(subject.adapter.parts().vision_blocks)):
+            name = f"vision.blocks.{i}.resid_post"
+            moved = torch.nonzero((got[name] - ref[name]).abs().amax(-1) > 0).flatten().tolist()
+            assert moved == [j], (subject.family, name, j, moved)
+        got = run("vision.blocks.1.resid_post", j)
+        moved = torch.nonzero((got["projector.out"] - ref["projector.out"]).abs().amax(-1) > 0).flatten().tolist()
+        assert moved == [j // 4], (subject.family, j, moved)

@@ -7,6 +7,7 @@ counts patches, and the image gets ``t * h * w / merge^2`` tokens, row-major ove
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
 from mmlens.core.geometry import ImageGeometry, ImageGrid
-from mmlens.core.tracing import ModelParts
+from mmlens.core.tracing import ModelParts, RowOrder
 
 
 @register_adapter
@@ -75,3 +76,21 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     model_class = "Qwen2_5_VLForConditionalGeneration"
+
+    def parts(self) -> ModelParts:
+        """As Qwen2-VL; the vision blocks run on patches in window order, shown in patch order."""
+        return replace(super().parts(), vision_rows=RowOrder(self.model.model.visual, self._window_order))
+
+    def _window_order(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Patch permutation of one vision-tower call: held row i = input patch ``perm[i]`` (HF permutes
+        merged 2x2 units by ``window_index`` before block 0 and reverses it after the merger)."""
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.model.model.visual
+        grid_thw = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        window_index, _ = get_vision_window_index(
+            grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+            patch_size=visual.patch_size, kwargs=dict(kwargs),
+        )
+        unit = visual.spatial_merge_unit
+        return (window_index[:, None] * unit + torch.arange(unit, device=window_index.device)).flatten()

@@ -25,12 +25,13 @@ Positions (``positions=`` of ablate / patch / add) index the second-to-last axis
 ``projector.out`` is read where the model hands its image features to the LM (the output of
 ``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
 Qwen2.5-VL's merger output already put back from window order), so it means the same in every family.
-The ``vision.*`` points are the tower's own tensors: LLaVA / LLaVA-NeXT / PaliGemma ``(images or tiles,
-patches, d)``; Qwen ``(patches of all images, d)``, which Qwen2.5-VL's tower holds in window order.
-Vision attention weights are ``(batch, heads, queries, keys)``; where the tower attends in chunks (Qwen:
-one call per image, Qwen2.5-VL's windowed blocks one per window) the chunks are gathered into one
-``(1, heads, patches, patches)`` block-diagonal matrix (zero between chunks), in the tower's row order,
-and ``rows=`` selects its query rows.
+The ``vision.*`` points are the tower's own tensors, rows = input patches in the processor's order:
+LLaVA / LLaVA-NeXT / PaliGemma ``(images or tiles, patches, d)`` (CLIP: CLS row first); Qwen ``(patches of all images, d)``, the
+rows of ``pixel_values`` (2x2 merge units of 4 consecutive rows). Qwen2.5-VL's tower holds its blocks' rows
+in window order: captures and edits see them in input order (:class:`RowOrder`). Vision attention weights
+are ``(batch, heads, queries, keys)``; where the tower attends in chunks (Qwen: one call per image,
+Qwen2.5-VL's windowed blocks one per window) the chunks are gathered into one ``(1, heads, patches,
+patches)`` matrix, zero between chunks, and ``rows=`` selects its query rows.
 
 >>> from mmlens.testing import tiny_subject                     # doctest: +SKIP
 >>> s = tiny_subject("llava"); batch = s.prepare(s.example_images(), "what is this?")  # doctest: +SKIP
@@ -57,16 +58,28 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class RowOrder:
+    """A tower that holds its rows permuted (Qwen2.5-VL's window order) while hook points show them in
+    canonical order: ``order(args, kwargs)`` of ``source``'s call gives ``perm``, held row ``i`` = canonical
+    row ``perm[i]``."""
+
+    source: nn.Module
+    order: Callable[[tuple, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
 class HookPoint:
     """A module and which of its tensors the point names: ``output``, ``input``, ``attn_weights``, or
     ``image_features`` (the module's ``get_image_features`` result, flattened to one row per image token).
 
     ``chunked``: attention that may run in several calls per forward (gathered block-diagonally).
+    ``rows``: the module holds its rows permuted; captures and edits see them in canonical order.
     """
 
     module: nn.Module
     kind: str
     chunked: bool = False
+    rows: RowOrder | None = None
 
 
 @dataclass
@@ -88,16 +101,18 @@ class ModelParts:
     image_features: nn.Module | None = None
     #: vision attention runs in chunks (one call per image / window, as Qwen's towers do)
     vision_attn_chunked: bool = False
+    #: the vision blocks hold their patch rows permuted (Qwen2.5-VL's window order)
+    vision_rows: RowOrder | None = None
 
     def hook_points(self) -> dict[str, HookPoint]:
         points: dict[str, HookPoint] = {}
         if self.vision_embed is not None:
             points["vision.embed"] = HookPoint(self.vision_embed, "output")
         for i, block in enumerate(self.vision_blocks or []):
-            attn = getattr(block, self.vision_attn)
-            points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output")
-            points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output")
-            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked)
+            attn, rows = getattr(block, self.vision_attn), self.vision_rows
+            points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output", rows=rows)
+            points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output", rows=rows)
+            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked, rows)
         if self.image_features is not None:
             points["projector.out"] = HookPoint(self.image_features, "image_features")
         elif self.projector is not None:
@@ -173,6 +188,17 @@ def _block_diagonal(chunks: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _in_canonical_order(fn: Callable[[torch.Tensor], Any], perm: Callable[[], torch.Tensor]) -> Callable:
+    """``fn`` seeing rows (axis -2) in canonical order, its edit put back in the module's order."""
+
+    def wrapped(t: torch.Tensor) -> Any:
+        p = perm().to(t.device)
+        new = fn(t.index_select(-2, torch.argsort(p)))
+        return None if new is None else new.index_select(-2, p)
+
+    return wrapped
+
+
 def _select(positions: torch.Tensor | list[int] | None, t: torch.Tensor) -> Any:
     """Index of the sequence axis (-2) of a hidden tensor."""
     if positions is None:
@@ -191,6 +217,7 @@ class Tracer:
         self.captured: dict[str, list[Any]] = {}
         self._handles: list[Any] = []
         self._taps: dict[int, AttentionTap] = {}
+        self._orders: dict[int, torch.Tensor] = {}  # id(RowOrder) -> perm of the current forward
         self._closed = False
 
     # -- context management -------------------------------------------------------------------------
@@ -235,10 +262,25 @@ class Tracer:
         return self.captured.get(name, [])
 
     # -- registration -----------------------------------------------------------------------------------
+    def _perm(self, rows: RowOrder) -> Callable[[], torch.Tensor]:
+        """Track ``rows``'s permutation of each forward (one pre-hook on its source per tracer)."""
+        key = id(rows)
+        if key not in self._orders:
+            self._orders[key] = torch.zeros(0, dtype=torch.long)
+
+            def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                self._orders[key] = rows.order(args, kwargs)
+
+            record._mmlens = True  # type: ignore[attr-defined]
+            self._handles.append(rows.source.register_forward_pre_hook(record, with_kwargs=True))
+        return lambda: self._orders[key]
+
     def _hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
         if self._closed:
             raise RuntimeError("this tracer is closed; open a new `with subject.trace()` block")
         point = self.points[name]
+        if point.rows is not None:
+            fn = _in_canonical_order(fn, self._perm(point.rows))
         if point.kind == "output":
 
             def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -327,7 +369,7 @@ class Tracer:
                 w = w.detach() if detach else w
                 self.captured.setdefault(name, []).append(reduce(w) if reduce else w)
 
-            if self.points[name].chunked:
+            if self.points[name].chunked or self.points[name].rows is not None:
                 self._gather_chunks(name, index, keep)
             else:
                 self._tap(name).weight_callbacks.append((index, keep))
@@ -335,8 +377,10 @@ class Tracer:
 
     def _gather_chunks(self, name: str, rows: torch.Tensor | None, keep: Callable[[torch.Tensor], None]) -> None:
         """Collect every attention call of one module forward (one per chunk) and hand ``keep`` the
-        block-diagonal matrix over all chunks (its query ``rows`` if given)."""
-        module = self.points[name].module
+        block-diagonal matrix over all chunks, in canonical row order (its query ``rows`` if given)."""
+        point = self.points[name]
+        module = point.module
+        perm = None if point.rows is None else self._perm(point.rows)
         chunks: list[torch.Tensor] = []
 
         def start(m: nn.Module, args: Any) -> None:
@@ -347,6 +391,9 @@ class Tracer:
                 return
             w = chunks[0] if len(chunks) == 1 else _block_diagonal(chunks)
             chunks.clear()
+            if perm is not None:
+                inv = torch.argsort(perm()).to(w.device)
+                w = w[:, :, inv][:, :, :, inv]
             keep(w if rows is None else w[:, :, rows.to(w.device)])
 
         for hook in (start, finish):
