@@ -15,7 +15,8 @@ from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
 from mmlens.core.geometry import ImageGeometry, ImageGrid
-from mmlens.core.tracing import ModelParts, RowOrder
+from mmlens.core.hook_views import RowOrder
+from mmlens.core.tracing import ModelParts
 
 
 @register_adapter

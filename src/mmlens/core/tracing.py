@@ -52,19 +52,10 @@ import torch
 from torch import nn
 
 from mmlens.core.attention import AttentionTap
+from mmlens.core.hook_views import MethodPatch, RowOrder, block_diagonal, flatten_features, in_canonical_order
 from mmlens.errors import InputError
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class RowOrder:
-    """A tower that holds its rows permuted (Qwen2.5-VL's window order) while hook points show them in
-    canonical order: ``order(args, kwargs)`` of ``source``'s call gives ``perm``, held row ``i`` = canonical
-    row ``perm[i]``."""
-
-    source: nn.Module
-    order: Callable[[tuple, dict], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -141,62 +132,6 @@ def _replace_first(x: Any, new: torch.Tensor) -> Any:
     if isinstance(x, list):
         return [new, *x[1:]]
     return new
-
-
-def _flatten_features(feats: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
-    """Image features as ``get_image_features`` returns them (a tensor, or a list / tuple per image) ->
-    one ``(tokens, d)`` tensor, and the function that puts an edited one back into the same structure."""
-    if torch.is_tensor(feats):
-        return feats.reshape(-1, feats.shape[-1]), lambda new: new.reshape(feats.shape)
-    shapes = [f.shape for f in feats]
-    sizes = [f.numel() // f.shape[-1] for f in feats]
-    flat = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-
-    def restore(new: torch.Tensor) -> Any:
-        parts = [p.reshape(shape) for p, shape in zip(torch.split(new, sizes), shapes)]
-        return type(feats)(parts)
-
-    return flat, restore
-
-
-class _MethodPatch:
-    """Replaces ``owner.<name>`` by a wrapper for the life of a trace; ``remove`` restores what was there."""
-
-    _MISSING = object()
-
-    def __init__(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
-        self.owner, self.name = owner, name
-        self.previous = owner.__dict__.get(name, self._MISSING)
-        setattr(owner, name, wrapper)
-
-    def remove(self) -> None:
-        if self.previous is self._MISSING:
-            self.owner.__dict__.pop(self.name, None)
-        else:
-            setattr(self.owner, self.name, self.previous)
-
-
-def _block_diagonal(chunks: list[torch.Tensor]) -> torch.Tensor:
-    """Square attention chunks ``(1, heads, n_i, n_i)`` -> one ``(1, heads, sum n_i, sum n_i)`` matrix."""
-    n = sum(c.shape[-1] for c in chunks)
-    out = chunks[0].new_zeros(*chunks[0].shape[:2], n, n)
-    start = 0
-    for c in chunks:
-        end = start + c.shape[-1]
-        out[..., start:end, start:end] = c
-        start = end
-    return out
-
-
-def _in_canonical_order(fn: Callable[[torch.Tensor], Any], perm: Callable[[], torch.Tensor]) -> Callable:
-    """``fn`` seeing rows (axis -2) in canonical order, its edit put back in the module's order."""
-
-    def wrapped(t: torch.Tensor) -> Any:
-        p = perm().to(t.device)
-        new = fn(t.index_select(-2, torch.argsort(p)))
-        return None if new is None else new.index_select(-2, p)
-
-    return wrapped
 
 
 def _select(positions: torch.Tensor | list[int] | None, t: torch.Tensor) -> Any:
@@ -280,7 +215,7 @@ class Tracer:
             raise RuntimeError("this tracer is closed; open a new `with subject.trace()` block")
         point = self.points[name]
         if point.rows is not None:
-            fn = _in_canonical_order(fn, self._perm(point.rows))
+            fn = in_canonical_order(fn, self._perm(point.rows))
         if point.kind == "output":
 
             def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -305,14 +240,14 @@ class Tracer:
 
             def features(*args: Any, **kwargs: Any) -> Any:
                 out = original(*args, **kwargs)
-                flat, restore = _flatten_features(out.pooler_output)
+                flat, restore = flatten_features(out.pooler_output)
                 new = fn(flat)
                 if new is not None:
                     out.pooler_output = restore(new)
                 return out
 
             features._mmlens = True  # type: ignore[attr-defined]
-            self._handles.append(_MethodPatch(point.module, "get_image_features", features))
+            self._handles.append(MethodPatch(point.module, "get_image_features", features))
         else:
             raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
 
@@ -389,7 +324,7 @@ class Tracer:
         def finish(m: nn.Module, args: Any, output: Any) -> None:
             if not chunks:
                 return
-            w = chunks[0] if len(chunks) == 1 else _block_diagonal(chunks)
+            w = chunks[0] if len(chunks) == 1 else block_diagonal(chunks)
             chunks.clear()
             if perm is not None:
                 inv = torch.argsort(perm()).to(w.device)
