@@ -8,9 +8,7 @@ import mmlens
 from mmlens import InputError
 from mmlens.core.targets import resolve_targets
 from mmlens.attribution.attention import attention, attention_rollout, rollout
-from mmlens.testing.tiny_models import tiny_images
-
-FAMILIES4 = ("llava", "llava_next", "qwen2_vl", "paligemma")
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
 PROMPT = "what color is the cat?"
 
 
@@ -57,7 +55,7 @@ def test_attention_rollout_equals_full_product(residual):
     assert got[1, 3:].abs().max() == 0  # causal: position 2 sees nothing after it
 
 
-@pytest.mark.parametrize("family", FAMILIES4)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_attention_method_equals_eager_weights(family):
     subject, batch, targets = setup(family)
     out = attention(subject, batch, targets)

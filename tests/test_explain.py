@@ -9,10 +9,9 @@ from conftest import subject_for
 
 import mmlens
 from mmlens import Explanation, InputError, count_hooks
-from mmlens.testing.tiny_models import tiny_images
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
 
 PROMPT = "what color is the cat?"
-FAMILIES4 = ("llava", "llava_next", "qwen2_vl", "paligemma")
 #: the attention and gradient methods (perturbation methods are tested with their own module)
 METHODS = {
     "attention": {},
@@ -28,8 +27,8 @@ METHODS = {
 
 
 def images_for(family):
-    # llava_next: the 80x24 image tiles into 1x2 high-res tiles (base grid + tiles); qwen2_vl: two images
-    return tiny_images(family, n=2 if family in ("qwen2_vl", "llava") else 1)
+    # llava_next: the 80x24 image tiles into 1x2 high-res tiles (base grid + tiles); llava, qwen: two images
+    return tiny_images(family, n=2 if family == "llava" or family.startswith("qwen") else 1)
 
 
 
@@ -39,7 +38,7 @@ def example():
     return mmlens.explain(subject, tiny_images("llava", n=2), PROMPT, method="saliency", answer="red cat")
 
 
-@pytest.mark.parametrize("family", FAMILIES4)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_on_every_family(family, method):
     subject = subject_for(family)

@@ -21,7 +21,7 @@ from mmlens.attribution.gradient import (
     smoothgrad,
 )
 from mmlens.attribution.relevancy import attention_x_gradient, relevancy, relevancy_rows
-from mmlens.testing.tiny_models import tiny_images
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
 
 PROMPT = "what color is the cat?"
 
@@ -50,8 +50,7 @@ def reference_input_grads(subject, batch, targets):
 
 
 @pytest.mark.parametrize(
-    "family, baseline",
-    [("llava", "black"), ("qwen2_vl", "blur"), ("paligemma", "black"), ("llava_next", "noise")],
+    "family, baseline", [(f, ("black", "blur", "noise")[i % 3]) for i, f in enumerate(FAMILIES)]  # every baseline
 )
 def test_integrated_gradients_equals_direct_captum_call_and_is_complete(family, baseline):
     subject, batch, targets = setup(family)

@@ -196,7 +196,7 @@ def _expected_calls(name: str, out, batch_size: int) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "paligemma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_method_runs_on_every_family(name, family):
     lm, batch, targets = _setup(family)
     info = get_method(name)

@@ -204,3 +204,10 @@ def test_qwen_image_only_processor_rejects_videos():
         processor(text="<|video_pad|>", videos=[tiny_images("qwen2_vl", 2)], return_tensors="pt")
     with pytest.raises(ValueError, match="Unknown Qwen family"):
         image_only_processor_from_pretrained("unused", "llava")
+
+
+def test_every_registered_family_has_a_tiny_model():
+    """Tests parametrize over FAMILIES: a family registered without a tiny model would go untested."""
+    from mmlens.adapters import supported_families
+
+    assert sorted(FAMILIES) == supported_families()
