@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
+import mmlens
 from mmlens import count_hooks
 
 
@@ -162,3 +163,10 @@ def test_vision_rows_are_input_patches_in_every_vision_point(subject, images):
         got = run("vision.blocks.1.resid_post", j)
         moved = torch.nonzero((got["projector.out"] - ref["projector.out"]).abs().amax(-1) > 0).flatten().tolist()
         assert moved == [j // 4], (subject.family, j, moved)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_block_attention_refuses_chunked_vision_attention(subject):
+    with subject.trace() as tr, pytest.raises(mmlens.InputError, match="attends in chunks"):
+        tr.block_attention("vision.blocks.0.attn.weights", [0], [1])
+    assert count_hooks(subject.model) == 0

@@ -406,6 +406,10 @@ class Tracer:
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
             raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
+        chunked = [n for n in names if self.points[n].chunked or self.points[n].rows is not None]
+        if chunked:
+            raise InputError(f"block_attention cannot edit {chunked[0]!r}: that tower attends in chunks (one call per "
+                             "image / window); block edges at '.attn.weights' points of the language model")
         q = torch.as_tensor(queries, dtype=torch.long).flatten()
         k = torch.as_tensor(keys, dtype=torch.long).flatten()
         if q.numel() == 0 or k.numel() == 0:
