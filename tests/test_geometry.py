@@ -130,8 +130,8 @@ def _reference_tile_box(size_wh, tile, patch, pinpoints, image_processor):
 
 
 def test_llava_next_tile_box_matches_transformers_on_a_size_sweep():
-    """Every size from 16 to 300 px per side (81k sizes; the old ``ceil(h * tw / w)`` rounding was off by
-    one pixel of fit on 135 of them, boxes by up to 0.90 px): rows, columns and box equal the reference
+    """Every size from 16 to 200 px per side (34k sizes; the old ``ceil(h * tw / w)`` rounding was off by
+    one pixel of fit on 77 of them, boxes by up to 0.52 px): rows, columns and box equal the reference
     built from transformers' functions."""
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
@@ -139,8 +139,8 @@ def test_llava_next_tile_box_matches_transformers_on_a_size_sweep():
 
     ip = LlavaNextImageProcessorPil()
     worst, wrong = 0.0, []
-    for h in range(16, 301):
-        for w in range(16, 301):
+    for h in range(16, 201):
+        for w in range(16, 201):
             rows, cols, box = tile_layout((w, h), 336, 14, LLAVA_NEXT_PINPOINTS)
             ref_rows, ref_cols, ref_box = _reference_tile_box((w, h), 336, 14, LLAVA_NEXT_PINPOINTS, ip)
             err = max(abs(a - b) for a, b in zip(box, ref_box))
