@@ -7,7 +7,8 @@ and a float64 recomputation from the model's own bf16 queries / keys.
 import pytest
 import torch
 from conftest import subject_for
-from transformers import GptOssConfig, GptOssForCausalLM
+from transformers import GptOssConfig, GptOssForCausalLM, Inkling2ForCausalLM
+from transformers.models.inkling2.configuration_inkling2 import Inkling2TextConfig
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from mmlens.core.tracing import HookPoint, Tracer
@@ -49,6 +50,36 @@ def _tiny_gpt_oss() -> GptOssForCausalLM:
     return model
 
 
+def _tiny_inkling2() -> Inkling2ForCausalLM:
+    """Learned relative ``position_bias`` and per-query sinks (``sinks`` of shape (batch, heads, queries, 1)),
+    a sliding-window layer (window 4) then a full one, 4 query heads over 2 key/value heads."""
+    config = Inkling2TextConfig(vocab_size=64, unpadded_vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, swa_num_attention_heads=4,
+                                swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
+                                rel_extent=8, moe_intermediate_size=16, n_routed_experts=2, num_experts_per_tok=1,
+                                n_layers_per_attn_res_block=1, max_position_embeddings=64, eos_token_id=1,
+                                layer_types=["hybrid_sliding", "hybrid"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Inkling2ForCausalLM(config).eval()
+
+
+def _lm_rows_equal_eager(model) -> list[torch.Tensor]:
+    """Capture every row of every layer of a text-only LM; assert they equal eager's; return eager's."""
+    ids = torch.randint(2, 64, (1, 12), generator=torch.Generator().manual_seed(1))
+    points = {f"lm.blocks.{i}.attn.weights": HookPoint(layer.self_attn, "attn_weights")
+              for i, layer in enumerate(model.model.layers)}
+    with torch.no_grad(), Tracer(points) as tr:
+        tr.capture_attention("lm.blocks.*.attn.weights", rows=list(range(12)))
+        model(ids, use_cache=False)
+    ref = _eager_attentions(model, {"input_ids": ids})
+    for i, eager in enumerate(ref):
+        got = tr[f"lm.blocks.{i}.attn.weights"]
+        assert got.dtype == torch.float32 and got.shape == eager.shape
+        assert (got - eager).abs().max().item() < 1e-5
+    return list(ref)
+
+
 # -- 1. every attention variant --------------------------------------------------------------------------
 
 
@@ -74,19 +105,15 @@ def test_paligemma2_rows_equal_eager_weights_under_softcap_window_and_gqa():
 
 
 def test_attention_sink_rows_equal_eager_weights():
-    model = _tiny_gpt_oss()
-    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1))
-    points = {f"lm.blocks.{i}.attn.weights": HookPoint(layer.self_attn, "attn_weights")
-              for i, layer in enumerate(model.model.layers)}
-    with torch.no_grad(), Tracer(points) as tr:
-        tr.capture_attention("lm.blocks.*.attn.weights", rows=list(range(12)))
-        model(ids, use_cache=False)
-    ref = _eager_attentions(model, {"input_ids": ids})
-    for i, eager in enumerate(ref):
-        got = tr[f"lm.blocks.{i}.attn.weights"]
-        assert (got - eager).abs().max().item() < 1e-5
-        assert got.sum(-1).min().item() < 0.95  # the sinks absorb visible probability mass
+    ref = _lm_rows_equal_eager(_tiny_gpt_oss())
+    assert all(r.sum(-1).min().item() < 0.95 for r in ref)  # the sinks absorb visible probability mass
     assert int((ref[0][0, 0, -1] > 0).sum()) == 4  # sliding window of 4
+
+
+def test_position_bias_and_per_query_sink_rows_equal_eager_weights():
+    ref = _lm_rows_equal_eager(_tiny_inkling2())
+    assert all(r.sum(-1).min().item() < 0.95 for r in ref)
+    assert int((ref[0][0, 0, -1] > 0).sum()) == 4 and int((ref[1][0, 0, -1] > 0).sum()) == 12
 
 
 def test_flex_attention_masks_are_refused_in_one_line():
