@@ -4,8 +4,19 @@ transformers dispatches every attention call through ``ALL_ATTENTION_FUNCTIONS[c
 For the attention modules a trace needs, mmlens gives the module a private copy of its config whose
 implementation is ``"mmlens"``: a wrapper that calls the module's original implementation (sdpa, eager,
 flash...) with the same arguments, so outputs stay bit-identical, and on the side recomputes only the
-requested rows of ``softmax(q k^T * scale + mask)`` for the capture. Other layers run untouched, and no
-``layers x heads x N x N`` stack ever exists.
+requested rows of the probabilities, in float32, exactly as transformers' eager attention defines them::
+
+    s = q k^T * scaling;  s = softcap * tanh(s / softcap);  s += position_bias + mask
+    p = softmax([s, sink])[..., :-1]         (sink: gpt-oss ``s_aux`` / per-query ``sinks``, if any)
+
+with grouped-query heads repeated, and sliding windows / causality taken from the mask (or built from
+``sliding_window`` / ``is_causal`` when the implementation got no mask). Dropout is not applied (eval).
+Other layers run untouched, and no ``layers x heads x N x N`` stack ever exists.
+
+Positions are absolute token indices. In a decode step with a KV cache the queries are the newest tokens
+and the keys may start later than 0 (sliding-window caches): a pre-hook on the module reads both offsets
+from the cache, so edge edits and row captures address the same tokens as in a full forward, and
+captured rows always have one column per absolute key position ``0 .. last query``.
 """
 
 from __future__ import annotations
@@ -13,18 +24,22 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from mmlens.errors import InputError
+
 IMPLEMENTATION = "mmlens"
 
-#: Called with the attention probabilities (batch, heads, rows, keys) of the selected rows.
+#: Called with the attention probabilities (batch, heads, rows, keys) of the selected rows (float32).
 WeightsCallback = Callable[[torch.Tensor], None]
-#: Returns a boolean (batch or 1, 1 or heads, queries, keys) tensor of edges to block, or None.
-MaskEdit = Callable[[torch.Size], torch.Tensor | None]
+#: Called with (batch size, absolute query positions, absolute key positions); returns a boolean
+#: (batch or 1, 1 or heads, queries, keys) tensor of edges to block, or None.
+MaskEdit = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 class AttentionTap:
@@ -36,6 +51,9 @@ class AttentionTap:
         self.original_impl = module.config._attn_implementation or "eager"
         self.weight_callbacks: list[tuple[torch.Tensor | None, WeightsCallback]] = []
         self.mask_edits: list[MaskEdit] = []
+        #: (absolute position of query 0, of key 0) for the current call, read from the KV cache
+        self.offsets: tuple[int, int] | None = None
+        self._handle: Any = None
 
     def install(self) -> None:
         config = copy.copy(self.original_config)
@@ -43,17 +61,37 @@ class AttentionTap:
         object.__setattr__(config, "_attn_implementation_internal", IMPLEMENTATION)
         self.module.config = config
         self.module._mmlens_tap = self
+        self._handle = self.module.register_forward_pre_hook(self._read_cache, with_kwargs=True)
 
     def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
         self.module.config = self.original_config
         if getattr(self.module, "_mmlens_tap", None) is self:
             del self.module._mmlens_tap
 
+    def _read_cache(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Before the module updates its cache: where this call's queries and keys start."""
+        self.offsets = None
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        layer = getattr(module, "layer_idx", None)
+        if cache is None or hidden is None or layer is None or not hasattr(cache, "get_mask_sizes"):
+            return
+        past = int(cache.get_seq_length(layer))
+        _, kv_offset = cache.get_mask_sizes(int(hidden.shape[-2]), layer)
+        self.offsets = (past, int(kv_offset))
+
     def original_function(self) -> Callable[..., Any]:
         if self.original_impl == "eager":
-            modeling = sys.modules[type(self.module).__module__]
-            return modeling.eager_attention_forward
+            return self.eager_function()
         return ALL_ATTENTION_FUNCTIONS[self.original_impl]
+
+    def eager_function(self) -> Callable[..., Any]:
+        """The module's own eager attention (handles its softcap / sinks), else sdpa."""
+        modeling = sys.modules[type(self.module).__module__]
+        return getattr(modeling, "eager_attention_forward", None) or ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 def _expand_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -62,66 +100,155 @@ def _expand_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
     return key.repeat_interleave(n_heads // key.shape[1], dim=1)
 
 
-def _additive_mask(mask: torch.Tensor | None, q_len: int, k_len: int, causal: bool, device, dtype) -> torch.Tensor:
-    """Turn whatever mask the implementation received into an additive float mask (b|1, 1|h, q, k)."""
-    if mask is None:
-        if not causal:
-            return torch.zeros(1, 1, q_len, k_len, device=device, dtype=dtype)
-        offset = k_len - q_len
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(offset)
-        mask = allowed[None, None]
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
-    return mask[..., :k_len].to(dtype)
+@dataclass
+class AttentionCall:
+    """One call of an attention implementation, with everything that shapes its probabilities."""
+
+    module: torch.nn.Module
+    query: torch.Tensor
+    key: torch.Tensor
+    mask: torch.Tensor | None
+    scaling: float
+    causal: bool
+    q_offset: int  # absolute position of query row 0
+    k_offset: int  # absolute position of key column 0
+    from_cache: bool  # offsets read from a KV cache (vs. inferred as k_len - q_len, 0)
+    softcap: float | None = None
+    sliding_window: int | None = None
+    sinks: torch.Tensor | None = None
+    position_bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, module, query, key, mask, scaling, kwargs: dict, offsets: tuple[int, int] | None) -> AttentionCall:
+        if mask is not None and not torch.is_tensor(mask):
+            raise InputError(f"{type(mask).__name__} attention masks (flex_attention) cannot be read or edited: "
+                             "load the model with attn_implementation='eager' or 'sdpa'")
+        if scaling is None:
+            scaling = getattr(module, "head_dim", query.shape[-1]) ** -0.5
+        is_causal = kwargs.get("is_causal")
+        causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+        q_len, k_len = query.shape[2], key.shape[2]
+        q_off, k_off = offsets if offsets is not None else (k_len - q_len, 0)
+        sinks = kwargs.get("s_aux")
+        sinks = kwargs.get("sinks") if sinks is None else sinks
+        return cls(module, query, key, mask, float(scaling), causal, q_off, k_off, offsets is not None,
+                   kwargs.get("softcap"), kwargs.get("sliding_window"), sinks, kwargs.get("position_bias"))
+
+    @property
+    def q_positions(self) -> torch.Tensor:
+        return torch.arange(self.query.shape[2]) + self.q_offset
+
+    @property
+    def k_positions(self) -> torch.Tensor:
+        return torch.arange(self.key.shape[2]) + self.k_offset
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask this call applies, as an additive float mask (b|1, 1|h, q, k)."""
+        mask, device = self.mask, self.query.device
+        if mask is not None and mask.ndim == 4:
+            if mask.dtype == torch.bool:
+                return torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+            return mask[..., : self.key.shape[2]].to(dtype)
+        # no dense mask: build causality / the window from absolute positions (a 2D mask pads keys)
+        q, k = self.q_positions.to(device)[:, None], self.k_positions.to(device)[None, :]
+        allowed = (k <= q) if self.causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=device)
+        if self.sliding_window is not None:
+            allowed = allowed & ((q - k < self.sliding_window) if self.causal else ((q - k).abs() < self.sliding_window))
+        allowed = allowed[None, None]
+        if mask is not None:  # (batch, keys) padding mask, 1 = attend
+            allowed = allowed & mask[:, None, None, : self.key.shape[2]].bool()
+        return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def local_rows(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Indices into this call's queries of absolute ``rows`` (negative: from the last query)."""
+        q_len = self.query.shape[2]
+        if rows is None:
+            return torch.arange(q_len)
+        local = torch.where(rows < 0, rows + q_len, rows - self.q_offset)
+        local = local[(local >= 0) & (local < q_len)]
+        return local if local.numel() else None
+
+    def probs(self, local: torch.Tensor) -> torch.Tensor:
+        """Float32 probabilities of query rows ``local`` (batch, heads, rows, keys)."""
+        n_heads = self.query.shape[1]
+        index = local.to(self.query.device)
+        q = self.query[:, :, index].float()
+        k = _expand_kv(self.key, n_heads).float()
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        if self.position_bias is not None:
+            scores = scores + _rows(self.position_bias.float(), index, self.query.shape[2])
+        scores = scores + _rows(self.additive_mask(torch.float32), index, self.query.shape[2])
+        if self.sinks is None:
+            return torch.softmax(scores, dim=-1)
+        sinks = self.sinks.float()
+        if sinks.ndim == 1:  # one learned logit per head
+            sinks = sinks.view(1, -1, 1, 1)
+        else:  # per query (batch, heads, queries, 1)
+            sinks = _rows(sinks, index, self.query.shape[2])
+        sinks = sinks.expand(scores.shape[0], scores.shape[1], scores.shape[2], 1)
+        return torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+
+    def absolute_keys(self, p: torch.Tensor) -> torch.Tensor:
+        """Columns of ``p`` re-indexed by absolute key position ``0 .. last query`` (cache calls only)."""
+        total = self.q_offset + self.query.shape[2]
+        if not self.from_cache or (self.k_offset == 0 and p.shape[-1] == total):
+            return p
+        n = min(p.shape[-1], total - self.k_offset)
+        return torch.nn.functional.pad(p[..., :n], (self.k_offset, total - self.k_offset - n))
 
 
-def attention_probs(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask: torch.Tensor | None,
-    scaling: float | None,
-    rows: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask)`` for the selected query ``rows`` only (float32)."""
-    n_heads = query.shape[1]
-    k = _expand_kv(key, n_heads).float()
-    q = query.float() if rows is None else query[:, :, rows].float()
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    full = _additive_mask(mask, query.shape[2], key.shape[2], getattr(module, "is_causal", False), q.device, q.dtype)
-    if rows is not None:
-        full = full[:, :, rows] if full.shape[2] > 1 else full
-    return torch.softmax(scores + full, dim=-1)
+def _rows(t: torch.Tensor, index: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Query rows ``index`` of a (.., q|1, k) tensor that broadcasts over queries when its q axis is 1."""
+    return t[:, :, index] if t.shape[2] == q_len and q_len > 1 else t
 
 
-def _apply_edits(tap: AttentionTap, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None):
-    """Merge the taps' blocked edges into the mask, keeping the mask's own format."""
-    shape = torch.Size((query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
+def _apply_edits(tap: AttentionTap, call: AttentionCall) -> torch.Tensor | None:
+    """Merge the taps' blocked edges into the mask (as an additive mask in the query dtype)."""
     blocked = None
     for edit in tap.mask_edits:
-        b = edit(shape)
+        b = edit(call.query.shape[0], call.q_positions, call.k_positions)
         if b is not None:
             blocked = b if blocked is None else blocked | b
     if blocked is None:
-        return mask
-    base = _additive_mask(mask, shape[2], shape[3], getattr(tap.module, "is_causal", False), query.device, query.dtype)
-    return base.masked_fill(blocked.to(query.device), torch.finfo(query.dtype).min)
+        return call.mask
+    dtype = call.query.dtype
+    return call.additive_mask(dtype).masked_fill(blocked.to(call.query.device), torch.finfo(dtype).min)
+
+
+def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """Float32 probabilities of ``rows`` (absolute positions) in this call, or None if it has none of them.
+
+    All rows of an implementation that returned its weights: those very weights (in the autograd graph),
+    with the exact float32 values swapped in when the model runs in lower precision.
+    """
+    local = call.local_rows(rows)
+    if local is None:
+        return None
+    if rows is None and weights is not None and weights.shape[2] == call.query.shape[2]:
+        p = weights if weights.dtype == torch.float32 else weights.float()
+        if weights.dtype != torch.float32:
+            p = p + (call.probs(local) - p).detach()  # exact values, gradient of the weights the forward used
+    else:
+        p = call.probs(local)
+    return call.absolute_keys(p)
 
 
 def mmlens_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The ``"mmlens"`` attention implementation: original call + capture / edge edits."""
     tap: AttentionTap = module._mmlens_tap
-    mask = _apply_edits(tap, query, key, attention_mask)
+    call = AttentionCall.of(module, query, key, attention_mask, scaling, kwargs, tap.offsets)
+    mask = _apply_edits(tap, call)
     fn = tap.original_function()
     if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):
-        fn = ALL_ATTENTION_FUNCTIONS["sdpa"]  # flash kernels take no dense mask: fall back for edited layers
+        fn = tap.eager_function()  # flash / flex kernels take no dense mask: the module's eager for edited layers
     out, weights = fn(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+    call.mask = mask
     for rows, callback in tap.weight_callbacks:
-        if weights is not None and rows is None and weights.shape[2] == query.shape[2]:
-            callback(weights)
-        else:
-            callback(attention_probs(module, query, key, mask, scaling, rows).to(query.dtype))
+        p = captured_probs(call, weights, rows)
+        if p is not None:
+            callback(p)
     return out, weights
 
 

@@ -291,8 +291,11 @@ class Tracer:
     ) -> list[str]:
         """Capture attention probabilities ``(batch, heads, rows, keys)`` of matching ``*.attn.weights`` points.
 
-        Only the query ``rows`` asked for are computed (all rows if None), one layer at a time; the
-        model's own attention output is unchanged.
+        Only the query ``rows`` asked for are computed (all rows if None), one layer at a time, in float32;
+        the model's own attention output is unchanged. ``rows`` are absolute positions (negative: from the
+        last query of each call). Each call of the layer that computes any of them adds one capture: during
+        ``generate`` (KV cache) the prefill holds the prompt rows and each decode step its new token's row,
+        with one column per absolute key position up to that row.
         """
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
@@ -401,8 +404,9 @@ class Tracer:
         return self.edit(pattern, fn)
 
     def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None) -> list[str]:
-        """Knock out attention edges ``queries -> keys`` (position lists) at matching ``*.attn.weights``
-        points, in batch ``rows`` only (all rows if None); the softmax renormalises over the edges left."""
+        """Knock out attention edges ``queries -> keys`` (absolute position lists) at matching
+        ``*.attn.weights`` points, in batch ``rows`` only (all rows if None); the softmax renormalises over
+        the edges left. Decode steps of ``generate`` (KV cache) block the same absolute edges."""
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
             raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
@@ -414,13 +418,15 @@ class Tracer:
         k = torch.as_tensor(keys, dtype=torch.long).flatten()
         if q.numel() == 0 or k.numel() == 0:
             raise InputError("block_attention needs non-empty query and key position groups")
+        if int(q.min()) < 0 or int(k.min()) < 0:
+            raise InputError("block_attention positions are absolute token indices: pass values >= 0")
 
-        def edit(shape: torch.Size) -> torch.Tensor:
-            n_rows = 1 if rows is None else shape[0]
-            blocked = torch.zeros(n_rows, 1, shape[2], shape[3], dtype=torch.bool)
-            qq, kk = q[q < shape[2]], k[k < shape[3]]
+        def edit(batch: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+            n_rows = 1 if rows is None else batch
+            hit = torch.isin(q_pos, q)[:, None] & torch.isin(k_pos, k)[None, :]
+            blocked = torch.zeros(n_rows, 1, len(q_pos), len(k_pos), dtype=torch.bool)
             which = torch.arange(n_rows) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-            blocked[which[:, None, None], 0, qq[None, :, None], kk[None, None, :]] = True
+            blocked[which, 0] = hit
             return blocked
 
         for name in names:

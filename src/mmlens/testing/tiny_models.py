@@ -69,6 +69,10 @@ paligemma (SigLIP 32x32, patch 8, no CLS; ``SiglipImageProcessorPil`` resizes to
     ``pooler_output``: tensor ``(n_images, 16, 32)`` (projector output, no extra scaling in 5.24).
     The processor adds 1024 ``<locXXXX>`` + 128 ``<segXXX>`` tokens to the tokenizer, so ``len(tokenizer)``
     (= model vocab) is ~1.2k.
+
+paligemma2 (a variant in ``VARIANTS``, not ``FAMILIES``: same tower, processor and layout as paligemma)
+    Gemma 2 language model as in PaliGemma 2: attention logits soft-capped at 50, final logits at 30, layer 0
+    a sliding-window layer (window 8), 4 query heads over 2 key/value heads, eager attention.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from PIL import Image
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    Gemma2Config,
     GemmaConfig,
     LlamaConfig,
     LlavaConfig,
@@ -105,9 +110,13 @@ from transformers import (
 from mmlens.adapters.qwen_processor import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE, build_word_tokenizer
 
-__all__ = ["FAMILIES", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
+__all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma")
+#: Extra tiny subjects of a registered family with a different language model, built on request only (not
+#: in the family-parametrized suite): "paligemma2" = PaliGemma 2 (Gemma 2 LM: attention logit soft-capping,
+#: sliding-window layers, grouped-query attention); see :func:`_build_paligemma2`.
+VARIANTS = ("paligemma2",)
 
 _HIDDEN = 32  # hidden size of every tower
 _LAYERS = 2  # layers in every tower
@@ -130,6 +139,7 @@ _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "qwen2_vl": ((84, 56), (56, 112), (56, 56)),
     "qwen2_5_vl": ((84, 56), (56, 112), (56, 56)),
     "paligemma": ((48, 40), (32, 32), (40, 56)),
+    "paligemma2": ((48, 40), (32, 32), (40, 56)),
 }
 
 #: Qwen2-VL style chat template (content items rendered in order; no default system message).
@@ -163,8 +173,8 @@ def tiny_prompt_words() -> list[str]:
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; expected one of {FAMILIES}.")
+    if family not in FAMILIES + VARIANTS:
+        raise ValueError(f"Unknown family {family!r}; expected one of {FAMILIES + VARIANTS}.")
 
 
 def tiny_images(family: str, n: int = 1, seed: int = 0) -> list[Image.Image]:
@@ -196,7 +206,7 @@ def tiny_prompt(
     """A prompt string with ``n_images`` image placeholders in ``family``'s format (chat template with a generation
     prompt, or PaliGemma's ``"<image>" * n + text``), ready for ``processor(images=..., text=...)``."""
     _check_family(family)
-    if family == "paligemma":
+    if family in ("paligemma", "paligemma2"):
         return processor.image_token * n_images + text
     content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
     messages = [{"role": "user", "content": content}]
@@ -356,7 +366,7 @@ def _build_qwen(family: str):
     return model, processor
 
 
-def _build_paligemma():
+def _build_paligemma(gemma2: bool = False):
     tok = _tokenizer(("<image>",), {"image_token": "<image>"}, None)
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, image_seq_length=16)
     # PaliGemmaProcessor adds 1152 <loc>/<seg> tokens to the tokenizer: build it before sizing the vocab.
@@ -371,7 +381,23 @@ def _build_paligemma():
         patch_size=8,
         vision_use_head=False,
     )
-    text = GemmaConfig(
+    text = (_gemma2 if gemma2 else _gemma)(vocab, tok)
+    config = PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.image_token_id,
+        vocab_size=vocab,
+        projection_dim=_HIDDEN,
+        hidden_size=_HIDDEN,
+    )
+    model = PaliGemmaForConditionalGeneration(config)
+    if gemma2:
+        _sharpen_attention(model.model.language_model.layers)
+    return model, processor
+
+
+def _gemma(vocab: int, tok) -> GemmaConfig:
+    return GemmaConfig(
         vocab_size=vocab,
         hidden_size=_HIDDEN,
         intermediate_size=2 * _HIDDEN,
@@ -382,15 +408,37 @@ def _build_paligemma():
         max_position_embeddings=512,
         **_text_ids(tok),
     )
-    config = PaliGemmaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.image_token_id,
+
+
+def _gemma2(vocab: int, tok) -> Gemma2Config:
+    """Gemma 2 as in PaliGemma 2: soft-capped attention logits (50) and final logits (30), layer 0 a
+    sliding-window layer (window 8 < the 20+ token prompts), 4 query heads over 2 key/value heads,
+    eager attention (what transformers picks for Gemma 2: sdpa cannot soft-cap)."""
+    return Gemma2Config(
         vocab_size=vocab,
-        projection_dim=_HIDDEN,
         hidden_size=_HIDDEN,
+        intermediate_size=2 * _HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=_HIDDEN // _HEADS,
+        query_pre_attn_scalar=_HIDDEN // _HEADS,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512,
+        **_text_ids(tok),
     )
-    return PaliGemmaForConditionalGeneration(config), processor
+
+
+def _sharpen_attention(layers, gain: float = 30.0) -> None:
+    """Scale query / key projections so attention logits reach the soft-cap, where ``50 * tanh(s / 50)``
+    differs visibly from ``s`` (probabilities without the cap are off by up to 0.12 on the tiny prompts)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.self_attn.q_proj.weight.mul_(gain)
+            layer.self_attn.k_proj.weight.mul_(gain)
 
 
 _BUILDERS = {
@@ -399,6 +447,7 @@ _BUILDERS = {
     "qwen2_vl": lambda: _build_qwen("qwen2_vl"),
     "qwen2_5_vl": lambda: _build_qwen("qwen2_5_vl"),
     "paligemma": _build_paligemma,
+    "paligemma2": lambda: _build_paligemma(gemma2=True),
 }
 
 
