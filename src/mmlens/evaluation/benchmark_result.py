@@ -288,14 +288,15 @@ _LABELS = {"pointing_game": "pointing game", "energy_in_mask": "energy in mask",
 
 
 def _curve_note(mode: str) -> Any:
-    ref = "black" if mode == "deletion" else "blurred"
+    ref, ref_option = ("black", "black") if mode == "deletion" else ("blurred", "blur")
 
     def note(opts: dict[str, Any], meta: dict[str, Any]) -> str:
-        unit = opts.get("order", "patch")
-        what = (f"{opts.get('cells', 8)} x {opts.get('cells', 8)} patches" if unit == "patch" else "single pixels")
+        unit, baseline = opts.get("order", "patch"), opts.get("baseline", "mean")
+        if unit == "pixel" and baseline == ref_option:
+            return f"as Petsiuk et al.: single pixels ranked by the map, {ref} baseline."
+        what = f"{opts.get('cells', 8)} x {opts.get('cells', 8)} patches" if unit == "patch" else "single pixels"
         return (f"Petsiuk et al. rank single pixels and use a {ref} baseline; this run ranks {what} with the "
-                f"{opts.get('baseline', 'mean')} baseline (order=pixel, baseline={ref.replace('blurred', 'blur')} "
-                "for the reference).")
+                f"{baseline} baseline (order=pixel, baseline={ref_option} for the reference).")
 
     return note
 
