@@ -165,6 +165,16 @@ def test_pruning_curve_equals_dropping_the_tokens_fastv_style():
         np.testing.assert_allclose(curve.prob, want, rtol=1e-4)
         checked += len(set(np.round(want, 6)))
     assert checked > 6  # the curves move: dropping tokens changes the answer's probability
+    # every ratio in one batched forward (plus one for the FastV ranking), counted with a forward hook
+    calls = []
+    handle = subject.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        pruning_curve(subject, batch, ratios=ratios, scores=scores, after_layer=1)
+        given = len(calls)
+        fastv = pruning_curve(subject, batch, ratios=ratios, after_layer=1)
+    finally:
+        handle.remove()
+    assert (given, len(calls) - given) == (1, 2) and fastv.meta["forward_calls"] == 2
     # nothing pruned = the plain model
     target = resolve_targets(subject.tokenizer, batch, "answer")[0]
     with torch.no_grad():
