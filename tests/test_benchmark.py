@@ -176,3 +176,63 @@ def test_a_failing_method_is_counted_and_reported():
     row = res.rows[0]
     assert 0 < squares < 6 and row["n"] == 6 - squares and row["failures"] == squares
     assert "RuntimeError: no squares" in res.failures()[0] and "Failures" in res.to_markdown()
+
+
+def test_nan_scores_are_counted_and_degenerate_maps_declared(tmp_path):
+    """An all-zero map on the "square" samples: max-sensitivity is undefined there (declared "nan"): those
+    samples are counted in the NaN column and left out of the mean, while pointing game scores chance (the
+    mask's area share) and sparseness 0, as declared."""
+    from mmlens.attribution.output import MethodOutput
+    from mmlens.core import registry
+    from mmlens.evaluation.registry import get_metric
+
+    @registry.register_method("_test_zero_on_squares", "data/input-output", "black-box", "test only")
+    def _zero(subject, batch, targets):
+        gen = torch.Generator().manual_seed(len(batch.prompt))
+        scores = torch.rand(len(targets), batch.seq_len, generator=gen)
+        return MethodOutput(scores * (0.0 if "square" in batch.prompt else 1.0))
+
+    n = 6
+    samples = ShapesVQA(image_size=32, seed=0).samples(n)
+    squares = [("square" in s.question) for s in samples]
+    try:
+        res = run_benchmark(subject_for("llava"), methods="_test_zero_on_squares", n=n, sanity_n=n,
+                            metrics=["pointing_game", "sparseness", "max_sensitivity"], baselines=False,
+                            metric_options={"max_sensitivity": {"n": 1}}, out=tmp_path / "out")
+    finally:
+        registry._REGISTRY.pop("_test_zero_on_squares", None)
+    assert 0 < sum(squares) < n
+    row = res.rows[0]
+    assert row["n"] == n and row["failures"] == 0
+    assert row["nan_counts"] == {"pointing_game": 0, "sparseness": 0, "max_sensitivity": sum(squares)}
+    assert row["scored"]["max_sensitivity"] == n - sum(squares) and np.isfinite(row["max_sensitivity"])
+    # declared treatments, in the metadata and the Markdown notes
+    declared = {m["name"]: m["degenerate"] for m in res.metrics}
+    assert declared == {"pointing_game": "chance", "sparseness": "zero", "max_sensitivity": "nan"}
+    assert get_metric("max_sensitivity").degenerate == "nan"
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "NaN scores (left out)" in md and f"max-sensitivity {sum(squares)}/{n}" in md
+    assert "Degenerate (all-zero / constant) map: nan" in md and "Departures from the reference definitions" in md
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["rows"][0]["nan_counts"]["max_sensitivity"] == sum(squares)
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert next(csv.DictReader(f))["max_sensitivity_nan"] == str(sum(squares))
+
+
+def test_every_metric_declares_its_degenerate_map_treatment():
+    """Each registered metric scores an all-zero and a constant map as its declaration says."""
+    from mmlens.evaluation.registry import metrics
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 2:6] = True
+    for m in metrics():
+        assert m.degenerate in ("chance", "zero", "fixed", "nan") and m.degenerate_note, m.name
+        if m.needs_model:
+            continue
+        for heat in (np.zeros((8, 8)), np.full((8, 8), 3.0)):
+            got = m.fn(heat, mask)
+            want = {"zero": 0.0}.get(m.degenerate)
+            if m.degenerate == "chance" and m.name != "topk_iou":
+                want = mask.mean()
+            if want is not None:
+                assert got == pytest.approx(want), (m.name, heat[0, 0])

@@ -119,13 +119,69 @@ def test_map_ranking_the_evidence_first_inserts_faster(isolated):
     assert coarse.values[0] == pytest.approx(pd, rel=1e-4) and coarse.values[-1] == pytest.approx(p0, rel=1e-4)
 
 
-def test_deletion_is_one_batched_run_and_registered():
-    info = get_metric("deletion")
-    assert (info.category, info.higher_is_better, info.needs_model) == ("faithfulness", False, True)
-    assert get_metric("insertion").higher_is_better is True
-    cats = {m.name: (m.category, m.higher_is_better, m.needs_model) for m in metrics()}
-    assert cats["randomisation"] == ("randomisation", False, True)
-    assert cats["max_sensitivity"] == ("robustness", False, True)
+def _count_forwards(model):
+    """A forward hook on the top-level model counting its calls; returns (counter, handle)."""
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+
+    return calls, model.register_forward_hook(hook)
+
+
+def test_deletion_is_one_batched_forward_and_equals_unbatched_runs(isolated):
+    """17 curve points (16 patches + none removed) go through the model in ceil(17 / batch_size) forwards,
+    counted with a forward hook, and the batched values equal one-image-per-forward runs."""
+    lm, ex, first, p0, pd = isolated
+    results = {}
+    for batch_size, forwards in ((64, 1), (5, 4), (1, 17)):
+        calls, handle = _count_forwards(lm.model)
+        try:
+            results[batch_size] = deletion(lm, ex, heat=first, cells=CELLS, batch_size=batch_size)
+        finally:
+            handle.remove()
+        assert calls["n"] == forwards, (batch_size, calls["n"])
+    np.testing.assert_allclose(results[64].values, results[1].values, rtol=1e-5)
+    np.testing.assert_allclose(results[5].values, results[1].values, rtol=1e-5)
+    # and one point recomputed by hand: patch J removed, one plain forward of that image
+    img = ex.images[0]
+    idx = cell_index_map(img.size, CELLS)
+    deleted = blend(image_array(img), baseline_array(img, "mean"), (idx != J).astype(np.float32))
+    with torch.no_grad():
+        logp = lm.forward(lm.prepare(deleted, PROMPT, answer=ex.metadata["answer"]))[0, -2].log_softmax(-1)
+    assert results[1].values[1] == pytest.approx(float(logp[ex.metadata["answer"][0]].exp()), rel=1e-4)
+
+
+def test_pixel_order_follows_petsiuk_and_matches_a_direct_computation(isolated):
+    """order="pixel" ranks single pixels (Petsiuk et al.): each curve point equals a forward of the image with
+    the top-k pixels of the map set to the baseline (black for deletion, blur for insertion), built here with
+    numpy alone."""
+    lm, ex, *_ = isolated
+    img = ex.images[0]
+    heat = np.random.default_rng(5).random((img.height, img.width))  # no ties
+    top_first = np.argsort(-heat.ravel())
+    tok = ex.metadata["answer"][0]
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    for mode, base_name in (("deletion", "black"), ("insertion", "blur")):
+        got = (deletion if mode == "deletion" else insertion)(lm, ex, heat=heat, order="pixel", steps=4,
+                                                              baseline=base_name)
+        n = heat.size
+        assert got.unit == "pixel" and got.fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+        base = np.zeros_like(arr) if base_name == "black" else baseline_array(img, "blur")
+        want = []
+        for frac in got.fractions:
+            top = np.zeros(n, bool)
+            top[top_first[: round(frac * n)]] = True
+            top = top.reshape(heat.shape)[..., None]
+            shown = np.where(top, base, arr) if mode == "deletion" else np.where(top, arr, base)
+            image = Image.fromarray(np.clip(np.rint(shown), 0, 255).astype(np.uint8))
+            with torch.no_grad():
+                logp = lm.forward(lm.prepare(image, PROMPT, answer=[tok]))[0, -2].log_softmax(-1)
+            want.append(float(logp[tok].exp()))
+        np.testing.assert_allclose(got.values, want, rtol=1e-4)
+        assert got.auc == pytest.approx(np.trapezoid(want, got.fractions), rel=1e-4)
+    with pytest.raises(InputError, match="order"):
+        deletion(lm, ex, heat=heat, order="zigzag")
 
 
 def test_patch_order_and_curve_points():
@@ -192,20 +248,86 @@ def _same(model, snap):
     return all(torch.equal(p, snap[name]) for name, p in model.named_parameters())
 
 
-def test_randomisation_cascade_and_weights_restored():
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+def test_randomisation_cascade_follows_what_the_model_reads(family):
+    """Every cascade step changes the model's output (no step randomises something the LM never reads), the
+    vision block left out is provably unread (randomising it changes nothing), and the embeddings and the
+    unembedding are steps (one step when tied, as in PaliGemma)."""
+    from mmlens.evaluation.metrics.randomisation import randomise_block, restored_weights, unread_vision_blocks
+
+    lm = tiny_subject(family)
+    batch = lm.prepare(ShapesVQA(image_size=32, seed=0).sample(1).image, PROMPT, answer="red")
+    blocks = cascade_blocks(lm)
+    names = [name for name, _ in blocks]
+    vision = [f"vision.blocks.{i}" for i in range(len(lm.adapter.parts().vision_blocks))]
+    unread = ["vision.blocks.1"] if family == "llava" else []  # tiny LLaVA: vision_feature_layer=-2 of 2 blocks
+    assert unread_vision_blocks(lm) == unread
+    top = "lm.unembed+embed" if family == "paligemma" else "lm.unembed"
+    embed = [] if family == "paligemma" else ["lm.embed"]
+    assert names == [top, "lm.blocks.1", "lm.blocks.0", *embed, "projector",
+                     *[v for v in reversed(vision) if v not in unread], "vision.embed"]
+    snap = _snapshot(lm.model)
+    with torch.no_grad():
+        before = lm.forward(batch)
+        with restored_weights(lm.model) as saved:
+            for name in unread:
+                randomise_block(lm.adapter.parts().vision_blocks[int(name.split(".")[-1])], saved, 7)
+            assert torch.equal(lm.forward(batch), before)  # unread: no effect at all
+        with restored_weights(lm.model) as saved:
+            for step, (name, block) in enumerate(blocks):
+                randomise_block(block, saved, step)
+                after = lm.forward(batch)
+                assert (after - before).abs().max() > 1e-4, name  # each step changes what the model computes
+                before = after
+    assert _same(lm.model, snap)
+
+
+def test_randomisation_correlations_equal_an_independent_computation():
+    """A test method whose map is ``x`` while vision block 0 is intact and a fixed permutation of ``x`` once
+    it is randomised: the correlation is exactly 1 before that step and Spearman(map(x), map(perm)) from it
+    on, computed here with scipy on the pixel maps; the check passes because that value is below 0.5."""
+    from scipy.stats import spearmanr
+
+    lm = tiny_subject("llava")
+    probe = lm.adapter.parts().vision_blocks[0].mlp.fc1.weight
+    original = probe.detach().clone()
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(64)).float() + 1
+
+    @registry.register_method("_test_weight_probe", "data/input-output", "black-box", "test only")
+    def _probe(subject, batch, targets):
+        scores = torch.zeros(len(targets), batch.seq_len)
+        image = batch.image_positions()
+        values = torch.arange(1.0, image.numel() + 1) if torch.equal(probe, original) else perm[: image.numel()]
+        scores[:, image] = values
+        return mmlens.attribution.output.MethodOutput(scores)
+
+    try:
+        img = ShapesVQA(image_size=32, seed=0).sample(2).image
+        ex = mmlens.explain(lm, img, PROMPT, method="_test_weight_probe", target="answer", answer="red")
+        out = randomisation(lm, ex)
+        # the map the method gives once the probe block is random, built without the cascade
+        with torch.no_grad():
+            probe.add_(1.0)
+            random_map = mmlens.explain(lm, img, PROMPT, method="_test_weight_probe", target="answer",
+                                        answer="red").image_map()
+            probe.copy_(original)
+    finally:
+        registry._REGISTRY.pop("_test_weight_probe", None)
+    rho = float(spearmanr(np.abs(ex.image_map()).ravel(), np.abs(random_map).ravel()).statistic)
+    k = out.steps.index("vision.blocks.0")
+    np.testing.assert_allclose(out.correlations, [1.0] * k + [rho] * (len(out.steps) - k), atol=1e-12)
+    assert abs(rho) < 0.5 and out.passed and out.final == pytest.approx(rho)
+
+
+def test_randomisation_is_seeded_and_restores_the_map():
     lm = tiny_subject("llava")
     img = ShapesVQA(image_size=32, seed=0).sample(1).image
     ex = mmlens.explain(lm, img, PROMPT, method="gradcam", target="answer", answer="red")
     snap = _snapshot(lm.model)
-    out = randomisation(lm, ex)
-    assert _same(lm.model, snap)
-    names = [name for name, _ in cascade_blocks(lm)]
-    assert names == ["lm.blocks.1", "lm.blocks.0", "projector", "vision.blocks.1", "vision.blocks.0", "vision.embed"]
-    assert out.steps == names and len(out.correlations) == len(names)
-    assert all(-1 <= c <= 1 for c in out.correlations)
-    assert out.passed == (out.final < 0.5)
+    out = randomisation(lm, ex, max_steps=3)
+    assert _same(lm.model, snap) and out.steps == ["lm.unembed", "lm.blocks.1", "lm.blocks.0"]
     # the same call gives the same numbers (seeded re-initialisation) and the map is unchanged afterwards
-    assert randomisation(lm, ex).correlations == out.correlations
+    assert randomisation(lm, ex, max_steps=3).correlations == out.correlations
     np.testing.assert_array_equal(reexplain(lm, ex).image_map(), ex.image_map())
 
 
@@ -258,12 +380,37 @@ def test_max_sensitivity_known_cases():
     assert max_sensitivity(lm, baseline_explanation(lm, batch, "random", seed=1)).score == 0.0
     assert max_sensitivity(lm, baseline_explanation(lm, batch, "uniform")).score == 0.0
     ex = mmlens.explain(lm, s.image, s.question, method="saliency", target="answer", answer="red")
-    small, large = max_sensitivity(lm, ex, n=3, radius=0.5), max_sensitivity(lm, ex, n=3, radius=30.0)
-    assert len(small.ratios) == 3 and 0 <= small.score < large.score
-    assert max_sensitivity(lm, ex, n=3, radius=0.5).ratios == small.ratios  # seeded
+    out = max_sensitivity(lm, ex, n=3, radius=6.0, seed=2)
+    # the Monte Carlo maximum, recomputed: the same three draws from the L-inf ball, explained and compared here
+    rng = np.random.default_rng(2)
+    arr = np.asarray(s.image.convert("RGB"), dtype=np.float64)
+    ref = ex.image_map()
+    want = []
+    for _ in range(3):
+        noisy = np.clip(np.rint(arr + rng.uniform(-6.0, 6.0, arr.shape)), 0, 255).astype(np.uint8)
+        new = mmlens.explain(lm, Image.fromarray(noisy), s.question, method="saliency", target="answer",
+                             answer=ex.metadata["answer"]).image_map()
+        want.append(np.linalg.norm(new - ref) / np.linalg.norm(ref))
+    np.testing.assert_allclose(out.ratios, want, rtol=1e-5)
+    assert out.score == pytest.approx(max(want), rel=1e-5) and out.score > 0
     assert relative_change(np.array([3.0, 4.0]), np.array([0.0, 5.0])) == pytest.approx(np.sqrt(10) / 5)
+    assert np.isnan(relative_change(np.ones(4), np.zeros(4)))  # an all-zero map: declared NaN
     with pytest.raises(InputError, match="radius"):
         max_sensitivity(lm, ex, radius=0)
+
+
+def test_max_sensitivity_samples_uniformly_in_the_linf_ball():
+    """Yeh et al. draw the perturbed input uniformly from the L-inf ball of radius r: no pixel moves by more
+    than r, and after rounding each offset -3..3 of r = 3.5 is equally likely (1/7); Gaussian noise of std r
+    moves about 32 % of the values by more than r."""
+    from mmlens.evaluation.metrics.max_sensitivity import noisy_image
+
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    diffs = np.concatenate([
+        (np.asarray(noisy_image(grey, 3.5, np.random.default_rng(i)), np.int64) - 128).ravel() for i in range(5)])
+    assert np.abs(diffs).max() <= 3
+    freq = np.bincount(diffs + 3, minlength=7) / diffs.size
+    np.testing.assert_allclose(freq, np.full(7, 1 / 7), atol=0.01)
 
 
 # -- baselines -------------------------------------------------------------------------------------------------

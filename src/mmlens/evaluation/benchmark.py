@@ -120,11 +120,13 @@ def _check_values(name: str, opts: dict[str, Any]) -> None:
         check_int("steps", opts["steps"], 1, None, where)
     if "baseline" in opts and opts["baseline"] not in BASELINES:
         raise InputError(f"baseline={opts['baseline']!r}{where}: pass one of {', '.join(BASELINES)}")
+    if "order" in opts and opts["order"] not in ("patch", "pixel"):
+        raise InputError(f"order={opts['order']!r}{where}: pass patch or pixel")
     for key, low in (("n", 1), ("max_steps", 1), ("batch_size", 1)):
         if opts.get(key) is not None:
             check_int(key, opts[key], low, None, where)
     if "radius" in opts and not (isinstance(opts["radius"], (int, float)) and opts["radius"] > 0):
-        raise InputError(f"radius={opts['radius']!r}{where}: pass a noise standard deviation > 0")
+        raise InputError(f"radius={opts['radius']!r}{where}: pass an L-inf noise radius > 0")
     if "threshold" in opts and not (isinstance(opts["threshold"], (int, float)) and 0 < opts["threshold"] <= 1):
         raise InputError(f"threshold={opts['threshold']!r}{where}: pass a correlation in (0, 1]")
 
@@ -289,6 +291,7 @@ def _run_one(subject: Subject, batch: Any, sample: Any, st: MethodStats, metric_
         st.score(m.name).add(float(getattr(result, "score", result)))
         if hasattr(result, "values") and isinstance(result.values, list):
             st.curve(m.name).add(result.values)
+            st.fractions.setdefault(m.name, list(result.fractions))
         if hasattr(result, "correlations"):
             st.curve(m.name).add(result.correlations)
             st.sanity_checked += 1
@@ -305,7 +308,7 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
             metric_options: dict[str, dict[str, Any]], n: int, n_loc: int, sanity_n: int, seed: int,
             description: str, data: Any, command: str | None, out: Any) -> BenchmarkResult:
     from mmlens.evaluation.metrics.deletion_insertion import curve_points
-    from mmlens.evaluation.metrics.randomisation import cascade_blocks
+    from mmlens.evaluation.metrics.randomisation import cascade_blocks, unread_vision_blocks
     from mmlens.explain import versions
 
     threshold = float(metric_options.get("randomisation", {}).get("threshold", 0.5))
@@ -316,6 +319,8 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
                                "n_sanity": st.sanity_checked if "randomisation" in names else sanity_n}
         for m in metric_list:
             row[m.name] = st.scores[m.name].mean if m.name in st.scores else float("nan")
+        row["nan_counts"] = {m.name: st.scores[m.name].nan for m in metric_list if m.name in st.scores}
+        row["scored"] = {m.name: st.scores[m.name].count for m in metric_list if m.name in st.scores}
         if "randomisation" in names:
             final = row["randomisation"]
             row["randomisation_pass_rate"] = (st.sanity_passes / st.sanity_checked if st.sanity_checked
@@ -329,20 +334,22 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
 
     fractions = {}
     for mode in ("deletion", "insertion"):
+        measured = [st.fractions[mode] for st in stats if mode in st.fractions]
         cells = int(metric_options.get(mode, {}).get("cells", 8))
         points = curve_points(cells * cells, metric_options.get(mode, {}).get("steps"))
-        fractions[mode] = [k / (cells * cells) for k in points]
+        fractions[mode] = measured[0] if measured else [k / (cells * cells) for k in points]
     curves = {st.method: {mode: st.curves[mode].mean for mode in ("deletion", "insertion") if mode in st.curves}
               for st in stats}
     curves = {k: v for k, v in curves.items() if v}
     rand_steps = [name for name, _ in cascade_blocks(subject)]
+    unread = unread_vision_blocks(subject)
     max_steps = metric_options.get("randomisation", {}).get("max_steps")
     if max_steps:
         rand_steps = rand_steps[: int(max_steps)]
     randomisation = {st.method: {"steps": rand_steps, "correlations": st.curves["randomisation"].mean}
                      for st in stats if "randomisation" in st.curves}
     metric_meta = [{"name": m.name, "category": m.category, "higher_is_better": m.higher_is_better,
-                    "summary": m.summary,
+                    "summary": m.summary, "degenerate": m.degenerate, "degenerate_note": m.degenerate_note,
                     "samples": "object" if m.category == "localisation" else
                     "sanity" if m.category in SANITY_CATEGORIES else "all",
                     "options": metric_options.get(m.name, {})} for m in metric_list]
@@ -352,6 +359,7 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
             "methods": [st.method for st in stats if st.kind == "method"],
             "baselines": [st.method for st in stats if st.kind == "baseline"],
             "target": "answer (teacher-forced ground truth; probability = exp of the summed log-probs)",
+            "randomisation_skipped": unread,
             "command": command, "versions": versions()}
     result = BenchmarkResult(rows, metric_meta, curves, fractions, randomisation, meta)
     if out is not None:

@@ -75,6 +75,7 @@ class MethodStats:
     kind: str  # "method" | "baseline"
     scores: dict[str, Mean] = field(default_factory=dict)
     curves: dict[str, CurveMean] = field(default_factory=dict)
+    fractions: dict[str, list[float]] = field(default_factory=dict)  # x values of the first curve per metric
     seconds: Mean = field(default_factory=Mean)
     explained: int = 0
     failures: int = 0
@@ -117,6 +118,8 @@ class BenchmarkResult:
         if any(m["name"] == "randomisation" for m in self.metrics):
             cols.append(("sanity", "sanity check"))
         cols += [("seconds_per_explanation", "s / explanation"), ("n", "n")]
+        if any(any((r.get("nan_counts") or {}).values()) for r in self.rows):
+            cols.append(("nan", "NaN scores (left out)"))
         if any(r["failures"] for r in self.rows):
             cols.append(("failures", "failures"))
         return cols
@@ -131,13 +134,13 @@ class BenchmarkResult:
             table.add_column(header, justify="left" if key in ("method", "sanity") else "right",
                              no_wrap=key == "method")
         for row in self.rows:
-            table.add_row(*[_cell(row.get(key)) for key, _ in self.columns()])
+            table.add_row(*[_cell(_value(row, key)) for key, _ in self.columns()])
         return table
 
     def to_csv(self) -> str:
         keys = ["method", "kind", "n", "n_localisation", "n_sanity"]
         for m in self.metrics:
-            keys.append(m["name"])
+            keys += [m["name"], f"{m['name']}_nan"]
             if m["name"] == "randomisation":
                 keys += ["randomisation_pass_rate", "sanity"]
         keys += ["seconds_per_explanation", "failures"]
@@ -145,7 +148,8 @@ class BenchmarkResult:
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in keys})
+            nan = {f"{k}_nan": v for k, v in (row.get("nan_counts") or {}).items()}
+            writer.writerow({k: _csv_value({**row, **nan}.get(k)) for k in keys})
         return buf.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,14 +167,22 @@ class BenchmarkResult:
         lines.append("| " + " | ".join(h for _, h in cols) + " |")
         lines.append("|" + "|".join("---" if k in ("method", "sanity") else "---:" for k, _ in cols) + "|")
         for row in self.rows:
-            lines.append("| " + " | ".join(_cell(row.get(k)).replace("|", "\\|") for k, _ in cols) + " |")
+            lines.append("| " + " | ".join(_cell(_value(row, k)).replace("|", "\\|") for k, _ in cols) + " |")
         lines += ["", self._caption(markdown=True), "", "Metrics (↑ higher is better, ↓ lower is better):", ""]
         for m in self.metrics:
             direction = "higher is better" if m["higher_is_better"] else "lower is better"
+            degenerate = (f" Degenerate (all-zero / constant) map: {m['degenerate']}: {m['degenerate_note']}."
+                          if m.get("degenerate") else "")
             lines.append(f"- **{_label(m['name'])}** ({m['category']}, {direction}; {_SAMPLES[m['samples']]}): "
-                         f"{m['summary']}")
+                         f"{m['summary']}.{degenerate}")
         lines.append("- **s / explanation**: seconds per call of the method (the warm-up call not counted); "
                      "timings vary between runs, every other number is reproducible.")
+        if any(k == "nan" for k, _ in cols):
+            lines.append("- **NaN scores (left out)**: per metric, samples whose score is undefined (see each "
+                         "metric's degenerate-map treatment); the metric's mean covers the other samples only.")
+        notes = self.reference_notes()
+        if notes:
+            lines += ["", "Departures from the reference definitions:", ""] + [f"- {line}" for line in notes]
         failed = self.failures()
         if failed:
             lines += ["", "Failures (counted, not scored; the method's means cover the other samples):", ""]
@@ -178,6 +190,16 @@ class BenchmarkResult:
         if self.meta.get("command"):
             lines += ["", "Regenerate with:", "", "```", self.meta["command"], "```"]
         return "\n".join(lines) + "\n"
+
+    def reference_notes(self) -> list[str]:
+        """One line per chosen metric whose definition here differs from its reference paper, with the
+        options of this run."""
+        out = []
+        for m in self.metrics:
+            note = _REFERENCE_NOTES.get(m["name"])
+            if note:
+                out.append(f"{_label(m['name'])}: " + note(m.get("options") or {}, self.meta))
+        return out
 
     def failures(self) -> list[str]:
         """One line per method that failed on some sample or metric: count and first error."""
@@ -263,6 +285,46 @@ _SAMPLES = {"all": "every sample", "object": "samples whose evidence is one obje
 _LABELS = {"pointing_game": "pointing game", "energy_in_mask": "energy in mask", "topk_iou": "top-k IoU",
            "deletion": "deletion AUC", "insertion": "insertion AUC", "randomisation": "randomisation corr.",
            "max_sensitivity": "max-sensitivity", "sparseness": "sparseness"}
+
+
+def _curve_note(mode: str) -> Any:
+    ref, ref_option = ("black", "black") if mode == "deletion" else ("blurred", "blur")
+
+    def note(opts: dict[str, Any], meta: dict[str, Any]) -> str:
+        unit, baseline = opts.get("order", "patch"), opts.get("baseline", "mean")
+        if unit == "pixel" and baseline == ref_option:
+            return f"as Petsiuk et al.: single pixels ranked by the map, {ref} baseline."
+        what = f"{opts.get('cells', 8)} x {opts.get('cells', 8)} patches" if unit == "patch" else "single pixels"
+        return (f"Petsiuk et al. rank single pixels and use a {ref} baseline; this run ranks {what} with the "
+                f"{baseline} baseline (order=pixel, baseline={ref_option} for the reference).")
+
+    return note
+
+
+_REFERENCE_NOTES = {
+    "pointing_game": lambda o, m: (
+        "Zhang et al. count a peak within 15 px (Euclidean) of the object on ~500 px images; this run uses "
+        + (f"tolerance_share={o['tolerance_share']}" if o.get("tolerance_share") is not None else
+           f"a tolerance of {o.get('tolerance', 0)} px") + " (tolerance_share=0.03 for the reference)."),
+    "deletion": _curve_note("deletion"),
+    "insertion": _curve_note("insertion"),
+    "max_sensitivity": lambda o, m: (
+        f"as Yeh et al., the maximum over {o.get('n', 5)} draws uniform in the L-inf ball of radius "
+        f"{o.get('radius', 4.0)} (0-255 units); unlike them, the change is divided by ||map||."),
+    "randomisation": lambda o, m: (
+        "Adebayo et al.'s cascade from the output down (unembedding, LM blocks, token embeddings, projector, "
+        "vision blocks, vision embedding); vision blocks the LM never reads are skipped"
+        + (f" ({', '.join(m['randomisation_skipped'])})" if m.get("randomisation_skipped") else "")
+        + "; norms keep their gains."),
+}
+
+
+def _value(row: dict[str, Any], key: str) -> Any:
+    """The table cell of ``key``: NaN counts as ``"max-sensitivity 2/5"`` (NaN samples / scored + NaN)."""
+    if key != "nan":
+        return row.get(key)
+    counts, scored = row.get("nan_counts") or {}, row.get("scored") or {}
+    return ", ".join(f"{_label(k)} {v}/{v + scored.get(k, 0)}" for k, v in counts.items() if v)
 
 
 def _label(name: str) -> str:

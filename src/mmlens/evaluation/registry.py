@@ -1,4 +1,14 @@
-"""Metric catalog: each metric declares its category and whether higher scores are better."""
+"""Metric catalog: each metric declares its category, whether higher scores are better, and how it treats a
+degenerate map (all zeros, or constant: no pixel preferred).
+
+``degenerate`` is one of :data:`DEGENERATE` plus a sentence in ``degenerate_note``:
+
+- ``"chance"``: the metric is defined and scores what a random tie-break scores (e.g. the mask's area share);
+- ``"zero"``: a defined value at the bottom of the scale (sparseness: an even map has Gini 0);
+- ``"fixed"``: another defined value, given in the note (randomisation: two constant maps correlate 1);
+- ``"nan"``: undefined (e.g. a relative change against an all-zero map); the sample's score is NaN, left out
+  of the mean and counted in the benchmark table's NaN column.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ from dataclasses import dataclass
 from mmlens.errors import InputError
 
 CATEGORIES = ("localisation", "faithfulness", "randomisation", "robustness", "complexity")
+DEGENERATE = ("chance", "zero", "fixed", "nan")
 
 
 @dataclass(frozen=True)
@@ -18,18 +29,25 @@ class MetricInfo:
     needs_model: bool
     summary: str
     fn: Callable
+    degenerate: str = "nan"
+    degenerate_note: str = ""
 
 
 _METRICS: dict[str, MetricInfo] = {}
 
 
-def register_metric(name: str, category: str, higher_is_better: bool, summary: str, needs_model: bool = False) -> Callable:
-    """Decorator adding a metric to the catalog."""
+def register_metric(name: str, category: str, higher_is_better: bool, summary: str, needs_model: bool = False,
+                    degenerate: str = "nan", degenerate_note: str = "") -> Callable:
+    """Decorator adding a metric to the catalog (``degenerate``: its treatment of an all-zero / constant map,
+    one of :data:`DEGENERATE`, with ``degenerate_note`` saying what it scores)."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown metric category {category!r}; use one of {CATEGORIES}")
+    if degenerate not in DEGENERATE:
+        raise ValueError(f"unknown degenerate-map treatment {degenerate!r}; use one of {DEGENERATE}")
 
     def deco(fn: Callable) -> Callable:
-        _METRICS[name] = MetricInfo(name, category, higher_is_better, needs_model, summary, fn)
+        _METRICS[name] = MetricInfo(name, category, higher_is_better, needs_model, summary, fn, degenerate,
+                                    degenerate_note)
         return fn
 
     return deco

@@ -9,7 +9,8 @@ from mmlens.evaluation.registry import register_metric
 
 
 @register_metric("energy_in_mask", "localisation", higher_is_better=True,
-                 summary="share of the map's positive mass that falls inside the evidence mask")
+                 summary="share of the map's positive mass that falls inside the evidence mask",
+                 degenerate="chance", degenerate_note="no positive mass, or the same mass everywhere: the mask's area share")
 def energy_in_mask(heat: np.ndarray, mask: np.ndarray) -> float:
     """``sum(max(heat, 0) * mask) / sum(max(heat, 0))``; a flat map scores the mask's area share.
 

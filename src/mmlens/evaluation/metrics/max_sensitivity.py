@@ -1,9 +1,16 @@
 """Max-sensitivity (Yeh et al. 2019): how much the map moves under small input noise.
 
-The same method (same answer tokens, target, seed and options) runs again on ``n`` noisy copies of the image:
-Gaussian pixel noise of standard deviation ``radius`` (in 0-255 intensity units, seeded), rounded and clipped
-to valid pixels. The score is ``max_j ||map_j - map|| / ||map||`` (Frobenius norms over the pixel map): 0 for a
-map that does not move; lower is better. A map of all zeros scores NaN (no scale to compare against).
+The same method (same answer tokens, target, seed and options) runs again on ``n`` noisy copies of the image,
+drawn as Yeh et al. define it: uniformly from the L-infinity ball of radius ``radius`` around the image (each
+pixel and channel moves by ``U(-radius, radius)`` in 0-255 intensity units, seeded), then rounded and clipped to
+valid pixels (both stay inside the ball). The score is the Monte Carlo maximum over the copies of
+``||map_j - map|| / ||map||`` (Frobenius norms over the pixel map): 0 for a map that does not move; lower is
+better.
+
+Departure from Yeh et al.: they take the raw norm ``||map_j - map||``; here it is divided by ``||map||``, so
+methods whose maps live on different scales can share one column. Degenerate maps: an all-zero map has no
+scale, so it scores NaN (left out of the benchmark's mean and counted in its NaN column); a constant non-zero
+map is scored like any other.
 
 Read it next to the faithfulness columns: a map that ignores the input (the random and uniform baselines)
 is perfectly "robust".
@@ -42,9 +49,10 @@ class SensitivityScore:
 
 
 def noisy_image(image: Image.Image, radius: float, rng: np.random.Generator) -> Image.Image:
-    """``image`` plus Gaussian noise of std ``radius`` per pixel and channel, rounded and clipped to uint8."""
+    """A uniform draw from the L-inf ball of radius ``radius`` around ``image``: ``U(-radius, radius)`` per pixel
+    and channel, rounded and clipped to uint8 (no pixel moves by more than ``radius``)."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float64)
-    out = np.clip(np.rint(arr + rng.normal(0.0, radius, arr.shape)), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(arr + rng.uniform(-radius, radius, arr.shape)), 0, 255).astype(np.uint8)
     return Image.fromarray(out, mode="RGB")
 
 
@@ -62,8 +70,10 @@ def relative_change(new: np.ndarray, ref: np.ndarray) -> float:
 
 
 @register_metric("max_sensitivity", "robustness", higher_is_better=False, needs_model=True,
-                 summary="max relative change ||map' - map|| / ||map|| over a few seeded Gaussian pixel-noise "
-                         "copies of the image")
+                 summary="max relative change ||map' - map|| / ||map|| over a few seeded copies of the image "
+                         "drawn uniformly from the L-inf ball of radius r (Yeh et al.; divided by ||map||)",
+                 degenerate="nan", degenerate_note="an all-zero map has no scale: NaN, counted; a constant "
+                                                   "non-zero map is scored")
 def max_sensitivity(
     subject: Subject,
     ex: Explanation,
@@ -74,13 +84,14 @@ def max_sensitivity(
     radius: float = 4.0,
     seed: int = 0,
 ) -> SensitivityScore:
-    """Max over ``n`` noisy copies of image ``image`` (noise std ``radius`` intensity levels, from
-    ``default_rng(seed)``) of the relative change of the map of ``target`` (lower is better)."""
+    """Max over ``n`` copies of image ``image`` drawn uniformly from the L-inf ball of radius ``radius``
+    intensity levels (from ``default_rng(seed)``) of the relative change of the map of ``target`` (lower is
+    better)."""
     from mmlens.evaluation.baselines import reexplain
 
     n = check_int("n", n, 1)
     if not float(radius) > 0:
-        raise InputError(f"radius={radius}: pass a noise standard deviation > 0 (in 0-255 intensity units)")
+        raise InputError(f"radius={radius}: pass an L-inf radius > 0 (in 0-255 intensity units)")
     t, i = ex._index(target), ex._image(image)
     ref = ex.image_map(t, i)
     rng = np.random.default_rng(seed)

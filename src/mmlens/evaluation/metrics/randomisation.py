@@ -1,27 +1,33 @@
 """Model-randomisation sanity check (Adebayo et al. 2018): an explanation of a model must change when the
 model's weights are destroyed.
 
-Cascading randomisation: the language model's blocks are re-initialised from the top block down, then the
-projector, then the vision blocks from the top down, then the vision embedding (patch and position
-embeddings: without it, a map can still follow the pixels through the untouched patch embedding); each step
-re-initialises one more block (all earlier ones stay random). After each step the same method runs again on
-the same input (same answer tokens, target, seed and options), and the Spearman rank correlation between the
-original image map and the new one is recorded. A method *passes* when the correlation at the end of the
-cascade is below ``threshold``.
+Cascading randomisation follows what the model reads, from the output down (Adebayo et al. start at the
+logits layer): the unembedding (``lm_head``), the language model's blocks from the top block down, the token
+embeddings (the bottom of the text path; one step with the unembedding when the two are tied), the projector,
+the vision blocks whose output the language model reads, from the top down, then the vision embedding (patch
+and position embeddings: without it, a map can still follow the pixels through the untouched patch
+embedding). Vision blocks the language model never reads are skipped: with ``vision_feature_layer=-2``
+(LLaVA) the last vision block's output is unused, so randomising it would be a step that changes nothing
+(:func:`unread_vision_blocks` names them). Each step re-initialises one more block (all earlier ones stay
+random). After each step the same method runs again on the same input (same answer tokens, target, seed and
+options), and the Spearman rank correlation between the original image map and the new one is recorded. A
+method *passes* when the correlation at the end of the cascade is below ``threshold``.
 
 Re-initialisation: every parameter tensor of the block is replaced by a seeded normal with the tensor's own
 mean and standard deviation (weight matrices keep their scale; norm gains, whose standard deviation is 0,
-keep their value instead of collapsing to 0, which would switch the block off rather than randomise it). The
-token embeddings and the unembedding stay as they are. The model's weights are restored exactly on every
-exit path, exceptions and interrupts included.
+keep their value instead of collapsing to 0, which would switch the block off rather than randomise it).
+Not randomised: the final norm and the vision tower's standalone norms (a gain has no ranking to destroy)
+and LLaVA-NeXT's ``image_newline`` vector. The model's weights are restored exactly on every exit path,
+exceptions and interrupts included.
 
 Correlation: on the absolute values of the pixel maps by default (a map whose signs flip but whose
 magnitudes keep their ranks counts as unchanged: the stricter reading); ``absolute=False`` uses signed maps.
-Two constant maps correlate 1, a constant and a varying map 0.
+Degenerate maps: two constant maps correlate 1 (the map did not change: the check fails), a constant and a
+varying map 0.
 
 >>> out = randomisation(lm, mmlens.explain(lm, img, "what color?", method="saliency", answer="red"))  # doctest: +SKIP
 >>> out.steps[:2], out.correlations[-1], out.passed                                                # doctest: +SKIP
-(['lm.blocks.1', 'lm.blocks.0'], 0.04, True)
+(['lm.unembed', 'lm.blocks.1'], 0.04, True)
 """
 
 from __future__ import annotations
@@ -69,18 +75,47 @@ class RandomisationScore:
         return float(self.final)
 
 
+def vision_blocks_read(subject: Subject) -> int:
+    """How many vision blocks, from the bottom, feed the language model: all of them, unless the config's
+    ``vision_feature_layer`` picks an earlier hidden state (index ``L`` of ``hidden_states``, whose entry 0 is
+    the embedding output, so ``L >= 0`` reads ``L`` blocks and ``L < 0`` reads ``n + 1 + L``; a list of layers
+    reads up to the deepest)."""
+    n = len(subject.adapter.parts().vision_blocks or [])
+    layer = getattr(subject.model.config, "vision_feature_layer", None)
+    if layer is None:
+        return n
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    return min(max(int(x) if int(x) >= 0 else n + 1 + int(x) for x in layers), n)
+
+
+def unread_vision_blocks(subject: Subject) -> list[str]:
+    """Names of the vision blocks the language model never reads (left out of the cascade).
+
+    >>> unread_vision_blocks(tiny_subject("llava"))          # vision_feature_layer=-2   # doctest: +SKIP
+    ['vision.blocks.1']
+    """
+    n = len(subject.adapter.parts().vision_blocks or [])
+    return [f"vision.blocks.{i}" for i in range(vision_blocks_read(subject), n)]
+
+
 def cascade_blocks(subject: Subject) -> list[tuple[str, nn.Module]]:
-    """The blocks in cascade order: LM blocks top-down, the projector, vision blocks top-down, then the vision
-    embedding (patch embedding and position embeddings), the bottom of the image path.
+    """The blocks in cascade order, from the output down: the unembedding, LM blocks top-down, the token
+    embeddings (``"lm.unembed+embed"`` is one step when they are tied), the projector, the vision blocks the
+    LM reads, top-down, then the vision embedding (patch embedding and position embeddings).
 
     >>> [name for name, _ in cascade_blocks(tiny_subject("llava"))]       # doctest: +SKIP
-    ['lm.blocks.1', 'lm.blocks.0', 'projector', 'vision.blocks.1', 'vision.blocks.0', 'vision.embed']
+    ['lm.unembed', 'lm.blocks.1', 'lm.blocks.0', 'lm.embed', 'projector', 'vision.blocks.0', 'vision.embed']
     """
     parts = subject.adapter.parts()
-    out = [(f"lm.blocks.{i}", parts.lm_blocks[i]) for i in reversed(range(len(parts.lm_blocks)))]
+    embed = subject.model.get_input_embeddings()
+    tied = embed is not None and any(p is q for p in parts.unembed.parameters() for q in embed.parameters())
+    out = [("lm.unembed+embed" if tied else "lm.unembed", parts.unembed)]
+    out += [(f"lm.blocks.{i}", parts.lm_blocks[i]) for i in reversed(range(len(parts.lm_blocks)))]
+    if embed is not None and not tied:
+        out.append(("lm.embed", embed))
     if parts.projector is not None:
         out.append(("projector", parts.projector))
-    vision = list(parts.vision_blocks or [])
+    vision = list(parts.vision_blocks or [])[: vision_blocks_read(subject)]
     out += [(f"vision.blocks.{i}", vision[i]) for i in reversed(range(len(vision)))]
     if parts.vision_embed is not None:
         out.append(("vision.embed", parts.vision_embed))
@@ -141,8 +176,10 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, absolute: bool = True) -> flo
 
 @register_metric("randomisation", "randomisation", higher_is_better=False, needs_model=True,
                  summary="Spearman correlation between the map and the map of a cascade-randomised model "
-                         "(top LM block down, projector, vision blocks, vision embedding); a sound method drops "
-                         "below 0.5")
+                         "(unembedding, LM blocks top-down, token embeddings, projector, the vision blocks the LM "
+                         "reads, vision embedding); a sound method drops below 0.5",
+                 degenerate="fixed", degenerate_note="two constant maps correlate 1 (unchanged: fails), a "
+                                                     "constant and a varying map 0")
 def randomisation(
     subject: Subject,
     ex: Explanation,

@@ -8,7 +8,8 @@ from mmlens.evaluation.registry import register_metric
 
 
 @register_metric("sparseness", "complexity", higher_is_better=True,
-                 summary="Gini index of |map|: 0 = spread evenly, 1 = all mass on one pixel")
+                 summary="Gini index of |map|: 0 = spread evenly, 1 = all mass on one pixel",
+                 degenerate="zero", degenerate_note="an all-zero or constant map is spread evenly: 0")
 def sparseness(heat: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Gini index of ``|heat|`` (the mask is not used).
 
