@@ -10,11 +10,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+
+try:  # typer >= 0.20 carries its own copy of click; its exceptions are the ones raised
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors
 
 from mmlens.errors import MMLensError
 
@@ -35,7 +39,7 @@ class _Boundary(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
-        except click.exceptions.NoArgsIsHelpError as err:
+        except click_errors.NoArgsIsHelpError as err:
             err.show()
             code = err.exit_code
         except BaseException as err:  # noqa: BLE001 - this is the boundary
@@ -49,7 +53,7 @@ class _Boundary(TyperGroup):
 
 def _say(message: str) -> None:
     """One ``error:`` line on stderr (newlines in the message are folded; no rich markup is interpreted)."""
-    typer.echo(click.style("error:", fg="red", bold=True) + " " + " ".join(str(message).split()), err=True)
+    typer.echo(typer.style("error:", fg="red", bold=True) + " " + " ".join(str(message).split()), err=True)
 
 
 def _report(err: BaseException) -> int:
@@ -59,15 +63,15 @@ def _report(err: BaseException) -> int:
     if isinstance(err, MMLensError):
         _say(str(err))
         return 2
-    if isinstance(err, click.exceptions.UsageError):
+    if isinstance(err, click_errors.UsageError):
         command = f"mmlens {err.ctx.info_name} --help" if err.ctx is not None and err.ctx.parent is not None \
             else "mmlens --help"
         _say(f"{err.format_message()} — run `{command}` for the arguments and options")
         return 2
-    if isinstance(err, click.ClickException):
+    if isinstance(err, click_errors.ClickException):
         _say(err.format_message())
         return err.exit_code
-    if isinstance(err, (KeyboardInterrupt, click.exceptions.Abort)):
+    if isinstance(err, (KeyboardInterrupt, typer.Abort)):
         _say("interrupted — no output was written")
         return 130
     if isinstance(err, MemoryError):
@@ -159,7 +163,7 @@ def _batch(model: str, image: str, prompt: str, answer: str | None):
     _image(image)
     subject = mmlens.load(model)
     batch = subject.prepare(image, prompt, answer=answer) if answer is not None else subject.generate(image, prompt).batch
-    console.print(f"answer: [bold]{escape(batch.answer)}[/]", highlight=False)
+    console.print(f"answer: [bold]{escape(batch.answer)}[/]", highlight=False, soft_wrap=True)
     return subject, batch
 
 
@@ -230,7 +234,8 @@ def explain_cmd(
     _image(image)
     subject = mmlens.load(model)
     ex = mmlens.explain(subject, image, prompt, method=method, target=target, answer=answer, **options)
-    console.print(f"answer: [bold]{escape(ex.answer)}[/]  targets: {escape(', '.join(ex.targets))}", highlight=False)
+    console.print(f"answer: [bold]{escape(ex.answer)}[/]  targets: {escape(', '.join(ex.targets))}", highlight=False,
+                  soft_wrap=True)
     print(ex.save(out))
 
 
@@ -263,8 +268,9 @@ def lens_cmd(
     from mmlens.layer.logit_lens import logit_lens
 
     png, js = _outputs(out, "lens")
+    chosen = _layers(layers)
     subject, batch = _batch(model, image, prompt, answer)
-    _write(logit_lens(subject, batch, target=target, layers=_layers(layers)), png, js)
+    _write(logit_lens(subject, batch, target=target, layers=chosen), png, js)
 
 
 @app.command("trace")

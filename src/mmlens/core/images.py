@@ -55,6 +55,8 @@ def to_rgb(image: ImageLike, name: str = "image") -> tuple[Image.Image, str | No
 def _open(image: str | Path, name: str) -> tuple[Image.Image, str | None]:
     """Decode an image file after checking its size on disk and its declared pixel count."""
     text = str(image)
+    if not text.strip():
+        raise InputError(f"{name} path is empty: pass an image file")
     if text.lower().startswith(("http://", "https://", "ftp://")):
         raise InputError(f"{name} {text!r} is a URL: URLs are not fetched: download the image first and pass its path")
     path = Path(image).expanduser()
@@ -76,6 +78,8 @@ def _open(image: str | Path, name: str) -> tuple[Image.Image, str | None]:
                     opened.draft("RGB", _fit(opened.width, opened.height))  # decode at a reduced scale
                 opened.load()
                 pil = opened.copy()
+    except InputError:
+        raise
     except Image.DecompressionBombError:
         raise InputError(f"{name} file {text!r} declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (a "
                          f"decompression bomb?): pass an image of at most {limits.MAX_IMAGE_PIXELS:,} pixels") from None

@@ -68,8 +68,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffixes: tupl
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # after writing: some writers replace the file they are given
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
