@@ -167,7 +167,7 @@ CLI_CASES = [
     ("bench-n-text", ["benchmark", "--n", "abc"], "--n"),
     ("bench-sanity-negative", ["benchmark", "--sanity-n", "-1"], "out of range"),
     ("bench-unknown-method", ["benchmark", "--methods", "nosuch"], "nosuch"),
-    ("bench-analysis-method", ["benchmark", "--methods", "logit_lens"], "not an attribution"),
+    ("bench-analysis-method", ["benchmark", "--methods", "logit_lens"], "is an analysis method"),
     ("bench-unknown-metric", ["benchmark", "--metrics", "nosuch"], "nosuch"),
     ("bench-cells-zero", ["benchmark", "--cells", "0"], "out of range"),
     ("unknown-flag", ["explain", "{img}", Q, "--bogus"], "No such option"),

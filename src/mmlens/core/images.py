@@ -58,7 +58,7 @@ def _open(image: str | Path, name: str) -> tuple[Image.Image, str | None]:
     if not text.strip():
         raise InputError(f"{name} path is empty: pass an image file")
     if text.lower().startswith(("http://", "https://", "ftp://")):
-        raise InputError(f"{name} {text!r} is a URL: URLs are not fetched: download the image first and pass its path")
+        raise InputError(f"{name} {text!r} is a URL, and URLs are not fetched: download the image first and pass its path")
     path = Path(image).expanduser()
     if path.is_dir():
         raise InputError(f"{name} {text!r} is a directory: pass an image file inside it")

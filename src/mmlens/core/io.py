@@ -36,7 +36,7 @@ def check_output(path: str | Path, suffixes: tuple[str, ...] | None = None, what
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise InputError(f"{what} {shown!r}: use a file name ending in {', '.join(suffixes)}")
     if path.is_dir():
-        raise InputError(f"{what} {shown!r} is a directory: pass a file path, e.g. {str(path / ('out' + (suffixes or ('.png',))[0]))!r}")
+        raise InputError(f"{what} {shown!r} is a directory: pass a file path, e.g. {str(path / ('out' + path.suffix))!r}")
     parent = path.parent
     existing = next(p for p in (parent, *parent.parents) if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
