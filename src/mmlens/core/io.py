@@ -71,11 +71,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffixes: tupl
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # after writing: some writers replace the file they are given
         os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write {str(path)!r} ({err.strerror or type(err).__name__}): "
-                         "free some space or choose another output path") from None
-    except BaseException:
+    except BaseException:  # disk full etc. propagate (the CLI reports them in one line), minus the temp file
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
