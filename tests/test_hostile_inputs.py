@@ -182,8 +182,8 @@ CLI_CASES = [
     ("hole4-lens-under-file", ["lens", "{img}", Q, "--out", "{afile}/lens.png"], "is a file, not a folder"),
     ("out-deep-under-file", ["trace", "{img}", Q, "--out", "{afile}/a/b/t.png"], "is a file, not a folder"),
     ("out-missing-folder", ["explain", "{img}", Q, "--out", "{out}/nowhere/x.png"], "does not exist"),
-    ("out-bad-extension", ["explain", "{img}", Q, "--out", "{out}/x.txt"], "use a file name ending in"),
-    ("out-no-extension", ["explain", "{img}", Q, "--out", "{out}/x"], "use a file name ending in"),
+    ("out-bad-extension", ["explain", "{img}", Q, "--out", "{out}/x.txt"], "one of the extensions"),
+    ("out-no-extension", ["explain", "{img}", Q, "--out", "{out}/x"], "one of the extensions"),
     ("lens-out-txt", ["lens", "{img}", Q, "--out", "{out}/x.txt"], "pass a .png path"),
     ("hole3-out-sys", ["explain", "{img}", Q, "--out", "/sys/x.png"], "cannot write in folder"),
     ("hole3-lens-out-sys", ["lens", "{img}", Q, "--out", "/sys/lens.png"], "cannot write in folder"),
@@ -338,7 +338,7 @@ API_CASES = [
     ("load-directory", lambda d, s, w: mmlens.Explanation.load(s[0] / "adir.json"), "not found"),
     ("save-into-directory", lambda d, s, w: s[1].save(s[0] / "adir.json"), "is a directory"),
     ("save-under-file", lambda d, s, w: s[1].save(s[0] / "afile" / "x.json"), "is a file, not a folder"),
-    ("save-bad-suffix", lambda d, s, w: s[1].save(s[0] / "x.txt"), "use a file name ending in"),
+    ("save-bad-suffix", lambda d, s, w: s[1].save(s[0] / "x.txt"), "one of the extensions"),
 ]
 
 
@@ -409,3 +409,11 @@ def test_cli_still_writes_outputs(w, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert out.stat().st_size > 1000 and json.loads(out.with_suffix(".json").read_text())["kind"] == "logit_lens"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lens.json", "lens.png"]
+
+
+def test_animated_image_uses_the_first_frame_with_a_note(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    rgb, note = to_rgb(str(tmp_path / "anim.gif"))
+    assert note is not None and note.startswith("used the first of 3 frames")
+    assert rgb.getpixel((8, 8)) == (255, 0, 0)

@@ -34,7 +34,7 @@ def check_output(path: str | Path, suffixes: tuple[str, ...] | None = None, what
     path = Path(path)
     shown = str(path)
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise InputError(f"{what} {shown!r}: use a file name ending in {', '.join(suffixes)}")
+        raise InputError(f"{what} {shown!r}: use a file name ending in one of the extensions {', '.join(suffixes)}")
     if path.is_dir():
         raise InputError(f"{what} {shown!r} is a directory: pass a file path, e.g. {str(path / ('out' + path.suffix))!r}")
     parent = path.parent
