@@ -377,6 +377,12 @@ def test_huge_image_is_downscaled_with_a_note():
     assert note == f"downscaled 5000x4000 -> {rgb.width}x{rgb.height} (over {limits.SOFT_IMAGE_PIXELS:,} pixels)"
 
 
+def test_downscale_note_reaches_the_explanation(demo):
+    ex = mmlens.explain(demo, Image.new("RGB", (4200, 4100), (200, 0, 0)), Q, method="attention", answer="red")
+    assert ex.metadata["image_notes"][0].startswith("image 0: downscaled 4200x4100 -> ")
+    assert ex.images[0].width * ex.images[0].height <= limits.SOFT_IMAGE_PIXELS
+
+
 def test_image_under_the_soft_limit_is_untouched():
     img = Image.new("RGB", (4096, 4096))
     rgb, note = to_rgb(img)
@@ -417,3 +423,16 @@ def test_animated_image_uses_the_first_frame_with_a_note(tmp_path):
     rgb, note = to_rgb(str(tmp_path / "anim.gif"))
     assert note is not None and note.startswith("used the first of 3 frames")
     assert rgb.getpixel((8, 8)) == (255, 0, 0)
+
+
+def test_failed_png_removes_the_json_written_before_it(w, tmp_path, monkeypatch):
+    from mmlens.core.grid_result import GridResult
+
+    def broken_plot(self, *args, **kwargs):  # an injected failure after the .json was written
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(GridResult, "plot", broken_plot)
+    result = runner.invoke(app, ["lens", w["img"], Q, "--answer", "red", "--out", str(tmp_path / "lens.png")])
+    assert_one_error_line(result, "unexpected RuntimeError: plot failed", code=1)
+    Path(result.stderr.split("full traceback in ")[1].split(" ")[0]).unlink()
+    assert list(tmp_path.iterdir()) == []

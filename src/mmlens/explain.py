@@ -140,6 +140,7 @@ def build_explanation(
         **jsonable(spec or {}),
         "dtype": str(next(subject.model.parameters()).dtype).replace("torch.", ""),
         "versions": versions(),
+        **({"image_notes": list(batch.conversions)} if batch.conversions else {}),
     }
     return Explanation(
         method=method,
