@@ -2,37 +2,127 @@
 
 from __future__ import annotations
 
-import functools
+import errno
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 carries its own copy of click; its exceptions are the ones raised
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors
 
 from mmlens.errors import MMLensError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Explain and interpret multimodal LLMs.")
+_STATE = {"debug": False}
+
+
+class _Boundary(TyperGroup):
+    """The CLI's one error boundary: every failure leaves as one ``error:`` line on stderr.
+
+    Anticipated failures (bad input, usage errors, file-system errors, running out of memory) exit with code 2;
+    anything else exits with 1 and names the file under the system temp folder that holds the full traceback
+    (``mmlens --debug ...`` prints it too).
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        _STATE["debug"] = os.environ.get("MMLENS_DEBUG", "") not in ("", "0")
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click_errors.NoArgsIsHelpError as err:
+            err.show()
+            code = err.exit_code
+        except BaseException as err:  # noqa: BLE001 - this is the boundary
+            code = _report(err)
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _say(message: str) -> None:
+    """One ``error:`` line on stderr (newlines in the message are folded; no rich markup is interpreted)."""
+    typer.echo(typer.style("error:", fg="red", bold=True) + " " + " ".join(str(message).split()), err=True)
+
+
+def _report(err: BaseException) -> int:
+    """Print ``err`` as one line and return the exit code."""
+    if isinstance(err, SystemExit):
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    if isinstance(err, MMLensError):
+        _say(str(err))
+        return 2
+    if isinstance(err, click_errors.UsageError):
+        command = f"mmlens {err.ctx.info_name} --help" if err.ctx is not None and err.ctx.parent is not None \
+            else "mmlens --help"
+        _say(f"{err.format_message()} — run `{command}` for the arguments and options")
+        return 2
+    if isinstance(err, click_errors.ClickException):
+        _say(err.format_message())
+        return err.exit_code
+    if isinstance(err, (KeyboardInterrupt, typer.Abort)):
+        _say("interrupted — no output was written")
+        return 130
+    if isinstance(err, MemoryError):
+        _say("out of memory — use a smaller image, fewer steps / samples, or a machine with more memory")
+        return 2
+    if isinstance(err, OSError) and (err.filename is not None or err.errno in (errno.ENOSPC, errno.EDQUOT)):
+        where = f" {str(err.filename)!r}" if err.filename is not None else ""
+        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "check the path and its permissions"
+        _say(f"cannot use{where} ({err.strerror or type(err).__name__}) — {fix}")
+        return 2
+    return _unexpected(err)
+
+
+def _unexpected(err: BaseException) -> int:
+    """A bug: one line naming the file with the full traceback (also printed with ``--debug``)."""
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="mmlens-error-", suffix=".txt", dir=tempfile.gettempdir())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"mmlens {' '.join(sys.argv[1:])}\n\n{trace}")
+        saved = f"full traceback in {path}"
+    except OSError:
+        saved = "the traceback could not be saved"
+    if _STATE["debug"]:
+        typer.echo(trace.rstrip(), err=True)
+    first = " ".join(str(err).split())[:200]
+    _say(f"unexpected {type(err).__name__}{': ' + first if first else ''} — this is a bug in mmlens; {saved} "
+         "(rerun with `mmlens --debug ...` to print it); please report it")
+    return 1
+
+
+app = typer.Typer(cls=_Boundary, add_completion=False, no_args_is_help=True,
+                  help="Explain and interpret multimodal LLMs.", pretty_exceptions_enable=False)
 console = Console(stderr=True)
 
 ModelOpt = typer.Option("demo", "--model", "-m", help="HF id, local folder, or 'demo' (the bundled model)")
 AnswerOpt = typer.Option(None, "--answer", help="teacher-force this answer instead of the model's own")
 LayersOpt = typer.Option(None, "--layers", help="comma-separated layer indices (default: all)")
+ImageArg = typer.Argument(..., help="image file (local path; URLs are not fetched)")
 
 
-def cli_errors(fn: Callable) -> Callable:
-    """Turn mmlens errors into one line on stderr and exit code 2."""
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="print the full traceback of an unexpected error")) -> None:
+    """Explain and interpret multimodal LLMs."""
+    _STATE["debug"] = _STATE["debug"] or debug
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MMLensError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
 
-    return wrapper
+def _note(note: str | None) -> None:
+    if note:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -47,37 +137,51 @@ def _layers(text: str | None) -> list[int] | None:
 
 
 def _outputs(out: Path, default_stem: str) -> tuple[Path, Path]:
-    """(png, json) paths for ``--out``; both are checked before any work is done."""
+    """(png, json) paths for ``--out`` (a .png path, or an existing folder); both checked before any work."""
+    from mmlens.core.io import check_output
     from mmlens.errors import InputError
 
-    png = out if out.suffix.lower() == ".png" else out / f"{default_stem}.png" if out.is_dir() else None
-    if png is None:
+    if out.suffix.lower() == ".png":
+        png = out
+    elif out.is_dir():
+        png = out / f"{default_stem}.png"
+    else:
         raise InputError(f"--out {str(out)!r}: pass a .png path (a .json is written beside it) or a folder")
-    if not png.parent.exists():
-        raise InputError(f"folder {str(png.parent)!r} does not exist: create it or choose another --out")
-    return png, png.with_suffix(".json")
+    return check_output(png, (".png",), "--out"), check_output(png.with_suffix(".json"), (".json",), "--out")
 
 
-def _batch(model: str, image: Path, prompt: str, answer: str | None):
-    import mmlens
+def _image(image: str) -> None:
+    """Read the image once before the model is loaded: a bad image fails fast; conversions become notes."""
     from mmlens.core.images import to_rgb
 
-    to_rgb(str(image))  # a bad image fails before the model is loaded
+    _note(to_rgb(image)[1])
+
+
+def _batch(model: str, image: str, prompt: str, answer: str | None):
+    import mmlens
+
+    _image(image)
     subject = mmlens.load(model)
-    batch = subject.prepare(str(image), prompt, answer=answer) if answer else subject.generate(str(image), prompt).batch
-    console.print(f"answer: [bold]{batch.answer}[/]", highlight=False)
+    batch = subject.prepare(image, prompt, answer=answer) if answer is not None else subject.generate(image, prompt).batch
+    console.print(f"answer: [bold]{escape(batch.answer)}[/]", highlight=False, soft_wrap=True)
     return subject, batch
 
 
 def _write(result: Any, png: Path, js: Path) -> None:
+    """Both files or neither: the .json is removed again if the .png cannot be written."""
+    existed = js.exists()
     result.save(js)
-    result.save(png)
+    try:
+        result.save(png)
+    except BaseException:
+        if not existed:
+            js.unlink(missing_ok=True)
+        raise
     print(png)
     print(js)
 
 
 @app.command("methods")
-@cli_errors
 def methods_cmd() -> None:
     """List every method as the survey's tree, with its access tier."""
     from rich.tree import Tree
@@ -99,9 +203,8 @@ def methods_cmd() -> None:
 
 
 @app.command("explain")
-@cli_errors
 def explain_cmd(
-    image: Path = typer.Argument(..., help="image file"),
+    image: str = ImageArg,
     prompt: str = typer.Argument(..., help="question or instruction"),
     model: str = ModelOpt,
     method: str = typer.Option("relevancy", "--method", help="attribution method (see `mmlens methods`)"),
@@ -112,21 +215,27 @@ def explain_cmd(
 ) -> None:
     """Explain which pixels and prompt words made each answer token."""
     import mmlens
-    from mmlens.core.images import to_rgb
+    from mmlens.core.io import check_output
+    from mmlens.core.limits import check_option_ranges
     from mmlens.core.registry import get_method
     from mmlens.core.results import SUFFIXES
     from mmlens.errors import InputError
+    from mmlens.explain import _check_options
 
-    if out.suffix.lower() not in SUFFIXES:
-        raise InputError(f"--out {str(out)!r}: use a file name ending in {', '.join(SUFFIXES)}")
-    if not out.parent.is_dir():
-        raise InputError(f"folder {str(out.parent)!r} does not exist: create it or choose another --out")
-    get_method(method)  # unknown methods fail before the model loads
+    check_output(out, SUFFIXES, "--out")
+    info = get_method(method)  # unknown methods and options fail before the model loads
+    if info.kind != "attribution":
+        article = "an" if info.kind[:1].lower() in "aeiou" else "a"
+        raise InputError(f"--method {method!r} is {article} {info.kind} method, not an attribution: see "
+                         "`mmlens methods`")
     options = dict(_option(o) for o in option)
-    to_rgb(str(image))
+    _check_options(info, options)
+    check_option_ranges(options)
+    _image(image)
     subject = mmlens.load(model)
-    ex = mmlens.explain(subject, str(image), prompt, method=method, target=target, answer=answer, **options)
-    console.print(f"answer: [bold]{ex.answer}[/]  targets: {', '.join(ex.targets)}", highlight=False)
+    ex = mmlens.explain(subject, image, prompt, method=method, target=target, answer=answer, **options)
+    console.print(f"answer: [bold]{escape(ex.answer)}[/]  targets: {escape(', '.join(ex.targets))}", highlight=False,
+                  soft_wrap=True)
     print(ex.save(out))
 
 
@@ -146,9 +255,8 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 @app.command("lens")
-@cli_errors
 def lens_cmd(
-    image: Path = typer.Argument(..., help="image file"),
+    image: str = ImageArg,
     prompt: str = typer.Argument(..., help="question or instruction"),
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
@@ -160,19 +268,19 @@ def lens_cmd(
     from mmlens.layer.logit_lens import logit_lens
 
     png, js = _outputs(out, "lens")
+    chosen = _layers(layers)
     subject, batch = _batch(model, image, prompt, answer)
-    _write(logit_lens(subject, batch, target=target, layers=_layers(layers)), png, js)
+    _write(logit_lens(subject, batch, target=target, layers=chosen), png, js)
 
 
 @app.command("trace")
-@cli_errors
 def trace_cmd(
-    image: Path = typer.Argument(..., help="image file"),
+    image: str = ImageArg,
     prompt: str = typer.Argument(..., help="question or instruction"),
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
     component: str = typer.Option("resid", "--component", help="resid | attn | mlp"),
-    corrupt_image: Path | None = typer.Option(None, "--corrupt-image", help="corrupt with this image instead of noise"),
+    corrupt_image: str | None = typer.Option(None, "--corrupt-image", help="corrupt with this image instead of noise"),
     noise_scale: float = typer.Option(3.0, "--noise-scale"),
     batch_size: int = typer.Option(32, "--batch-size"),
     out: Path = typer.Option(Path("trace.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
@@ -180,18 +288,22 @@ def trace_cmd(
     """Causal tracing: restore clean activations per (layer, position) in a corrupted run."""
     from mmlens.layer.causal_trace import causal_trace
 
+    from mmlens.core.limits import check_option_ranges
+
     png, js = _outputs(out, "trace")
+    check_option_ranges({"batch_size": batch_size})
+    if corrupt_image is not None:
+        _image(str(corrupt_image))
     subject, batch = _batch(model, image, prompt, answer)
-    kwargs = {"corrupt": "image", "corrupt_with": str(corrupt_image)} if corrupt_image else {"noise_scale": noise_scale}
+    kwargs = {"corrupt": "image", "corrupt_with": corrupt_image} if corrupt_image else {"noise_scale": noise_scale}
     grid = causal_trace(subject, batch, component=component, batch_size=batch_size,
                         show_progress=sys.stderr.isatty(), **kwargs)
     _write(grid, png, js)
 
 
 @app.command("knockout")
-@cli_errors
 def knockout_cmd(
-    image: Path = typer.Argument(..., help="image file"),
+    image: str = ImageArg,
     prompt: str = typer.Argument(..., help="question or instruction"),
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
@@ -201,13 +313,16 @@ def knockout_cmd(
     """Attention knockout between image, question and last positions."""
     from mmlens.layer.attention_knockout import attention_knockout
 
+    from mmlens.core.options import check_int
+
     png, js = _outputs(out, "knockout")
+    if window is not None:
+        check_int("--window", window, 1, 10_000)
     subject, batch = _batch(model, image, prompt, answer)
     _write(attention_knockout(subject, batch, window=window), png, js)
 
 
 @app.command("benchmark")
-@cli_errors
 def benchmark_cmd(
     model: str = ModelOpt,
     methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods, each optionally with options, e.g. all,occlusion:regions=slic"),
@@ -225,6 +340,14 @@ def benchmark_cmd(
     from mmlens.evaluation.benchmark import resolve_metrics, run_benchmark
     from mmlens.evaluation.benchmark_result import OUTPUT_FILES
 
+    from mmlens.core.io import check_output_folder
+    from mmlens.core.limits import MAX_SAMPLES
+    from mmlens.core.options import check_int
+
+    check_int("--n", n, 1, MAX_SAMPLES)
+    check_int("--sanity-n", sanity_n, 0, MAX_SAMPLES)
+    check_int("--seed", seed, 0, 2**63 - 1)
+    check_output_folder(out, "--out")
     chosen = {m.name for m in resolve_metrics(metrics)}
     curve_options = {mode: {"cells": cells} for mode in ("deletion", "insertion") if mode in chosen}
     args = ["--model", model, "--methods", methods, "--n", str(n), "--seed", str(seed), "--sanity-n", str(sanity_n)]

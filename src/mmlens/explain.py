@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmlens.core.batch import Batch
+from mmlens.core.limits import check_option_ranges
 from mmlens.core.images import ImageLike
 from mmlens.core.registry import MethodInfo, get_method
 from mmlens.core.results import Explanation, jsonable
@@ -55,8 +56,11 @@ def explain(
     """
     info = get_method(method)
     if info.kind != "attribution":
-        raise InputError(f"method {method!r} is a {info.kind} method, not an attribution: use its own entry point")
+        article = "an" if info.kind[:1].lower() in "aeiou" else "a"
+        raise InputError(f"method {method!r} is {article} {info.kind} method, not an attribution: use its own "
+                         "entry point")
     _check_options(info, options)
+    check_option_ranges({**options, "max_new_tokens": max_new_tokens})
     subject.require(info.tier)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
@@ -136,6 +140,7 @@ def build_explanation(
         **jsonable(spec or {}),
         "dtype": str(next(subject.model.parameters()).dtype).replace("torch.", ""),
         "versions": versions(),
+        **({"image_notes": list(batch.conversions)} if batch.conversions else {}),
     }
     return Explanation(
         method=method,

@@ -12,25 +12,66 @@ from typing import Any
 from mmlens.errors import InputError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output(path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output") -> Path:
+    """``path`` checked as a file to (over)write: extension, not a folder, parent an existing writable folder.
+
+    Call it before any long work; each failure is one :class:`InputError` line naming the fix.
+    """
+    path = Path(path)
+    shown = str(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {shown!r}: use a file name ending in one of the extensions {', '.join(suffixes)}")
+    if path.is_dir():
+        raise InputError(f"{what} {shown!r} is a directory: pass a file path, e.g. {str(path / ('out' + path.suffix))!r}")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"{what} {shown!r}: {str(existing)!r} is a file, not a folder: choose another output path")
+    if existing != parent:
+        raise InputError(f"folder {str(parent)!r} does not exist: create it or choose another output path")
+    try:  # a probe: os.access says yes to root on read-only mounts and lies on some network file systems
+        fd, probe = tempfile.mkstemp(prefix=".mmlens-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"cannot write in folder {str(parent)!r} ({err.strerror or type(err).__name__}): "
+                         "choose a writable folder for the output") from None
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], suffixes: tuple[str, ...] | None = None) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded.
+
+    The temporary file sits in the target folder (so the move is atomic) and is removed on any failure; the
+    file ends up with the usual ``0666 & ~umask`` permissions, like any file the user creates.
 
     >>> import pathlib, tempfile
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
     >>> atomic_write(p, lambda t: t.write_text("hi")).read_text()
     'hi'
     """
-    path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise InputError(f"cannot save to {str(path)!r}: use one of the extensions {', '.join(suffixes)}")
-    if not path.parent.exists():
-        raise InputError(f"folder {str(path.parent)!r} does not exist: create it or choose another output path")
+    path = check_output(path, suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # after writing: some writers replace the file they are given
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # disk full etc. propagate (the CLI reports them in one line), minus the temp file
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
@@ -50,3 +91,20 @@ def save_plot_or_json(path: str | Path, to_dict: Callable[[], dict], plot: Calla
             plt.close(fig)
 
     return atomic_write(path, write, suffixes=(".json", ".png"))
+
+
+def check_output_folder(path: str | Path, what: str = "--out") -> Path:
+    """``path`` checked as a folder to write files into (created later if missing): not a file, and the
+    nearest existing folder on its way is writable. One :class:`InputError` line on failure."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"{what} {str(path)!r}: {str(existing)!r} is a file, not a folder: pass a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmlens-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"cannot write in folder {str(existing)!r} ({err.strerror or type(err).__name__}): "
+                         f"choose a writable folder for {what}") from None
+    return path

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmlens.adapters import adapter_for
 from mmlens.core.subject import Subject, access_tiers
-from mmlens.errors import InputError
+from mmlens.errors import InputError, MMLensError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -54,6 +54,7 @@ def load(
     if isinstance(model, tuple):
         model, processor = model
     torch_dtype = _dtype(dtype)
+    target_device = _device(device)  # checked before any weights are read
     if isinstance(model, nn.Module):
         if processor is None:
             raise InputError("a loaded model needs its processor: call load(model, processor) or load((model, processor))")
@@ -63,9 +64,38 @@ def load(
     subject.access = access_tiers(access)
     if torch_dtype is not None:
         subject.model.to(torch_dtype)
-    if device is not None:
-        subject.model.to(device)
+    if target_device is not None:
+        try:
+            subject.model.to(target_device)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise InputError(f"cannot move the model to device {str(target_device)!r} ({_first_line(err)}): pass "
+                             "a device this machine has, e.g. 'cpu'") from None
     return subject
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` parsed and checked to exist on this machine, else a one-line InputError."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise InputError(f"device has type {type(device).__name__}: pass a string such as 'cpu' or 'cuda:0'")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}: pass 'cpu', 'cuda', 'cuda:0', 'mps', ...") from None
+    available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+    if not available.get(parsed.type, True):
+        raise InputError(f"device {device!r} is not available on this machine: pass 'cpu' or a device it has")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist (this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s)): pass an existing index")
+    return parsed
 
 
 def _resolve(name: str) -> tuple[str, str]:
@@ -101,9 +131,8 @@ def _from_pretrained(name: str, dtype, trust_remote_code: bool, allow_pickle: bo
     path, model_id = _resolve(name)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot load model {name!r} ({first[:200]}): pass a local folder saved with "
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise InputError(f"cannot load model {name!r} ({_first_line(err)}): pass a local folder saved with "
                          "save_pretrained, a reachable hub id, or 'demo'") from None
     adapter_cls = adapter_for(config)  # unsupported families fail here, before any weights are read
     model_cls = getattr(transformers, adapter_cls.model_class)
@@ -113,8 +142,19 @@ def _from_pretrained(name: str, dtype, trust_remote_code: bool, allow_pickle: bo
                                               trust_remote_code=trust_remote_code, **kwargs)
     except OSError as err:
         hint = "" if allow_pickle else " (only safetensors weights are read: pass allow_pickle=True to accept .bin files)"
-        raise InputError(f"cannot load weights of {name!r}{hint}: {str(err).splitlines()[0][:200]}") from None
-    processor = adapter_cls.load_processor(path, trust_remote_code=trust_remote_code)
+        raise InputError(f"cannot load weights of {name!r}{hint}: {_first_line(err)}") from None
+    except MMLensError:
+        raise
+    except Exception as err:  # noqa: BLE001 - corrupt / truncated safetensors, malformed pickles, shape mismatches
+        raise InputError(f"the weights of {name!r} are corrupt or do not match its config ({type(err).__name__}: "
+                         f"{_first_line(err)}): re-download or re-save the model") from None
+    try:
+        processor = adapter_cls.load_processor(path, trust_remote_code=trust_remote_code)
+    except MMLensError:
+        raise
+    except Exception as err:  # noqa: BLE001 - broken tokenizer / processor files
+        raise InputError(f"cannot load the processor of {name!r} ({type(err).__name__}: {_first_line(err)}): "
+                         "re-save the processor with save_pretrained") from None
     subject = Subject(model, processor, model_id=model_id)
     subject.load_notes.extend(getattr(processor, "_mmlens_notes", []))
     return subject

@@ -11,24 +11,23 @@ from mmlens.errors import InputError
 
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None, why: str = "") -> int:
     """``value`` as an int in ``[low, high]``, else a one-line :class:`InputError` naming the option."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if ok:
-        value = int(value)
-    if not ok or value < low or (high is not None and value > high):
-        span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name}={value!r} is not an integer: pass {span}{why}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
         raise InputError(f"{name}={value!r} is out of range: pass {span}{why}")
     return value
 
 
 def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
     """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else an InputError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = (value > low if open_low else value >= low) and (high is None or value <= high) and value == value
-    if not ok:
-        left, right = "(" if open_low else "[", "]" if high is not None else ")"
-        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+    left, right = "(" if open_low else "[", "]" if high is not None else ")"
+    span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name}={value!r} is not a number: pass a number in {span}")
+    value = float(value)
+    if not ((value > low if open_low else value >= low) and (high is None or value <= high) and value == value):
         raise InputError(f"{name}={value!r} is out of range: pass a number in {span}")
     return float(value)
 

@@ -302,9 +302,9 @@ class Explanation:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise InputError(f"{str(path)!r} is not valid JSON ({err.__class__.__name__}): pass a file "
                                  "written by Explanation.save") from None
-            return cls.from_dict(data)
+            return _rebuild(path, lambda: cls.from_dict(data))
         if suffix == ".safetensors":
-            return cls._load_safetensors(path)
+            return _rebuild(path, lambda: cls._load_safetensors(path))
         raise InputError(f"cannot load {str(path)!r}: pass a .json or .safetensors file (plots cannot be read back)")
 
     @classmethod
@@ -319,7 +319,11 @@ class Explanation:
             raise InputError(f"{str(path)!r} is not a readable safetensors file ({err.__class__.__name__})") from None
         if "mmlens" not in header:
             raise InputError(f"{str(path)!r} holds no mmlens explanation: pass a file written by Explanation.save")
-        meta = json.loads(header["mmlens"])
+        try:
+            meta = json.loads(header["mmlens"])
+        except (json.JSONDecodeError, TypeError) as err:
+            raise InputError(f"{str(path)!r} has a malformed mmlens header ({err.__class__.__name__}): pass a file "
+                             "written by Explanation.save") from None
         _check_format(meta)
         n_t, n_i = len(meta["targets"]), len(meta["images"])
         images = [Image.fromarray(arrays[f"image/{i}"]) for i in range(n_i)]
@@ -334,6 +338,24 @@ class Explanation:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
+def _rebuild(path: Path, build: Callable[[], Explanation]) -> Explanation:
+    """``build()``, with missing fields / wrong types / inconsistent arrays as one InputError line."""
+    try:
+        ex = build()
+        n_t, n_i = len(ex.labels), len(ex.images)
+        if ex.position_scores.shape != (n_t, len(ex.tokens)) or len(ex.pixel_maps) != n_t or any(
+                len(row) != n_i for row in ex.pixel_maps) or len(ex.grid_kinds) != n_i:
+            raise ValueError("array shapes do not match the targets, tokens and images")
+        return ex
+    except InputError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, OSError) as err:
+        what = f"misses the field {err.args[0]!r}" if isinstance(err, KeyError) and err.args else \
+            f"is malformed ({err.__class__.__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+        raise InputError(f"explanation file {str(path)!r} {what}: pass a complete file written by "
+                         "Explanation.save") from None
+
+
 def _check_format(data: dict[str, Any]) -> None:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError("this file holds no mmlens explanation: pass a file written by Explanation.save")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,8 +72,7 @@ class Subject:
     ) -> Batch:
         """Build model inputs for ``prompt`` about ``images`` (one or several), optionally followed by
         ``answer`` (text or token ids) for teacher forcing, with each image's geometry."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("prompt is empty: pass a question or instruction about the image")
+        self._check_text("prompt", prompt)
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         if not image_list:
             raise InputError("no image given: pass at least one image path or PIL image")
@@ -97,6 +97,7 @@ class Subject:
             )
         geometry = self.adapter.geometry(inputs, rgb)
         prompt_len = int(inputs["input_ids"].shape[1])
+        self._check_length(prompt_len, "the prompt with its image tokens")
         batch = Batch(inputs=inputs, images=rgb, prompt=prompt, text=text, geometry=geometry,
                       prompt_len=prompt_len, conversions=notes)
         return self.with_answer(batch, answer) if answer is not None else batch
@@ -104,21 +105,68 @@ class Subject:
     def with_answer(self, batch: Batch, answer: str | Sequence[int]) -> Batch:
         """A copy of ``batch`` (prompt only) with ``answer`` appended for teacher forcing."""
         if isinstance(answer, str):
-            if not answer.strip():
-                raise InputError("answer is empty: pass the answer text to score")
+            self._check_text("answer", answer)
             ids = self.adapter.answer_ids(batch.text, answer)
             text = answer
         else:
-            ids = [int(t) for t in answer]
+            ids = self._check_ids(answer)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if not ids:
             raise InputError(f"answer {answer!r} tokenizes to nothing: pass words the tokenizer knows")
+        self._check_length(batch.prompt_len + len(ids), "the prompt with its image tokens and the answer")
         base = {k: (v[:, : batch.prompt_len] if torch.is_tensor(v) and v.ndim == 2 and v.shape[1] == batch.seq_len else v)
                 for k, v in batch.inputs.items()}
         inputs = self.adapter.extend_inputs(base, ids)
         return Batch(inputs=inputs, images=batch.images, prompt=batch.prompt, text=batch.text,
                      geometry=batch.geometry, prompt_len=batch.prompt_len, answer=text,
                      answer_ids=torch.tensor(ids, dtype=torch.long), conversions=batch.conversions)
+
+    def _placeholders(self) -> list[str]:
+        """Texts of the image / video placeholder tokens (mmlens inserts them; users must not)."""
+        tok = self.tokenizer
+        found = [tok.convert_ids_to_tokens(self.adapter.image_token_id)]
+        for owner in (self.processor, tok):
+            found += [getattr(owner, a, None) for a in ("image_token", "video_token", "boi_token")]
+        return sorted({t for t in found if isinstance(t, str) and t.strip()}, key=len, reverse=True)
+
+    def _check_text(self, what: str, text: Any) -> None:
+        """One-line InputError for a prompt / answer that is not usable text (see :mod:`mmlens.core.limits`)."""
+        from mmlens.core.limits import MAX_PROMPT_CHARS
+
+        if not isinstance(text, str):
+            hint = "the question as text" if what == "prompt" else "the answer as text or a list of token ids"
+            raise InputError(f"{what} must be a string, not {type(text).__name__}: pass {hint}")
+        if not text.strip():
+            raise InputError(f"{what} is empty: pass " + ("a question or instruction about the image"
+                                                          if what == "prompt" else "the answer text to score"))
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InputError(f"{what} has {len(text):,} characters, over the {MAX_PROMPT_CHARS:,} limit: shorten it")
+        for token in self._placeholders():
+            if token in text:
+                raise InputError(f"{what} contains the image placeholder {token!r}: leave it out (mmlens adds one "
+                                 "per image)")
+
+    def _check_ids(self, answer: Any) -> list[int]:
+        """Answer token ids as ints inside the vocabulary, image placeholder excluded."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        try:
+            items = list(answer.tolist() if torch.is_tensor(answer) else answer)
+        except TypeError:
+            raise InputError(f"answer has type {type(answer).__name__}: pass text or a list of token ids") from None
+        for t in items:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < vocab:
+                raise InputError(f"answer token id {t!r} is not in the vocabulary: pass ids from 0 to {vocab - 1}")
+            if int(t) == self.adapter.image_token_id:
+                raise InputError(f"answer token id {int(t)} is the image placeholder: leave it out of the answer")
+        return [int(t) for t in items]
+
+    def _check_length(self, n_tokens: int, what: str) -> None:
+        from mmlens.core.limits import context_length
+
+        limit = context_length(self.model)
+        if limit is not None and n_tokens > limit:
+            raise InputError(f"{what} is {n_tokens:,} tokens, over the model's context length of {limit:,}: "
+                             "shorten the prompt or answer, or use a smaller image")
 
     # -- running ------------------------------------------------------------------------------------------
     def model_inputs(self, batch: Batch | dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def resolve_methods(methods: str | Sequence[str]) -> list[str]:
         name, options = parse_method_spec(spec)
         info = get_method(name)  # unknown -> one-line InputError listing the methods
         if info.kind != "attribution":
-            raise InputError(f"method {name!r} is a {info.kind} analysis, not an attribution method: choose from "
+            raise InputError(f"method {name!r} is an {info.kind} method, not an attribution method: choose from "
                              f"{', '.join(every)}")
         check_method_options(info, options)
         if spec not in out:
