@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from conftest import subject_for
 
 import mmlens
 from mmlens import InputError
@@ -11,7 +12,7 @@ from mmlens.attribution.perturbation import occlusion
 from mmlens.core.batching import Evaluator
 from mmlens.core.targets import resolve_targets
 from mmlens.testing import tiny_subject
-from mmlens.testing.tiny_models import tiny_images
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
 
 PROMPT = "what color is the cat ?"
 
@@ -203,3 +204,19 @@ def test_explain_empty_generated_answer_is_one_clear_error():
     with pytest.raises(InputError, match="generated answer is empty") as err:
         mmlens.explain(lm, tiny_images("llava"), PROMPT, method="saliency")
     assert "\n" not in str(err.value) and "answer=" in str(err.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_contrast_in_every_family(family):
+    """Perturbation rows and the input x gradient of "red cat - blue dog" match the two direct scores in
+    every family (token types, Qwen's image grids and PaliGemma's prefix attention included)."""
+    lm, images = subject_for(family), tiny_images(family)
+    batch = lm.prepare(images, PROMPT, answer="red cat")
+    targets = resolve_targets(lm.tokenizer, batch, "red cat - blue dog")
+    black = [img.point(lambda v: 0) for img in images]
+    got = Evaluator(lm, batch, targets).values([images, black])[:, 0]
+    for row, imgs in enumerate((images, black)):
+        assert got[row].item() == pytest.approx(direct(lm, imgs, "red cat") - direct(lm, imgs, "blue dog"), abs=2e-5)
+    scores = input_x_gradient(lm, batch, targets).position_scores[0]
+    want = direct_slope(lm, images, "red cat", "blue dog")
+    assert float(scores[batch.image_positions()].sum()) == pytest.approx(want, rel=1e-3, abs=1e-6)
