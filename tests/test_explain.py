@@ -96,10 +96,25 @@ def test_metadata_reproduces_the_call(example):
     np.testing.assert_array_equal(ex.position_scores, again.position_scores)  # seeded: same noise
 
 
-def test_contrast_target():
-    ex = mmlens.explain(subject_for("llava"), tiny_images("llava"), PROMPT, method="saliency",
-                        answer="red cat", target=("red", "blue"))
-    assert ex.targets == ["red - blue"]
+@pytest.mark.parametrize("contrast, fact, foil", [(("red", "blue"), "red cat", "blue cat"),
+                                                  ("red cat - blue dog", "red cat", "blue dog")])
+def test_contrast_target(contrast, fact, foil):
+    """A contrast's input x gradient at the prompt positions (shared by both sequences) is the answer's minus
+    the foil's, each explained as a whole answer of its own teacher-forced batch (the map is linear in the
+    gradient); the label names both sides."""
+    subject, images = subject_for("llava"), tiny_images("llava")
+
+    def ixg(answer, target):
+        return mmlens.explain(subject, images, PROMPT, method="input_x_gradient", answer=answer, target=target)
+
+    ex = ixg("red cat", contrast)
+    assert ex.targets == [contrast if isinstance(contrast, str) else " - ".join(contrast)]
+    n = len(ex.position_scores[0]) - 2  # the prompt; "red cat" is 2 tokens
+    n_fact = 1 if isinstance(contrast, tuple) else 2
+    want = ixg(fact, fact.split()[0] if n_fact == 1 else "answer").position_scores[0, :n] \
+        - ixg(foil, foil.split()[0] if n_fact == 1 else "answer").position_scores[0, :n]
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(ex.position_scores[0, :n], want, rtol=1e-4, atol=1e-7)
 
 
 # -- Explanation: access, save / load, plots ------------------------------------------------------------

@@ -65,7 +65,11 @@ def explain(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
     if answer is None:
-        batch = subject.generate(images, prompt, max_new_tokens=max_new_tokens).batch
+        generated = subject.generate(images, prompt, max_new_tokens=max_new_tokens)
+        if not generated.token_ids.numel():
+            raise InputError("the model's generated answer is empty (it stopped at once), so there is nothing to "
+                             "explain: pass answer=... to explain a given answer")
+        batch = generated.batch
     else:
         batch = subject.prepare(images, prompt, answer=answer)
     targets = resolve_targets(subject.tokenizer, batch, target)

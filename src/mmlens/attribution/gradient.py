@@ -1,9 +1,14 @@
 """Gradient-tier attribution over the language model's input embeddings.
 
-Every method here differentiates a :class:`~mmlens.core.targets.Target` (a sum of answer-token log-probs,
-or a contrast) with respect to ``lm.blocks.0.resid_pre``: the LM's input embeddings, i.e. the projector
-output at image positions and the token embeddings at text positions. Parameters are frozen for the
-duration (no parameter gradients are built or accumulated).
+Every method here differentiates a :class:`~mmlens.core.targets.Target` (answer tokens, or a contrast)
+with respect to ``lm.blocks.0.resid_pre``: the LM's input embeddings, i.e. the projector output at image
+positions and the token embeddings at text positions. Parameters are frozen for the duration (no parameter
+gradients are built or accumulated). ``objective`` picks the differentiated quantity: the target tokens'
+summed log-probs (``"log_prob"``, the default here), logits (``"logit"``) or joint probability (``"prob"``).
+
+A contrast whose foil has several tokens runs the foil sequence through its own forward with the *same*
+input embeddings at the positions both sequences share (the prompt, and the answer before the span), and
+backward goes through the difference, so the gradient is that of ``value(answer) - value(foil)``.
 
 - ``saliency`` / ``input_x_gradient`` / ``gradcam``: one forward, one backward per target.
 - ``integrated_gradients`` / ``smoothgrad``: Captum on :func:`embedding_function`, a function of the
@@ -26,7 +31,7 @@ from PIL import Image, ImageFilter
 from mmlens.core.batch import Batch
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
+from mmlens.core.targets import Target, check_objective, foil_batch
 from mmlens.errors import UnsupportedModelError
 from mmlens.core.options import check_choice, check_float, check_int
 from mmlens.attribution.output import MethodOutput
@@ -103,11 +108,28 @@ def leaf_input(tr: Any) -> list[torch.Tensor]:
     return holder
 
 
-def input_gradients(subject: Subject, batch: Batch, targets: list[Target]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``target``'s foil sequence (see :func:`~mmlens.core.targets.foil_batch`) whose LM input
+    embeddings at the positions shared with ``batch`` are ``x``'s (``(1, N, D)``, differentiable), so a
+    backward through the contrast reaches ``x`` from both forwards."""
+    shared = batch.prompt_len + target.indices[0]
+
+    def tie(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :shared].to(t.dtype), t[:, shared:]], dim=1)
+
+    with subject.trace() as tr:
+        tr.edit(INPUT, tie)
+        return subject.forward(foil_batch(subject, batch, target))
+
+
+def input_gradients(subject: Subject, batch: Batch, targets: list[Target],
+                    objective: str = "log_prob") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """LM input embeddings ``(N, D)`` and, per target, the gradient of the target w.r.t. them ``(N, D)``.
 
-    One forward pass; one backward per target (the graph is kept between targets).
+    One forward pass (plus one per multi-token contrast foil); one backward per target (the graph is kept
+    between targets).
     """
+    check_objective(objective)
     with gradient_mode(subject):
         with subject.trace() as tr:
             holder = leaf_input(tr)
@@ -115,7 +137,8 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target]) -> tu
         x = holder[0]
         grads = []
         for t, target in enumerate(targets):
-            value = target.value(logits, batch).sum()
+            foil = tied_foil_logits(subject, batch, target, x) if target.needs_foil_forward else None
+            value = target.value(logits, batch, objective, foil).sum()
             (g,) = torch.autograd.grad(value, x, retain_graph=t < len(targets) - 1)
             grads.append(g[0].detach().float())
     return x[0].detach().float(), grads
@@ -130,9 +153,9 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target]) -> tu
     tier="gradient",
     summary="L2 norm of the gradient of the target w.r.t. each position's input embedding",
 )
-def saliency(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOutput:
+def saliency(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
     """Score of position ``p`` = ``|| d target / d e_p ||_2`` with ``e_p`` the LM input embedding at ``p``."""
-    _, grads = input_gradients(subject, batch, targets)
+    _, grads = input_gradients(subject, batch, targets, objective)
     return MethodOutput(torch.stack([g.norm(dim=-1) for g in grads]).cpu())
 
 
@@ -142,9 +165,9 @@ def saliency(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOut
     tier="gradient",
     summary="gradient times input embedding, summed over the hidden dimension, per position",
 )
-def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOutput:
+def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
     """Score of position ``p`` = ``sum_d e_p[d] * d target / d e_p[d]`` (signed)."""
-    x, grads = input_gradients(subject, batch, targets)
+    x, grads = input_gradients(subject, batch, targets, objective)
     return MethodOutput(torch.stack([(g * x).sum(-1) for g in grads]).cpu())
 
 
@@ -154,7 +177,7 @@ def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target]) -> M
     tier="gradient",
     summary="Grad-CAM over each image's tokens at the language model's input (projector output)",
 )
-def gradcam(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOutput:
+def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
     """Grad-CAM with the image tokens as the spatial axis and the hidden units as channels.
 
     Activation ``A`` = ``lm.blocks.0.resid_pre`` at image ``i``'s positions (the projector output, one row
@@ -166,7 +189,7 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOutp
     while the LM's image positions already carry each family's geometry, so this works unchanged for every
     family and its scores map onto pixels through the same ``geometry.heatmap`` as every other method.
     """
-    x, grads = input_gradients(subject, batch, targets)
+    x, grads = input_gradients(subject, batch, targets, objective)
     scores = torch.zeros(len(targets), batch.seq_len)
     for t, g in enumerate(grads):
         for geom in batch.geometry:
@@ -218,16 +241,20 @@ def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) ->
 
 
 def embedding_function(
-    subject: Subject, batch: Batch, target: Target, positions: torch.Tensor
+    subject: Subject, batch: Batch, target: Target, positions: torch.Tensor, objective: str = "log_prob"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(emb) -> (k,)``: ``target``'s value when the LM input embeddings at ``positions`` are ``emb``
-    (see :func:`embedding_logits`); this is the function Captum attributes.
+    (see :func:`embedding_logits`); this is the function Captum attributes. A multi-token contrast foil runs
+    its own forward with the same ``emb`` (``positions`` are prompt positions, shared by both sequences).
 
     >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
     >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP
     """
     logits = embedding_logits(subject, batch, positions)
-    return lambda emb: target.value(logits(emb), batch)
+    if not target.needs_foil_forward:
+        return lambda emb: target.value(logits(emb), batch, objective)
+    foil = embedding_logits(subject, foil_batch(subject, batch, target), positions)
+    return lambda emb: target.value(logits(emb), batch, objective, foil(emb))
 
 
 def _image_variant(subject: Subject, batch: Batch, images: list[Image.Image]) -> torch.Tensor:
@@ -337,6 +364,7 @@ def integrated_gradients(
     modality: str = "image",
     internal_batch_size: int = 8,
     blur_radius: float | None = None,
+    objective: str = "log_prob",
 ) -> MethodOutput:
     """Captum ``IntegratedGradients`` on :func:`embedding_function` (one call per target), ``n_steps=steps``
     (Gauss-Legendre), from :func:`baseline_embeddings` to the input. Score of position ``p`` = the
@@ -345,6 +373,7 @@ def integrated_gradients(
     """
     steps = check_int("steps", steps)
     check_choice("baseline", baseline, BASELINES)
+    check_objective(objective)
     ibs = _batch_size(internal_batch_size)
     if blur_radius is not None:
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
@@ -357,10 +386,12 @@ def integrated_gradients(
     deltas = []
     with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
         end_logits = embedding_logits(subject, batch, positions)(torch.cat([x, base]))
-        ends = torch.stack([t.value(end_logits, batch) for t in targets], dim=1).double()  # (2, T)
+        ends = torch.stack([embedding_function(subject, batch, t, positions, objective)(torch.cat([x, base]))
+                            if t.needs_foil_forward else t.value(end_logits, batch, objective)
+                            for t in targets], dim=1).double()  # (2, T)
     with gradient_mode(subject):
         for t, target in enumerate(targets):
-            ig = IntegratedGradients(embedding_function(subject, batch, target, positions))
+            ig = IntegratedGradients(embedding_function(subject, batch, target, positions, objective))
             attr = ig.attribute(x, baselines=base, n_steps=steps, internal_batch_size=ibs)
             scores[t, positions] = attr[0].detach().float().sum(-1).cpu()
             # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
@@ -382,6 +413,7 @@ def smoothgrad(
     stdevs: float = 0.15,
     modality: str = "image",
     internal_batch_size: int = 8,
+    objective: str = "log_prob",
 ) -> MethodOutput:
     """Captum ``NoiseTunnel(Saliency)`` (``nt_type="smoothgrad"``) on :func:`embedding_function`: the mean
     over ``nt_samples`` noisy copies of ``|d target / d e|``; score of position ``p`` = the L2 norm of that
@@ -390,6 +422,7 @@ def smoothgrad(
     """
     nt_samples = check_int("nt_samples", nt_samples)
     stdevs = check_float("stdevs", stdevs, 0.0, open_low=True)
+    check_objective(objective)
     ibs = _batch_size(internal_batch_size)
     from captum.attr import NoiseTunnel, Saliency
 
@@ -399,7 +432,7 @@ def smoothgrad(
     scores = torch.zeros(len(targets), batch.seq_len)
     with gradient_mode(subject):
         for t, target in enumerate(targets):
-            nt = NoiseTunnel(Saliency(embedding_function(subject, batch, target, positions)))
+            nt = NoiseTunnel(Saliency(embedding_function(subject, batch, target, positions, objective)))
             attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=ibs, stdevs=sigma)
             scores[t, positions] = attr[0].detach().float().norm(dim=-1).cpu()
     return MethodOutput(scores, extras={"noise_std": sigma, "positions": modality})

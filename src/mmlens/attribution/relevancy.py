@@ -6,6 +6,13 @@ probabilities with ``capture_attention(rows=None, detach=False)`` and register a
 hook reduces ``grad * A`` as soon as backward reaches that layer (heads fused at once), so no
 ``layers x heads x N x N`` gradient stack is ever kept. One forward, one backward per target.
 
+``objective`` (every method here): the target tokens' summed logits (``"logit"``), log-probs
+(``"log_prob"``) or joint probability (``"prob"``). ``relevancy`` defaults to the logit, as Chefer et al.'s
+code and LVLM-Interpret do (a confident answer's log-prob has a tiny gradient, which shrinks the
+higher-order terms of the recursion); ``attention_x_gradient`` keeps the log-prob, like the other gradient
+methods. A contrast target is explained from the answer's forward only, so its foil must be one token
+(scored at the position it shares with the answer).
+
 Memory: eager attention itself keeps every layer's ``heads x N x N`` probabilities for backward (that is
 the floor for any method that differentiates attention); on top of it, ``attention_x_gradient`` keeps
 ``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a time.
@@ -23,7 +30,8 @@ import torch
 from mmlens.core.batch import Batch
 from mmlens.core.registry import register_method
 from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
+from mmlens.core.targets import Target, check_objective
+from mmlens.errors import InputError
 from mmlens.attribution.attention import select_indices, target_rows
 from mmlens.attribution.gradient import gradient_mode, leaf_input
 from mmlens.attribution.output import MethodOutput
@@ -33,9 +41,15 @@ GradHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
-                        on_grad: Callable[[int], GradHook]) -> None:
+                        on_grad: Callable[[int], GradHook], objective: str = "log_prob") -> None:
     """Forward once; for each target ``t`` backward once, calling ``on_grad(t)(layer, A, grad)`` for each
     selected layer as backward reaches it (last layer first)."""
+    check_objective(objective)
+    for target in targets:
+        if target.needs_foil_forward:
+            raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, which "
+                             "attention-gradient methods cannot explain (they read one forward's attention): pass a "
+                             "one-token foil, or use saliency, integrated_gradients or occlusion")
     current: list[GradHook] = []
     reached: list[int] = []
 
@@ -62,7 +76,7 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
         for t, target in enumerate(targets):
             current.append(on_grad(t))
             reached.clear()
-            value = target.value(logits, batch).sum()
+            value = target.value(logits, batch, objective).sum()
             torch.autograd.grad(value, x[0], retain_graph=t < len(targets) - 1)
             if sorted(reached) != sorted(layers):  # e.g. probabilities recomputed beside the forward, not used by it
                 raise RuntimeError(f"attention gradients reached layers {sorted(reached)} of {sorted(layers)}")
@@ -82,6 +96,7 @@ def attention_x_gradient(
     batch: Batch,
     targets: list[Target],
     layers: int | Sequence[int] | None = None,
+    objective: str = "log_prob",
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
     target's query positions ``q``."""
@@ -99,7 +114,7 @@ def attention_x_gradient(
 
         return hook
 
-    attention_gradients(subject, batch, targets, layer_ids, on_grad)
+    attention_gradients(subject, batch, targets, layer_ids, on_grad, objective)
     return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
 
 
@@ -110,12 +125,14 @@ class RowRecursion:
     """Rows of ``R = (I + B_{L-1}) ... (I + B_0)`` computed as ``r <- r + r @ B_l`` from the last layer down.
 
     Layers may arrive in any order (backward delivers them last-first); each is folded in as soon as every
-    later layer has been, so normally a single ``N x N`` matrix is held at a time.
+    later layer has been, so normally a single ``N x N`` matrix is held at a time. The off-identity part
+    ``d = r - I[rows]`` is what is kept (``d <- d + (I[rows] + d) @ B_l``), so small relevancies are not lost
+    to rounding against the identity's ones.
     """
 
     def __init__(self, rows: torch.Tensor, n: int, n_layers: int) -> None:
-        self.r = torch.zeros(len(rows), n)
-        self.r[torch.arange(len(rows)), rows.cpu()] = 1.0
+        self.rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        self.d = torch.zeros(len(self.rows), n)
         self.next = n_layers - 1
         self.pending: dict[int, torch.Tensor] = {}
 
@@ -123,14 +140,21 @@ class RowRecursion:
         self.pending[layer] = b
         while self.next in self.pending:
             m = self.pending.pop(self.next)
-            r = self.r.to(m.device, m.dtype)
-            self.r = (r + r @ m).cpu()
+            d = self.d.to(m.device, m.dtype)
+            self.d = (d + m[self.rows.to(m.device)] + d @ m).cpu()
             self.next -= 1
 
-    def result(self) -> torch.Tensor:
+    def delta(self) -> torch.Tensor:
+        """``(R - I)[rows]``."""
         if self.next != -1:
             raise RuntimeError(f"relevancy recursion stopped at layer {self.next}: its gradient never arrived")
-        return self.r
+        return self.d
+
+    def result(self) -> torch.Tensor:
+        """``R[rows]``."""
+        r = self.delta().clone()
+        r[torch.arange(len(r)), self.rows] += 1.0
+        return r
 
 
 def relevancy_rows(b_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -154,12 +178,13 @@ def relevancy_rows(b_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequenc
     tier="gradient",
     summary="generic attention-model relevancy (Chefer et al. 2021) of the language model, read at the target's rows",
 )
-def relevancy(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOutput:
+def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit") -> MethodOutput:
     """Chefer et al. (ICCV 2021) relevancy over the LM's self-attention: ``R = I``; for each layer ``l``
     (first to last) ``R <- R + B_l R`` with ``B_l = mean_heads(relu(dtarget/dA_l * A_l))``. Score of position
     ``k`` = ``(R - I)[q, k]`` averaged over the target's query positions ``q`` (``- I`` drops each query's
     trivial self-relevance, so prompt-token scores are comparable).
 
+    The target is the tokens' summed logit by default (``objective``), as in the reference code.
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
     the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
     """
@@ -176,10 +201,8 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target]) -> MethodOu
 
         return hook
 
-    attention_gradients(subject, batch, targets, list(range(n_layers)), on_grad)
+    attention_gradients(subject, batch, targets, list(range(n_layers)), on_grad, objective)
     scores = torch.zeros(len(targets), n)
     for t, rec in enumerate(recursions):
-        r = rec.result()
-        r[torch.arange(len(r)), rows[index[t]]] -= 1.0
-        scores[t] = r.mean(0)
+        scores[t] = rec.delta().mean(0)
     return MethodOutput(scores, extras={"query_positions": rows.tolist()})

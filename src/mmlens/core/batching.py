@@ -3,6 +3,9 @@
 Black-box methods (occlusion, RISE, SHAP) score every target of every perturbed copy from one
 teacher-forced forward per chunk of rows: row ``b`` holds the same prompt and answer as the batch,
 with its own images (same sizes, so the same token layout) and optionally some prompt words masked.
+A contrast target whose foil has several tokens scores every row on both sequences: the forward holds each
+row twice, once with the answer and once with the foil continuation (both padded at the end to one length,
+which changes no earlier logit).
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmlens.core.batch import Batch
+from mmlens.core.batch import Batch, cat_inputs
 from mmlens.core.options import check_int
 from mmlens.core.subject import Subject
 from mmlens.core.targets import Target
@@ -86,21 +89,49 @@ def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targe
     """Target values ``(B, n_targets)`` (float32, CPU) of one no-grad forward over batched ``inputs``.
 
     Only the logits of the answer's query positions are computed (``logits_to_keep``) when the model
-    supports it, so a large vocabulary costs ``B x (answer length + 1) x V``, not ``B x seq x V``.
+    supports it, so a large vocabulary costs ``B x (answer length + 1) x V``, not ``B x seq x V``. Multi-token
+    contrast foils add their rows to the same forward (see the module docstring).
 
     >>> forward_values(lm, batch, perturbed_inputs(lm, batch, [[img]]), targets)   # doctest: +SKIP
     tensor([[-4.1021]])
     """
     if batch.answer_ids.numel() == 0:
         raise InputError("this batch has no answer: pass answer=... to prepare() or use generate()")
+    rows = int(inputs["input_ids"].shape[0])
+    foils = list(dict.fromkeys(tuple(t.foil_continuation(batch)) for t in targets if t.needs_foil_forward))
+    if foils:
+        inputs = with_foils(subject, batch, inputs, [list(f) for f in foils])
     model_inputs = subject.model_inputs(inputs)
-    keep = batch.seq_len - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq_len - 1
+    seq = int(inputs["input_ids"].shape[1])
+    keep = seq - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq - 1
     if "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
         model_inputs["logits_to_keep"] = keep
     logits = subject.model(**model_inputs, use_cache=False).logits
     # with logits_to_keep, logits index 0 is sequence position prompt_len - 1: shift the answer there
-    view = batch if logits.shape[1] == batch.seq_len else replace(batch, prompt_len=1)
-    return torch.stack([t.value(logits, view).float() for t in targets], dim=1).cpu()
+    view = batch if logits.shape[1] == seq else replace(batch, prompt_len=1)
+
+    def value(t: Target) -> torch.Tensor:
+        foil = None
+        if t.needs_foil_forward:
+            k = foils.index(tuple(t.foil_continuation(batch))) + 1
+            foil = logits[k * rows : (k + 1) * rows]
+        return t.value(logits[:rows], view, "log_prob", foil).float()
+
+    return torch.stack([value(t) for t in targets], dim=1).cpu()
+
+
+def with_foils(subject: Subject, batch: Batch, inputs: dict[str, Any], foils: list[list[int]]) -> dict[str, Any]:
+    """``inputs`` (``B`` rows of ``batch``'s prompt + answer) followed by ``B`` rows per foil continuation
+    (same prompt ids and images, the foil's tokens after the prompt); every row padded at the end to one
+    length with the pad (else eos) token, which changes no logit before it."""
+    b, seq = inputs["input_ids"].shape
+    prompt = {k: (v[:, : batch.prompt_len] if torch.is_tensor(v) and v.ndim == 2 and tuple(v.shape) == (b, seq)
+                  else v) for k, v in inputs.items()}
+    sequences = [batch.answer_ids.tolist(), *foils]
+    length = max(len(s) for s in sequences)
+    tok = subject.tokenizer
+    fill = next((int(i) for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+    return cat_inputs([subject.adapter.extend_inputs(prompt, s + [fill] * (length - len(s))) for s in sequences])
 
 
 # -- prompt words -----------------------------------------------------------------------------------------

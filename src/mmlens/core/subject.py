@@ -208,7 +208,10 @@ class Subject:
     def generate(
         self, images: ImageLike | Sequence[ImageLike], prompt: str, max_new_tokens: int = 32, **kwargs: Any
     ) -> Generation:
-        """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch."""
+        """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch.
+
+        The answer ends before the first stop token; if the model stops at once, the answer is empty (``""``,
+        no tokens) and the batch holds the prompt only."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens={max_new_tokens}: pass 1 or more")
         batch = self.prepare(images, prompt)
@@ -221,11 +224,9 @@ class Subject:
             if t in stop:
                 break
             ids.append(t)
-        if not ids:
-            ids = new[:1].tolist()
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        full = self.with_answer(batch, ids)
-        return Generation(text=text, token_ids=torch.tensor(ids), tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
+        full = self.with_answer(batch, ids) if ids else batch
+        return Generation(text=text, token_ids=torch.tensor(ids, dtype=torch.long), tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
 
     def _stop_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}

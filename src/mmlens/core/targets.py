@@ -1,23 +1,50 @@
 """What to explain: an answer token, a word or phrase of the answer, the whole answer, or a contrast.
 
 A :class:`Target` turns logits into one differentiable scalar per batch row, so every method (attention,
-gradient, perturbation) explains the same quantity.
+gradient, perturbation) explains the same quantity. ``objective`` picks that scalar: the summed
+log-probabilities of the target tokens (``"log_prob"``), their summed logits (``"logit"``), or their joint
+probability (``"prob"``).
+
+A contrast ``"red cat - blue dog"`` is ``value(answer span) - value(foil span)``, each under its own
+teacher-forced prefix: the foil sequence is the prompt, the answer tokens before the span, then the foil's
+tokens (:func:`foil_batch`). Its first token is scored at a position it shares with the answer, so a
+one-token foil needs no forward of its own; a longer one does (``foil_logits``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mmlens.core.batch import Batch
+from mmlens.core.options import check_choice
 from mmlens.errors import InputError
+
+OBJECTIVES = ("logit", "log_prob", "prob")
+
+
+def check_objective(objective: Any) -> str:
+    """``objective`` if it is one of :data:`OBJECTIVES`, else a one-line InputError."""
+    return check_choice("objective", objective, OBJECTIVES)
+
+
+def _span_value(logits: torch.Tensor, query: torch.Tensor, ids: torch.Tensor, objective: str) -> torch.Tensor:
+    """Per row of ``logits`` ``(B, seq, V)``: the objective of tokens ``ids`` read at positions ``query``."""
+    rows = logits[:, query.to(logits.device)].float()  # (B, k, V)
+    if objective != "logit":
+        rows = rows.log_softmax(-1)
+    picked = rows.gather(-1, ids.to(rows.device).expand(rows.shape[0], -1)[..., None])[..., 0].sum(-1)
+    return picked.exp() if objective == "prob" else picked
 
 
 @dataclass(frozen=True)
 class Target:
-    """Sum of the log-probs of answer tokens ``indices`` (indices into ``batch.answer_ids``), minus the
-    log-probs of ``contrast_ids`` at the same positions when given (``logp("red") - logp("blue")``)."""
+    """Answer tokens ``indices`` (indices into ``batch.answer_ids``, contiguous), optionally contrasted with
+    ``contrast_ids``: the foil tokens that replace them (``value(answer span) - value(foil span)``, each under
+    its own prefix; see :func:`foil_batch`)."""
 
     label: str
     indices: tuple[int, ...]
@@ -27,15 +54,47 @@ class Target:
         """Sequence positions whose logits predict the target tokens."""
         return batch.answer_positions[list(self.indices)] - 1
 
-    def value(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Differentiable target value, shape ``(logits.shape[0],)``."""
-        rows = logits[:, self.query_positions(batch)].float().log_softmax(-1)  # (B, k, V)
-        ids = batch.answer_ids[list(self.indices)].to(rows.device)
-        out = rows.gather(-1, ids.expand(rows.shape[0], -1)[..., None])[..., 0].sum(-1)
-        if self.contrast_ids is not None:
-            cids = torch.tensor(self.contrast_ids, device=rows.device)
-            out = out - rows.gather(-1, cids.expand(rows.shape[0], -1)[..., None])[..., 0].sum(-1)
-        return out
+    @property
+    def needs_foil_forward(self) -> bool:
+        """A contrast whose foil has more than one token: its later tokens need the foil's own forward."""
+        return self.contrast_ids is not None and len(self.contrast_ids) > 1
+
+    def foil_continuation(self, batch: Batch) -> list[int]:
+        """Token ids after the prompt in the foil sequence: the answer before the span, then the foil."""
+        if self.contrast_ids is None:
+            raise ValueError(f"target {self.label!r} is not a contrast")
+        return batch.answer_ids[: self.indices[0]].tolist() + list(self.contrast_ids)
+
+    def foil_positions(self, batch: Batch) -> torch.Tensor:
+        """Positions (in the foil sequence) whose logits predict the foil tokens."""
+        start = batch.prompt_len + self.indices[0] - 1
+        return torch.arange(start, start + len(self.contrast_ids or ()))
+
+    def value(self, logits: torch.Tensor, batch: Batch, objective: str = "log_prob",
+              foil_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable target value, shape ``(logits.shape[0],)``.
+
+        For a contrast, ``foil_logits`` are the logits of the foil sequence's forward (same rows, same
+        ``prompt_len`` offset as ``logits``); a one-token foil may omit them (its position is shared).
+        """
+        ids = batch.answer_ids[list(self.indices)]
+        out = _span_value(logits, self.query_positions(batch), ids, objective)
+        if self.contrast_ids is None:
+            return out
+        if foil_logits is None:
+            if self.needs_foil_forward:
+                raise InputError(f"contrast {self.label!r} has a foil of {len(self.contrast_ids)} tokens, which "
+                                 "needs its own forward that this method does not run: pass a one-token foil or "
+                                 "use a gradient or perturbation attribution method")
+            foil_logits = logits
+        foil = _span_value(foil_logits, self.foil_positions(batch), torch.tensor(self.contrast_ids), objective)
+        return out - foil
+
+
+def foil_batch(subject: Any, batch: Batch, target: Target) -> Batch:
+    """The teacher-forced foil sequence of contrast ``target``: ``batch``'s prompt, the answer tokens before the
+    span, then the foil tokens (``subject``: a :class:`~mmlens.core.subject.Subject`)."""
+    return subject.with_answer(batch, target.foil_continuation(batch))
 
 
 def _answer_tokens(tokenizer, batch: Batch) -> list[str]:
@@ -62,10 +121,12 @@ def resolve_targets(tokenizer, batch: Batch, target: str | tuple[str, str] | Non
     - ``None`` / ``"tokens"``: one target per answer token;
     - ``"answer"``: the whole answer (sum of its log-probs);
     - a word or phrase of the answer: its sub-tokens merged;
-    - ``("red", "blue")`` or ``"red - blue"``: the contrast logp(red) - logp(blue) where "red" is in the answer.
+    - ``("red", "blue")`` or ``"red - blue"``: the contrast value("red") - value("blue") where "red" is in the
+      answer, each under its own prefix (the foil may have another number of tokens: "red cat - blue").
     """
     if batch.answer_ids.numel() == 0:
-        raise InputError("nothing to explain: the batch has no answer (pass answer=... or let mmlens generate one)")
+        raise InputError("nothing to explain: the batch has no answer (none given, or the generated one is empty): "
+                         "pass answer=...")
     tokens = _answer_tokens(tokenizer, batch)
     if target is None or target == "tokens":
         return [Target(tok or f"#{i}", (i,)) for i, tok in enumerate(tokens)]
@@ -81,9 +142,8 @@ def resolve_targets(tokenizer, batch: Batch, target: str | tuple[str, str] | Non
         if span is None:
             raise InputError(f"target {word!r} is not in the answer; answer tokens: {tokens}")
         other_ids = tokenizer(other, add_special_tokens=False).input_ids
-        if len(other_ids) != len(span):
-            raise InputError(f"contrast {other!r} has {len(other_ids)} tokens but {word!r} has {len(span)}: "
-                             "pass words with the same number of tokens")
+        if not other_ids:
+            raise InputError(f"contrast {other!r} tokenizes to nothing: pass words the tokenizer knows")
         return [Target(f"{word} - {other}", span, tuple(other_ids))]
     span = _find_span(tokens, str(target))
     if span is None:
