@@ -26,7 +26,7 @@ MODES = ("forward", "attention", "forward_backward", "relevancy", "ig_mmlens", "
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
     import mmlens
-    from mmlens.core.targets import resolve_targets
+    from mmlens.model.targets import resolve_targets
 
     torch.manual_seed(0)
     subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device)
@@ -50,7 +50,11 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     def ig_captum() -> None:
         from captum.attr import IntegratedGradients
 
-        from mmlens.attribution.gradient import baseline_embeddings, embedding_function, input_embeddings
+        from mmlens.attribution.gradient import (
+            baseline_embeddings,
+            embedding_function,
+            input_embeddings,
+        )
 
         pos = batch.image_positions()
         x = input_embeddings(subject, batch)[:, pos].detach()

@@ -19,10 +19,10 @@ from captum.attr import FeatureAblation
 from PIL import Image
 
 from benchmarks.common import ForwardCounter, image, mid_llava
-from mmlens.core.batching import forward_values, perturbed_inputs
-from mmlens.core.targets import resolve_targets
 from mmlens.attribution.perturbation import occlusion
 from mmlens.attribution.perturbation_masks import occlusion_windows
+from mmlens.model.targets import resolve_targets
+from mmlens.perturb.scoring import forward_values, perturbed_inputs
 
 
 def captum_per_token(subject, batch, targets, patch: int, batch_size: int) -> list[np.ndarray]:

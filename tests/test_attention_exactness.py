@@ -11,8 +11,9 @@ from transformers import GptOssConfig, GptOssForCausalLM, Inkling2ForCausalLM
 from transformers.models.inkling2.configuration_inkling2 import Inkling2TextConfig
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from mmlens.core.tracing import HookPoint, Tracer
 from mmlens.errors import InputError
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.tracing import Tracer
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_models import tiny_images
 

@@ -6,9 +6,10 @@ from conftest import subject_for
 
 import mmlens
 from mmlens import InputError
-from mmlens.core.targets import resolve_targets
 from mmlens.attribution.attention import attention, attention_rollout, rollout
+from mmlens.model.targets import resolve_targets
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
+
 PROMPT = "what color is the cat?"
 
 

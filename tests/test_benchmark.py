@@ -156,8 +156,8 @@ def test_method_specs_are_rows_of_their_own_with_their_options():
 
 
 def test_a_failing_method_is_counted_and_reported():
+    import mmlens.catalog as registry
     from mmlens.attribution.output import MethodOutput
-    from mmlens.core import registry
 
     @registry.register_method("_test_fails_on_odd_samples", "data/input-output", "black-box", "test only")
     def _odd(subject, batch, targets):
@@ -182,8 +182,8 @@ def test_nan_scores_are_counted_and_degenerate_maps_declared(tmp_path):
     """An all-zero map on the "square" samples: max-sensitivity is undefined there (declared "nan"): those
     samples are counted in the NaN column and left out of the mean, while pointing game scores chance (the
     mask's area share) and sparseness 0, as declared."""
+    import mmlens.catalog as registry
     from mmlens.attribution.output import MethodOutput
-    from mmlens.core import registry
     from mmlens.evaluation.registry import get_metric
 
     @registry.register_method("_test_zero_on_squares", "data/input-output", "black-box", "test only")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import mmlens
-from mmlens.core.targets import resolve_targets
 from mmlens.data import ShapesVQA
 from mmlens.layer.attention_knockout import position_groups
 from mmlens.layer.causal_trace import causal_trace
+from mmlens.model.targets import resolve_targets
 from mmlens.neuron.scores import ablate_neurons, mlp_width, neuron_scores
 
 SEED = 3

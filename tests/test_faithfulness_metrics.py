@@ -10,6 +10,7 @@ from conftest import subject_for
 from PIL import Image
 
 import mmlens
+import mmlens.catalog as registry
 from mmlens import InputError
 from mmlens.attribution.perturbation_masks import (
     baseline_array,
@@ -17,7 +18,6 @@ from mmlens.attribution.perturbation_masks import (
     cell_index_map,
     image_array,
 )
-from mmlens.core import registry
 from mmlens.data.shapes_vqa import ShapesVQA
 from mmlens.demo import DEMO_MODEL_DIR
 from mmlens.evaluation.baselines import (
@@ -29,7 +29,6 @@ from mmlens.evaluation.baselines import (
     uniform_map,
 )
 from mmlens.evaluation.data_file import read_data_file
-from mmlens.evaluation.registry import get_metric, metrics
 from mmlens.testing import tiny_subject
 
 PROMPT = "what color is the square ?"
@@ -253,7 +252,11 @@ def test_randomisation_cascade_follows_what_the_model_reads(family):
     """Every cascade step changes the model's output (no step randomises something the LM never reads), the
     vision block left out is provably unread (randomising it changes nothing), and the embeddings and the
     unembedding are steps (one step when tied, as in PaliGemma)."""
-    from mmlens.evaluation.metrics.randomisation import randomise_block, restored_weights, unread_vision_blocks
+    from mmlens.evaluation.metrics.randomisation import (
+        randomise_block,
+        restored_weights,
+        unread_vision_blocks,
+    )
 
     lm = tiny_subject(family)
     batch = lm.prepare(ShapesVQA(image_size=32, seed=0).sample(1).image, PROMPT, answer="red")

@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import torch
+from conftest import subject_for
 from PIL import Image, ImageDraw
 
-from mmlens.core.geometry import resize_crop_box
-from conftest import subject_for
+from mmlens.model.geometry import resize_crop_box
 
 
 def test_positions_equal_placeholders_and_grids_multiply_out(subject, images):
@@ -110,7 +110,10 @@ LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1
 def _reference_tile_box(size_wh, tile, patch, pinpoints, image_processor):
     """The tile grid's box from transformers' own functions: the processor's fit (``get_patch_output_size``)
     and padding (``_get_padding_size``), and the feature rows / columns the model's ``unpad_image`` keeps."""
-    from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+    from transformers.image_processing_utils import (
+        get_patch_output_size,
+        select_best_resolution,
+    )
     from transformers.image_utils import ChannelDimension
     from transformers.models.llava_next.modeling_llava_next import unpad_image
 
@@ -133,7 +136,9 @@ def test_llava_next_tile_box_matches_transformers_on_a_size_sweep():
     """Every size from 16 to 200 px per side (34k sizes; the old ``ceil(h * tw / w)`` rounding was off by
     one pixel of fit on 77 of them, boxes by up to 0.52 px): rows, columns and box equal the reference
     built from transformers' functions."""
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
 
     from mmlens.adapters.llava_next import tile_layout
 
@@ -159,7 +164,6 @@ def test_llava_next_tile_box_matches_the_processed_pixels():
     image = Image.new("RGB", (364, 273), (255, 255, 255))
     batch = subject.prepare([image], "what is this?")
     pv = batch.inputs["pixel_values"][0]  # (1 + tiles, 3, 32, 32)
-    (th, tw) = (64, 64)
     frame = torch.cat([torch.cat(list(pv[1:][r * 2:(r + 1) * 2]), dim=-1) for r in range(2)], dim=-2)  # (3, 64, 64)
     content = (frame - frame[:, :1, :1]).abs().amax(0) > 1e-3
     ys, xs = torch.nonzero(content.any(1)).flatten(), torch.nonzero(content.any(0)).flatten()

@@ -7,7 +7,6 @@ from conftest import subject_for
 
 import mmlens
 from mmlens import InputError, count_hooks
-from mmlens.core.targets import resolve_targets
 from mmlens.attribution.gradient import (
     attributed_positions,
     baseline_embeddings,
@@ -21,6 +20,7 @@ from mmlens.attribution.gradient import (
     smoothgrad,
 )
 from mmlens.attribution.relevancy import attention_x_gradient, relevancy, relevancy_rows
+from mmlens.model.targets import resolve_targets
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
 
 PROMPT = "what color is the cat?"

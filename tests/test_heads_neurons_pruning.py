@@ -8,8 +8,8 @@ import torch
 
 import mmlens
 from mmlens import InputError
-from mmlens.core.targets import resolve_targets
 from mmlens.layer.heads import head_ablation, head_image_share
+from mmlens.model.targets import resolve_targets
 from mmlens.neuron.dataset import neuron_specificity, top_activating_patches
 from mmlens.neuron.scores import ablate_neurons, mlp_width, neuron_scores
 from mmlens.testing.tiny_models import tiny_images
@@ -114,7 +114,7 @@ def _deep_llava(n_layers: int = 4):
     """The tiny LLaVA with a ``n_layers``-block language model (so pruning after layer 1 has later layers)."""
     from transformers import LlavaForConditionalGeneration
 
-    from mmlens.core.subject import Subject
+    from mmlens.model.subject import Subject
     from mmlens.testing.tiny_models import tiny_model_and_processor
 
     model, processor = tiny_model_and_processor("llava")

@@ -1,4 +1,4 @@
-"""Hook points mean the same thing in every family (see the table in :mod:`mmlens.core.tracing`).
+"""Hook points mean the same thing in every family (see the table in :mod:`mmlens.hooks.tracing`).
 
 ``projector.out`` row ``k`` is the image token at ``batch.image_positions()[k]`` (the LM's sequence order,
 for Qwen2.5-VL too, whose vision tower runs in window order); chunked vision attention (Qwen: one call per

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 import mmlens
 from mmlens.cli import app
-from mmlens.core import limits
-from mmlens.core.images import to_rgb
 from mmlens.demo import DEMO_MODEL_DIR
 from mmlens.errors import InputError
+from mmlens.model.images import to_rgb
+from mmlens.util import limits
 
 runner = CliRunner()
 Q = "what color is the circle?"
@@ -390,7 +390,7 @@ def test_image_under_the_soft_limit_is_untouched():
 
 
 def test_unexpected_error_is_one_line_with_a_saved_traceback(w, tmp_path, monkeypatch):
-    import mmlens.core.registry as registry
+    import mmlens.catalog as registry
 
     def broken(name):  # an injected bug, not a model mock
         raise ZeroDivisionError("injected")
@@ -426,7 +426,7 @@ def test_animated_image_uses_the_first_frame_with_a_note(tmp_path):
 
 
 def test_failed_png_removes_the_json_written_before_it(w, tmp_path, monkeypatch):
-    from mmlens.core.grid_result import GridResult
+    from mmlens.results.grid import GridResult
 
     def broken_plot(self, *args, **kwargs):  # an injected failure after the .json was written
         raise RuntimeError("plot failed")

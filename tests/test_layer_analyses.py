@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from mmlens import InputError
-from mmlens.core.grid_result import GridResult
-from mmlens.core.targets import resolve_targets
 from mmlens.layer.attention_knockout import attention_knockout, position_groups
 from mmlens.layer.causal_trace import causal_trace
 from mmlens.layer.logit_lens import logit_lens
+from mmlens.model.targets import resolve_targets
+from mmlens.results.grid import GridResult
 
 
 def _batch(subject, images):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from mmlens import InputError
-from mmlens.evaluation.registry import get_metric, metrics
 from mmlens.evaluation.metrics.energy_pointing_game import energy_in_mask
 from mmlens.evaluation.metrics.pointing_game import pointing_game
 from mmlens.evaluation.metrics.sparseness import sparseness
 from mmlens.evaluation.metrics.topk_iou import topk_iou
+from mmlens.evaluation.registry import get_metric, metrics
 
 
 @pytest.fixture
@@ -67,7 +67,10 @@ def test_pointing_tolerance_is_euclidean_and_scale_aware(mask):
         big[(4 - 2) * scale, (20 - 2) * scale] = 1.0  # 2.83 * scale px from the mask
         assert pointing_game(big, big_mask, tolerance_share=share) == 1.0
         assert pointing_game(big, big_mask, tolerance_share=2.7 / 32) == 0.0
-    from mmlens.evaluation.metrics.pointing_game import REFERENCE_TOLERANCE_SHARE, tolerance_pixels
+    from mmlens.evaluation.metrics.pointing_game import (
+        REFERENCE_TOLERANCE_SHARE,
+        tolerance_pixels,
+    )
 
     assert tolerance_pixels((375, 500), tolerance_share=REFERENCE_TOLERANCE_SHARE) == pytest.approx(15.0)
     with pytest.raises(InputError, match="tolerance_share"):

@@ -10,27 +10,27 @@ from captum.attr import FeatureAblation, KernelShap
 from conftest import subject_for
 from PIL import Image
 
-from mmlens.core.batching import (
-    Evaluator,
-    forward_values,
-    mask_token_id,
-    masked_input_ids,
-    perturbed_inputs,
-    prompt_words,
-)
-from mmlens.core.registry import get_method
-from mmlens.core.targets import resolve_targets
-from mmlens.errors import InputError
+from mmlens.attribution.lime import lime
 from mmlens.attribution.perturbation import occlusion, rise
 from mmlens.attribution.perturbation_masks import cell_index_map, rise_grids, rise_mask
-from mmlens.attribution.lime import lime
-from mmlens.attribution.regions import Game, RegionFeatures, region_labels
 from mmlens.attribution.perturbation_shap import (
     WeightedLinearRegression,
     coalitions,
     exact_shapley,
     kernel_shap,
     mm_shap,
+)
+from mmlens.attribution.regions import Game, RegionFeatures, region_labels
+from mmlens.catalog import get_method
+from mmlens.errors import InputError
+from mmlens.model.targets import resolve_targets
+from mmlens.perturb.scoring import (
+    Evaluator,
+    forward_values,
+    mask_token_id,
+    masked_input_ids,
+    perturbed_inputs,
+    prompt_words,
 )
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
 

@@ -9,8 +9,8 @@ import mmlens
 from mmlens import InputError
 from mmlens.attribution.gradient import INPUT, input_x_gradient
 from mmlens.attribution.perturbation import occlusion
-from mmlens.core.batching import Evaluator
-from mmlens.core.targets import resolve_targets
+from mmlens.model.targets import resolve_targets
+from mmlens.perturb.scoring import Evaluator
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
 

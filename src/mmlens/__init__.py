@@ -5,15 +5,19 @@
 >>> lm.generate("cat.png", "what color is the cat?").text   # doctest: +SKIP
 """
 
-from mmlens.core.batch import AnswerScore, Batch, Generation
-from mmlens.core.geometry import ImageGeometry, ImageGrid
-from mmlens.core.loading import load
-from mmlens.core.results import Explanation
-from mmlens.core.subject import Subject
-from mmlens.core.tracing import Tracer, count_hooks
+import mmlens.attribution  # noqa: F401  (the method packages register themselves in the catalog)
+import mmlens.layer  # noqa: F401
+import mmlens.neuron  # noqa: F401
+import mmlens.token  # noqa: F401
+from mmlens.catalog import methods
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
-from mmlens.core.registry import methods
 from mmlens.explain import explain
+from mmlens.hooks.tracing import Tracer, count_hooks
+from mmlens.model.batch import AnswerScore, Batch, Generation
+from mmlens.model.geometry import ImageGeometry, ImageGrid
+from mmlens.model.loading import load
+from mmlens.model.subject import Subject
+from mmlens.results.explanation import Explanation
 
 __version__ = "0.1.0"
 

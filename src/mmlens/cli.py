@@ -138,8 +138,8 @@ def _layers(text: str | None) -> list[int] | None:
 
 def _outputs(out: Path, default_stem: str) -> tuple[Path, Path]:
     """(png, json) paths for ``--out`` (a .png path, or an existing folder); both checked before any work."""
-    from mmlens.core.io import check_output
     from mmlens.errors import InputError
+    from mmlens.util.io import check_output
 
     if out.suffix.lower() == ".png":
         png = out
@@ -152,7 +152,7 @@ def _outputs(out: Path, default_stem: str) -> tuple[Path, Path]:
 
 def _image(image: str) -> None:
     """Read the image once before the model is loaded: a bad image fails fast; conversions become notes."""
-    from mmlens.core.images import to_rgb
+    from mmlens.model.images import to_rgb
 
     _note(to_rgb(image)[1])
 
@@ -186,7 +186,7 @@ def methods_cmd() -> None:
     """List every method as the survey's tree, with its access tier."""
     from rich.tree import Tree
 
-    from mmlens.core.registry import methods
+    from mmlens.catalog import methods
 
     tree = Tree("mmlens methods (survey leaf / method \\[access tier])")
     nodes: dict[str, Any] = {}
@@ -215,12 +215,12 @@ def explain_cmd(
 ) -> None:
     """Explain which pixels and prompt words made each answer token."""
     import mmlens
-    from mmlens.core.io import check_output
-    from mmlens.core.limits import check_option_ranges
-    from mmlens.core.registry import get_method
-    from mmlens.core.results import SUFFIXES
+    from mmlens.catalog import get_method
     from mmlens.errors import InputError
     from mmlens.explain import _check_options
+    from mmlens.results.explanation import SUFFIXES
+    from mmlens.util.io import check_output
+    from mmlens.util.limits import check_option_ranges
 
     check_output(out, SUFFIXES, "--out")
     info = get_method(method)  # unknown methods and options fail before the model loads
@@ -287,8 +287,7 @@ def trace_cmd(
 ) -> None:
     """Causal tracing: restore clean activations per (layer, position) in a corrupted run."""
     from mmlens.layer.causal_trace import causal_trace
-
-    from mmlens.core.limits import check_option_ranges
+    from mmlens.util.limits import check_option_ranges
 
     png, js = _outputs(out, "trace")
     check_option_ranges({"batch_size": batch_size})
@@ -312,8 +311,7 @@ def knockout_cmd(
 ) -> None:
     """Attention knockout between image, question and last positions."""
     from mmlens.layer.attention_knockout import attention_knockout
-
-    from mmlens.core.options import check_int
+    from mmlens.util.options import check_int
 
     png, js = _outputs(out, "knockout")
     if window is not None:
@@ -339,10 +337,9 @@ def benchmark_cmd(
 
     from mmlens.evaluation.benchmark import resolve_metrics, run_benchmark
     from mmlens.evaluation.benchmark_result import OUTPUT_FILES
-
-    from mmlens.core.io import check_output_folder
-    from mmlens.core.limits import MAX_SAMPLES
-    from mmlens.core.options import check_int
+    from mmlens.util.io import check_output_folder
+    from mmlens.util.limits import MAX_SAMPLES
+    from mmlens.util.options import check_int
 
     check_int("--n", n, 1, MAX_SAMPLES)
     check_int("--sanity-n", sanity_n, 0, MAX_SAMPLES)

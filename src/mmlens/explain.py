@@ -1,4 +1,4 @@
-"""``mmlens.explain``: one call from (model, images, prompt) to an :class:`~mmlens.core.results.Explanation`.
+"""``mmlens.explain``: one call from (model, images, prompt) to an :class:`~mmlens.results.explanation.Explanation`.
 
 >>> import mmlens
 >>> from mmlens.testing import tiny_subject
@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.limits import check_option_ranges
-from mmlens.core.images import ImageLike
-from mmlens.core.registry import MethodInfo, get_method
-from mmlens.core.results import Explanation, jsonable
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target, resolve_targets
-from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
+from mmlens.catalog import MethodInfo, get_method
+from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.images import ImageLike
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target, resolve_targets
+from mmlens.results.explanation import Explanation, jsonable
+from mmlens.util.limits import check_option_ranges
 
 
 def explain(
@@ -46,7 +46,7 @@ def explain(
 
     ``answer=None`` explains the model's own greedy answer (up to ``max_new_tokens``); otherwise the given
     answer is teacher-forced. ``target``: None (each answer token), ``"answer"``, a word/phrase of the answer,
-    or a contrast ``("red", "blue")`` (see :func:`mmlens.core.targets.resolve_targets`). ``options`` go to the
+    or a contrast ``("red", "blue")`` (see :func:`mmlens.model.targets.resolve_targets`). ``options`` go to the
     method (``mmlens.methods()`` lists methods; each documents its options). Random methods are seeded with
     ``seed`` (the global RNG state is restored afterwards).
 

@@ -1,6 +1,12 @@
 """One adapter per model family; importing this package registers them all."""
 
 from mmlens.adapters import llava, llava_next, paligemma, qwen2_vl  # noqa: F401  (registers)
-from mmlens.adapters.base import ADAPTERS, Adapter, adapter_for, register_adapter, supported_families
+from mmlens.adapters.base import (
+    ADAPTERS,
+    Adapter,
+    adapter_for,
+    register_adapter,
+    supported_families,
+)
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "register_adapter", "supported_families"]

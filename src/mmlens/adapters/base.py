@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmlens.core.geometry import ImageGeometry
-from mmlens.core.tracing import ModelParts
 from mmlens.errors import InputError, UnsupportedModelError
+from mmlens.hooks.points import ModelParts
+from mmlens.model.geometry import ImageGeometry
 
 ADAPTERS: dict[str, type[Adapter]] = {}
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.core.geometry import Box, ImageGeometry, ImageGrid, resize_crop_box
-from mmlens.core.tracing import ModelParts
+from mmlens.hooks.points import ModelParts
+from mmlens.model.geometry import Box, ImageGeometry, ImageGrid, resize_crop_box
 
 
 def _get(size: Any, key: str) -> int | None:

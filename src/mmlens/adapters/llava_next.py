@@ -18,7 +18,7 @@ from transformers.models.llava_next.modeling_llava_next import unpad_image
 
 from mmlens.adapters.base import register_adapter
 from mmlens.adapters.llava import LlavaAdapter
-from mmlens.core.geometry import Box, ImageGeometry, ImageGrid
+from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
 
 
 def _fit(size_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:

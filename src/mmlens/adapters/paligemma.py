@@ -13,9 +13,13 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.adapters.llava import processed_box, square_grid_geometry, tower_projector_lm_parts
-from mmlens.core.geometry import ImageGeometry
-from mmlens.core.tracing import ModelParts
+from mmlens.adapters.llava import (
+    processed_box,
+    square_grid_geometry,
+    tower_projector_lm_parts,
+)
+from mmlens.hooks.points import ModelParts
+from mmlens.model.geometry import ImageGeometry
 
 
 @register_adapter

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.core.geometry import ImageGeometry, ImageGrid
-from mmlens.core.hook_views import RowOrder
-from mmlens.core.tracing import ModelParts
+from mmlens.hooks.points import ModelParts
+from mmlens.hooks.views import RowOrder
+from mmlens.model.geometry import ImageGeometry, ImageGrid
 
 
 @register_adapter

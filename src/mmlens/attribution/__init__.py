@@ -4,5 +4,11 @@ They span several survey leaves (data / input-output, model / token, model / arc
 is registered with its leaf and access tier, so ``mmlens.methods()`` prints them in the survey's tree.
 """
 
-from mmlens.attribution import attention, gradient, relevancy  # noqa: F401  (attention and gradient methods)
-from mmlens.attribution import lime, perturbation, perturbation_shap  # noqa: F401  (occlusion, rise, SHAP, LIME)
+from mmlens.attribution import (  # noqa: F401  (attention and gradient methods)  # noqa: F401  (occlusion, rise, SHAP, LIME)
+    attention,
+    gradient,
+    lime,
+    perturbation,
+    perturbation_shap,
+    relevancy,
+)

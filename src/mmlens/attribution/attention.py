@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
 from mmlens.attribution.output import MethodOutput
-from mmlens.core.options import check_choice, check_float, select_indices
+from mmlens.catalog import register_method
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target
+from mmlens.util.options import check_choice, check_float, select_indices
 
 # -- positions ---------------------------------------------------------------------------------------------
 

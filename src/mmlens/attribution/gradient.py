@@ -1,6 +1,6 @@
 """Gradient-tier attribution over the language model's input embeddings.
 
-Every method here differentiates a :class:`~mmlens.core.targets.Target` (answer tokens, or a contrast)
+Every method here differentiates a :class:`~mmlens.model.targets.Target` (answer tokens, or a contrast)
 with respect to ``lm.blocks.0.resid_pre``: the LM's input embeddings, i.e. the projector output at image
 positions and the token embeddings at text positions. Parameters are frozen for the duration (no parameter
 gradients are built or accumulated). ``objective`` picks the differentiated quantity: the target tokens'
@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageFilter
 
-from mmlens.core.batch import Batch
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target, check_objective, foil_batch
-from mmlens.errors import UnsupportedModelError
-from mmlens.core.options import check_choice, check_float, check_int
 from mmlens.attribution.output import MethodOutput
+from mmlens.catalog import register_method
+from mmlens.errors import UnsupportedModelError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target, check_objective, foil_batch
+from mmlens.util.options import check_choice, check_float, check_int
 
 INPUT = "lm.blocks.0.resid_pre"
 BASELINES = ("black", "blur", "noise", "zero")
@@ -109,7 +109,7 @@ def leaf_input(tr: Any) -> list[torch.Tensor]:
 
 
 def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Tensor) -> torch.Tensor:
-    """Logits of ``target``'s foil sequence (see :func:`~mmlens.core.targets.foil_batch`) whose LM input
+    """Logits of ``target``'s foil sequence (see :func:`~mmlens.model.targets.foil_batch`) whose LM input
     embeddings at the positions shared with ``batch`` are ``x``'s (``(1, N, D)``, differentiable), so a
     backward through the contrast reaches ``x`` from both forwards."""
     shared = batch.prompt_len + target.indices[0]

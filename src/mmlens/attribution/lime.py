@@ -8,7 +8,7 @@ the model runs ``batch_size`` perturbed rows per forward, every target from the 
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
->>> from mmlens.core.targets import resolve_targets
+>>> from mmlens.model.targets import resolve_targets
 >>> lm = tiny_subject("llava")
 >>> batch = lm.prepare(tiny_images("llava", 1), "what color is the cat ?", answer="red cat")
 >>> out = lime(lm, batch, resolve_targets(lm.tokenizer, batch), n_samples=64, seed=0)
@@ -32,12 +32,12 @@ from mmlens.attribution.perturbation_shap import (
     progress_context,
 )
 from mmlens.attribution.regions import Game, RegionFeatures
-from mmlens.core.batch import Batch
-from mmlens.core.batching import Evaluator
-from mmlens.core.options import check_float
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
+from mmlens.catalog import register_method
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target
+from mmlens.perturb.scoring import Evaluator
+from mmlens.util.options import check_float
 
 
 @register_method("lime", leaf="data/input-output", tier="black-box",

@@ -6,7 +6,7 @@ token of every perturbed row), ``batch_size`` perturbed rows per forward, and re
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
->>> from mmlens.core.targets import resolve_targets
+>>> from mmlens.model.targets import resolve_targets
 >>> lm = tiny_subject("llava")
 >>> batch = lm.prepare(tiny_images("llava", 1), "what color is the cat ?", answer="red cat")
 >>> out = occlusion(lm, batch, resolve_targets(lm.tokenizer, batch), patch=16)
@@ -19,15 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.options import check_choice, check_int
-from mmlens.core.batching import Evaluator, mask_token_id, masked_input_ids, prompt_words
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
-from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.regions import SEGMENTATIONS, paint, region_labels
 from mmlens.attribution.perturbation_masks import (
     baseline_array,
     blend,
@@ -40,6 +32,19 @@ from mmlens.attribution.perturbation_masks import (
     window_average,
     window_keep,
 )
+from mmlens.attribution.regions import SEGMENTATIONS, paint, region_labels
+from mmlens.catalog import register_method
+from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target
+from mmlens.perturb.scoring import (
+    Evaluator,
+    mask_token_id,
+    masked_input_ids,
+    prompt_words,
+)
+from mmlens.util.options import check_choice, check_int
 
 _LEAF, _TIER = "data/input-output", "black-box"
 

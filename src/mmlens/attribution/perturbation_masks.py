@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from mmlens.core.batch import Batch
-from mmlens.core.geometry import ImageGeometry
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.geometry import ImageGeometry
 
 BASELINES = ("mean", "black", "blur")
 

@@ -9,7 +9,7 @@ first target only.
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
->>> from mmlens.core.targets import resolve_targets
+>>> from mmlens.model.targets import resolve_targets
 >>> lm = tiny_subject("llava")
 >>> batch = lm.prepare(tiny_images("llava", 1), "what color is the cat ?", answer="red cat")
 >>> out = mm_shap(lm, batch, resolve_targets(lm.tokenizer, batch), cells=2)    # 4 cells + 6 words: exact
@@ -28,16 +28,16 @@ import torch
 from captum._utils.models.linear_model.model import LinearModel
 from captum.attr import KernelShap, ShapleyValueSampling
 
-from mmlens.core.batch import Batch
-from mmlens.core.options import check_int
-from mmlens.core.batching import Evaluator, progress_bar, prompt_words
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
-from mmlens.errors import InputError
 from mmlens.attribution.output import MethodOutput
 from mmlens.attribution.perturbation import resolve_seed
 from mmlens.attribution.regions import Game, RegionFeatures
+from mmlens.catalog import register_method
+from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target
+from mmlens.perturb.scoring import Evaluator, progress_bar, prompt_words
+from mmlens.util.options import check_int
 
 _LEAF, _TIER = "data/input-output", "black-box"
 ESTIMATORS = ("auto", "exact", "kernel", "permutation")

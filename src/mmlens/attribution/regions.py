@@ -30,10 +30,15 @@ from mmlens.attribution.perturbation_masks import (
     image_array,
     position_scores,
 )
-from mmlens.core.batch import Batch
-from mmlens.core.batching import Evaluator, mask_token_id, masked_input_ids, prompt_words
-from mmlens.core.options import check_choice, check_int
-from mmlens.core.subject import Subject
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.perturb.scoring import (
+    Evaluator,
+    mask_token_id,
+    masked_input_ids,
+    prompt_words,
+)
+from mmlens.util.options import check_choice, check_int
 
 #: Region kinds for KernelSHAP / LIME: a ``cells x cells`` grid or a superpixel segmentation.
 REGIONS = ("grid", "slic", "felzenszwalb")

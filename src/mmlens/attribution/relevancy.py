@@ -27,14 +27,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target, check_objective
-from mmlens.errors import InputError
 from mmlens.attribution.attention import select_indices, target_rows
 from mmlens.attribution.gradient import gradient_mode, leaf_input
 from mmlens.attribution.output import MethodOutput
+from mmlens.catalog import register_method
+from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target, check_objective
 
 #: called by the gradient hook of layer ``l`` with (layer, A, dtarget/dA), both ``(heads, N, N)``
 GradHook = Callable[[int, torch.Tensor, torch.Tensor], None]

@@ -31,9 +31,21 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from mmlens.data.shapes_vqa import COLORS, QUESTION_TYPES, SHAPES, ShapesSample, ShapesVQA
+from mmlens.data.shapes_vqa import (
+    COLORS,
+    QUESTION_TYPES,
+    SHAPES,
+    ShapesSample,
+    ShapesVQA,
+)
 from mmlens.demo import DEMO_MODEL_DIR
-from mmlens.demo.build import DemoConfig, build_model, build_processor, chat_prompt, save_demo
+from mmlens.demo.build import (
+    DemoConfig,
+    build_model,
+    build_processor,
+    chat_prompt,
+    save_demo,
+)
 from mmlens.errors import InputError
 
 TRAIN_SEED_BASE = 1000

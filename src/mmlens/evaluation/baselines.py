@@ -7,7 +7,7 @@ model knowledge achieves:
 - ``baseline:centre``: a Gaussian centred on the image, sigma = 1/4 of each side (objects are often central);
 - ``baseline:uniform``: a constant map (every pixel ties).
 
-:func:`baseline_explanation` turns a baseline into a real :class:`~mmlens.core.results.Explanation`, so every
+:func:`baseline_explanation` turns a baseline into a real :class:`~mmlens.results.explanation.Explanation`, so every
 metric treats methods and baselines alike; :func:`reexplain` runs the same method (or baseline), with the same
 target, answer tokens, seed and options, on new images (the noisy copies of max-sensitivity) or on a modified
 model (the randomised copies of the sanity check).
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmlens.core.batch import Batch
-from mmlens.core.results import Explanation
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.results.explanation import Explanation
 
 PREFIX = "baseline:"
 
@@ -81,8 +81,8 @@ def baseline_explanation(subject: Subject, batch: Batch, name: str, seed: int = 
     """
     from mmlens.attribution.output import MethodOutput
     from mmlens.attribution.perturbation_masks import pool_to_positions
-    from mmlens.core.targets import resolve_targets
     from mmlens.explain import build_explanation
+    from mmlens.model.targets import resolve_targets
 
     key = name[len(PREFIX):] if is_baseline(name) else name
     if key not in BASELINES:

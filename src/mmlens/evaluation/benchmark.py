@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from mmlens.core.results import Explanation
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
 from mmlens.evaluation.baselines import BASELINE_NAMES, baseline_explanation
 from mmlens.evaluation.benchmark_result import BenchmarkResult, MethodStats
 from mmlens.evaluation.method_spec import parse_method_spec
-from mmlens.explain import _check_options as check_method_options
 from mmlens.evaluation.registry import MetricInfo, get_metric
 from mmlens.evaluation.registry import metrics as all_metrics
+from mmlens.explain import _check_options as check_method_options
+from mmlens.model.subject import Subject
+from mmlens.results.explanation import Explanation
 
 #: Metrics run only on the first ``sanity_n`` samples (each costs several explanations per sample).
 SANITY_CATEGORIES = ("randomisation", "robustness")
@@ -51,8 +51,8 @@ def resolve_methods(methods: str | Sequence[str]) -> list[str]:
     """Method specs from ``"all"`` (every attribution method) or a list / comma-separated string of specs:
     method names, optionally with options (``"occlusion:regions=slic"``, see
     :func:`~mmlens.evaluation.method_spec.parse_method_spec`); ``"all"`` may also be one item of the list."""
-    from mmlens.core.registry import get_method
-    from mmlens.core.registry import methods as catalog
+    from mmlens.catalog import get_method
+    from mmlens.catalog import methods as catalog
 
     every = [m.name for m in catalog(kind="attribution")]
     items = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
@@ -88,7 +88,7 @@ def _check_options(methods: list[str], method_options: dict[str, dict[str, Any]]
                    metric_list: list[MetricInfo], metric_options: dict[str, dict[str, Any]] | None) -> None:
     import inspect
 
-    from mmlens.core.registry import get_method
+    from mmlens.catalog import get_method
 
     for spec, opts in (method_options or {}).items():
         if spec not in methods:
@@ -111,7 +111,7 @@ def _check_options(methods: list[str], method_options: dict[str, dict[str, Any]]
 def _check_values(name: str, opts: dict[str, Any]) -> None:
     """Option values of the built-in model metrics, checked before the run (not once per sample)."""
     from mmlens.attribution.perturbation_masks import BASELINES
-    from mmlens.core.batching import check_int
+    from mmlens.perturb.scoring import check_int
 
     where = f" (metric {name!r})"
     if "cells" in opts:
@@ -155,7 +155,7 @@ def _quiet(method: str) -> dict[str, Any]:
     """``progress=False`` for methods that draw their own progress bar (the benchmark draws one)."""
     import inspect
 
-    from mmlens.core.registry import get_method
+    from mmlens.catalog import get_method
 
     return {"progress": False} if "progress" in inspect.signature(get_method(method).fn).parameters else {}
 
@@ -189,9 +189,9 @@ def run_benchmark(
     results.json, results.md and curves.png. Every argument is checked before any work is done; the files are
     written only when the whole run succeeded.
     """
-    from mmlens.core.progress import progress
     from mmlens.data.shapes_vqa import ShapesVQA
     from mmlens.evaluation.data_file import read_data_file
+    from mmlens.util.progress import progress
 
     for name, value, low in (("n", n, 1), ("seed", seed, 0), ("sanity_n", sanity_n, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= (
@@ -204,7 +204,7 @@ def run_benchmark(
         raise InputError(f"--out {str(out)!r} is a file: pass a folder")
     data_file = read_data_file(data) if data is not None else None
     if isinstance(subject, str):
-        from mmlens.core.loading import load
+        from mmlens.model.loading import load
 
         subject = load(subject)
 
@@ -308,7 +308,10 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
             metric_options: dict[str, dict[str, Any]], n: int, n_loc: int, sanity_n: int, seed: int,
             description: str, data: Any, command: str | None, out: Any) -> BenchmarkResult:
     from mmlens.evaluation.metrics.deletion_insertion import curve_points
-    from mmlens.evaluation.metrics.randomisation import cascade_blocks, unread_vision_blocks
+    from mmlens.evaluation.metrics.randomisation import (
+        cascade_blocks,
+        unread_vision_blocks,
+    )
     from mmlens.explain import versions
 
     threshold = float(metric_options.get("randomisation", {}).get("threshold", 0.5))

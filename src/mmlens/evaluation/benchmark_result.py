@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mmlens.core.results import jsonable
 from mmlens.errors import InputError
+from mmlens.results.explanation import jsonable
 
 OUTPUT_FILES = ("results.csv", "results.json", "results.md", "curves.png")
 

@@ -1,3 +1,3 @@
 """Model perspective / layer: logit lens, causal tracing, attention knockout."""
 
-from mmlens.layer import logit_lens, causal_trace, attention_knockout, heads  # noqa: F401  (registers the methods)
+from mmlens.layer import attention_knockout, causal_trace, heads, logit_lens  # noqa: F401  (registers the methods)

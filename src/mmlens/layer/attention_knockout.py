@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch, cat_inputs
-from mmlens.core.grid_result import GridResult
-from mmlens.core.progress import progress
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target, resolve_targets
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers, check_positions
+from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target, resolve_targets
+from mmlens.results.grid import GridResult
+from mmlens.util.progress import progress
 
 
 @dataclass

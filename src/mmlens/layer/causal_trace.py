@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch, cat_inputs
-from mmlens.core.grid_result import GridResult
-from mmlens.core.labels import position_labels
-from mmlens.core.progress import progress
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import resolve_targets
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers, check_positions
+from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.labels import position_labels
+from mmlens.model.subject import Subject
+from mmlens.model.targets import resolve_targets
+from mmlens.results.grid import GridResult
+from mmlens.util.progress import progress
 
 COMPONENTS = {"resid": "resid_post", "attn": "attn.out", "mlp": "mlp.out"}
 CORRUPTIONS = ("noise", "image", "prompt")

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch, cat_inputs
-from mmlens.core.grid_result import GridResult
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import resolve_targets
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers
+from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.subject import Subject
+from mmlens.model.targets import resolve_targets
+from mmlens.results.grid import GridResult
 
 
 def _n_heads(subject: Subject) -> int:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.grid_result import GridResult
-from mmlens.core.labels import position_labels
-from mmlens.core.options import select_indices
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.labels import position_labels
+from mmlens.model.subject import Subject
+from mmlens.results.grid import GridResult
+from mmlens.util.options import select_indices
 
 
 def check_layers(subject: Subject, layers: Sequence[int] | None) -> list[int]:

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from mmlens.core.dataset import iter_batches
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers
+from mmlens.model.samples import iter_batches
+from mmlens.model.subject import Subject
 from mmlens.neuron.scores import mlp_width
 
 

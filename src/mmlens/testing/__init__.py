@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from mmlens.core.subject import Subject
+from mmlens.model.subject import Subject
 
 
 def tiny_subject(family: str, seed: int = 0) -> Subject:

@@ -107,7 +107,10 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from mmlens.adapters.qwen_processor import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+from mmlens.adapters.qwen_processor import (
+    ImageOnlyQwen2_5_VLProcessor,
+    ImageOnlyQwen2VLProcessor,
+)
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE, build_word_tokenizer
 
 __all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]

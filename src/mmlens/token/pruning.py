@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch, cat_inputs
-from mmlens.core.dataset import RunningMean, iter_batches
-from mmlens.core.io import save_plot_or_json
-from mmlens.core.registry import register_method
-from mmlens.core.subject import Subject
-from mmlens.core.targets import resolve_targets
+from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers
+from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.samples import RunningMean, iter_batches
+from mmlens.model.subject import Subject
+from mmlens.model.targets import resolve_targets
+from mmlens.util.io import save_plot_or_json
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 

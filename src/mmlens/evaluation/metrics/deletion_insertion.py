@@ -10,7 +10,7 @@ broken by a seeded random order, so a flat map is not scored in reading order). 
   makes the probability rise fast: high area under the curve is better).
 
 The curve value is the probability of the whole teacher-forced answer (``exp`` of the summed log-probs of its
-tokens); every point of one curve is scored in batched forwards (:class:`~mmlens.core.batching.Evaluator`).
+tokens); every point of one curve is scored in batched forwards (:class:`~mmlens.perturb.scoring.Evaluator`).
 The AUC is the trapezoid over the share of patches removed (or revealed), in [0, 1].
 
 Default baseline: the image's mean colour. A blur (``baseline="blur"``, radius 1/16 of the longer side) keeps
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from mmlens.core.batching import Evaluator, check_int
-from mmlens.core.results import Explanation, TargetKey
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
 from mmlens.evaluation.registry import register_metric
+from mmlens.model.subject import Subject
+from mmlens.perturb.scoring import Evaluator, check_int
+from mmlens.results.explanation import Explanation, TargetKey
 
 MODES = ("deletion", "insertion")
 ORDERS = ("patch", "pixel")
@@ -144,8 +144,8 @@ def perturbation_curve(
         cell_index_map,
         image_array,
     )
-    from mmlens.core.targets import resolve_targets
     from mmlens.evaluation.baselines import answer_batch
+    from mmlens.model.targets import resolve_targets
 
     if mode not in MODES:
         raise InputError(f"mode={mode!r}: pass one of {', '.join(MODES)}")

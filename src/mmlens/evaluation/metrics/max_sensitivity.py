@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mmlens.core.batching import check_int
-from mmlens.core.results import Explanation, TargetKey
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
 from mmlens.evaluation.registry import register_metric
+from mmlens.model.subject import Subject
+from mmlens.perturb.scoring import check_int
+from mmlens.results.explanation import Explanation, TargetKey
 
 
 @dataclass

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlens.core.batching import check_int
-from mmlens.core.results import Explanation, TargetKey
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
 from mmlens.evaluation.registry import register_metric
+from mmlens.model.subject import Subject
+from mmlens.perturb.scoring import check_int
+from mmlens.results.explanation import Explanation, TargetKey
 
 
 @dataclass

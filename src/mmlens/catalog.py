@@ -1,6 +1,6 @@
 """The method catalog: every method is registered by name with its survey leaf and access tier.
 
->>> from mmlens.core.registry import methods
+>>> from mmlens.catalog import methods
 >>> sorted({m.tier for m in methods()}) <= sorted(TIERS)
 True
 """
@@ -63,22 +63,15 @@ def register_method(name: str, leaf: str, tier: str, summary: str, kind: str = "
 
 
 def methods(kind: str | None = None) -> list[MethodInfo]:
-    """Every registered method (optionally of one ``kind``), ordered by leaf then name."""
-    _load_builtin()
+    """Every registered method (optionally of one ``kind``), ordered by leaf then name.
+
+    The method packages register themselves on import; ``import mmlens`` (which runs before any of its
+    submodules is imported) imports all of them, so the catalog is always complete."""
     found = [m for m in _REGISTRY.values() if kind is None or m.kind == kind]
     return sorted(found, key=lambda m: (LEAVES.index(m.leaf), m.name))
 
 
 def get_method(name: str) -> MethodInfo:
-    _load_builtin()
     if name not in _REGISTRY:
         raise InputError(f"unknown method {name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def _load_builtin() -> None:
-    """Import every package that registers methods (attribution methods and the inside-the-model analyses)."""
-    import mmlens.attribution  # noqa: F401
-    import mmlens.layer  # noqa: F401
-    import mmlens.neuron  # noqa: F401
-    import mmlens.token  # noqa: F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmlens.core.options import check_int
+from mmlens.util.options import check_int
 
 MAX_IMAGE_BYTES = 256 * 2**20          # 256 MiB on disk
 MAX_IMAGE_PIXELS = 100_000_000         # refused above this (e.g. 10000 x 10000)

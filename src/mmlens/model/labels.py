@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmlens.core.batch import Batch
+from mmlens.model.batch import Batch
 
 
 def position_labels(tokenizer, batch: Batch) -> list[str]:

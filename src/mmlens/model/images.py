@@ -9,8 +9,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmlens.core import limits
 from mmlens.errors import InputError
+from mmlens.util import limits
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmlens.core.io import save_plot_or_json
 from mmlens.errors import InputError
+from mmlens.util.io import save_plot_or_json
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Views that make a hook point show the same rows in every family (used by :mod:`mmlens.core.tracing`).
+"""Views that make a hook point show the same rows in every family (used by :mod:`mmlens.hooks.tracing`).
 
 Image features flattened to one row per image token, a tower's permuted rows shown in input order,
 chunked attention gathered into one matrix, and a method patch that a trace removes like a hook.

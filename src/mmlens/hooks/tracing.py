@@ -5,7 +5,7 @@ Hook-point names (``i`` = block index) and what their tensors hold, the same in 
     vision.embed                    patch embeddings entering the vision blocks
     vision.blocks.{i}.resid_post    output of vision block i
     vision.blocks.{i}.attn          output of vision block i's self-attention
-    vision.blocks.{i}.attn.weights  its attention probabilities (computed on demand, see core.attention)
+    vision.blocks.{i}.attn.weights  its attention probabilities (computed on demand, see hooks.attention)
     projector.out                   the LM's image-token embeddings: (n_image_tokens, d), row k = the token at
                                     the k-th image placeholder of the batch (``batch.image_positions()[k]`` for
                                     one row), separators included (LLaVA-NeXT newlines, CLS if kept)
@@ -45,81 +45,23 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from mmlens.core.attention import AttentionTap
-from mmlens.core.hook_views import MethodPatch, RowOrder, block_diagonal, flatten_features, in_canonical_order
 from mmlens.errors import InputError
+from mmlens.hooks.attention import AttentionTap
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.views import (
+    MethodPatch,
+    RowOrder,
+    block_diagonal,
+    flatten_features,
+    in_canonical_order,
+)
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """A module and which of its tensors the point names: ``output``, ``input``, ``attn_weights``, or
-    ``image_features`` (the module's ``get_image_features`` result, flattened to one row per image token).
-
-    ``chunked``: attention that may run in several calls per forward (gathered block-diagonally).
-    ``rows``: the module holds its rows permuted; captures and edits see them in canonical order.
-    """
-
-    module: nn.Module
-    kind: str
-    chunked: bool = False
-    rows: RowOrder | None = None
-
-
-@dataclass
-class ModelParts:
-    """The modules an adapter names for its family; hook points are derived from these alone."""
-
-    lm_blocks: nn.ModuleList
-    lm_norm: nn.Module
-    unembed: nn.Module
-    vision_blocks: nn.ModuleList | None = None
-    vision_embed: nn.Module | None = None
-    projector: nn.Module | None = None
-    lm_attn: str = "self_attn"
-    lm_mlp: str = "mlp"
-    mlp_down: str = "down_proj"
-    attn_out_proj: str = "o_proj"
-    vision_attn: str = "self_attn"
-    #: the module whose ``get_image_features`` hands image features to the LM (``projector.out``)
-    image_features: nn.Module | None = None
-    #: vision attention runs in chunks (one call per image / window, as Qwen's towers do)
-    vision_attn_chunked: bool = False
-    #: the vision blocks hold their patch rows permuted (Qwen2.5-VL's window order)
-    vision_rows: RowOrder | None = None
-
-    def hook_points(self) -> dict[str, HookPoint]:
-        points: dict[str, HookPoint] = {}
-        if self.vision_embed is not None:
-            points["vision.embed"] = HookPoint(self.vision_embed, "output")
-        for i, block in enumerate(self.vision_blocks or []):
-            attn, rows = getattr(block, self.vision_attn), self.vision_rows
-            points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output", rows=rows)
-            points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output", rows=rows)
-            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked, rows)
-        if self.image_features is not None:
-            points["projector.out"] = HookPoint(self.image_features, "image_features")
-        elif self.projector is not None:
-            points["projector.out"] = HookPoint(self.projector, "output")
-        for i, block in enumerate(self.lm_blocks):
-            attn, mlp = getattr(block, self.lm_attn), getattr(block, self.lm_mlp)
-            points[f"lm.blocks.{i}.resid_pre"] = HookPoint(block, "input")
-            points[f"lm.blocks.{i}.resid_post"] = HookPoint(block, "output")
-            points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
-            points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
-            points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
-            points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down), "input")
-            points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
-        points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
-        points["lm.logits"] = HookPoint(self.unembed, "output")
-        return points
 
 
 def _first(x: Any) -> torch.Tensor:

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from mmlens.adapters.base import Adapter, adapter_for
-from mmlens.core.batch import AnswerScore, Batch, Generation
-from mmlens.core.images import ImageLike, to_rgb
-from mmlens.core.registry import TIERS
-from mmlens.core.tracing import HookPoint, Tracer
+from mmlens.catalog import TIERS
 from mmlens.errors import InputError
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.tracing import Tracer
+from mmlens.model.batch import AnswerScore, Batch, Generation
+from mmlens.model.images import ImageLike, to_rgb
 
 
 class Subject:
@@ -130,8 +131,8 @@ class Subject:
         return sorted({t for t in found if isinstance(t, str) and t.strip()}, key=len, reverse=True)
 
     def _check_text(self, what: str, text: Any) -> None:
-        """One-line InputError for a prompt / answer that is not usable text (see :mod:`mmlens.core.limits`)."""
-        from mmlens.core.limits import MAX_PROMPT_CHARS
+        """One-line InputError for a prompt / answer that is not usable text (see :mod:`mmlens.util.limits`)."""
+        from mmlens.util.limits import MAX_PROMPT_CHARS
 
         if not isinstance(text, str):
             hint = "the question as text" if what == "prompt" else "the answer as text or a list of token ids"
@@ -161,7 +162,7 @@ class Subject:
         return [int(t) for t in items]
 
     def _check_length(self, n_tokens: int, what: str) -> None:
-        from mmlens.core.limits import context_length
+        from mmlens.util.limits import context_length
 
         limit = context_length(self.model)
         if limit is not None and n_tokens > limit:
@@ -241,7 +242,7 @@ class Subject:
         return self._points
 
     def hook_points(self, prefix: str = "") -> list[str]:
-        """Canonical hook-point names (see :mod:`mmlens.core.tracing`)."""
+        """Canonical hook-point names (see :mod:`mmlens.hooks.tracing`)."""
         return [n for n in self.hook_point_map() if n.startswith(prefix)]
 
     def trace(self) -> Tracer:

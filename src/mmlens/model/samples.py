@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.progress import progress
-from mmlens.core.subject import Subject
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.model.subject import Subject
+from mmlens.util.progress import progress
 
 
 def sample_fields(sample: Any) -> tuple[Any, str, str | None]:

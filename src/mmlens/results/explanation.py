@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmlens.core.io import atomic_write
 from mmlens.errors import InputError
+from mmlens.util.io import atomic_write
 
 FORMAT = "mmlens.explanation"
 FORMAT_VERSION = 1

@@ -13,15 +13,14 @@ one-token foil needs no forward of its own; a longer one does (``foil_logits``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mmlens.core.batch import Batch
-from mmlens.core.options import check_choice
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch
+from mmlens.util.options import check_choice
 
 OBJECTIVES = ("logit", "log_prob", "prob")
 
@@ -93,7 +92,7 @@ class Target:
 
 def foil_batch(subject: Any, batch: Batch, target: Target) -> Batch:
     """The teacher-forced foil sequence of contrast ``target``: ``batch``'s prompt, the answer tokens before the
-    span, then the foil tokens (``subject``: a :class:`~mmlens.core.subject.Subject`)."""
+    span, then the foil tokens (``subject``: a :class:`~mmlens.model.subject.Subject`)."""
     return subject.with_answer(batch, target.foil_continuation(batch))
 
 

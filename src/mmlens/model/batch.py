@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmlens.core.geometry import ImageGeometry
+from mmlens.model.geometry import ImageGeometry
 
 
 @dataclass

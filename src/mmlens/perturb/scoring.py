@@ -9,7 +9,7 @@ which changes no earlier logit).
 
 >>> from mmlens.testing import tiny_subject
 >>> from mmlens.testing.tiny_models import tiny_images
->>> from mmlens.core.targets import resolve_targets
+>>> from mmlens.model.targets import resolve_targets
 >>> lm = tiny_subject("llava")
 >>> img = tiny_images("llava", 1)[0]
 >>> batch = lm.prepare(img, "what color is the cat ?", answer="red")
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmlens.core.batch import Batch, cat_inputs
-from mmlens.core.options import check_int
-from mmlens.core.subject import Subject
-from mmlens.core.targets import Target
 from mmlens.errors import InputError
+from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.subject import Subject
+from mmlens.model.targets import Target
+from mmlens.util.options import check_int
 
 #: A chunk of perturbed rows: one image list per row, and optionally (rows, seq) input ids.
 Rows = tuple[list[list[Image.Image]], "torch.Tensor | None"]

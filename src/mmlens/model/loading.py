@@ -13,8 +13,8 @@ import transformers
 from torch import nn
 
 from mmlens.adapters import adapter_for
-from mmlens.core.subject import Subject, access_tiers
 from mmlens.errors import InputError, MMLensError
+from mmlens.model.subject import Subject, access_tiers
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

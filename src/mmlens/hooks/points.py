@@ -1,0 +1,81 @@
+"""Where a hook point is: the modules an adapter names (:class:`ModelParts`) and the canonical point names
+derived from them (:class:`HookPoint`). The meaning of every name is documented in :mod:`mmlens.hooks.tracing`.
+
+>>> from mmlens.testing import tiny_subject                     # doctest: +SKIP
+>>> sorted(tiny_subject("llava").adapter.parts().hook_points())[:2]  # doctest: +SKIP
+['lm.blocks.0.attn.heads', 'lm.blocks.0.attn.out']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mmlens.hooks.views import RowOrder
+
+__all__ = ["HookPoint", "ModelParts"]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A module and which of its tensors the point names: ``output``, ``input``, ``attn_weights``, or
+    ``image_features`` (the module's ``get_image_features`` result, flattened to one row per image token).
+
+    ``chunked``: attention that may run in several calls per forward (gathered block-diagonally).
+    ``rows``: the module holds its rows permuted; captures and edits see them in canonical order.
+    """
+
+    module: nn.Module
+    kind: str
+    chunked: bool = False
+    rows: RowOrder | None = None
+
+
+@dataclass
+class ModelParts:
+    """The modules an adapter names for its family; hook points are derived from these alone."""
+
+    lm_blocks: nn.ModuleList
+    lm_norm: nn.Module
+    unembed: nn.Module
+    vision_blocks: nn.ModuleList | None = None
+    vision_embed: nn.Module | None = None
+    projector: nn.Module | None = None
+    lm_attn: str = "self_attn"
+    lm_mlp: str = "mlp"
+    mlp_down: str = "down_proj"
+    attn_out_proj: str = "o_proj"
+    vision_attn: str = "self_attn"
+    #: the module whose ``get_image_features`` hands image features to the LM (``projector.out``)
+    image_features: nn.Module | None = None
+    #: vision attention runs in chunks (one call per image / window, as Qwen's towers do)
+    vision_attn_chunked: bool = False
+    #: the vision blocks hold their patch rows permuted (Qwen2.5-VL's window order)
+    vision_rows: RowOrder | None = None
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points: dict[str, HookPoint] = {}
+        if self.vision_embed is not None:
+            points["vision.embed"] = HookPoint(self.vision_embed, "output")
+        for i, block in enumerate(self.vision_blocks or []):
+            attn, rows = getattr(block, self.vision_attn), self.vision_rows
+            points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output", rows=rows)
+            points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output", rows=rows)
+            points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked, rows)
+        if self.image_features is not None:
+            points["projector.out"] = HookPoint(self.image_features, "image_features")
+        elif self.projector is not None:
+            points["projector.out"] = HookPoint(self.projector, "output")
+        for i, block in enumerate(self.lm_blocks):
+            attn, mlp = getattr(block, self.lm_attn), getattr(block, self.lm_mlp)
+            points[f"lm.blocks.{i}.resid_pre"] = HookPoint(block, "input")
+            points[f"lm.blocks.{i}.resid_post"] = HookPoint(block, "output")
+            points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
+            points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
+            points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
+            points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down), "input")
+            points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
+        points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
+        points["lm.logits"] = HookPoint(self.unembed, "output")
+        return points
