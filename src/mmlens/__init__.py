@@ -19,7 +19,7 @@ from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
 
-__version__ = "0.1.0"
+from mmlens._version import __version__
 
 __all__ = [
     "AnswerScore",

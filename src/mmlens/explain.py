@@ -98,7 +98,7 @@ def versions() -> dict[str, str]:
     """Versions that matter for reproducing a result."""
     import transformers
 
-    from mmlens import __version__
+    from mmlens._version import __version__
 
     out = {"mmlens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
            "python": platform.python_version()}
