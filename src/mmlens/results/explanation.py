@@ -13,10 +13,8 @@ prompt-token scores, the original images (for plotting) and the metadata that re
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mmlens.errors import InputError
+from mmlens.results import rendering
 from mmlens.util.io import atomic_write
 
 FORMAT = "mmlens.explanation"
@@ -118,33 +117,15 @@ class Explanation:
         """
         from matplotlib.figure import Figure
 
-        return self._plot(Figure, target, ax, image, alpha, cmap)
+        return rendering.plot(self, Figure, target, ax, image, alpha, cmap)
 
-    def _plot(self, new_figure: Callable[..., Any], target: TargetKey, ax: Any, image: int | None,
-              alpha: float, cmap: str) -> Any:
-        from mmlens.viz.overlay import overlay
+    def _png_bytes(self, target: TargetKey = None, dpi: int = 100) -> bytes:
+        return rendering.png_bytes(self, target, dpi)
 
-        targets = range(len(self.labels)) if target is None else [self._index(target)]
-        images = range(len(self.images)) if image is None else [self._image(image)]
-        panels = [(t, i) for t in targets for i in images]
-        if ax is not None:
-            if len(panels) != 1:
-                raise InputError(f"ax= takes one panel but this draws {len(panels)}: pass target=... "
-                                 "(and image=... when there are several images), or no ax")
-            fig, axes = ax.figure, [ax]
-        else:
-            ncols = len(images) if len(images) > 1 else min(4, len(panels))
-            nrows = math.ceil(len(panels) / ncols)
-            fig = new_figure(figsize=(3.4 * ncols, 3.2 * nrows), layout="constrained")
-            axes = list(fig.subplots(nrows, ncols, squeeze=False).flatten())
-        for a, (t, i) in zip(axes, panels):
-            mappable = overlay(self.images[i], self.pixel_maps[t][i], a, alpha=alpha, cmap=cmap)
-            fig.colorbar(mappable, ax=a, fraction=0.046, pad=0.04)
-            title = f"{self.method}: {self.labels[t]!r}" + (f" (image {i})" if len(self.images) > 1 else "")
-            a.set_title(_no_mathtext(title), fontsize=9)
-        for a in axes[len(panels):]:
-            a.axis("off")
-        return fig
+    def _repr_html_(self) -> str:
+        """Self-contained HTML: the plot as a base64 image and a table of prompt-token scores (all escaped)."""
+        return rendering.explanation_html(self)
+
 
     def show(self, target: TargetKey = None) -> None:
         """Display the plot (every target, or one): inline in a notebook, else in a matplotlib window."""
@@ -160,32 +141,8 @@ class Explanation:
             pass
         import matplotlib.pyplot as plt
 
-        self._plot(plt.figure, target, None, None, 0.5, "jet")
+        rendering.plot(self, plt.figure, target, None, None, 0.5, "jet")
         plt.show()
-
-    def _png_bytes(self, target: TargetKey = None, dpi: int = 100) -> bytes:
-        buf = io.BytesIO()
-        self.plot(target).savefig(buf, format="png", dpi=dpi)
-        return buf.getvalue()
-
-    def _repr_html_(self) -> str:
-        """Self-contained HTML: the plot as a base64 image and a table of prompt-token scores (all escaped)."""
-        esc = html.escape
-        img = base64.b64encode(self._png_bytes()).decode("ascii")
-        head = "".join(f"<th>{esc(label)}</th>" for label in self.labels)
-        rows = []
-        for p in self.text_positions:
-            cells = "".join(f"<td>{float(self.position_scores[t, p]):.4g}</td>" for t in range(len(self.labels)))
-            rows.append(f"<tr><td>{esc(self.tokens[p])}</td>{cells}</tr>")
-        model = esc(str(self.metadata.get("model_id", "")))
-        return (
-            '<div class="mmlens-explanation">'
-            f"<p><b>{esc(self.method)}</b> on <code>{model}</code><br>"
-            f"prompt: {esc(self.prompt)}<br>answer: {esc(self.answer)}</p>"
-            f'<img alt="{esc(self.method)} heatmaps" src="data:image/png;base64,{img}"/>'
-            f"<table><thead><tr><th>prompt token</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            "</div>"
-        )
 
     # -- serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -277,7 +234,7 @@ class Explanation:
             ".png": lambda tmp: tmp.write_bytes(self._png_bytes(dpi=120)),
             ".json": lambda tmp: tmp.write_text(json.dumps(self.to_dict()), encoding="utf-8"),
             ".safetensors": self._write_safetensors,
-            ".html": lambda tmp: tmp.write_text(_html_page(self), encoding="utf-8"),
+            ".html": lambda tmp: tmp.write_text(rendering.html_page(self), encoding="utf-8"),
         }
         return atomic_write(path, lambda tmp: writers[path.suffix.lower()](tmp), suffixes=SUFFIXES)
 
@@ -397,16 +354,3 @@ def _png(img: Image.Image) -> bytes:
 def _from_png(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
-
-
-def _no_mathtext(text: str) -> str:
-    """Matplotlib treats ``$...$`` as math; model tokens may hold dollars."""
-    return text.replace("$", r"\$")
-
-
-def _html_page(ex: Explanation) -> str:
-    title = html.escape(f"mmlens {ex.method}: {ex.prompt}")
-    head = f'<head><meta charset="utf-8"><title>{title}</title></head>'
-    return f"<!doctype html><html>{head}<body>{ex._repr_html_()}</body></html>"
-
-

@@ -82,10 +82,6 @@ import torch
 from PIL import Image
 from transformers import (
     CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    Gemma2Config,
-    GemmaConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -111,7 +107,23 @@ from mmlens.adapters.qwen_processor import (
     ImageOnlyQwen2_5_VLProcessor,
     ImageOnlyQwen2VLProcessor,
 )
-from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE, build_word_tokenizer
+from mmlens.testing.tiny_configs import (
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIALS,
+    clip_vision_config,
+    finish_model,
+    gemma2_config,
+    gemma_config,
+    llama_config,
+    sharpen_attention,
+    special_ids,
+    tiny_prompt_words,
+    tiny_tokenizer,
+)
+from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 __all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
@@ -121,21 +133,6 @@ FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma")
 #: sliding-window layers, grouped-query attention); see :func:`_build_paligemma2`.
 VARIANTS = ("paligemma2",)
 
-_HIDDEN = 32  # hidden size of every tower
-_LAYERS = 2  # layers in every tower
-_HEADS = 2  # attention heads (head_dim 16)
-
-_WORDS = (
-    # chat roles / template words
-    "user assistant system : . , ? !".split()
-    # task words (PaliGemma style prefixes too)
-    + "what is in the image picture photo this that describe caption answer en de fr".split()
-    + "color colour shape where how many which left right top bottom of and or a an there are".split()
-    + "red green blue yellow black white orange purple gray brown".split()
-    + "cat dog car tree house sky sun ball square circle triangle stripe".split()
-    + "compare two images first second both same different yes no one three four".split()
-)
-
 _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "llava": ((48, 32), (32, 40), (36, 36)),
     "llava_next": ((80, 24), (40, 80), (72, 56)),
@@ -144,36 +141,6 @@ _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "paligemma": ((48, 40), (32, 32), (40, 56)),
     "paligemma2": ((48, 40), (32, 32), (40, 56)),
 }
-
-#: Qwen2-VL style chat template (content items rendered in order; no default system message).
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-_QWEN_SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
-
-def tiny_prompt_words() -> list[str]:
-    """The (lower-case) word vocabulary of the tiny tokenizers (special tokens not included)."""
-    return list(dict.fromkeys(_WORDS))
-
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES + VARIANTS:
@@ -216,60 +183,13 @@ def tiny_prompt(
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _tokenizer(extra_special: tuple[str, ...], named: dict[str, str], chat_template: str | None):
-    """Word tokenizer with ``extra_special`` tokens; ``named`` tokens (e.g. ``image_token``) become tokenizer
-    attributes (``tok.image_token`` / ``tok.image_token_id``), the transformers-5 "model specific special tokens"
-    mechanism that real multimodal tokenizers use (saved in tokenizer_config.json)."""
-    return build_word_tokenizer(_WORDS, extra_special_tokens=extra_special, chat_template=chat_template,
-                                named_tokens=named)
-
-
-def _text_ids(tok) -> dict[str, int]:
-    return {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-
-
-def _finish(model: PreTrainedModel, tok, eos_ids: list[int] | None = None) -> PreTrainedModel:
-    model = model.to(torch.float32).eval()
-    gc = model.generation_config
-    gc.pad_token_id = tok.pad_token_id
-    gc.bos_token_id = tok.bos_token_id
-    gc.eos_token_id = eos_ids if eos_ids is not None else tok.eos_token_id
-    gc.do_sample = False
-    return model
-
-
-def _clip_vision() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=_HIDDEN,
-        intermediate_size=2 * _HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        image_size=32,
-        patch_size=8,
-        projection_dim=_HIDDEN,
-    )
-
-
-def _llama(tok) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=_HIDDEN,
-        intermediate_size=2 * _HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=_HEADS,
-        max_position_embeddings=512,
-        **_text_ids(tok),
-    )
-
-
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]  # (H, W) multiples of the 32 px tile
 
 
 def _build_llava_like(image_processor_cls, processor_cls, config_cls, model_cls, **extra):
     """LLaVA-1.5 or LLaVA-NeXT: CLIP 32 px / patch 8 tower + tiny Llama; ``extra`` goes to the image
     processor and the config (LLaVA-NeXT's ``image_grid_pinpoints``)."""
-    tok = _tokenizer(("<image>",), {"image_token": "<image>"}, LLAVA_CHAT_TEMPLATE)
+    tok = tiny_tokenizer(("<image>",), {"image_token": "<image>"}, LLAVA_CHAT_TEMPLATE)
     image_processor = image_processor_cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, **extra)
     processor = processor_cls(
         image_processor=image_processor,
@@ -280,8 +200,8 @@ def _build_llava_like(image_processor_cls, processor_cls, config_cls, model_cls,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     config = config_cls(
-        vision_config=_clip_vision(),
-        text_config=_llama(tok),
+        vision_config=clip_vision_config(),
+        text_config=llama_config(tok),
         image_token_index=tok.image_token_id,
         image_seq_length=16,
         vision_feature_select_strategy="default",
@@ -307,23 +227,23 @@ def _build_qwen(family: str):
         "vision_start_token": "<|vision_start|>",
         "vision_end_token": "<|vision_end|>",
     }
-    tok = _tokenizer(_QWEN_SPECIALS, named, QWEN_CHAT_TEMPLATE)
+    tok = tiny_tokenizer(QWEN_SPECIALS, named, QWEN_CHAT_TEMPLATE)
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=56 * 56, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    head_dim = _HIDDEN // _HEADS
+    head_dim = HIDDEN // HEADS
     text = {
         "vocab_size": len(tok),
-        "hidden_size": _HIDDEN,
-        "intermediate_size": 2 * _HIDDEN,
-        "num_hidden_layers": _LAYERS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
         "max_position_embeddings": 512,
-        "max_window_layers": _LAYERS,
+        "max_window_layers": LAYERS,
         # mrope_section (temporal, height, width) must sum to head_dim // 2
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        **_text_ids(tok),
+        **special_ids(tok),
     }
     assert sum(text["rope_parameters"]["mrope_section"]) == head_dim // 2
     ids = {
@@ -337,11 +257,11 @@ def _build_qwen(family: str):
             image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE
         )
         vision = {
-            "depth": _LAYERS,
-            "embed_dim": _HIDDEN,
-            "hidden_size": _HIDDEN,  # output (merger) size == text hidden size
+            "depth": LAYERS,
+            "embed_dim": HIDDEN,
+            "hidden_size": HIDDEN,  # output (merger) size == text hidden size
             "mlp_ratio": 2,
-            "num_heads": _HEADS,
+            "num_heads": HEADS,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
@@ -353,16 +273,16 @@ def _build_qwen(family: str):
             image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE
         )
         vision = {
-            "depth": _LAYERS,
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "out_hidden_size": _HIDDEN,
-            "num_heads": _HEADS,
+            "depth": LAYERS,
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "out_hidden_size": HIDDEN,
+            "num_heads": HEADS,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 56,  # in pixels: 56 / (14*2) = 2x2 merged tokens per window
-            "fullatt_block_indexes": [_LAYERS - 1],
+            "fullatt_block_indexes": [LAYERS - 1],
         }
         config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -370,78 +290,33 @@ def _build_qwen(family: str):
 
 
 def _build_paligemma(gemma2: bool = False):
-    tok = _tokenizer(("<image>",), {"image_token": "<image>"}, None)
+    tok = tiny_tokenizer(("<image>",), {"image_token": "<image>"}, None)
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, image_seq_length=16)
     # PaliGemmaProcessor adds 1152 <loc>/<seg> tokens to the tokenizer: build it before sizing the vocab.
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
     vocab = len(tok)
     vision = SiglipVisionConfig(
-        hidden_size=_HIDDEN,
-        intermediate_size=2 * _HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
         image_size=32,
         patch_size=8,
         vision_use_head=False,
     )
-    text = (_gemma2 if gemma2 else _gemma)(vocab, tok)
+    text = (gemma2_config if gemma2 else gemma_config)(vocab, tok)
     config = PaliGemmaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tok.image_token_id,
         vocab_size=vocab,
-        projection_dim=_HIDDEN,
-        hidden_size=_HIDDEN,
+        projection_dim=HIDDEN,
+        hidden_size=HIDDEN,
     )
     model = PaliGemmaForConditionalGeneration(config)
     if gemma2:
-        _sharpen_attention(model.model.language_model.layers)
+        sharpen_attention(model.model.language_model.layers)
     return model, processor
-
-
-def _gemma(vocab: int, tok) -> GemmaConfig:
-    return GemmaConfig(
-        vocab_size=vocab,
-        hidden_size=_HIDDEN,
-        intermediate_size=2 * _HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=1,
-        head_dim=_HIDDEN // _HEADS,
-        max_position_embeddings=512,
-        **_text_ids(tok),
-    )
-
-
-def _gemma2(vocab: int, tok) -> Gemma2Config:
-    """Gemma 2 as in PaliGemma 2: soft-capped attention logits (50) and final logits (30), layer 0 a
-    sliding-window layer (window 8 < the 20+ token prompts), 4 query heads over 2 key/value heads,
-    eager attention (what transformers picks for Gemma 2: sdpa cannot soft-cap)."""
-    return Gemma2Config(
-        vocab_size=vocab,
-        hidden_size=_HIDDEN,
-        intermediate_size=2 * _HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=_HIDDEN // _HEADS,
-        query_pre_attn_scalar=_HIDDEN // _HEADS,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        **_text_ids(tok),
-    )
-
-
-def _sharpen_attention(layers, gain: float = 30.0) -> None:
-    """Scale query / key projections so attention logits reach the soft-cap, where ``50 * tanh(s / 50)``
-    differs visibly from ``s`` (probabilities without the cap are off by up to 0.12 on the tiny prompts)."""
-    with torch.no_grad():
-        for layer in layers:
-            layer.self_attn.q_proj.weight.mul_(gain)
-            layer.self_attn.k_proj.weight.mul_(gain)
 
 
 _BUILDERS = {
@@ -467,4 +342,4 @@ def tiny_model_and_processor(family: str, seed: int = 0) -> tuple[PreTrainedMode
     eos = [tok.eos_token_id]
     if family in ("qwen2_vl", "qwen2_5_vl"):
         eos.append(tok.convert_tokens_to_ids("<|im_end|>"))
-    return _finish(model, tok, eos), processor
+    return finish_model(model, tok, eos), processor
