@@ -50,7 +50,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     def ig_captum() -> None:
         from captum.attr import IntegratedGradients
 
-        from mmlens.attribution.gradient import (
+        from mmlens.attribution.captum_gradients import (
             baseline_embeddings,
             embedding_function,
             input_embeddings,

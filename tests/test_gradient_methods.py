@@ -7,18 +7,16 @@ from conftest import subject_for
 
 import mmlens
 from mmlens import InputError, count_hooks
-from mmlens.attribution.gradient import (
+from mmlens.attribution.captum_gradients import (
     attributed_positions,
     baseline_embeddings,
     baseline_token_id,
     embedding_function,
-    gradcam,
     input_embeddings,
-    input_x_gradient,
     integrated_gradients,
-    saliency,
     smoothgrad,
 )
+from mmlens.attribution.gradient import gradcam, input_x_gradient, saliency
 from mmlens.attribution.relevancy import attention_x_gradient, relevancy, relevancy_rows
 from mmlens.model.targets import resolve_targets
 from mmlens.testing.tiny_models import FAMILIES, tiny_images

@@ -9,6 +9,7 @@ import mmlens.attribution  # noqa: F401  (the method packages register themselve
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
 import mmlens.token  # noqa: F401
+from mmlens._version import __version__
 from mmlens.catalog import methods
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
 from mmlens.explain import explain
@@ -18,8 +19,6 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
-
-from mmlens._version import __version__
 
 __all__ = [
     "AnswerScore",

@@ -4,8 +4,9 @@ They span several survey leaves (data / input-output, model / token, model / arc
 is registered with its leaf and access tier, so ``mmlens.methods()`` prints them in the survey's tree.
 """
 
-from mmlens.attribution import (  # noqa: F401  (attention and gradient methods)  # noqa: F401  (occlusion, rise, SHAP, LIME)
+from mmlens.attribution import (  # noqa: F401  (each module registers its methods in the catalog)
     attention,
+    captum_gradients,
     gradient,
     lime,
     perturbation,
