@@ -87,3 +87,20 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     layers = _layers()
     targets = _imports(fake, "mmlens.errors")
     assert any(_layer_of(t, layers) > _layer_of("mmlens.errors", layers) for t in targets)
+
+
+def _sources(exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    return {m: p.read_text() for m, p in _modules().items() if not m.startswith(exclude)}
+
+
+@pytest.mark.parametrize("what, pattern, home, exclude", [
+    ("progress bars", r"rich\.progress|tqdm", "mmlens.util.progress", ()),
+    ("option validators", r"def _?check_(int|float|range|choice)\b", "mmlens.util.options", ()),
+    ("blur defaults", r"GaussianBlur", "mmlens.model.images", ()),
+    ("head counts", r"num_attention_heads", "mmlens.model.subject", ("mmlens.testing", "mmlens.demo")),
+    ("MLP module names", r"down_proj", "mmlens.hooks.points", ("mmlens.adapters", "mmlens.testing", "mmlens.demo")),
+])
+def test_one_home_for_shared_helpers(what: str, pattern: str, home: str, exclude: tuple[str, ...]) -> None:
+    """Each shared helper lives in one module; the others call it instead of repeating it."""
+    found = sorted(m for m, src in _sources(exclude).items() if re.search(pattern, src))
+    assert found == [home], f"{what}: expected only in {home}, found in {found}"

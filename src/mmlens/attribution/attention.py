@@ -30,10 +30,6 @@ def target_rows(targets: list[Target], batch: Batch) -> tuple[torch.Tensor, list
     return rows, [torch.searchsorted(rows, p) for p in per]
 
 
-def n_heads(subject: Subject) -> int:
-    return int(subject.model.config.get_text_config().num_attention_heads)
-
-
 # -- attention ---------------------------------------------------------------------------------------------
 
 
@@ -62,7 +58,7 @@ def attention(
     targets; only the query rows are computed.
     """
     layer_ids = select_indices("layers", layers, subject.n_layers)
-    head_ids = select_indices("heads", heads, n_heads(subject))
+    head_ids = select_indices("heads", heads, subject.n_heads)
     how = check_choice("aggregate", aggregate, ("mean", "max"))
     rows, index = target_rows(targets, batch)
     with torch.no_grad(), subject.trace() as tr:
@@ -125,7 +121,7 @@ def rollout(
     """
     residual = check_float("residual", residual, 0.0, 1.0)
     how = check_choice("head_fusion", head_fusion, ("mean", "max"))
-    heads = list(range(n_heads(subject)))
+    heads = list(range(subject.n_heads))
     rows, index = target_rows(targets, batch)
     with torch.no_grad(), subject.trace() as tr:
         names = tr.capture_attention("lm.blocks.*.attn.weights", rows=None, reduce=lambda w: _reduce(w, heads, how))

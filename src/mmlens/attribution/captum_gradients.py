@@ -14,12 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from mmlens.attribution.gradient import INPUT, gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
+from mmlens.model.images import blurred
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective, foil_batch
 from mmlens.util.options import check_choice, check_float, check_int
@@ -99,8 +100,7 @@ def _baseline_images(batch: Batch, kind: str, blur_radius: float | None) -> list
     if kind == "black":
         return [Image.new("RGB", img.size) for img in batch.images]
     if kind == "blur":
-        return [img.filter(ImageFilter.GaussianBlur(blur_radius or max(1.0, 0.05 * max(img.size))))
-                for img in batch.images]
+        return [blurred(img, blur_radius) for img in batch.images]
     noise = []  # uniform noise pixels from torch's (seeded) generator
     for img in batch.images:
         arr = torch.randint(0, 256, (img.height, img.width, 3), dtype=torch.uint8).numpy()
@@ -147,7 +147,7 @@ def baseline_embeddings(subject: Subject, batch: Batch, positions: torch.Tensor,
 
     - "zero": zeros at every position;
     - "black" / "blur" / "noise": image positions get the embeddings of a black / blurred (Gaussian,
-      ``blur_radius`` px, default 5% of the longer side) / uniform-noise image of the same size (hence the
+      ``blur_radius`` px, default 1/16 of the longer side) / uniform-noise image of the same size (hence the
       same token layout); prompt-text positions get the embedding of :func:`baseline_token_id`.
 
     Why not zeros for text: LMs normalise their input (RMSNorm / LayerNorm), so on the straight path from

@@ -29,7 +29,6 @@ from mmlens.attribution.perturbation_shap import (
     WeightedLinearRegression,
     attribute_players,
     check_players,
-    progress_context,
 )
 from mmlens.attribution.regions import Game, RegionFeatures
 from mmlens.catalog import register_method
@@ -38,6 +37,7 @@ from mmlens.model.subject import Subject
 from mmlens.model.targets import Target
 from mmlens.perturb.scoring import Evaluator
 from mmlens.util.options import check_float
+from mmlens.util.progress import progress_bar
 
 
 @register_method("lime", leaf="data/input-output", tier="black-box",
@@ -76,7 +76,7 @@ def lime(
     features = RegionFeatures(subject, batch, cells, baseline, words, regions, n_segments)
     n = features.n_players
     similarity = get_exp_kernel_similarity_function("cosine", kernel_width)
-    with progress_context(math.ceil(n_samples / batch_size), "LIME", progress) as bar:
+    with progress_bar(math.ceil(n_samples / batch_size), "LIME", progress) as bar:
         game = Game(ev, features, bar)
         explainer = Lime(game, interpretable_model=WeightedLinearRegression(alpha), similarity_func=similarity)
         phi = [attribute_players(explainer, n, t, n_samples, batch_size, seed) for t in range(len(targets))]

@@ -34,7 +34,6 @@ from mmlens.attribution.perturbation_masks import (
 )
 from mmlens.attribution.regions import SEGMENTATIONS, paint, region_labels
 from mmlens.catalog import register_method
-from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target
@@ -44,23 +43,12 @@ from mmlens.perturb.scoring import (
     masked_input_ids,
     prompt_words,
 )
-from mmlens.util.options import check_choice, check_int
+from mmlens.util.options import check_choice, check_float, check_int
 
 _LEAF, _TIER = "data/input-output", "black-box"
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------
-def check_range(name: str, value: float, low: float, high: float) -> float:
-    """``value`` as a float strictly inside ``(low, high)``, else a one-line InputError."""
-    try:
-        ok = low < float(value) < high
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(f"{name}={value!r} is out of range: pass a number strictly between {low:g} and {high:g}")
-    return float(value)
-
-
 def resolve_seed(seed: int | None) -> int:
     """``seed``, or with ``None`` one drawn from torch's global RNG (which :func:`mmlens.explain` seeds)."""
     if seed is None:
@@ -189,7 +177,7 @@ def rise(
     ev = Evaluator(subject, batch, targets, batch_size, progress, desc="RISE")
     n_masks = check_int("n_masks", n_masks, 1)
     cells = check_int("cells", cells, 1, _min_side(batch), why=" (the smallest image side, in pixels)")
-    p = check_range("p", p, 0.0, 1.0)
+    p = check_float("p", p, 0.0, 1.0, open_low=True, open_high=True)
     seed = resolve_seed(seed)
     arrays = [image_array(img) for img in batch.images]
     bases = [baseline_array(img, baseline) for img in batch.images]

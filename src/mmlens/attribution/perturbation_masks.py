@@ -20,11 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.geometry import ImageGeometry
+from mmlens.model.images import blurred
 
 BASELINES = ("mean", "black", "blur")
 
@@ -37,7 +38,7 @@ def image_array(image: Image.Image) -> np.ndarray:
 
 def baseline_array(image: Image.Image, kind: str, blur_radius: float | None = None) -> np.ndarray:
     """What a masked pixel shows: ``"mean"`` (the image's mean colour), ``"black"`` or ``"blur"`` (a Gaussian
-    blur of the image, radius ``blur_radius`` or 1/16 of the longer side).
+    blur of the image, radius ``blur_radius`` or :data:`~mmlens.model.images.BLUR_SHARE` of the longer side).
 
     >>> baseline_array(Image.new("RGB", (2, 2), (10, 20, 30)), "mean")[0, 0].tolist()
     [10.0, 20.0, 30.0]
@@ -48,8 +49,7 @@ def baseline_array(image: Image.Image, kind: str, blur_radius: float | None = No
     if kind == "black":
         return np.zeros_like(arr)
     if kind == "blur":
-        radius = blur_radius if blur_radius is not None else max(image.size) / 16
-        return image_array(image.convert("RGB").filter(ImageFilter.GaussianBlur(radius)))
+        return image_array(blurred(image, blur_radius))
     raise InputError(f"baseline={kind!r} is not supported: pass one of {', '.join(BASELINES)}")
 
 

@@ -20,8 +20,6 @@ first target only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,8 +34,9 @@ from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target
-from mmlens.perturb.scoring import Evaluator, progress_bar, prompt_words
+from mmlens.perturb.scoring import Evaluator, prompt_words
 from mmlens.util.options import check_int
+from mmlens.util.progress import progress_bar
 
 _LEAF, _TIER = "data/input-output", "black-box"
 ESTIMATORS = ("auto", "exact", "kernel", "permutation")
@@ -134,16 +133,6 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
 
 
 # -- methods ----------------------------------------------------------------------------------------------
-@contextmanager
-def progress_context(total: int, desc: str, show: bool | None) -> Iterator[Any]:
-    bar = progress_bar(total, desc, show)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def check_players(batch: Batch, cells: int, n_samples: int, seed: int | None) -> tuple[int, int, int]:
     """``cells``, ``n_samples`` and the seed checked (one-line InputError otherwise)."""
     side = min(min(img.size) for img in batch.images)
@@ -181,7 +170,7 @@ def kernel_shap(
     ev = Evaluator(subject, batch, targets, batch_size, progress, desc="KernelSHAP")
     cells, n_samples, seed = check_players(batch, cells, n_samples, seed)
     features = RegionFeatures(subject, batch, cells, baseline, words, regions, n_segments)
-    with progress_context(math.ceil(n_samples / batch_size), "KernelSHAP", progress) as bar:
+    with progress_bar(math.ceil(n_samples / batch_size), "KernelSHAP", progress) as bar:
         game = Game(ev, features, bar)
         phi = torch.stack([captum_kernel_shap(game, features.n_players, t, n_samples, batch_size, seed)
                            for t in range(len(targets))])
@@ -236,7 +225,7 @@ def mm_shap(
     else:
         run = captum_kernel_shap if estimator == "kernel" else captum_permutation_shapley
         rows = n_samples if estimator == "kernel" else n_samples * n + 1
-        with progress_context(math.ceil(rows / batch_size), "MM-SHAP", progress) as bar:
+        with progress_bar(math.ceil(rows / batch_size), "MM-SHAP", progress) as bar:
             game = Game(ev, features, bar)
             phi = torch.stack([run(game, n, t, n_samples, batch_size, seed) for t in range(len(targets))])
     image = phi[:, : features.n_image_players].abs().sum(1).double()

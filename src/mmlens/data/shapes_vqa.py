@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmlens.errors import InputError
+from mmlens.util.options import check_int
 
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "exists")
 
@@ -87,11 +88,11 @@ class ShapesVQA:
         min_objects: int = 2,
         max_objects: int = 4,
     ) -> None:
-        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
-        self.seed = _check_int("seed", seed, 0, 2**63 - 1)
+        self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        self.seed = check_int("seed", seed, 0, 2**63 - 1)
         self.question_types = _check_question_types(question_types)
-        self.min_objects = _check_int("min_objects", min_objects, 1, MAX_OBJECTS)
-        self.max_objects = _check_int("max_objects", max_objects, self.min_objects, MAX_OBJECTS)
+        self.min_objects = check_int("min_objects", min_objects, 1, MAX_OBJECTS)
+        self.max_objects = check_int("max_objects", max_objects, self.min_objects, MAX_OBJECTS)
 
     def __repr__(self) -> str:
         return (
@@ -102,7 +103,7 @@ class ShapesVQA:
 
     def sample(self, index: int) -> ShapesSample:
         """Return sample ``index`` (any non-negative int), the same for the same ``(seed, index)``."""
-        index = _check_int("index", index, 0, 2**63 - 1)
+        index = check_int("index", index, 0, 2**63 - 1)
         rng = np.random.default_rng([self.seed, index])
         qtype = self.question_types[rng.integers(len(self.question_types))]
         n_objects = int(rng.integers(self.min_objects, self.max_objects + 1))
@@ -137,20 +138,12 @@ class ShapesVQA:
         >>> [s.index for s in ShapesVQA().samples(3, start=5)]
         [5, 6, 7]
         """
-        n = _check_int("n", n, 0, MAX_SAMPLES)
-        start = _check_int("start", start, 0, 2**63 - 1)
+        n = check_int("n", n, 0, MAX_SAMPLES)
+        start = check_int("start", start, 0, 2**63 - 1)
         return (self.sample(i) for i in range(start, start + n))
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise InputError(f"{name}={value} is out of range: pass an int in [{lo}, {hi}]")
-    return int(value)
 
 
 def _check_question_types(question_types: Iterable[str]) -> tuple[str, ...]:

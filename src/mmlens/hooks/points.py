@@ -44,7 +44,7 @@ class ModelParts:
     projector: nn.Module | None = None
     lm_attn: str = "self_attn"
     lm_mlp: str = "mlp"
-    mlp_down: str = "down_proj"
+    mlp_down_proj: str = "down_proj"
     attn_out_proj: str = "o_proj"
     vision_attn: str = "self_attn"
     #: the module whose ``get_image_features`` hands image features to the LM (``projector.out``)
@@ -53,6 +53,10 @@ class ModelParts:
     vision_attn_chunked: bool = False
     #: the vision blocks hold their patch rows permuted (Qwen2.5-VL's window order)
     vision_rows: RowOrder | None = None
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        """LM block ``layer``'s MLP down projection (its input is ``lm.blocks.{layer}.mlp.act``: the neurons)."""
+        return getattr(getattr(self.lm_blocks[layer], self.lm_mlp), self.mlp_down_proj)
 
     def hook_points(self) -> dict[str, HookPoint]:
         points: dict[str, HookPoint] = {}
@@ -74,7 +78,7 @@ class ModelParts:
             points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
             points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
             points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
-            points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down), "input")
+            points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down_proj), "input")
             points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
         points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
         points["lm.logits"] = HookPoint(self.unembed, "output")

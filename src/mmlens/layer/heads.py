@@ -16,11 +16,6 @@ from mmlens.model.targets import resolve_targets
 from mmlens.results.grid import GridResult
 
 
-def _n_heads(subject: Subject) -> int:
-    cfg = subject.model.config.get_text_config()
-    return int(cfg.num_attention_heads)
-
-
 @register_method("head_image_share", leaf="model/token/visual-text", tier="attention",
                  summary="share of attention from the answer positions to image tokens, per layer and head",
                  kind="analysis")
@@ -57,7 +52,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
     """``values[layer, head]`` = p(answer | head zeroed) - p(answer); one batched forward per layer."""
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
-    n_heads = _n_heads(subject)
+    n_heads = subject.n_heads
     inputs = subject.model_inputs(batch)
     p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
     values = torch.zeros(len(layers_), n_heads)

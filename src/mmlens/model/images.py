@@ -135,3 +135,20 @@ def _convert(pil: Image.Image) -> tuple[Image.Image, str | None]:
         return pil.convert("RGB"), f"converted {mode} -> RGB"
     except (ValueError, OSError) as err:
         raise InputError(f"image mode {mode!r} cannot be converted to RGB ({err}): save it as an RGB PNG") from None
+
+
+#: The one default blur of every blurred baseline (perturbation masks, IG / SmoothGrad baselines, deletion /
+#: insertion): a Gaussian of radius 1/16 of the image's longer side.
+BLUR_SHARE = 1 / 16
+
+
+def blurred(image: Image.Image, radius: float | None = None) -> Image.Image:
+    """``image`` (RGB) blurred by a Gaussian of ``radius`` px (default ``BLUR_SHARE`` of the longer side).
+
+    >>> blurred(Image.new("RGB", (32, 16))).size
+    (32, 16)
+    """
+    from PIL import ImageFilter
+
+    radius = radius if radius is not None else max(image.size) * BLUR_SHARE
+    return image.convert("RGB").filter(ImageFilter.GaussianBlur(radius))

@@ -58,6 +58,11 @@ class Subject:
         return next(self.model.parameters()).device
 
     @property
+    def n_heads(self) -> int:
+        """Attention heads per language-model block (query heads; the width of ``lm.blocks.*.attn.heads``)."""
+        return int(self.model.config.get_text_config().num_attention_heads)
+
+    @property
     def n_layers(self) -> int:
         return len(self.adapter.parts().lm_blocks)
 

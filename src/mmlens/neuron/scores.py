@@ -39,7 +39,7 @@ class NeuronScores:
 
 
 def mlp_width(subject: Subject) -> int:
-    return int(getattr(subject.adapter.parts().lm_blocks[0], subject.adapter.parts().lm_mlp).down_proj.in_features)
+    return int(subject.adapter.parts().mlp_down(0).in_features)
 
 
 @register_method("neuron_scores", leaf="model/neuron/individual", tier="gradient",
@@ -74,7 +74,7 @@ def neuron_scores(subject: Subject, batch: Batch, target: Any = "answer", layers
             rows.append((act * act.grad)[0].sum(0).detach())
         else:
             g = tr[f"lm.blocks.{last}.resid_post"].grad[0, q]  # (k, d_model)
-            down = getattr(getattr(subject.adapter.parts().lm_blocks[layer], "mlp"), "down_proj").weight  # (d, m)
+            down = subject.adapter.parts().mlp_down(layer).weight  # (d, m)
             rows.append((act[0, q].detach() * (g @ down.detach())).sum(0))
     subject.model.zero_grad(set_to_none=True)
     return NeuronScores(torch.stack(rows).float().cpu(), layers_, method, tgt.label, {"model": subject.model_id})

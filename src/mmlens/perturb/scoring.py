@@ -35,6 +35,7 @@ from mmlens.model.batch import Batch, cat_inputs
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target
 from mmlens.util.options import check_int
+from mmlens.util.progress import progress_bar
 
 #: A chunk of perturbed rows: one image list per row, and optionally (rows, seq) input ids.
 Rows = tuple[list[list[Image.Image]], "torch.Tensor | None"]
@@ -249,46 +250,13 @@ class Evaluator:
     def chunks(self, n_rows: int, make_rows: Callable[[int, int], Rows]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield ``(lo, hi, values (hi - lo, n_targets))`` for rows built chunk by chunk:
         ``make_rows(lo, hi)`` returns ``(image_sets, input_ids or None)`` for rows ``lo:hi``."""
-        bar = progress_bar(math.ceil(n_rows / self.batch_size), self.desc, self.progress)
-        try:
+        with progress_bar(math.ceil(n_rows / self.batch_size), self.desc, self.progress) as bar:
             for lo in range(0, n_rows, self.batch_size):
                 hi = min(lo + self.batch_size, n_rows)
                 yield lo, hi, self.values(*make_rows(lo, hi))
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(1)
 
     def run(self, n_rows: int, make_rows: Callable[[int, int], Rows]) -> torch.Tensor:
         """Values ``(n_rows, n_targets)`` of all rows (see :meth:`chunks`)."""
         out = [values for _, _, values in self.chunks(n_rows, make_rows)]
         return torch.cat(out) if out else torch.zeros(0, len(self.targets))
-
-
-def progress_bar(total: int, desc: str, show: bool | None) -> Any:
-    """A tqdm bar (rich when tqdm is missing) over ``total`` forwards; ``show=None``: only for long runs
-    (several forwards, and the bar appears once the run has taken 2 seconds)."""
-    if show is False or (show is None and total < 4):
-        return None
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="forward", leave=False, delay=0.0 if show else 2.0)
-    except ImportError:
-        return _RichBar(total, desc)
-
-
-class _RichBar:
-    def __init__(self, total: int, desc: str) -> None:
-        from rich.progress import Progress
-
-        self._progress = Progress(transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task(desc, total=total)
-
-    def update(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        self._progress.stop()

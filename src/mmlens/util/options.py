@@ -20,14 +20,16 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None, why:
     return value
 
 
-def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else an InputError."""
-    left, right = "(" if open_low else "[", "]" if high is not None else ")"
+def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False,
+                open_high: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (an open end with ``open_low`` / ``open_high``), else an InputError."""
+    left, right = "(" if open_low else "[", "]" if high is not None and not open_high else ")"
     span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name}={value!r} is not a number: pass a number in {span}")
     value = float(value)
-    if not ((value > low if open_low else value >= low) and (high is None or value <= high) and value == value):
+    below_high = high is None or (value < high if open_high else value <= high)
+    if not ((value > low if open_low else value >= low) and below_high and value == value):
         raise InputError(f"{name}={value!r} is out of range: pass a number in {span}")
     return float(value)
 
