@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import mmlens
+from mmlens.evaluation.benchmark import run_benchmark
 from mmlens.cli import app
 from mmlens.demo import DEMO_MODEL_DIR
 from mmlens.errors import InputError
@@ -206,7 +207,7 @@ CLI_CASES = [
     ("model-file", ["lens", "{img}", Q, "--model", "{afile}"], "without config.json"),
     # data files
     ("data-missing", ["benchmark", "--data", "{root}/missing.jsonl"], "not found"),
-    ("data-directory", ["benchmark", "--data", "{adir}"], "data"),
+    ("msg-data-directory", ["benchmark", "--data", "{adir}"], "is a directory"),
     ("data-empty", ["benchmark", "--data", "{ext_jsonl_empty}"], "empty"),
     ("data-bad-json", ["benchmark", "--data", "{ext_jsonl_bad}"], "line 1"),
     ("data-binary", ["benchmark", "--data", "{ext_jsonl_binary}"], "binary"),
@@ -320,6 +321,9 @@ API_CASES = [
                                                       steps=10**9), "out of range"),
     ("max-new-tokens-zero", lambda d, s, w: mmlens.explain(d, w["img"], Q, method="attention", max_new_tokens=0),
      "out of range"),
+    ("max-new-tokens-huge", lambda d, s, w: d.generate(w["img"], Q, max_new_tokens=10**9), "out of range"),
+    ("msg-bench-n-huge-api", lambda d, s, w: run_benchmark(d, n=10**12), "from 1 to 1000000"),
+    ("bench-seed-text-api", lambda d, s, w: run_benchmark(d, seed="x"), "not an integer"),
     ("hole8-bad-device", lambda d, s, w: mmlens.load("demo", device="nonsense-device"), "unknown device"),
     ("device-type", lambda d, s, w: mmlens.load("demo", device=["cpu"]), "device has type list"),
     ("hole8-malformed-pickle", lambda d, s, w: mmlens.load(f"{w['models']}/badpickle", allow_pickle=True), "corrupt"),
@@ -436,3 +440,18 @@ def test_failed_png_removes_the_json_written_before_it(w, tmp_path, monkeypatch)
     assert_one_error_line(result, "unexpected RuntimeError: plot failed", code=1)
     Path(result.stderr.split("full traceback in ")[1].split(" ")[0]).unlink()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_stops_at_the_context_length(demo, w):
+    """A prompt that leaves k positions free generates at most k tokens (no transformers error or warning)."""
+    limit = demo.model.config.get_text_config().max_position_embeddings
+    base = demo.prepare(w["img"], Q).prompt_len
+    prompt = Q + " red" * (limit - base - 3)
+    prompt_len = demo.prepare(w["img"], prompt).prompt_len
+    assert limit - prompt_len == 3
+    never_stop = sorted(demo._stop_ids())  # a real logits processor keeps the model from stopping early
+    out = demo.generate(w["img"], prompt, max_new_tokens=32, suppress_tokens=never_stop)
+    assert len(out.token_ids) == 3
+    full = prompt + " red" * 3
+    with pytest.raises(mmlens.InputError, match="fills the model's context length"):
+        demo.generate(w["img"], full)

@@ -39,11 +39,12 @@ from mmlens.evaluation.registry import metrics as all_metrics
 from mmlens.explain import _check_options as check_method_options
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
+from mmlens.util.limits import MAX_SAMPLES
+from mmlens.util.options import check_int
 
 #: Metrics run only on the first ``sanity_n`` samples (each costs several explanations per sample).
 SANITY_CATEGORIES = ("randomisation", "robustness")
 DEFAULT_IMAGE_SIZE = 64
-MAX_N = 1_000_000
 
 
 # -- configuration checks ------------------------------------------------------------------------------------
@@ -193,10 +194,9 @@ def run_benchmark(
     from mmlens.evaluation.data_file import read_data_file
     from mmlens.util.progress import progress
 
-    for name, value, low in (("n", n, 1), ("seed", seed, 0), ("sanity_n", sanity_n, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= (
-                MAX_N if name != "seed" else 2**63 - 1):
-            raise InputError(f"{name}={value!r}: pass an integer >= {low}")
+    n = check_int("n", n, 1, MAX_SAMPLES)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    sanity_n = check_int("sanity_n", sanity_n, 0, MAX_SAMPLES)
     method_names = resolve_methods(methods)
     metric_list = resolve_metrics(metrics)
     _check_options(method_names, method_options, metric_list, metric_options)

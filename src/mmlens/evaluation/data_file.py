@@ -103,6 +103,9 @@ class DataFile:
 def read_data_file(path: str | os.PathLike) -> DataFile:
     """Check every row of the JSONL data file ``path`` (see the module docstring) and return its rows."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"data file {str(path)!r} is a directory: pass the JSONL file inside it (one sample per "
+                         "line with image, question, answer and mask or box)")
     if not path.is_file():
         raise InputError(f"data file {str(path)!r} not found: pass a JSONL file with image, question, answer "
                          "and mask or box per line")

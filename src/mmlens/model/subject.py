@@ -16,6 +16,7 @@ from mmlens.hooks.points import HookPoint
 from mmlens.hooks.tracing import Tracer
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.images import ImageLike, to_rgb
+from mmlens.util.options import check_int
 
 
 class Subject:
@@ -217,10 +218,18 @@ class Subject:
         """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch.
 
         The answer ends before the first stop token; if the model stops at once, the answer is empty (``""``,
-        no tokens) and the batch holds the prompt only."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens={max_new_tokens}: pass 1 or more")
+        no tokens) and the batch holds the prompt only. Generation stops at the model's context length: a
+        ``max_new_tokens`` that would pass it is cut to the positions left."""
+        from mmlens.util.limits import OPTION_RANGES, context_length
+
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
         batch = self.prepare(images, prompt)
+        limit = context_length(self.model)
+        if limit is not None:
+            if batch.prompt_len >= limit:
+                raise InputError(f"the prompt is {batch.prompt_len:,} tokens, which fills the model's context "
+                                 f"length of {limit:,}: shorten the prompt or use a smaller image")
+            max_new_tokens = min(max_new_tokens, limit - batch.prompt_len)
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(**self.model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
         new = out[0, batch.prompt_len :].cpu()
