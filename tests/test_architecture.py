@@ -104,3 +104,9 @@ def test_one_home_for_shared_helpers(what: str, pattern: str, home: str, exclude
     """Each shared helper lives in one module; the others call it instead of repeating it."""
     found = sorted(m for m, src in _sources(exclude).items() if re.search(pattern, src))
     assert found == [home], f"{what}: expected only in {home}, found in {found}"
+
+
+def test_no_module_over_400_lines() -> None:
+    """Long modules are split by concern (issue #11): each source file stays at or under 400 lines."""
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these by concern: {long}"
