@@ -22,6 +22,18 @@ def subject_for(family: str):
     return _CACHE[family]
 
 
+def lazy_metric(module: str, name: str):
+    """The metric function ``name`` of ``mmlens.evaluation.metrics.<module>``, imported on first call: importing the
+    metrics subpackage while pytest collects would rebind ``mmlens.evaluation.metrics`` (the catalog function that
+    test modules collected later import) to the subpackage."""
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"mmlens.evaluation.metrics.{module}"), name)(*args, **kwargs)
+
+    return call
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

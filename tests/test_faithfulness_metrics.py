@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import subject_for
+from conftest import lazy_metric, subject_for
 from PIL import Image
 
 import mmlens
@@ -32,33 +32,14 @@ from mmlens.testing import tiny_subject
 PROMPT = "what color is the square ?"
 
 
-def _lazy(module, name):
-    """The metric function ``name`` of ``mmlens.evaluation.metrics.<module>``, imported on first call: importing the
-    metrics subpackage while pytest collects would rebind ``mmlens.evaluation.metrics`` (the catalog function that
-    test modules collected later import) to the subpackage."""
-    def call(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(f"mmlens.evaluation.metrics.{module}"), name)(*args, **kwargs)
-
-    return call
 
 
-curve_points, deletion, insertion, patch_order = (_lazy("deletion_insertion", f) for f in
+curve_points, deletion, insertion, patch_order = (lazy_metric("deletion_insertion", f) for f in
                                                   ("curve_points", "deletion", "insertion", "patch_order"))
-max_sensitivity, relative_change = (_lazy("max_sensitivity", f) for f in ("max_sensitivity", "relative_change"))
-cascade_blocks, randomisation, rank_correlation = (_lazy("randomisation", f) for f in
+max_sensitivity, relative_change = (lazy_metric("max_sensitivity", f) for f in ("max_sensitivity", "relative_change"))
+cascade_blocks, randomisation, rank_correlation = (lazy_metric("randomisation", f) for f in
                                                    ("cascade_blocks", "randomisation", "rank_correlation"))
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads per forward are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # -- a tiny LLaVA whose answer provably depends on one known patch ------------------------------------------
 J, CELLS = 5, 4  # patch (row 1, col 1) of the 4 x 4 grid of 8 x 8 pixels = CLIP patch 5

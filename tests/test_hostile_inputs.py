@@ -20,10 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import mmlens
-from mmlens.evaluation.benchmark import run_benchmark
 from mmlens.cli import app
 from mmlens.demo import DEMO_MODEL_DIR
 from mmlens.errors import InputError
+from mmlens.evaluation.benchmark import run_benchmark
 from mmlens.model.images import to_rgb
 from mmlens.util import limits
 

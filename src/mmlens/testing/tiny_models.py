@@ -113,6 +113,7 @@ from mmlens.testing.tiny_configs import (
     LAYERS,
     QWEN_CHAT_TEMPLATE,
     QWEN_SPECIALS,
+    VISION,
     clip_vision_config,
     finish_model,
     gemma2_config,
@@ -295,15 +296,7 @@ def _build_paligemma(gemma2: bool = False):
     # PaliGemmaProcessor adds 1152 <loc>/<seg> tokens to the tokenizer: build it before sizing the vocab.
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
     vocab = len(tok)
-    vision = SiglipVisionConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        image_size=32,
-        patch_size=8,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**VISION, vision_use_head=False)
     text = (gemma2_config if gemma2 else gemma_config)(vocab, tok)
     config = PaliGemmaConfig(
         vision_config=vision,
