@@ -28,6 +28,7 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "qwen2_vl": [6, 8, 4],
     "qwen2_5_vl": [6, 8, 4],
     "paligemma": [16, 16, 16],
+    "llava_onevision": [34, 31, 60],
 }
 
 
