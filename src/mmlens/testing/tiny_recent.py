@@ -8,11 +8,23 @@ more than one tile's worth of features are bilinearly shrunk, as ``anyres_max_9`
     - 80x24 -> 1x2 tiles -> unpadded 2x8 (16 features, ratio 1: kept) -> 16 + 2*9 = 34.
     - 40x80 -> 2x1 tiles -> 8x4 (ratio sqrt(2) > 1.1: shrunk to 5x2) -> 16 + 5*3 = 31.
     The processor is :func:`mmlens.adapters.image_only.image_only_processor` of ``LlavaOnevisionProcessor``.
+
+gemma3 (SigLIP 48 px / patch 8 = 6x6 patches, average-pooled 2x2 to ``mm_tokens_per_image=9`` = 3x3 tokens;
+Gemma 3 LM: layer 0 sliding window 8, 4 query / 2 kv heads, bidirectional attention inside each image block)
+    Pan & scan on (min crop 16 px, at most 3 crops, from aspect 1.2): 80x40 -> whole image + 2 crops = 27 tokens,
+    40x100 -> whole + 3 crops = 36, 48x48 -> 9. Each 9-token block sits between ``<start_of_image>`` and
+    ``<end_of_image>``; crops come after "here is the original image ... and here are some crops" text.
 """
 
 from __future__ import annotations
 
+import torch
 from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    Gemma3TextConfig,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -21,11 +33,12 @@ from transformers import (
 )
 
 from mmlens.adapters.image_only import image_only_processor
-from mmlens.testing.tiny_configs import HEADS, HIDDEN, LAYERS, llama_config, tiny_tokenizer
+from mmlens.testing.tiny_configs import HEADS, HIDDEN, LAYERS, llama_config, special_ids, tiny_tokenizer
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "llava_onevision": ((80, 24), (40, 80), (72, 56)),
+    "gemma3": ((80, 40), (40, 100), (48, 48)),
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -53,6 +66,41 @@ def build_llava_onevision():
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_gemma3():
+    named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+    tok = tiny_tokenizer(("<start_of_turn>", "<end_of_turn>", *named.values()), named, GEMMA3_CHAT_TEMPLATE)
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": 48, "width": 48}, do_pan_and_scan=True, pan_and_scan_min_crop_size=16,
+        pan_and_scan_max_num_crops=3, pan_and_scan_min_ratio_to_activate=1.2)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=9,
+                                chat_template=GEMMA3_CHAT_TEMPLATE)
+    text = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=HIDDEN // HEADS, query_pre_attn_scalar=HIDDEN // HEADS,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+        **special_ids(tok))
+    config = Gemma3Config(vision_config=siglip_config(48, 8), text_config=text, mm_tokens_per_image=9,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
+                          image_token_index=tok.image_token_id)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers zero-initialises the projection: images would not reach the LM
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, HIDDEN**-0.5)
+    return model, processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
+    "gemma3": build_gemma3,
 }
