@@ -32,12 +32,13 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "llava_onevision": [34, 31, 60],
     "gemma3": [27, 36, 9],
     "idefics3": [27, 27, 45],
+    "smolvlm": [27, 27, 45],
 }
 
 #: vision-tower inputs per image where it is not one (Gemma 3: the image + its pan & scan crops)
 VISION_INPUTS_PER_IMAGE = {"gemma3": [3, 4, 1]}
 #: families whose ``get_image_features`` returns one block per prompt (all its images and tiles)
-FEATURES_PER_PROMPT = {"idefics3"}
+FEATURES_PER_PROMPT = {"idefics3", "smolvlm"}
 
 
 @functools.cache

@@ -44,9 +44,10 @@ def image_only_processor(parent: type[ProcessorMixin]) -> type[ProcessorMixin]:
     return type(f"ImageOnly{parent.__name__}", (parent,), body)
 
 
-def load_image_only(parent: type[ProcessorMixin], path: str, **kwargs: Any) -> ProcessorMixin:
+def load_image_only(parent: type[ProcessorMixin], path: str, image_only: type[ProcessorMixin] | None = None,
+                    **kwargs: Any) -> ProcessorMixin:
     """``AutoProcessor.from_pretrained(path)``; where that needs a video processor (no torchvision), the
-    image-only subclass of ``parent`` loaded from the same folder, with a note saying so."""
+    image-only subclass of ``parent`` (or ``image_only``) loaded from the same folder, with a note saying so."""
     from transformers import AutoProcessor
 
     reason = "its saved processor has no image processor"
@@ -57,6 +58,6 @@ def load_image_only(parent: type[ProcessorMixin], path: str, **kwargs: Any) -> P
     except (ImportError, OSError, ValueError, TypeError, AttributeError) as err:
         reason = f"the full processor needs a video processor ({type(err).__name__})"
     kwargs.pop("trust_remote_code", None)
-    processor = image_only_processor(parent).from_pretrained(path, backend="pil", **kwargs)
+    processor = (image_only or image_only_processor(parent)).from_pretrained(path, backend="pil", **kwargs)
     processor._mmlens_notes = [f"using an image-only {parent.__name__}: {reason}"]
     return processor

@@ -20,6 +20,9 @@ processor: longest edge 96, tiles of 48)
     80x40 -> resized 96x48 -> 1x2 tiles + global = 27 tokens; 40x100 -> 48x96 -> 2x1 + global = 27;
     48x48 -> 96x96 -> 2x2 + global = 45. Tags ``<fake_token_around_image>``, ``<row_r_col_c>``, ``<global-img>``
     surround the ``<image>`` tokens.
+
+smolvlm: the same sizes, layout and token counts as idefics3, with SmolVLM's classes and
+:class:`mmlens.adapters.smolvlm.ImageOnlySmolVLMProcessor`.
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ from transformers import (
     LlavaOnevisionImageProcessorPil,
     LlavaOnevisionProcessor,
     SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessorPil,
+    SmolVLMVisionConfig,
 )
 
 from mmlens.adapters.image_only import image_only_processor
+from mmlens.adapters.smolvlm import ImageOnlySmolVLMProcessor
 from mmlens.testing.tiny_configs import HEADS, HIDDEN, LAYERS, llama_config, special_ids, tiny_tokenizer
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
@@ -51,6 +59,7 @@ IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "llava_onevision": ((80, 24), (40, 80), (72, 56)),
     "gemma3": ((80, 40), (40, 100), (48, 48)),
     "idefics3": ((80, 40), (40, 100), (48, 48)),
+    "smolvlm": ((80, 40), (40, 100), (48, 48)),
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -121,21 +130,28 @@ IDEFICS3_CHAT_TEMPLATE = (
 _ROW_COL = tuple(f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6))
 
 
-def build_idefics3():
+def build_idefics3(smolvlm: bool = False):
+    """Idefics3, or SmolVLM (same layout; its own classes, image-only processor, and a Llama LM here too)."""
     specials = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *_ROW_COL)
     tok = tiny_tokenizer(specials, {"image_token": "<image>"}, IDEFICS3_CHAT_TEMPLATE)
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 96}, max_image_size={"longest_edge": 48})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=9,
-                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
-    vision = Idefics3VisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                                  num_attention_heads=HEADS, image_size=48, patch_size=8)
-    config = Idefics3Config(vision_config=vision, text_config=llama_config(tok), scale_factor=2,
-                            image_token_id=tok.image_token_id)
-    return Idefics3ForConditionalGeneration(config), processor
+    ip_cls, processor_cls = ((SmolVLMImageProcessorPil, ImageOnlySmolVLMProcessor) if smolvlm
+                             else (Idefics3ImageProcessorPil, Idefics3Processor))
+    image_processor = ip_cls(size={"longest_edge": 96}, max_image_size={"longest_edge": 48})
+    processor = processor_cls(image_processor=image_processor, tokenizer=tok, image_seq_len=9,
+                              chat_template=IDEFICS3_CHAT_TEMPLATE)
+    vision_cls, config_cls, model_cls = ((SmolVLMVisionConfig, SmolVLMConfig, SmolVLMForConditionalGeneration)
+                                         if smolvlm else
+                                         (Idefics3VisionConfig, Idefics3Config, Idefics3ForConditionalGeneration))
+    vision = vision_cls(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                        num_attention_heads=HEADS, image_size=48, patch_size=8)
+    config = config_cls(vision_config=vision, text_config=llama_config(tok), scale_factor=2,
+                        image_token_id=tok.image_token_id)
+    return model_cls(config), processor
 
 
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
     "idefics3": build_idefics3,
+    "smolvlm": lambda: build_idefics3(smolvlm=True),
 }
