@@ -33,6 +33,7 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "gemma3": [27, 36, 9],
     "idefics3": [27, 27, 45],
     "smolvlm": [27, 27, 45],
+    "qwen3_vl": [6, 8, 4],
 }
 
 #: vision-tower inputs per image where it is not one (Gemma 3: the image + its pan & scan crops)

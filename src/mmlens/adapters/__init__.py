@@ -1,6 +1,6 @@
 """One adapter per model family; importing this package registers them all."""
 
-from mmlens.adapters import gemma3, idefics3, llava, llava_next, llava_onevision, paligemma, qwen2_vl, smolvlm  # noqa: F401  (registers)
+from mmlens.adapters import gemma3, idefics3, llava, llava_next, llava_onevision, paligemma, qwen2_vl, qwen3_vl, smolvlm  # noqa: F401
 from mmlens.adapters.base import (
     ADAPTERS,
     Adapter,

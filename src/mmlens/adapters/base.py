@@ -66,6 +66,11 @@ class Adapter:
     def parts(self) -> ModelParts:
         raise NotImplementedError
 
+    def trace_patches(self) -> list[Any]:
+        """``(owner, method name, make_wrapper)`` triples a trace installs and removes with its hooks (see
+        :class:`mmlens.hooks.tracing.Tracer`); none for most families."""
+        return []
+
     # -- tokens -------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:

@@ -23,6 +23,10 @@ processor: longest edge 96, tiles of 48)
 
 smolvlm: the same sizes, layout and token counts as idefics3, with SmolVLM's classes and
 :class:`mmlens.adapters.smolvlm.ImageOnlySmolVLMProcessor`.
+
+qwen3_vl (``Qwen2VLImageProcessorPil`` with 16 px patches, merge 2: images resized to multiples of 32 px; vision
+tower with learned 4x4 position embeddings (interpolated), DeepStack from vision block 0 into LM block 0)
+    96x64 -> grid_thw (1, 4, 6) -> 2x3 = 6 tokens; 64x128 -> (1, 8, 4) -> 4x2 = 8; 64x64 -> 2x2 = 4.
 """
 
 from __future__ import annotations
@@ -43,16 +47,29 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
     LlavaOnevisionProcessor,
+    Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipVisionConfig,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
     SmolVLMImageProcessorPil,
     SmolVLMVisionConfig,
 )
+from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from mmlens.adapters.image_only import image_only_processor
 from mmlens.adapters.smolvlm import ImageOnlySmolVLMProcessor
-from mmlens.testing.tiny_configs import HEADS, HIDDEN, LAYERS, llama_config, special_ids, tiny_tokenizer
+from mmlens.testing.tiny_configs import (
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIALS,
+    llama_config,
+    special_ids,
+    tiny_tokenizer,
+)
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
@@ -60,6 +77,7 @@ IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "gemma3": ((80, 40), (40, 100), (48, 48)),
     "idefics3": ((80, 40), (40, 100), (48, 48)),
     "smolvlm": ((80, 40), (40, 100), (48, 48)),
+    "qwen3_vl": ((96, 64), (64, 128), (64, 64)),
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -149,9 +167,31 @@ def build_idefics3(smolvlm: bool = False):
     return model_cls(config), processor
 
 
+def build_qwen3_vl():
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+             "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+    tok = tiny_tokenizer(QWEN_SPECIALS, named, QWEN_CHAT_TEMPLATE)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=32 * 32 * 16, patch_size=16, merge_size=2,
+                                               temporal_patch_size=2)
+    processor = image_only_processor(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
+                                                       chat_template=QWEN_CHAT_TEMPLATE)
+    text = {"vocab_size": len(tok), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "head_dim": HIDDEN // HEADS, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                "mrope_interleaved": True}, **special_ids(tok)}
+    vision = {"depth": LAYERS, "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_heads": HEADS,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": HIDDEN,
+              "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}
+    ids = {name: getattr(tok, name) for name in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                 "vision_end_token_id")}
+    return Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
     "idefics3": build_idefics3,
     "smolvlm": lambda: build_idefics3(smolvlm=True),
+    "qwen3_vl": build_qwen3_vl,
 }
