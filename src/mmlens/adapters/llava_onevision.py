@@ -46,7 +46,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         cfg, side = self.model.config, self._base_side()
         rows, cols, box = tile_layout(size_wh, cfg.vision_config.image_size, cfg.vision_config.patch_size,
                                       cfg.image_grid_pinpoints)
-        max_tiles = int(cfg.vision_aspect_ratio.strip("anyres_max_"))
+        max_tiles = int(cfg.vision_aspect_ratio.removeprefix("anyres_max_"))
         ratio = math.sqrt(rows * cols / (max_tiles * side**2))
         if ratio > 1.1:
             rows, cols = int(rows // ratio), int(cols // ratio)
