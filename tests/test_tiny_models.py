@@ -34,10 +34,11 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "idefics3": [27, 27, 45],
     "smolvlm": [27, 27, 45],
     "qwen3_vl": [6, 8, 4],
+    "internvl": [12, 16, 20],
 }
 
 #: vision-tower inputs per image where it is not one (Gemma 3: the image + its pan & scan crops)
-VISION_INPUTS_PER_IMAGE = {"gemma3": [3, 4, 1]}
+VISION_INPUTS_PER_IMAGE = {"gemma3": [3, 4, 1], "internvl": [3, 4, 5]}
 #: families whose ``get_image_features`` returns one block per prompt (all its images and tiles)
 FEATURES_PER_PROMPT = {"idefics3", "smolvlm"}
 
@@ -83,7 +84,9 @@ def test_forward_logits_and_image_token_count(family, n_images):
     inputs = _inputs(family, processor, n_images)
     ids = inputs["input_ids"]
     image_token_id = model.config.image_token_id
-    assert processor.tokenizer.image_token_id == image_token_id  # Gemma 3: processor.image_token_id is <boi>
+    # the processor's or its tokenizer's image token (Gemma 3's processor.image_token_id is <start_of_image>,
+    # InternVL's tokenizer calls it context_image_token_id)
+    assert image_token_id in (processor.image_token_id, getattr(processor.tokenizer, "image_token_id", None))
     n_tokens = int((ids == image_token_id).sum())
 
     rows = _image_feature_rows(model, inputs, family, n_images)

@@ -1,6 +1,17 @@
 """One adapter per model family; importing this package registers them all."""
 
-from mmlens.adapters import gemma3, idefics3, llava, llava_next, llava_onevision, paligemma, qwen2_vl, qwen3_vl, smolvlm  # noqa: F401
+from mmlens.adapters import (  # noqa: F401
+    gemma3,
+    idefics3,
+    internvl,
+    llava,
+    llava_next,
+    llava_onevision,
+    paligemma,
+    qwen2_vl,
+    qwen3_vl,
+    smolvlm,
+)
 from mmlens.adapters.base import (
     ADAPTERS,
     Adapter,

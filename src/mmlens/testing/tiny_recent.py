@@ -27,6 +27,11 @@ smolvlm: the same sizes, layout and token counts as idefics3, with SmolVLM's cla
 qwen3_vl (``Qwen2VLImageProcessorPil`` with 16 px patches, merge 2: images resized to multiples of 32 px; vision
 tower with learned 4x4 position embeddings (interpolated), DeepStack from vision block 0 into LM block 0)
     96x64 -> grid_thw (1, 4, 6) -> 2x3 = 6 tokens; 64x128 -> (1, 8, 4) -> 4x2 = 8; 64x64 -> 2x2 = 4.
+
+internvl (InternVL vision 32 px / patch 8 + CLS (dropped), pixel shuffle 0.5 -> 2x2 = 4 tokens per tile; Qwen2 LM;
+``GotOcr2ImageProcessorPil`` tiles of 32 px, 1..4 tiles, thumbnail when more than one)
+    80x40 -> 2x1 (cols x rows) tiles + thumbnail = 12 tokens; 40x100 -> 1x3 + thumbnail = 16; 48x48 -> 2x2 +
+    thumbnail = 20. Tokens between ``<img>`` and ``</img>``; the placeholder is ``<IMG_CONTEXT>``.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ from transformers import (
     Gemma3ImageProcessorPil,
     Gemma3Processor,
     Gemma3TextConfig,
+    GotOcr2ImageProcessorPil,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
     Idefics3VisionConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVisionConfig,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -78,6 +88,7 @@ IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "idefics3": ((80, 40), (40, 100), (48, 48)),
     "smolvlm": ((80, 40), (40, 100), (48, 48)),
     "qwen3_vl": ((96, 64), (64, 128), (64, 64)),
+    "internvl": ((80, 40), (40, 100), (48, 48)),
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -188,10 +199,34 @@ def build_qwen3_vl():
     return Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)), processor
 
 
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<IMG_CONTEXT>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_internvl():
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = tiny_tokenizer(("<|im_start|>", "<|im_end|>", *named.values()), named, INTERNVL_CHAT_TEMPLATE)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, min_patches=1, max_patches=4)
+    processor = image_only_processor(InternVLProcessor)(image_processor=image_processor, tokenizer=tok,
+                                                        image_seq_length=4, chat_template=INTERNVL_CHAT_TEMPLATE)
+    vision = InternVLVisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                                  num_attention_heads=HEADS, image_size=32, patch_size=8)
+    text = llama_config(tok).to_dict() | {"model_type": "qwen2"}
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=4)
+    return InternVLForConditionalGeneration(config), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
     "idefics3": build_idefics3,
     "smolvlm": lambda: build_idefics3(smolvlm=True),
     "qwen3_vl": build_qwen3_vl,
+    "internvl": build_internvl,
 }
