@@ -176,3 +176,15 @@ def test_the_family_name_check_sees_a_family_name() -> None:
     )
     hits = _family_names_in(planted, words)
     assert len(hits) == 2 and all("line 1:" not in h and "line 4:" not in h for h in hits), hits
+
+
+def test_each_family_adapter_is_one_file_of_at_most_200_lines() -> None:
+    """Adding a family = one adapter file (<= 200 lines) + its tiny model: every registered adapter class lives
+    in an adapters/ module of at most 200 lines."""
+    from mmlens.adapters import ADAPTERS
+
+    for cls in set(ADAPTERS.values()):
+        module = cls.__module__
+        assert module.startswith("mmlens.adapters."), (cls, module)
+        lines = len(_modules()[module].read_text().splitlines())
+        assert lines <= 200, f"{module} has {lines} lines"
