@@ -4,8 +4,9 @@ learned position embeddings interpolated per image, and DeepStack.
 Geometry is Qwen2-VL's (``image_grid_thw`` -> a row-major merged grid per image). DeepStack: the outputs of the
 vision blocks in ``deepstack_visual_indexes``, each through its own merger, are added to the LM's hidden states at
 the image positions after the first LM blocks. ``projector.out`` is the main merger's output (the LM's input
-image embeddings); the DeepStack additions are inside ``lm.blocks.{i}.resid_post`` of those first blocks, so a
-patch / ablation at ``projector.out`` does not reach them. DeepStack indexes hidden states with a one-row mask of
+image embeddings); a patch / ablation there does not reach the DeepStack features. They are added after block
+``i``'s output hook, so for those blocks ``lm.blocks.{i}.resid_post`` and ``lm.blocks.{i+1}.resid_pre`` differ at
+the image positions (measured on the tiny model: exactly there). DeepStack indexes hidden states with a one-row mask of
 image positions; an edit that turns the LM input into several rows (Integrated Gradients' path points) gets the
 mask and the features repeated per row while a trace is open (:meth:`Qwen3VLAdapter.trace_patches`).
 """
