@@ -110,3 +110,87 @@ def test_no_module_over_400_lines() -> None:
     """Long modules are split by concern (issue #11): each source file stays at or under 400 lines."""
     long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"split these by concern: {long}"
+
+
+# -- family names live in adapters/ and testing/ only ---------------------------------------------------------
+
+#: the bundled demo model *is* one LLaVA checkpoint (its build / train scripts construct that class)
+_MAY_NAME_FAMILIES = ("mmlens.adapters", "mmlens.testing", "mmlens.demo")
+
+
+def _family_words() -> set[str]:
+    """Every registered family and model type, lower-case without underscores, and their leading words
+    (``qwen2_5_vl`` -> ``qwen25vl``, ``qwen``)."""
+    from mmlens.adapters import ADAPTERS
+
+    words = set()
+    for cls in ADAPTERS.values():
+        for name in (cls.family, *cls.model_types):
+            words |= {name.replace("_", "").lower(), re.match(r"[a-z]+", name.lower()).group()}
+    return words
+
+
+def _code_words(source: str) -> list[tuple[int, str]]:
+    """Identifiers, attribute names, imported names and string constants of ``source`` (docstrings and
+    comments are prose, not decisions, and are left out)."""
+    tree = ast.parse(source)
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words = [node.id]
+        elif isinstance(node, ast.Attribute):
+            words = [node.attr]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words = [node.name]
+        elif isinstance(node, ast.alias):
+            words = [node.name, node.asname or ""]
+        elif isinstance(node, ast.ImportFrom):
+            words = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            words = [node.value]
+        else:
+            continue
+        out += [(getattr(node, "lineno", 0), w) for w in words]
+    return out
+
+
+def _family_names_in(source: str, words: set[str]) -> list[str]:
+    return [f"line {line}: {text[:60]!r}" for line, text in _code_words(source)
+            if any(w in text.lower().replace("_", "") for w in words)]
+
+
+def test_nothing_outside_adapters_and_testing_names_a_family() -> None:
+    """A family is one adapter file (+ its tiny model): no other module branches on, imports or spells a
+    family's name in code."""
+    words = _family_words()
+    found = {m: hits for m, src in _sources(_MAY_NAME_FAMILIES).items() if (hits := _family_names_in(src, words))}
+    assert not found, f"family names outside adapters/ and testing/: {found}"
+
+
+def test_the_family_name_check_sees_a_family_name() -> None:
+    """The checker itself: a branch on a family, a family's class and an import are found; prose is not."""
+    words = _family_words()
+    planted = (
+        '"""Works for LLaVA and Qwen2-VL."""\n'
+        "from transformers import Gemma3ForConditionalGeneration\n"
+        "def f(subject):\n"
+        "    # a comment on llava\n"
+        "    return subject.family == 'qwen2_5_vl'\n"
+    )
+    hits = _family_names_in(planted, words)
+    assert len(hits) == 2 and all("line 1:" not in h and "line 4:" not in h for h in hits), hits
+
+
+def test_each_family_adapter_is_one_file_of_at_most_200_lines() -> None:
+    """Adding a family = one adapter file (<= 200 lines) + its tiny model: every registered adapter class lives
+    in an adapters/ module of at most 200 lines."""
+    from mmlens.adapters import ADAPTERS
+
+    for cls in set(ADAPTERS.values()):
+        module = cls.__module__
+        assert module.startswith("mmlens.adapters."), (cls, module)
+        lines = len(_modules()[module].read_text().splitlines())
+        assert lines <= 200, f"{module} has {lines} lines"

@@ -30,6 +30,19 @@ def test_positions_equal_placeholders_and_grids_multiply_out(subject, images):
         assert any(g.notes["tile_grid"][0] * g.notes["tile_grid"][1] > 16 for g in batch.geometry)  # >1 tile
 
 
+#: families that cut an image into several grids (tiles / crops + a whole-image grid), and the fewest grids one of
+#: the suite's images gets: the marking test below then covers several tiles per image
+SEVERAL_GRIDS = {"llava_next": 2, "llava_onevision": 2, "gemma3": 4, "idefics3": 3, "smolvlm": 3, "internvl": 3}
+
+
+def test_tiling_families_give_the_suite_several_grids_per_image(subject, images):
+    batch = subject.prepare(images, "what is this?")
+    most = max(len(geo.grids) for geo in batch.geometry)
+    assert most >= SEVERAL_GRIDS.get(subject.family, 1), (subject.family, most)
+    assert len(batch.geometry) == len(images) >= 2  # several images in one prompt
+    assert any(img.width != img.height for img in images)  # non-square
+
+
 def _features(subject, batch):
     """LM-input features at every image position, with vision attention zeroed so each image token only
     sees its own patch(es): a change in a token's feature means its patch's pixels changed."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmlens.adapters import adapter_for
 from mmlens.adapters.qwen_processor import (
     ImageOnlyQwen2_5_VLProcessor,
     ImageOnlyQwen2VLProcessor,
@@ -28,7 +29,18 @@ EXPECTED_TOKENS_PER_IMAGE = {
     "qwen2_vl": [6, 8, 4],
     "qwen2_5_vl": [6, 8, 4],
     "paligemma": [16, 16, 16],
+    "llava_onevision": [34, 31, 60],
+    "gemma3": [27, 36, 9],
+    "idefics3": [27, 27, 45],
+    "smolvlm": [27, 27, 45],
+    "qwen3_vl": [6, 8, 4],
+    "internvl": [12, 16, 20],
 }
+
+#: vision-tower inputs per image where it is not one (Gemma 3: the image + its pan & scan crops)
+VISION_INPUTS_PER_IMAGE = {"gemma3": [3, 4, 1], "internvl": [3, 4, 5]}
+#: families whose ``get_image_features`` returns one block per prompt (all its images and tiles)
+FEATURES_PER_PROMPT = {"idefics3", "smolvlm"}
 
 
 @functools.cache
@@ -39,20 +51,30 @@ def _built(family: str):
 def _inputs(family: str, processor, n_images: int, text: str = "what color is the cat ?"):
     images = tiny_images(family, n_images)
     prompt = tiny_prompt(family, processor, n_images=n_images, text=text)
-    inputs = processor(images=images, text=prompt, return_tensors="pt")
+    model, _ = _built(family)
+    extra = adapter_for(model)(model, processor).processor_kwargs()  # Gemma 3: its pan & scan settings
+    inputs = processor(images=images, text=prompt, return_tensors="pt", **extra)
     inputs.pop("labels", None)  # PaliGemma's processor adds (all -100) labels; not a generate() kwarg
     return inputs
 
 
-def _image_feature_rows(model, inputs) -> list[int]:
-    """Rows of projected image features per image, from the model's own vision path."""
+def _image_feature_rows(model, inputs, family: str, n_images: int) -> list[int]:
+    """Rows of projected image features per image, from the model's own vision path (Gemma 3: the whole image
+    and its pan & scan crops are separate vision inputs, summed per image here)."""
     kwargs = {k: inputs[k] for k in ("image_sizes", "image_grid_thw") if k in inputs}
     with torch.no_grad():
         pooled = model.get_image_features(pixel_values=inputs["pixel_values"], **kwargs).pooler_output
     if torch.is_tensor(pooled):  # (n_images, tokens, hidden)
         assert pooled.dim() == 3
-        return [pooled.shape[1]] * pooled.shape[0]
-    return [p.reshape(-1, p.shape[-1]).shape[0] for p in pooled]
+        rows = [pooled.shape[1]] * pooled.shape[0]
+    else:
+        rows = [p.reshape(-1, p.shape[-1]).shape[0] for p in pooled]
+    blocks = VISION_INPUTS_PER_IMAGE.get(family, [1] * 3)[:n_images]
+    if family in FEATURES_PER_PROMPT:
+        assert rows == [sum(EXPECTED_TOKENS_PER_IMAGE[family][:n_images])]
+        return EXPECTED_TOKENS_PER_IMAGE[family][:n_images]  # per image: checked by the geometry tests
+    assert len(rows) == sum(blocks)
+    return [sum(part) for part in torch.tensor(rows).split(blocks) for part in [part.tolist()]]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -62,10 +84,12 @@ def test_forward_logits_and_image_token_count(family, n_images):
     inputs = _inputs(family, processor, n_images)
     ids = inputs["input_ids"]
     image_token_id = model.config.image_token_id
-    assert processor.image_token_id == image_token_id
+    # the processor's or its tokenizer's image token (Gemma 3's processor.image_token_id is <start_of_image>,
+    # InternVL's tokenizer calls it context_image_token_id)
+    assert image_token_id in (processor.image_token_id, getattr(processor.tokenizer, "image_token_id", None))
     n_tokens = int((ids == image_token_id).sum())
 
-    rows = _image_feature_rows(model, inputs)
+    rows = _image_feature_rows(model, inputs, family, n_images)
     assert len(rows) == n_images
     assert rows == EXPECTED_TOKENS_PER_IMAGE[family][:n_images]
     assert n_tokens == sum(rows)

@@ -1,6 +1,25 @@
-"""One adapter per model family; importing this package registers them all."""
+"""One adapter per model family; importing this package registers them all.
 
-from mmlens.adapters import llava, llava_next, paligemma, qwen2_vl  # noqa: F401  (registers)
+Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
+``qwen_processor``. Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
+cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
+cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
+input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
+processor needs torchvision, which mmlens does not use).
+"""
+
+from mmlens.adapters import (  # noqa: F401
+    gemma3,
+    idefics3,
+    internvl,
+    llava,
+    llava_next,
+    llava_onevision,
+    paligemma,
+    qwen2_vl,
+    qwen3_vl,
+    smolvlm,
+)
 from mmlens.adapters.base import (
     ADAPTERS,
     Adapter,

@@ -66,6 +66,11 @@ class Adapter:
     def parts(self) -> ModelParts:
         raise NotImplementedError
 
+    def trace_patches(self) -> list[Any]:
+        """``(owner, method name, make_wrapper)`` triples a trace installs and removes with its hooks (see
+        :class:`mmlens.hooks.tracing.Tracer`); none for most families."""
+        return []
+
     # -- tokens -------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
@@ -96,8 +101,12 @@ class Adapter:
             "or a prompt that already holds the image placeholders"
         )
 
+    def processor_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of every processor call (e.g. Gemma 3's pan & scan settings)."""
+        return {}
+
     def processor_inputs(self, images: list[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        return dict(self.processor(images=images, text=text, return_tensors="pt"))
+        return dict(self.processor(images=images, text=text, return_tensors="pt", **self.processor_kwargs()))
 
     def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
         """Token ids of ``answer`` as they follow the prompt (tokenizers that merge across the seam are

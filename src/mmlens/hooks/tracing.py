@@ -44,7 +44,7 @@ patches)`` matrix, zero between chunks, and ``rows=`` selects its query rows.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -83,16 +83,26 @@ def _select(positions: torch.Tensor | list[int] | None, t: torch.Tensor) -> Any:
     return (Ellipsis, torch.as_tensor(positions, device=t.device), slice(None))
 
 
+#: a method an adapter wraps while a trace is open: (owner, method name, original -> wrapper)
+MethodWrap = tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]
+
+
 class Tracer:
     """Registers hooks on named points; removes every one of them in :meth:`close` (also on errors).
 
     Use through :meth:`mmlens.Subject.trace` as a context manager.
     """
 
-    def __init__(self, points: dict[str, HookPoint]) -> None:
+    def __init__(self, points: dict[str, HookPoint], patches: Sequence[MethodWrap] = ()) -> None:
+        """``patches``: ``(owner, method name, make_wrapper)`` that an adapter needs for the life of a trace (e.g.
+        Qwen3-VL's DeepStack made to accept the extra rows that an edit adds); ``make_wrapper(original)``."""
         self.points = points
         self.captured: dict[str, list[Any]] = {}
         self._handles: list[Any] = []
+        for owner, method, make_wrapper in patches:
+            wrapper = make_wrapper(getattr(owner, method))
+            wrapper._mmlens = True
+            self._handles.append(MethodPatch(owner, method, wrapper))
         self._taps: dict[int, AttentionTap] = {}
         self._orders: dict[int, torch.Tensor] = {}  # id(RowOrder) -> perm of the current forward
         self._closed = False
@@ -385,6 +395,6 @@ def count_hooks(model: nn.Module) -> int:
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             total += sum(1 for fn in hooks.values() if getattr(fn, "_mmlens", False))
-        total += int(getattr(m.__dict__.get("get_image_features"), "_mmlens", False))
+        total += sum(1 for v in list(m.__dict__.values()) if getattr(v, "_mmlens", False) is True)  # method patches
         total += int(hasattr(m, "_mmlens_tap"))
     return total

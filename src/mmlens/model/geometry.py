@@ -27,7 +27,7 @@ class ImageGrid:
 
     positions: torch.Tensor  # (rows, cols) long
     box: Box
-    kind: str = "image"  # "image" | "base" | "tiles"
+    kind: str = "image"  # "image" | "base" | "tiles" | "crop" (one grid per crop)
 
     @property
     def shape(self) -> tuple[int, int]:

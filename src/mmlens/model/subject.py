@@ -267,7 +267,7 @@ class Subject:
         ...     lm.forward(batch)
         """
         self.require("activations")
-        return Tracer(self.hook_point_map())
+        return Tracer(self.hook_point_map(), self.adapter.trace_patches())
 
 
 def access_tiers(access: str | Sequence[str]) -> frozenset[str]:

@@ -63,7 +63,7 @@ def perturbed_inputs(
         raise InputError("no image sets given: pass one list of images per perturbed row")
     _check_sizes(batch, image_sets)
     out = subject.adapter.processor(images=[list(s) for s in image_sets], text=[batch.text] * rows,
-                                    return_tensors="pt")
+                                    return_tensors="pt", **subject.adapter.processor_kwargs())
     inputs = {k: v for k, v in out.items() if k in batch.inputs}
     prompt_ids = batch.input_ids[:, : batch.prompt_len].expand(rows, -1)
     if not torch.equal(inputs["input_ids"], prompt_ids.to(inputs["input_ids"].device)):

@@ -124,11 +124,13 @@ from mmlens.testing.tiny_configs import (
     tiny_prompt_words,
     tiny_tokenizer,
 )
+from mmlens.testing.tiny_recent import BUILDERS as RECENT_BUILDERS
+from mmlens.testing.tiny_recent import IMAGE_SIZES as RECENT_IMAGE_SIZES
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 __all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS)
 #: Extra tiny subjects of a registered family with a different language model, built on request only (not
 #: in the family-parametrized suite): "paligemma2" = PaliGemma 2 (Gemma 2 LM: attention logit soft-capping,
 #: sliding-window layers, grouped-query attention); see :func:`_build_paligemma2`.
@@ -141,6 +143,7 @@ _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "qwen2_5_vl": ((84, 56), (56, 112), (56, 56)),
     "paligemma": ((48, 40), (32, 32), (40, 56)),
     "paligemma2": ((48, 40), (32, 32), (40, 56)),
+    **RECENT_IMAGE_SIZES,
 }
 
 def _check_family(family: str) -> None:
@@ -319,6 +322,7 @@ _BUILDERS = {
     "qwen2_5_vl": lambda: _build_qwen("qwen2_5_vl"),
     "paligemma": _build_paligemma,
     "paligemma2": lambda: _build_paligemma(gemma2=True),
+    **RECENT_BUILDERS,
 }
 
 

@@ -1,0 +1,70 @@
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): SigLIP base image + anyres-max tiles.
+
+A single image per prompt sample is tiled as in LLaVA-NeXT: the base image (squashed to the tile size, no CLS)
+as a square grid, then the tiles stitched into one grid, its padding rows / columns removed (``unpad_image``),
+and, past ``anyres_max_N`` tiles' worth of features (ratio > 1.1), bilinearly shrunk to
+``(rows // ratio, cols // ratio)`` over the same pixel box; one ``image_newline`` token ends each row. mmlens hands
+the processor a flat image list, so every image of a prompt is tiled (``batch_num_images`` = 1 each; HF's nested
+multi-image mode, base grid + one newline per image, is not used).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from mmlens.adapters.base import register_adapter
+from mmlens.adapters.image_only import load_image_only
+from mmlens.adapters.llava import LlavaAdapter
+from mmlens.adapters.llava_next import tile_layout
+from mmlens.errors import UnsupportedModelError
+from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
+
+
+@register_adapter
+class LlavaOnevisionAdapter(LlavaAdapter):
+    family = "llava_onevision"
+    model_types = ("llava_onevision",)
+    model_class = "LlavaOnevisionForConditionalGeneration"
+
+    @classmethod
+    def load_processor(cls, path: str, **kwargs):
+        from transformers import LlavaOnevisionProcessor
+
+        return load_image_only(LlavaOnevisionProcessor, path, **kwargs)
+
+    def _base_side(self) -> int:
+        cfg = self.model.config
+        if cfg.vision_feature_select_strategy != "full":
+            raise UnsupportedModelError("LLaVA-OneVision geometry needs vision_feature_select_strategy='full'")
+        return cfg.vision_config.image_size // cfg.vision_config.patch_size
+
+    def _tiles(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
+        """(rows, cols, box) of the high-resolution grid after unpadding and the anyres-max shrink."""
+        cfg, side = self.model.config, self._base_side()
+        rows, cols, box = tile_layout(size_wh, cfg.vision_config.image_size, cfg.vision_config.patch_size,
+                                      cfg.image_grid_pinpoints)
+        max_tiles = int(cfg.vision_aspect_ratio.removeprefix("anyres_max_"))
+        ratio = math.sqrt(rows * cols / (max_tiles * side**2))
+        if ratio > 1.1:
+            rows, cols = int(rows // ratio), int(cols // ratio)
+        return rows, cols, box
+
+    def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
+        side = self._base_side()
+        base = side * side
+        layouts = [self._tiles(img.size) for img in images]
+        chunks = self.split_image_positions(inputs["input_ids"], [base + r * (c + 1) for r, c, _ in layouts])
+        out = []
+        for i, (img, pos, lay) in enumerate(zip(images, chunks, layouts)):
+            rows, cols, box = lay
+            hi = pos[base:].reshape(rows, cols + 1)
+            w, h = img.size
+            grids = [
+                ImageGrid(pos[:base].reshape(side, side), (0.0, 0.0, float(w), float(h)), kind="base"),
+                ImageGrid(hi[:, :cols], box, kind="tiles"),
+            ]
+            out.append(ImageGeometry(i, img.size, pos, grids, separators=hi[:, cols], notes={"tile_grid": (rows, cols)}))
+        return out
