@@ -118,23 +118,25 @@ def build(ctx: Context) -> gr.Blocks:
                     target: "answer", heat: "", tokens: "", ask_msg: note, ex_msg: ""}
 
         if gallery is not None:
-            @guard(ask_msg)
+            @guard(ask_msg, lm.model)
             def on_sample(s: Session, evt: gr.SelectData) -> dict:
                 new, _, _ = ask.load_sample(ctx, s, evt.index)
                 return cleared(new, message(f"loaded {new.image_name}: press Generate", "info"))
 
             gallery.select(on_sample, [state], [state, preview, prompt, *reset])
 
-        @guard(ask_msg)
-        def on_upload(s: Session, path: str | None) -> dict:
-            if path is None:
-                return {}
+        @guard(ask_msg, lm.model)
+        def load_upload(s: Session, path: str | None) -> dict:
             new = ask.load_upload(s, path)
             return cleared(new, message(f"loaded {new.image_name}: type a prompt and press Generate", "info"))
 
-        upload.upload(on_upload, [state, upload], [state, preview, prompt, *reset])
+        def on_upload(s: Session, path: str | None) -> dict:
+            # the drop zone is emptied again at once: the image shows in the preview, the file is not kept
+            return {**load_upload(s, path), upload: None}
 
-        @guard(ask_msg)
+        upload.upload(on_upload, [state, upload], [state, preview, prompt, upload, *reset])
+
+        @guard(ask_msg, lm.model)
         def on_generate(s: Session, text: str, forced_text: str) -> dict:
             new = ask.generate(ctx, s, text, forced_text)
             return {state: new, chips: gr.update(choices=ask.chip_choices(new), value=[]), target: "answer",
@@ -145,7 +147,7 @@ def build(ctx: Context) -> gr.Blocks:
         prompt.submit(on_generate, [state, prompt, forced], [state, chips, target, ask_msg, heat, tokens, ex_msg],
                       concurrency_id="model")
 
-        @guard(ask_msg)
+        @guard(ask_msg, lm.model)
         def on_chips(s: Session, picked: list[int]) -> dict:
             return {target: ask.span_target(s, picked), ask_msg: ""}
 
@@ -158,7 +160,7 @@ def build(ctx: Context) -> gr.Blocks:
 
         method.change(on_method, [method], [method_info, *groups.values()])
 
-        @guard(ex_msg)
+        @guard(ex_msg, lm.model)
         def on_explain(s: Session, name: str, tgt: str, alpha: float, progress: gr.Progress = gr.Progress(),
                        *values: Any) -> dict:  # progress before *values: Gradio inserts it by position
             opts = explain.chosen_options(name, options, list(values))
@@ -171,7 +173,7 @@ def build(ctx: Context) -> gr.Blocks:
         opacity.input(None, [opacity], None, js=OPACITY_JS)
 
         # -- Inside ---------------------------------------------------------------------------------------
-        @guard(in_msg)
+        @guard(in_msg, lm.model)
         def on_lens(s: Session, word: str, layer: float, progress: gr.Progress = gr.Progress()) -> dict:
             progress(0.1, desc="logit lens")
             result = lens.run(ctx, s, word)
@@ -181,7 +183,7 @@ def build(ctx: Context) -> gr.Blocks:
         lens_btn.click(on_lens, [state, lens_word, lens_layer], [lens_state, lens_sum, lens_table, lens_map, in_msg],
                        concurrency_id="model")
 
-        @guard(in_msg)
+        @guard(in_msg, lm.model)
         def on_layer(s: Session, result: Any, layer: float) -> dict:
             if result is None:
                 return {}
@@ -189,7 +191,7 @@ def build(ctx: Context) -> gr.Blocks:
 
         lens_layer.release(on_layer, [state, lens_state, lens_layer], [lens_map, in_msg])
 
-        @guard(in_msg)
+        @guard(in_msg, lm.model)
         def on_trace(s: Session, comp: str, noise: float, progress: gr.Progress = gr.Progress()) -> dict:
             progress(0.05, desc="causal trace: one corrupted run per (layer, position)")
             return {tr_out: trace.html(trace.run(ctx, s, comp, noise)), in_msg: ""}
@@ -197,7 +199,7 @@ def build(ctx: Context) -> gr.Blocks:
         tr_event = tr_btn.click(on_trace, [state, tr_comp, tr_noise], [tr_out, in_msg], concurrency_id="model")
         tr_stop.click(None, None, None, cancels=[tr_event])
 
-        @guard(in_msg)
+        @guard(in_msg, lm.model)
         def on_knockout(s: Session, window: float | None, progress: gr.Progress = gr.Progress()) -> dict:
             progress(0.05, desc="attention knockout")
             return {ko_out: knockout.html(knockout.run(ctx, s, window)), in_msg: ""}
@@ -205,14 +207,14 @@ def build(ctx: Context) -> gr.Blocks:
         ko_event = ko_btn.click(on_knockout, [state, ko_window], [ko_out, in_msg], concurrency_id="model")
         ko_stop.click(None, None, None, cancels=[ko_event])
 
-        @guard(in_msg)
+        @guard(in_msg, lm.model)
         def on_heads(s: Session) -> dict:
             return {hd_out: heads.html(heads.run(ctx, s)), in_msg: ""}
 
         hd_btn.click(on_heads, [state], [hd_out, in_msg], concurrency_id="model")
 
         # -- Export ---------------------------------------------------------------------------------------
-        @guard(exp_msg)
+        @guard(exp_msg, lm.model)
         def on_save(s: Session, f: str) -> dict:
             path = export.save(ctx, s, f)
             return {exp_file: path, exp_msg: message(f"saved {f}: click the file to download", "ok"),

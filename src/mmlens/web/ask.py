@@ -82,7 +82,8 @@ def span_target(s: Session, picked: list[int] | None) -> str:
 
 def answer_note(s: Session) -> str:
     how = "teacher-forced" if s.answer is not None else "generated"
-    return message(f"{how} answer: {' '.join(s.answer_tokens)} ({len(s.answer_tokens)} tokens): click tokens to "
+    text = s.answer if s.answer is not None else " ".join(s.answer_tokens)
+    return message(f"prompt: {s.prompt} · {how} answer: {text} ({len(s.answer_tokens)} tokens): click tokens to "
                    "choose what to explain", "ok")
 
 

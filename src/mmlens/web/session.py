@@ -50,7 +50,7 @@ class Context:
             raise mmlens.InputError("no answer yet: type a prompt and press Generate first")
 
 
-def guard(msg_out: Any, n_outputs: int | None = None) -> Callable:
+def guard(msg_out: Any, model: Any = None) -> Callable:
     """Decorator: an InputError becomes one readable line in ``msg_out``; anything else one line too (the traceback
     goes to the server log only). Hooks are removed by the API's own context managers; here we check that."""
 
@@ -67,7 +67,7 @@ def guard(msg_out: Any, n_outputs: int | None = None) -> Callable:
                 log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
                 first = " ".join(str(err).split())[:200]
                 text = f"unexpected {type(err).__name__}: {first} (the server log has the details)"
-            left = mmlens.count_hooks()
+            left = mmlens.count_hooks(model) if model is not None else 0
             if left:  # pragma: no cover - the API removes its hooks; this is a safety net
                 log.error("%d hooks left after an error", left)
             return {msg_out: message(text)}
