@@ -171,7 +171,7 @@ def test_logit_lens_shows_answer_word_at_last_layer(page, lm):
     assert page.locator("#lens-map .mm-layer").count() == 1
 
 
-def test_export_reads_back_equal_to_explain(page, lm, tmp_path):
+def test_export_reads_back_equal_to_explain(page, lm, tmp_path, monkeypatch):
     sample = ShapesVQA(seed=0).sample(SAMPLE)
     load_sample(page, SAMPLE)
     generate(page)
@@ -190,8 +190,13 @@ def test_export_reads_back_equal_to_explain(page, lm, tmp_path):
     assert got.labels == want.labels and got.answer == want.answer and got.tokens == want.tokens
     np.testing.assert_array_equal(got.position_scores, want.position_scores)
     np.testing.assert_array_equal(got.image_map(0), want.image_map(0))
-    snippet = page.inner_text("#snippet")
+    snippet = page.locator("#snippet .cm-content").inner_text()
     assert "mmlens.explain(lm, image, 'what shape is the blue object?', method='relevancy'" in snippet
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)  # "copy as code" reproduces the view
+    np.testing.assert_array_equal(scope["ex"].position_scores, want.position_scores)
+    assert (tmp_path / "explanation.html").exists()
 
 
 def test_xss_payload_is_text_not_markup(page):

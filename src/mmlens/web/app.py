@@ -10,6 +10,7 @@ from mmlens.web import ask, explain, export, heads, knockout, lens, trace
 from mmlens.web.render import CSS, esc, message
 from mmlens.web.session import Context, Session, guard
 
+SESSION_TTL = 2 * 3600
 OPACITY_JS = "(v) => { document.documentElement.style.setProperty('--mm-opacity', v); return []; }"
 
 
@@ -24,8 +25,9 @@ def build(ctx: Context) -> gr.Blocks:
     lm = ctx.subject
     methods = explain.attribution_methods()
     options = [o for m in methods for o in explain.method_options(m)]
-    with gr.Blocks(title="mmlens") as page:
-        state = gr.State(Session())
+    # a session's state and files are dropped after SESSION_TTL idle seconds (bounded memory on a long run)
+    with gr.Blocks(title="mmlens", delete_cache=(SESSION_TTL, SESSION_TTL)) as page:
+        state = gr.State(Session(), time_to_live=SESSION_TTL)
         gr.HTML(f'<div class="mm-head"><h2 style="margin:0">mmlens</h2><span class="mm-sub">model '
                 f'<b>{esc(lm.model_id)}</b> · {esc(lm.family)} · {lm.n_layers} layers</span></div>')
         with gr.Tabs():
@@ -84,7 +86,7 @@ def build(ctx: Context) -> gr.Blocks:
                     with gr.Row():
                         lens_map = gr.HTML(elem_id="lens-map")
                     lens_table = gr.HTML(elem_id="lens-table")
-                lens_state = gr.State(None)
+                lens_state = gr.State(None, time_to_live=SESSION_TTL)
                 with gr.Accordion("Causal tracing", open=False):
                     with gr.Row():
                         tr_comp = gr.Radio(["resid", "attn", "mlp"], value="resid", label="component")
@@ -94,7 +96,7 @@ def build(ctx: Context) -> gr.Blocks:
                     tr_out = gr.HTML(elem_id="trace-grid")
                 with gr.Accordion("Attention knockout", open=False):
                     with gr.Row():
-                        ko_window = gr.Number(None, label="layers per window (empty: all layers)", precision=0)
+                        ko_window = gr.Number(0, label="layers per window (0: all layers at once)", precision=0, minimum=0)
                         ko_btn = gr.Button("Run knockout", variant="primary", elem_id="knockout-run", scale=0)
                         ko_stop = gr.Button("Cancel", variant="stop", scale=0)
                     ko_out = gr.HTML(elem_id="knockout-grid")
@@ -134,7 +136,7 @@ def build(ctx: Context) -> gr.Blocks:
             # the drop zone is emptied again at once: the image shows in the preview, the file is not kept
             return {**load_upload(s, path), upload: None}
 
-        upload.upload(on_upload, [state, upload], [state, preview, prompt, upload, *reset])
+        upload.upload(on_upload, [state, upload], [state, preview, prompt, upload, *reset], api_name="upload")
 
         @guard(ask_msg, lm.model)
         def on_generate(s: Session, text: str, forced_text: str) -> dict:
@@ -143,7 +145,7 @@ def build(ctx: Context) -> gr.Blocks:
                     ask_msg: ask.answer_note(new), heat: "", tokens: "", ex_msg: ""}
 
         gen_btn.click(on_generate, [state, prompt, forced], [state, chips, target, ask_msg, heat, tokens, ex_msg],
-                      concurrency_id="model")
+                      concurrency_id="model", api_name="generate")
         prompt.submit(on_generate, [state, prompt, forced], [state, chips, target, ask_msg, heat, tokens, ex_msg],
                       concurrency_id="model")
 
@@ -168,7 +170,7 @@ def build(ctx: Context) -> gr.Blocks:
             return {state: s, heat: heat_html, tokens: tok_html, ex_msg: "", snippet: export.code(ctx, s)}
 
         ex_event = ex_btn.click(on_explain, [state, method, target, opacity, *widgets],
-                                [state, heat, tokens, ex_msg, snippet], concurrency_id="model")
+                                [state, heat, tokens, ex_msg, snippet], concurrency_id="model", api_name="explain")
         ex_stop.click(None, None, None, cancels=[ex_event])
         opacity.input(None, [opacity], None, js=OPACITY_JS)
 
@@ -181,7 +183,7 @@ def build(ctx: Context) -> gr.Blocks:
                     lens_map: lens.image_map_html(s, result, int(layer)), in_msg: ""}
 
         lens_btn.click(on_lens, [state, lens_word, lens_layer], [lens_state, lens_sum, lens_table, lens_map, in_msg],
-                       concurrency_id="model")
+                       concurrency_id="model", api_name="logit_lens")
 
         @guard(in_msg, lm.model)
         def on_layer(s: Session, result: Any, layer: float) -> dict:
@@ -220,5 +222,5 @@ def build(ctx: Context) -> gr.Blocks:
             return {exp_file: path, exp_msg: message(f"saved {f}: click the file to download", "ok"),
                     snippet: export.code(ctx, s)}
 
-        save_btn.click(on_save, [state, fmt], [exp_file, exp_msg, snippet], concurrency_id="model")
+        save_btn.click(on_save, [state, fmt], [exp_file, exp_msg, snippet], concurrency_id="model", api_name="export")
     return page

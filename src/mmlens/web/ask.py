@@ -27,7 +27,7 @@ def load_sample(ctx: Context, s: Session, index: int) -> tuple[Session, Any, str
     """Session with ShapesVQA sample ``index`` as the input (its question as the prompt)."""
     sample = ShapesVQA(seed=SAMPLE_SEED).sample(int(index))
     new = Session(image=sample.image, image_name=f"ShapesVQA sample {index}", prompt=sample.question,
-                  image_code=f"ShapesVQA(seed={SAMPLE_SEED}).sample({int(index)}).image", sample=sample)
+                  image_code=f"ShapesVQA(seed={SAMPLE_SEED}).sample({int(index)}).image")
     return new, sample.image, sample.question
 
 
@@ -63,7 +63,7 @@ def generate(ctx: Context, s: Session, prompt: str, forced: str) -> Session:
         batch = lm.prepare(s.image, prompt, answer=forced)
     tokens = [lm.tokenizer.decode([t]).strip() for t in batch.answer_ids.tolist()]
     return Session(image=s.image, image_code=s.image_code, image_name=s.image_name, prompt=prompt, answer=forced,
-                   batch=batch, answer_tokens=tokens, sample=s.sample)
+                   batch=batch, answer_tokens=tokens)
 
 
 def chip_choices(s: Session) -> list[tuple[str, int]]:

@@ -31,7 +31,6 @@ class Session:
     answer_tokens: list[str] = field(default_factory=list)
     explanation: Any = None       # mmlens.Explanation of the current view
     call: dict[str, Any] = field(default_factory=dict)  # the explain() arguments of the current view
-    sample: Any = None            # the ShapesVQA sample, when one is loaded
 
 
 class Context:
