@@ -42,11 +42,17 @@ def lm():
 
 
 @pytest.fixture(scope="module")
-def url(lm):
+def server(lm):
     port = free_port()
-    server = mmlens.serve(lm, port=port, block=False)
-    yield f"http://127.0.0.1:{port}/"
-    server.close()
+    app_ = mmlens.serve(lm, port=port, block=False)
+    app_.url_for_tests = f"http://127.0.0.1:{port}/"
+    yield app_
+    app_.close()
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    return server.url_for_tests
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +153,11 @@ def test_two_methods_heatmap_peaks_in_evidence_box(page):
         assert page.locator("#prompt-scores .mm-tok").count() >= len(sample.question.split())
         layers.append(layer)
     assert np.abs(layers[0].astype(int) - layers[1].astype(int)).mean() > 5  # the map changed with the method
+    page.fill("#target textarea", f"{sample.answer} - square")  # a contrast
+    explain(page)
+    assert page.inner_text("#heatmap .mm-title") == f"integrated_gradients: '{sample.answer} - square'"
+    page.locator("#opacity input[type=range]").fill("0.2")  # the slider only restyles the layer
+    page.wait_for_function("getComputedStyle(document.querySelector('#heatmap .mm-layer')).opacity === '0.2'")
     assert "leaf: data/input-output" in page.inner_text("#method-info")
     assert "access: gradient" in page.inner_text("#method-info")
     assert page.locator("#faithfulness").count() == 1  # demo benchmark figures shown
@@ -218,7 +229,7 @@ def test_xss_payload_is_text_not_markup(page):
     assert page.locator("img[src='x']").count() == 0
 
 
-def test_bad_inputs_give_one_message_and_server_keeps_serving(page, lm, tmp_path):
+def test_bad_inputs_give_one_message_and_server_keeps_serving(page, lm, server, tmp_path):
     def upload(name: str, data: bytes) -> str:
         f = tmp_path / name
         f.write_bytes(data)
@@ -232,6 +243,9 @@ def test_bad_inputs_give_one_message_and_server_keeps_serving(page, lm, tmp_path
     assert "notes.png" in text and "Traceback" not in text and "\n" not in text.strip()
     assert "empty" in upload("empty.png", b"")
     assert "bomb" in upload("bomb.png", _png_header(100_000, 100_000))
+    from pathlib import Path
+    kept = {p.name for p in Path(server.mmlens_tmp).rglob("*.png")}
+    assert {"notes.png", "bomb.png"} <= kept  # uploads land in the server's own temp folder
 
     load_sample(page, SAMPLE)
     page.fill("#prompt textarea", "   ")
