@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from mmlens.web import ask, explain, export, heads, knockout, lens, trace
-from mmlens.web.render import CSS, esc, message
+from mmlens.web.render import esc, message
 from mmlens.web.session import Context, Session, guard
 
 SESSION_TTL = 2 * 3600
@@ -96,7 +96,8 @@ def build(ctx: Context) -> gr.Blocks:
                     tr_out = gr.HTML(elem_id="trace-grid")
                 with gr.Accordion("Attention knockout", open=False):
                     with gr.Row():
-                        ko_window = gr.Number(0, label="layers per window (0: all layers at once)", precision=0, minimum=0)
+                        ko_window = gr.Number(0, label="layers per window (0: all layers at once)", precision=0,
+                                              minimum=0)
                         ko_btn = gr.Button("Run knockout", variant="primary", elem_id="knockout-run", scale=0)
                         ko_stop = gr.Button("Cancel", variant="stop", scale=0)
                     ko_out = gr.HTML(elem_id="knockout-grid")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +73,3 @@ def guard(msg_out: Any, model: Any = None) -> Callable:
         return wrapped
 
     return deco
-
-
-def file_size(path: str) -> int:
-    return os.path.getsize(path)
