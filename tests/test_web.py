@@ -324,3 +324,31 @@ def test_import_mmlens_does_not_import_gradio():
     code = "import sys, mmlens; print('gradio' in sys.modules, callable(mmlens.serve))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]  # mmlens.serve exists; Gradio loads only when it is called
+
+
+# -- every panel on every supported family (tiny random models of the real HF classes; no browser) ----------
+def test_panels_work_for_every_family(subject, family, tmp_path):
+    from mmlens.testing.tiny_models import tiny_images
+    from mmlens.web import ask, explain as explain_panel, export, heads, knockout, lens, trace
+    from mmlens.web.session import Context, Session
+
+    ctx = Context(subject, f"tiny-{family}", str(tmp_path))
+    image = tiny_images(family)[0]
+    s = ask.generate(ctx, Session(image=image, image_code="image"), "what color is the cat?", "red cat")
+    assert s.answer_tokens and ask.span_target(s, [0]) == s.answer_tokens[0]
+    s, heat, toks = explain_panel.run(ctx, s, "attention", "answer", {}, 0.6)
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat.split('class="mm-layer"')[1]
+                                                               .split("base64,")[1].split('"')[0]))))
+    assert layer.shape == (image.height, image.width, 4)  # the heat layer covers the original image
+    assert toks.count('class="mm-tok"') == len(s.explanation.text_scores(0))
+    result = lens.run(ctx, s, "")
+    assert f"layer {subject.n_layers - 1} predicts" in lens.summary_html(s, result)
+    assert lens.table_html(s, result).count("<tr>") == subject.n_layers + 1
+    assert 'class="mm-layer"' in lens.image_map_html(s, result, 0)
+    for grid_html in (trace.html(trace.run(ctx, s, "resid", 3.0)), knockout.html(knockout.run(ctx, s, 0)),
+                      heads.html(heads.run(ctx, s))):
+        assert grid_html.count("<td ") > 0
+    got = mmlens.Explanation.load(export.save(ctx, s, "safetensors"))
+    np.testing.assert_array_equal(got.position_scores, s.explanation.position_scores)
+    assert "answer='red cat'" in export.code(ctx, s)
+    assert mmlens.count_hooks(subject.model) == 0

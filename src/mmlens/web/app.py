@@ -26,7 +26,7 @@ def build(ctx: Context) -> gr.Blocks:
     methods = explain.attribution_methods()
     options = [o for m in methods for o in explain.method_options(m)]
     # a session's state and files are dropped after SESSION_TTL idle seconds (bounded memory on a long run)
-    with gr.Blocks(title="mmlens", delete_cache=(SESSION_TTL, SESSION_TTL)) as page:
+    with gr.Blocks(title="mmlens", delete_cache=(SESSION_TTL, SESSION_TTL), analytics_enabled=False) as page:
         state = gr.State(Session(), time_to_live=SESSION_TTL)
         gr.HTML(f'<div class="mm-head"><h2 style="margin:0">mmlens</h2><span class="mm-sub">model '
                 f'<b>{esc(lm.model_id)}</b> · {esc(lm.family)} · {lm.n_layers} layers</span></div>')
