@@ -75,6 +75,8 @@ def browser():
 def page(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     pg.set_default_timeout(TIMEOUT_MS)
+    pg.outside = []  # requests that leave the server (the page must load nothing from elsewhere)
+    pg.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else pg.outside.append(r.url))
     pg.goto(url)
     pg.wait_for_selector("#generate")
     yield pg
@@ -163,6 +165,7 @@ def test_two_methods_heatmap_peaks_in_evidence_box(page):
     assert "leaf: data/input-output" in page.inner_text("#method-info")
     assert "access: gradient" in page.inner_text("#method-info")
     assert page.locator("#faithfulness").count() == 1  # demo benchmark figures shown
+    assert page.outside == []
 
 
 def test_logit_lens_shows_answer_word_at_last_layer(page, lm):
