@@ -61,6 +61,10 @@ def serve(subject: Any = "demo", host: str = "127.0.0.1", port: int = 7860, bloc
     """Check host/port, load the model once, build the page and serve it (see :func:`mmlens.web.serve`)."""
     check_host(host)
     check_port(host, port)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise mmlens.MMLensError("`mmlens serve` needs Gradio: pip install 'mmlens[web]'") from None
     if not is_loopback(host):
         print(f"warning: serving on {host}, which other machines can reach: the page has no login; use the "
               "default 127.0.0.1 unless you mean it", file=sys.stderr)
