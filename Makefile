@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch pinned: 2.13.0 is the CPU build on this machine's disk (a newer one pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# browser tests drive Debian's chromium (never `playwright install`: no browser downloads)
+	command -v chromium || (apt-get update && apt-get install -y chromium)
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -37,4 +37,13 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "serve",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: `import mmlens` does not import Gradio
+    if name == "serve":
+        from mmlens.web import serve
+
+        return serve
+    raise AttributeError(f"module 'mmlens' has no attribute {name!r}")

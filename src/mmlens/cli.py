@@ -361,6 +361,20 @@ def benchmark_cmd(
         print(out / name)
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = ModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (default loopback; others print a warning)"),
+    port: int = typer.Option(7860, "--port", help="TCP port, 1-65535"),
+) -> None:
+    """A local web page to explore the model's answers (Gradio; Ctrl-C stops it)."""
+    from mmlens.web.server import check_host, check_port, serve
+
+    check_host(host)  # both checked before the model loads
+    check_port(host, port)
+    serve(model, host=host, port=port)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

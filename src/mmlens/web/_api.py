@@ -1,0 +1,9 @@
+"""The only place the web page imports mmlens internals from (one place to fix paths after a restructure)."""
+
+from __future__ import annotations
+
+from mmlens.core.batch import Batch
+from mmlens.core.images import to_rgb
+from mmlens.core.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_PROMPT_CHARS
+
+__all__ = ["Batch", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_PROMPT_CHARS", "to_rgb"]

@@ -1,0 +1,96 @@
+"""Ask panel: pick a ShapesVQA sample or upload an image, type a prompt, generate; the answer as token chips."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+
+import mmlens
+from mmlens.data import ShapesVQA
+from mmlens.web import _api
+from mmlens.web.render import message
+from mmlens.web.session import Context, Session
+
+SAMPLE_SEED = 0
+N_SAMPLES = 8
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"]
+
+
+def samples() -> list[Any]:
+    data = ShapesVQA(seed=SAMPLE_SEED)
+    return [data.sample(i) for i in range(N_SAMPLES)]
+
+
+def load_sample(ctx: Context, s: Session, index: int) -> tuple[Session, Any, str]:
+    """Session with ShapesVQA sample ``index`` as the input (its question as the prompt)."""
+    sample = ShapesVQA(seed=SAMPLE_SEED).sample(int(index))
+    new = Session(image=sample.image, image_name=f"ShapesVQA sample {index}", prompt=sample.question,
+                  image_code=f"ShapesVQA(seed={SAMPLE_SEED}).sample({int(index)}).image")
+    return new, sample.image, sample.question
+
+
+def load_upload(s: Session, path: str | None) -> Session:
+    """Session with an uploaded file as the input, after the size / type / pixel checks of the API."""
+    if not path:
+        raise mmlens.InputError("the upload is empty: pick an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)")
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise mmlens.InputError(f"the file {name!r} is empty: pick an image file")
+    if size > _api.MAX_IMAGE_BYTES:
+        raise mmlens.InputError(f"the file {name!r} has {size:,} bytes, over the {_api.MAX_IMAGE_BYTES:,}-byte limit")
+    image, _note = _api.to_rgb(path, name=f"the file {name!r}")
+    return Session(image=image, image_name=name, image_code="Image.open('your_image.png')")
+
+
+def generate(ctx: Context, s: Session, prompt: str, forced: str) -> Session:
+    """The model's answer (or the teacher-forced one) to ``prompt``; the session keeps its batch."""
+    if s.image is None:
+        raise mmlens.InputError("no image yet: pick a sample or upload an image first")
+    if not prompt or not prompt.strip():
+        raise mmlens.InputError("the prompt is empty: type a question about the image")
+    lm = ctx.subject
+    forced = (forced or "").strip() or None
+    if forced is None:
+        gen = lm.generate(s.image, prompt, max_new_tokens=16)
+        if not gen.token_ids.numel():
+            raise mmlens.InputError("the model's answer is empty (it stopped at once): type an answer to "
+                                    "teacher-force")
+        batch = gen.batch
+    else:
+        batch = lm.prepare(s.image, prompt, answer=forced)
+    tokens = [lm.tokenizer.decode([t]).strip() for t in batch.answer_ids.tolist()]
+    return Session(image=s.image, image_code=s.image_code, image_name=s.image_name, prompt=prompt, answer=forced,
+                   batch=batch, answer_tokens=tokens)
+
+
+def chip_choices(s: Session) -> list[tuple[str, int]]:
+    return [(tok or f"#{i}", i) for i, tok in enumerate(s.answer_tokens)]
+
+
+def span_target(s: Session, picked: list[int] | None) -> str:
+    """The target text for the chips picked (adjacent tokens form a span; none = the whole answer)."""
+    idx = sorted(int(i) for i in (picked or []))
+    if not idx:
+        return "answer"
+    if idx != list(range(idx[0], idx[-1] + 1)):
+        raise mmlens.InputError("pick adjacent answer tokens to form a span (or one token)")
+    return " ".join(s.answer_tokens[i] for i in idx)
+
+
+def answer_note(s: Session) -> str:
+    how = "teacher-forced" if s.answer is not None else "generated"
+    text = s.answer if s.answer is not None else " ".join(s.answer_tokens)
+    return message(f"prompt: {s.prompt} · {how} answer: {text} ({len(s.answer_tokens)} tokens): click tokens to "
+                   "choose what to explain", "ok")
+
+
+def gallery_items() -> list[tuple[Any, str]]:
+    return [(x.image.resize((128, 128), 0), f"#{i} {x.question}") for i, x in enumerate(samples())]
+
+
+def upload_box() -> gr.File:
+    return gr.File(label="…or upload an image", file_types=IMAGE_TYPES, file_count="single", elem_id="upload",
+                   height=120)
