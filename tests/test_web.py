@@ -315,9 +315,9 @@ def test_serve_port_in_use_exits_2():
 
 
 def test_loopback_is_the_default_and_others_are_flagged():
-    from mmlens.web.server import is_loopback
-
     import inspect
+
+    from mmlens.web.server import is_loopback
 
     assert inspect.signature(mmlens.web.serve).parameters["host"].default == "127.0.0.1"
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
@@ -332,7 +332,8 @@ def test_import_mmlens_does_not_import_gradio():
 # -- every panel on every supported family (tiny random models of the real HF classes; no browser) ----------
 def test_panels_work_for_every_family(subject, family, tmp_path):
     from mmlens.testing.tiny_models import tiny_images
-    from mmlens.web import ask, explain as explain_panel, export, heads, knockout, lens, trace
+    from mmlens.web import ask, export, heads, knockout, lens, trace
+    from mmlens.web import explain as explain_panel
     from mmlens.web.session import Context, Session
 
     ctx = Context(subject, f"tiny-{family}", str(tmp_path))

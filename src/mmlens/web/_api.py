@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mmlens.core.batch import Batch
-from mmlens.core.images import to_rgb
-from mmlens.core.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_PROMPT_CHARS
+from mmlens.model.batch import Batch
+from mmlens.model.images import to_rgb
+from mmlens.util.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_PROMPT_CHARS
 
 __all__ = ["Batch", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_PROMPT_CHARS", "to_rgb"]
