@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean
+.PHONY: demo test test-slow setup browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,6 @@ $(STAMP): pyproject.toml
 	# torch pinned: 2.13.0 is the CPU build on this machine's disk (a newer one pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	# browser tests drive Debian's chromium (never `playwright install`: no browser downloads)
-	command -v chromium || (apt-get update && apt-get install -y chromium)
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,7 +19,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mmlens.demo
 
-test: $(STAMP)
+# the web page's browser tests drive Debian's chromium (never `playwright install`: no browser downloads)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: run 'apt-get install chromium' as root for the browser tests"
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: $(STAMP)
