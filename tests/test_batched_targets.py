@@ -201,3 +201,13 @@ def test_bad_target_batch_is_a_one_line_input_error(method, value):
     with pytest.raises(InputError, match=f"target_batch={value!r}") as info:
         mmlens.explain(subject, tiny_images("llava"), PROMPT, method=method, answer="red", target_batch=value)
     assert "\n" not in str(info.value)
+
+
+def test_default_target_batch_batches_small_backwards_on_cpu_only():
+    from mmlens.attribution.batched import MAX_TARGET_BATCH, resolve_target_batch
+
+    subject, batch, _ = setup("llava")
+    assert subject.device.type == "cpu"
+    assert resolve_target_batch(None, subject, batch) == MAX_TARGET_BATCH  # tiny: one target's backward is small
+    assert resolve_target_batch(None, subject, batch, rows=10_000) == 1  # a large backward: the per-target loop
+    assert resolve_target_batch(3, subject, batch, rows=10_000) == 3

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmlens.attribution.batched import batched_grad, check_target_batch, chunks
+from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
 from mmlens.attribution.gradient import INPUT, gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
@@ -182,12 +182,12 @@ def _batch_size(value: Any) -> int:
 
 def path_gradients(subject: Subject, batch: Batch, targets: list[Target], positions: torch.Tensor,
                    rows: Iterable[torch.Tensor], fold: Callable[[int, range, torch.Tensor], None],
-                   objective: str = "log_prob", target_batch: int | None = None) -> None:
+                   objective: str = "log_prob", target_batch: int | None = None, rows_per_target: int = 1) -> None:
     """For each ``(k, P, D)`` tensor of LM input embeddings at ``positions`` in ``rows``: one forward of its
     ``k`` rows (vision tower and projector computed once for all: :func:`cached_image_features`), then one
     batched backward per ``target_batch`` targets; ``fold(i, part, grads)`` receives the gradients
     ``(len(part), k, P, D)`` of targets ``part`` (each row's target value w.r.t. that row)."""
-    size = check_target_batch(target_batch)
+    size = resolve_target_batch(target_batch, subject, batch, rows_per_target)
     parts = list(chunks(len(targets), size))
     logits_of = embedding_logits(subject, batch, positions)
     foils = {t: embedding_logits(subject, foil_batch(subject, batch, target), positions)
@@ -261,7 +261,7 @@ def integrated_gradients(
                 parts[t] = None
 
     rows = (torch.cat([base + alphas[j] * diff for j in span]) for span in spans)
-    path_gradients(subject, batch, targets, positions, rows, fold, objective, target_batch)
+    path_gradients(subject, batch, targets, positions, rows, fold, objective, target_batch, min(ibs, steps))
     with torch.no_grad(), cached_image_features(subject):  # f(input) and f(baseline) of every target
         end_logits = embedding_logits(subject, batch, positions)(torch.cat([x, base]))
         ends = torch.stack([embedding_function(subject, batch, t, positions, objective)(torch.cat([x, base]))
@@ -320,7 +320,7 @@ def smoothgrad(
     def fold(i: int, part: range, grads: torch.Tensor) -> None:
         total[part.start:part.stop] += grads.abs().sum(1).to(total.dtype)
 
-    path_gradients(subject, batch, targets, positions, noisy(), fold, objective, target_batch)
+    path_gradients(subject, batch, targets, positions, noisy(), fold, objective, target_batch, sizes[0])
     scores = torch.zeros(len(targets), batch.seq_len)
     scores[:, positions] = (total / nt_samples).float().norm(dim=-1).cpu()
     return MethodOutput(scores, extras={"noise_std": sigma, "positions": modality})

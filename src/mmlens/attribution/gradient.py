@@ -11,7 +11,7 @@ input embeddings at the positions both sequences share (the prompt, and the answ
 backward goes through the difference, so the gradient is that of ``value(answer) - value(foil)``.
 
 - ``saliency`` / ``input_x_gradient`` / ``gradcam``: one forward, one batched backward per ``target_batch``
-  targets (default 8; see :mod:`mmlens.attribution.batched`).
+  targets (default: :func:`~mmlens.attribution.batched.resolve_target_batch`).
 - ``integrated_gradients`` / ``smoothgrad``: in :mod:`mmlens.attribution.captum_gradients` (same contract).
 
 >>> import mmlens                                                                    # doctest: +SKIP
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mmlens.attribution.batched import batched_grad, check_target_batch, chunks
+from mmlens.attribution.batched import batched_grad, chunks, resolve_target_batch
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import UnsupportedModelError
@@ -131,7 +131,7 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target], objec
     targets (the graph is kept between chunks), see :mod:`mmlens.attribution.batched`.
     """
     check_objective(objective)
-    size = check_target_batch(target_batch)
+    size = resolve_target_batch(target_batch, subject, batch)
     out = []
     with gradient_mode(subject):
         with subject.trace() as tr:

@@ -5,8 +5,9 @@ eager attention (whose probabilities are the ones in the autograd graph), captur
 probabilities with ``capture_attention(rows=None, detach=False)`` and register a gradient hook on them; the
 hook reduces ``grad * A`` as soon as backward reaches that layer (heads fused at once), so no
 ``layers x heads x N x N`` gradient stack is ever kept. One forward, then one batched backward per
-``target_batch`` targets (default 8): the hooks see every target of a chunk at once and fold their
-reductions into per-target state carried out of the backward (:mod:`mmlens.attribution.batched`).
+``target_batch`` targets (default: ``resolve_target_batch``): the hooks see every target of a chunk at
+once and fold their reductions into per-target state carried out of the backward
+(:mod:`mmlens.attribution.batched`).
 
 ``objective`` (every method here): the target tokens' summed logits (``"logit"``), log-probs
 (``"log_prob"``) or joint probability (``"prob"``). ``relevancy`` defaults to the logit, as Chefer et al.'s
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mmlens.attribution.attention import select_indices, target_rows
-from mmlens.attribution.batched import Carry, carried_backward, check_target_batch, chunks
+from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
 from mmlens.attribution.gradient import INPUT, gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
@@ -57,7 +58,7 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
     ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
     backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
     check_objective(objective)
-    size = check_target_batch(target_batch)
+    size = resolve_target_batch(target_batch, subject, batch)
     for target in targets:
         if target.needs_foil_forward:
             raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, which "
