@@ -26,10 +26,11 @@ from mmlens.util.options import check_int
 
 #: most targets per batched backward when ``target_batch=None`` picks it
 MAX_TARGET_BATCH = 8
-#: on CPU, targets are batched only while one target's backward is this small (rows x positions x hidden):
-#: measured on the 2-core development machine, batching 8 targets saved 14-15% at 10-20 k (demo model,
-#: 4-layer random LLaVA) and cost 15-25% at 80-460 k (IG's 8 path rows on the demo, 12-layer LLaVA)
-CPU_SMALL_BACKWARD = 2**15
+#: on CPU, targets are batched only while one target's backward is this small (rows x positions x hidden).
+#: Measured on the 2-core development machine (benchmarks/RESULTS.md), 8 targets per backward vs one:
+#: 14-15% faster at ~10 k (demo model, 10-token answer), the same time and twice the memory at 21-45 k
+#: (4-layer random LLaVA), 15-35% slower at 80-460 k (IG's 8 path rows on the demo; 12-layer LLaVA)
+CPU_SMALL_BACKWARD = 2**14
 
 
 def check_target_batch(value: Any) -> int | None:
