@@ -28,9 +28,8 @@ from mmlens.util.options import check_int
 MAX_TARGET_BATCH = 8
 #: on CPU, targets are batched only while one target's backward is this small (rows x positions x hidden).
 #: Measured on the 2-core development machine (benchmarks/RESULTS.md), 8 targets per backward vs one:
-#: 14-15% faster at ~10 k (demo model, 10-token answer), about the same time and up to twice the memory at
-#: 21-45 k
-#: (4-layer random LLaVA), 5-45% slower at 80-460 k (IG's 8 path rows on the demo; 12-layer LLaVA)
+#: 14-15% faster at ~10 k (demo model, 10-token answer), about the same time and up to twice the memory
+#: at 21-45 k (4-layer random LLaVA), 5-45% slower at 80-460 k (IG's path rows on the demo; 12-layer LLaVA)
 CPU_SMALL_BACKWARD = 2**14
 
 
