@@ -211,3 +211,23 @@ def test_default_target_batch_batches_small_backwards_on_cpu_only():
     assert resolve_target_batch(None, subject, batch) == MAX_TARGET_BATCH  # tiny: one target's backward is small
     assert resolve_target_batch(None, subject, batch, rows=10_000) == 1  # a large backward: the per-target loop
     assert resolve_target_batch(3, subject, batch, rows=10_000) == 3
+
+
+def test_feature_cache_reuses_only_the_same_pixels_and_is_removed_also_on_errors():
+    from mmlens import count_hooks
+    from mmlens.model.feature_cache import cached_image_features
+
+    subject = subject_for("llava")
+    a = subject.prepare(tiny_images("llava", seed=0), PROMPT)
+    b = subject.prepare(tiny_images("llava", seed=1), PROMPT)
+    with torch.no_grad():
+        plain = subject.forward(b)
+        with pytest.raises(RuntimeError, match="boom"), cached_image_features(subject) as counts:
+            first = subject.forward(a)
+            torch.testing.assert_close(subject.forward(a), first, atol=0, rtol=0)
+            torch.testing.assert_close(subject.forward(b), plain, atol=0, rtol=0)  # other pixels: computed
+            assert counts == {"computed": 2, "reused": 1}
+            assert count_hooks(subject.model) == 1
+            raise RuntimeError("boom")
+    assert count_hooks(subject.model) == 0
+    assert "get_image_features" not in subject.adapter.parts().image_features.__dict__

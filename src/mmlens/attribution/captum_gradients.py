@@ -3,6 +3,11 @@ embeddings at the attributed positions (image, text or both), with image baselin
 vision tower on a black / blurred / noise image (see :mod:`mmlens.attribution.gradient` for the shared
 gradient machinery, objectives and contrasts).
 
+Captum's rules (its Gauss-Legendre nodes and weights and internal batching; NoiseTunnel's noise draws) run
+here with every target sharing each forward along the path (:func:`path_gradients`: one batched backward
+per ``target_batch`` targets) and the vision tower + projector computed once, since only the LM inputs
+change; the numbers equal a Captum call per target on :func:`embedding_function`.
+
 >>> import mmlens                                                                    # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="integrated_gradients", steps=32)  # doctest: +SKIP
 >>> ex.extras["convergence_delta"]                                                   # doctest: +SKIP
@@ -76,8 +81,9 @@ def embedding_function(
     subject: Subject, batch: Batch, target: Target, positions: torch.Tensor, objective: str = "log_prob"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(emb) -> (k,)``: ``target``'s value when the LM input embeddings at ``positions`` are ``emb``
-    (see :func:`embedding_logits`); this is the function Captum attributes. A multi-token contrast foil runs
-    its own forward with the same ``emb`` (``positions`` are prompt positions, shared by both sequences).
+    (see :func:`embedding_logits`); a direct Captum call per target attributes this function. A multi-token
+    contrast foil runs its own forward with the same ``emb`` (``positions`` are prompt positions, shared by
+    both sequences).
 
     >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
     >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP

@@ -57,6 +57,7 @@ def cached_image_features(subject: Any) -> Iterator[dict[str, int]]:
             counts["computed"] += 1
         return copy.copy(cache["out"])  # a trace may replace the copy's fields; the cached one stays
 
+    features._mmlens = True  # type: ignore[attr-defined]  (counted by count_hooks while installed)
     patch = MethodPatch(owner, "get_image_features", features)
     try:
         yield counts
