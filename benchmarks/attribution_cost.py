@@ -1,12 +1,17 @@
 """Cost of explaining every answer token on a mid-size random LLaVA, as ratios measured in one run.
 
-    python -m benchmarks.attribution_cost [--layers 12 --hidden 768 --image-size 336 --answer-len 10]
+    python -m benchmarks.attribution_cost [--layers 12 --hidden 768 --image-size 336 --answer-lens 10,100]
 
-Each measurement runs in a fresh subprocess (peak memory is then that of one job alone):
+Each measurement runs in a fresh subprocess with one intra-op thread (``--threads``; peak memory is then
+that of one job alone), once per answer length:
 - attention methods (raw attention, for every answer token from one forward) vs a plain forward: time and
   peak memory (goal <= 1.2x time, <= 1.3x memory);
-- relevancy for every answer token vs one plain forward + backward: peak memory (goal <= 1.5x);
-- Integrated Gradients through mmlens vs calling Captum directly on the same function: time.
+- relevancy / attention x gradient / input x gradient for every answer token vs one plain forward +
+  backward of the whole answer: time (goal <= 1.5x at 10 tokens, <= 3x at 100) and peak memory (<= 1.5x);
+- Integrated Gradients through mmlens vs Captum's ``IntegratedGradients`` called per answer token on
+  mmlens' embedding function (``ig_captum``, which re-runs the vision tower) and on the LM's
+  ``inputs_embeds`` directly (``ig_embeds``: the vision tower run once, as a user would call it), same
+  steps and internal batch size: time (goal <= 1.0x).
 """
 
 from __future__ import annotations
@@ -21,16 +26,24 @@ import torch
 
 from benchmarks.common import image, median_time, mid_llava, peak_memory_mb
 
-MODES = ("forward", "attention", "forward_backward", "relevancy", "ig_mmlens", "ig_captum")
+MODES = ("forward", "attention", "forward_backward", "relevancy", "attention_x_gradient", "input_x_gradient",
+         "ig_mmlens", "ig_captum", "ig_embeds")
+WORDS = ["red", "green", "blue", "circle", "square", "triangle", "yellow", "shape", "object", "image"]
+
+
+def answer_words(n: int) -> str:
+    """An ``n``-token answer of the benchmark tokenizer's words (``w0``.. after the first ten)."""
+    return " ".join((WORDS + [f"w{i}" for i in range(200)])[:n])
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
     import mmlens
     from mmlens.model.targets import resolve_targets
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device)
-    answer = " ".join(["red", "green", "blue", "circle", "square", "triangle", "yellow", "shape", "object", "image"][: args.answer_len])
+    answer = answer_words(args.answer_len)
     img = image(args.image_size)
     batch = subject.prepare(img, "what color is the shape?", answer=answer)
     steps = args.ig_steps
@@ -45,6 +58,8 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         subject.model.zero_grad(set_to_none=True)
 
     def explain(method: str, **options) -> None:
+        if args.target_batch is not None and method != "attention":
+            options["target_batch"] = args.target_batch
         mmlens.explain(subject, img, batch.prompt, method=method, answer=answer, **options)
 
     def ig_captum() -> None:
@@ -63,13 +78,37 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
             IntegratedGradients(embedding_function(subject, batch, target, pos)).attribute(
                 x, baselines=base, n_steps=steps, internal_batch_size=steps)
 
+    def ig_embeds() -> None:
+        from captum.attr import IntegratedGradients
+
+        from mmlens.attribution.captum_gradients import baseline_embeddings, input_embeddings
+
+        pos = batch.image_positions()
+        full = input_embeddings(subject, batch).detach()
+        x = full[:, pos]
+        base = baseline_embeddings(subject, batch, pos, "black").detach()
+        mask = subject.model_inputs(batch)["attention_mask"]
+
+        def f(emb: torch.Tensor, target) -> torch.Tensor:
+            embeds = full.expand(emb.shape[0], -1, -1).clone()
+            embeds[:, pos] = emb
+            out = subject.model(inputs_embeds=embeds, attention_mask=mask.expand(emb.shape[0], -1), use_cache=False)
+            return target.value(out.logits, batch)
+
+        for target in resolve_targets(subject.tokenizer, batch, None):
+            IntegratedGradients(lambda emb, t=target: f(emb, t)).attribute(
+                x, baselines=base, n_steps=steps, internal_batch_size=steps)
+
     fns = {
         "forward": forward,
         "attention": lambda: explain("attention"),
         "forward_backward": forward_backward,
         "relevancy": lambda: explain("relevancy"),
+        "attention_x_gradient": lambda: explain("attention_x_gradient"),
+        "input_x_gradient": lambda: explain("input_x_gradient"),
         "ig_mmlens": lambda: explain("integrated_gradients", steps=steps, internal_batch_size=steps, baseline="black"),
         "ig_captum": ig_captum,
+        "ig_embeds": ig_embeds,
     }
     fn = fns[mode]
     fn()  # warm-up
@@ -79,14 +118,42 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
             "image_tokens": int(batch.image_positions().numel()), "answer_tokens": int(batch.answer_ids.numel())}
 
 
+GRADIENT_GOALS = {10: 1.5, 100: 3.0}
+
+
+def report(results: dict, args: argparse.Namespace, length: int) -> None:
+    r = results
+    first = next(iter(r.values()))
+    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
+          f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}, "
+          f"{args.threads} thread(s), target_batch {args.target_batch or 'default'}")
+    if {"forward", "attention"} <= set(r):
+        fwd, att = r["forward"], r["attention"]
+        print(f"attention (all answer tokens) / plain forward: time {att['seconds'] / fwd['seconds']:.2f}x "
+              f"(goal <= 1.2), peak memory {att['peak_mb'] / fwd['peak_mb']:.2f}x (goal <= 1.3)")
+    goal = GRADIENT_GOALS.get(length)
+    for method in ("relevancy", "attention_x_gradient", "input_x_gradient"):
+        if {"forward_backward", method} <= set(r):
+            m, fb = r[method], r["forward_backward"]
+            print(f"{method} (all {length} answer tokens) / forward+backward: time {m['seconds'] / fb['seconds']:.2f}x"
+                  f" (goal <= {goal or '-'}), peak memory {m['peak_mb'] / fb['peak_mb']:.2f}x (goal <= 1.5)")
+    for ref in ("ig_captum", "ig_embeds"):
+        if {"ig_mmlens", ref} <= set(r):
+            ratio = r["ig_mmlens"]["seconds"] / r[ref]["seconds"]
+            print(f"integrated gradients mmlens / direct Captum ({ref}): time {ratio:.2f}x (goal <= 1.0)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--image-size", type=int, default=336)
-    ap.add_argument("--answer-len", type=int, default=10)
+    ap.add_argument("--answer-lens", default="10", help="comma-separated answer lengths (tokens), e.g. 10,100")
+    ap.add_argument("--answer-len", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per measuring process")
+    ap.add_argument("--target-batch", type=int, default=None, help="target_batch for the gradient methods")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
@@ -95,28 +162,18 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args)))
         return
     started = time.time()
-    results = {}
-    for mode in [m for m in MODES if m in args.modes.split(",")]:
-        cmd = [sys.executable, "-m", "benchmarks.attribution_cost", "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        results[mode] = json.loads(out)
-        r = results[mode]
-        print(f"{mode:17s} {r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB", flush=True)
-    r = results
-    first = next(iter(r.values()))
-    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
-          f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}")
-    if {"forward", "attention"} <= set(r):
-        fwd, att = r["forward"], r["attention"]
-        print(f"attention (all answer tokens) / plain forward: time {att['seconds'] / fwd['seconds']:.2f}x "
-              f"(goal <= 1.2), peak memory {att['peak_mb'] / fwd['peak_mb']:.2f}x (goal <= 1.3)")
-    if {"forward_backward", "relevancy"} <= set(r):
-        rel, fb = r["relevancy"], r["forward_backward"]
-        print(f"relevancy (all answer tokens) / forward+backward: peak memory {rel['peak_mb'] / fb['peak_mb']:.2f}x "
-              f"(goal <= 1.5), time {rel['seconds'] / fb['seconds']:.2f}x")
-    if {"ig_mmlens", "ig_captum"} <= set(r):
-        ratio = r["ig_mmlens"]["seconds"] / r["ig_captum"]["seconds"]
-        print(f"integrated gradients mmlens / direct Captum: time {ratio:.2f}x (goal <= 1.0)")
+    lengths = [args.answer_len] if args.answer_len else [int(n) for n in args.answer_lens.split(",")]
+    for length in lengths:
+        results = {}
+        for mode in [m for m in MODES if m in args.modes.split(",")]:
+            cmd = [sys.executable, "-m", "benchmarks.attribution_cost", "--one", mode, *sys.argv[1:],
+                   "--answer-len", str(length)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            results[mode] = json.loads(out)
+            r = results[mode]
+            print(f"[{length:3d} tokens] {mode:21s} {r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB", flush=True)
+        args.answer_len = length
+        report(results, args, length)
     print(f"(total {time.time() - started:.0f}s)")
 
 

@@ -3,6 +3,11 @@ embeddings at the attributed positions (image, text or both), with image baselin
 vision tower on a black / blurred / noise image (see :mod:`mmlens.attribution.gradient` for the shared
 gradient machinery, objectives and contrasts).
 
+Captum's rules (its Gauss-Legendre nodes and weights and internal batching; NoiseTunnel's noise draws) run
+here with every target sharing each forward along the path (:func:`path_gradients`: one batched backward
+per ``target_batch`` targets) and the vision tower + projector computed once, since only the LM inputs
+change; the numbers equal a Captum call per target on :func:`embedding_function`.
+
 >>> import mmlens                                                                    # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="integrated_gradients", steps=32)  # doctest: +SKIP
 >>> ex.extras["convergence_delta"]                                                   # doctest: +SKIP
@@ -10,16 +15,18 @@ gradient machinery, objectives and contrasts).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from PIL import Image
 
+from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
 from mmlens.attribution.gradient import INPUT, gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
+from mmlens.model.feature_cache import cached_image_features
 from mmlens.model.images import blurred
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective, foil_batch
@@ -74,8 +81,9 @@ def embedding_function(
     subject: Subject, batch: Batch, target: Target, positions: torch.Tensor, objective: str = "log_prob"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(emb) -> (k,)``: ``target``'s value when the LM input embeddings at ``positions`` are ``emb``
-    (see :func:`embedding_logits`); this is the function Captum attributes. A multi-token contrast foil runs
-    its own forward with the same ``emb`` (``positions`` are prompt positions, shared by both sequences).
+    (see :func:`embedding_logits`); a direct Captum call per target attributes this function. A multi-token
+    contrast foil runs its own forward with the same ``emb`` (``positions`` are prompt positions, shared by
+    both sequences).
 
     >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
     >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP
@@ -178,11 +186,34 @@ def _batch_size(value: Any) -> int:
     return check_int("internal_batch_size", value)
 
 
+def path_gradients(subject: Subject, batch: Batch, targets: list[Target], positions: torch.Tensor,
+                   rows: Iterable[torch.Tensor], fold: Callable[[int, range, torch.Tensor], None],
+                   objective: str = "log_prob", target_batch: int | None = None, rows_per_target: int = 1) -> None:
+    """For each ``(k, P, D)`` tensor of LM input embeddings at ``positions`` in ``rows``: one forward of its
+    ``k`` rows (vision tower and projector computed once for all: :func:`cached_image_features`), then one
+    batched backward per ``target_batch`` targets; ``fold(i, part, grads)`` receives the gradients
+    ``(len(part), k, P, D)`` of targets ``part`` (each row's target value w.r.t. that row)."""
+    size = resolve_target_batch(target_batch, subject, batch, rows_per_target)
+    parts = list(chunks(len(targets), size))
+    logits_of = embedding_logits(subject, batch, positions)
+    foils = {t: embedding_logits(subject, foil_batch(subject, batch, target), positions)
+             for t, target in enumerate(targets) if target.needs_foil_forward}
+    with gradient_mode(subject), cached_image_features(subject):
+        for i, emb in enumerate(rows):
+            emb = emb.detach().requires_grad_(True)
+            logits = logits_of(emb)
+            for c, part in enumerate(parts):
+                values = torch.stack([targets[t].value(logits, batch, objective, foils[t](emb) if t in foils else None)
+                                      for t in part])  # (len(part), k)
+                (grads,) = batched_grad(values, emb, retain_graph=c < len(parts) - 1)
+                fold(i, part, grads)
+
+
 @register_method(
     "integrated_gradients",
     leaf="data/input-output",
     tier="gradient",
-    summary="Integrated Gradients (Captum) over the image (and/or text) token embeddings, summed per position",
+    summary="Integrated Gradients (Captum's rule) over the image (and/or text) token embeddings, summed per position",
 )
 def integrated_gradients(
     subject: Subject,
@@ -194,37 +225,58 @@ def integrated_gradients(
     internal_batch_size: int = 8,
     blur_radius: float | None = None,
     objective: str = "log_prob",
+    target_batch: int | None = None,
 ) -> MethodOutput:
-    """Captum ``IntegratedGradients`` on :func:`embedding_function` (one call per target), ``n_steps=steps``
-    (Gauss-Legendre), from :func:`baseline_embeddings` to the input. Score of position ``p`` = the
-    attributions of its embedding summed over the hidden dimension, so the scores sum to
-    ``f(input) - f(baseline)`` up to Captum's convergence delta (``extras["convergence_delta"]``).
+    """Captum's ``IntegratedGradients`` rule on :func:`embedding_function` with ``n_steps=steps``
+    (Gauss-Legendre, Captum's nodes and weights and its internal batching: ``internal_batch_size`` path
+    points per forward), from :func:`baseline_embeddings` to the input. Score of position ``p`` = the
+    attributions of its embedding summed over the hidden dimension, so the scores sum to ``f(input) -
+    f(baseline)`` up to the convergence delta (``extras["convergence_delta"]``, Captum's definition).
+
+    Every target shares each forward along the path (one batched backward per ``target_batch`` targets), and
+    the vision tower runs once for all of them: the numbers equal a Captum call per target.
     """
     steps = check_int("steps", steps)
     check_choice("baseline", baseline, BASELINES)
     check_objective(objective)
     ibs = _batch_size(internal_batch_size)
+    check_target_batch(target_batch)
     if blur_radius is not None:
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
-    from captum.attr import IntegratedGradients
+    from captum.attr._utils.approximation_methods import approximation_parameters
 
     positions = attributed_positions(batch, modality)
     x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
-    scores = torch.zeros(len(targets), batch.seq_len)
-    deltas = []
-    with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
+    step_sizes_of, alphas_of = approximation_parameters("gausslegendre")
+    step_sizes, alphas = step_sizes_of(steps), alphas_of(steps)
+    spans = [range(a, min(a + ibs, steps)) for a in range(0, steps, ibs)]
+    diff = x - base
+    attr = torch.zeros(len(targets), len(positions), device=subject.device, dtype=torch.float64)
+    parts: list[torch.Tensor | None] = [None] * len(targets)
+
+    def fold(i: int, part: range, grads: torch.Tensor) -> None:
+        k = grads.shape[1]
+        sizes = torch.tensor([step_sizes[j] for j in spans[i]]).float().view(1, k, 1).to(grads.device)
+        total = (grads.contiguous().view(len(part), k, -1) * sizes).sum(1).view(len(part), *grads.shape[2:])
+        for j, t in enumerate(part):  # Captum: attribution of this batch = summed scaled grads * (input - baseline)
+            a = total[j] * diff[0]
+            parts[t] = a if parts[t] is None else parts[t] + a
+            if i == len(spans) - 1:
+                attr[t] = parts[t].double().sum(-1)
+                parts[t] = None
+
+    rows = (torch.cat([base + alphas[j] * diff for j in span]) for span in spans)
+    path_gradients(subject, batch, targets, positions, rows, fold, objective, target_batch, min(ibs, steps))
+    with torch.no_grad(), cached_image_features(subject):  # f(input) and f(baseline) of every target
         end_logits = embedding_logits(subject, batch, positions)(torch.cat([x, base]))
         ends = torch.stack([embedding_function(subject, batch, t, positions, objective)(torch.cat([x, base]))
                             if t.needs_foil_forward else t.value(end_logits, batch, objective)
                             for t in targets], dim=1).double()  # (2, T)
-    with gradient_mode(subject):
-        for t, target in enumerate(targets):
-            ig = IntegratedGradients(embedding_function(subject, batch, target, positions, objective))
-            attr = ig.attribute(x, baselines=base, n_steps=steps, internal_batch_size=ibs)
-            scores[t, positions] = attr[0].detach().float().sum(-1).cpu()
-            # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
-            deltas.append(float(attr.detach().double().sum() - (ends[0, t] - ends[1, t])))
+    scores = torch.zeros(len(targets), batch.seq_len)
+    scores[:, positions] = attr.float().cpu()
+    # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
+    deltas = [float(attr[t].sum() - (ends[0, t] - ends[1, t])) for t in range(len(targets))]
     return MethodOutput(scores, extras={"convergence_delta": deltas, "positions": modality})
 
 
@@ -232,7 +284,7 @@ def integrated_gradients(
     "smoothgrad",
     leaf="data/input-output",
     tier="gradient",
-    summary="SmoothGrad (Captum NoiseTunnel over saliency) on the image (and/or text) token embeddings",
+    summary="SmoothGrad (Captum NoiseTunnel's rule over saliency) on the image (and/or text) token embeddings",
 )
 def smoothgrad(
     subject: Subject,
@@ -243,25 +295,38 @@ def smoothgrad(
     modality: str = "image",
     internal_batch_size: int = 8,
     objective: str = "log_prob",
+    target_batch: int | None = None,
 ) -> MethodOutput:
-    """Captum ``NoiseTunnel(Saliency)`` (``nt_type="smoothgrad"``) on :func:`embedding_function`: the mean
-    over ``nt_samples`` noisy copies of ``|d target / d e|``; score of position ``p`` = the L2 norm of that
-    over the hidden dimension. ``stdevs`` is relative: the noise std is ``stdevs`` times the std of the
-    attributed embeddings (embedding scales differ between models).
+    """Captum's ``NoiseTunnel(Saliency)`` rule (``nt_type="smoothgrad"``) on :func:`embedding_function`: the
+    mean over ``nt_samples`` noisy copies of ``|d target / d e|``, drawn ``internal_batch_size`` at a time as
+    Captum draws them; score of position ``p`` = the L2 norm of that over the hidden dimension. ``stdevs``
+    is relative: the noise std is ``stdevs`` times the std of the attributed embeddings (embedding scales
+    differ between models). Every target sees the same noisy copies (one forward each, shared; one batched
+    backward per ``target_batch`` targets; the vision tower runs once).
     """
     nt_samples = check_int("nt_samples", nt_samples)
     stdevs = check_float("stdevs", stdevs, 0.0, open_low=True)
     check_objective(objective)
     ibs = _batch_size(internal_batch_size)
-    from captum.attr import NoiseTunnel, Saliency
+    check_target_batch(target_batch)
 
     positions = attributed_positions(batch, modality)
     x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
     sigma = stdevs * float(x.float().std())
+    sizes = [min(ibs, nt_samples)] * (nt_samples // min(ibs, nt_samples))
+    if nt_samples % min(ibs, nt_samples):
+        sizes.append(nt_samples % min(ibs, nt_samples))
+    total = torch.zeros(len(targets), *x.shape[1:], device=subject.device, dtype=x.dtype)
+
+    def noisy() -> Iterator[torch.Tensor]:
+        for k in sizes:  # as Captum's NoiseTunnel draws them
+            noise = torch.normal(0, torch.tensor(sigma, device=x.device).repeat((k, *x.shape[1:])))
+            yield x.repeat_interleave(k, dim=0) + noise
+
+    def fold(i: int, part: range, grads: torch.Tensor) -> None:
+        total[part.start:part.stop] += grads.abs().sum(1).to(total.dtype)
+
+    path_gradients(subject, batch, targets, positions, noisy(), fold, objective, target_batch, sizes[0])
     scores = torch.zeros(len(targets), batch.seq_len)
-    with gradient_mode(subject):
-        for t, target in enumerate(targets):
-            nt = NoiseTunnel(Saliency(embedding_function(subject, batch, target, positions, objective)))
-            attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=ibs, stdevs=sigma)
-            scores[t, positions] = attr[0].detach().float().norm(dim=-1).cpu()
+    scores[:, positions] = (total / nt_samples).float().norm(dim=-1).cpu()
     return MethodOutput(scores, extras={"noise_std": sigma, "positions": modality})

@@ -10,7 +10,8 @@ A contrast whose foil has several tokens runs the foil sequence through its own 
 input embeddings at the positions both sequences share (the prompt, and the answer before the span), and
 backward goes through the difference, so the gradient is that of ``value(answer) - value(foil)``.
 
-- ``saliency`` / ``input_x_gradient`` / ``gradcam``: one forward, one backward per target.
+- ``saliency`` / ``input_x_gradient`` / ``gradcam``: one forward, one batched backward per ``target_batch``
+  targets (default: :func:`~mmlens.attribution.batched.resolve_target_batch`).
 - ``integrated_gradients`` / ``smoothgrad``: in :mod:`mmlens.attribution.captum_gradients` (same contract).
 
 >>> import mmlens                                                                    # doctest: +SKIP
@@ -19,12 +20,13 @@ backward goes through the difference, so the gradient is that of ``value(answer)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from mmlens.attribution.batched import batched_grad, chunks, resolve_target_batch
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import UnsupportedModelError
@@ -116,26 +118,39 @@ def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Te
         return subject.forward(foil_batch(subject, batch, target))
 
 
-def input_gradients(subject: Subject, batch: Batch, targets: list[Target],
-                    objective: str = "log_prob") -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """LM input embeddings ``(N, D)`` and, per target, the gradient of the target w.r.t. them ``(N, D)``.
+#: reduces one chunk's gradients ``(k, N, D)`` (float32) given the input embeddings ``(N, D)`` to ``(k, ...)``
+Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    One forward pass (plus one per multi-token contrast foil); one backward per target (the graph is kept
-    between targets).
+
+def input_gradients(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob",
+                    target_batch: int | None = None, reduce: Reduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM input embeddings ``(N, D)`` and the targets' gradients w.r.t. them, ``(T, N, D)`` float32, or
+    ``reduce(x, grads)`` of each chunk of targets concatenated (so the full ``(T, N, D)`` stack never exists).
+
+    One forward pass (plus one per multi-token contrast foil); one batched backward per ``target_batch``
+    targets (the graph is kept between chunks), see :mod:`mmlens.attribution.batched`.
     """
     check_objective(objective)
+    size = resolve_target_batch(target_batch, subject, batch)
+    out = []
     with gradient_mode(subject):
         with subject.trace() as tr:
             holder = leaf_input(tr)
             logits = subject.forward(batch)
         x = holder[0]
-        grads = []
-        for t, target in enumerate(targets):
-            foil = tied_foil_logits(subject, batch, target, x) if target.needs_foil_forward else None
-            value = target.value(logits, batch, objective, foil).sum()
-            (g,) = torch.autograd.grad(value, x, retain_graph=t < len(targets) - 1)
-            grads.append(g[0].detach().float())
-    return x[0].detach().float(), grads
+        xf = x[0].detach().float()
+        parts = list(chunks(len(targets), size))
+        for c, part in enumerate(parts):
+            values = []
+            for t in part:
+                target = targets[t]
+                foil = tied_foil_logits(subject, batch, target, x) if target.needs_foil_forward else None
+                values.append(target.value(logits, batch, objective, foil).sum())
+            (g,) = batched_grad(torch.stack(values), x, retain_graph=c < len(parts) - 1)
+            g = g[:, 0].detach().float()
+            out.append(g if reduce is None else reduce(xf, g))
+            del g, values
+    return xf, torch.cat(out)
 
 
 # -- saliency, input x gradient, Grad-CAM ---------------------------------------------------------------------
@@ -147,10 +162,11 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target],
     tier="gradient",
     summary="L2 norm of the gradient of the target w.r.t. each position's input embedding",
 )
-def saliency(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
+def saliency(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob",
+             target_batch: int | None = None) -> MethodOutput:
     """Score of position ``p`` = ``|| d target / d e_p ||_2`` with ``e_p`` the LM input embedding at ``p``."""
-    _, grads = input_gradients(subject, batch, targets, objective)
-    return MethodOutput(torch.stack([g.norm(dim=-1) for g in grads]).cpu())
+    _, scores = input_gradients(subject, batch, targets, objective, target_batch, lambda x, g: g.norm(dim=-1).cpu())
+    return MethodOutput(scores)
 
 
 @register_method(
@@ -159,10 +175,11 @@ def saliency(subject: Subject, batch: Batch, targets: list[Target], objective: s
     tier="gradient",
     summary="gradient times input embedding, summed over the hidden dimension, per position",
 )
-def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
+def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob",
+                     target_batch: int | None = None) -> MethodOutput:
     """Score of position ``p`` = ``sum_d e_p[d] * d target / d e_p[d]`` (signed)."""
-    x, grads = input_gradients(subject, batch, targets, objective)
-    return MethodOutput(torch.stack([(g * x).sum(-1) for g in grads]).cpu())
+    _, scores = input_gradients(subject, batch, targets, objective, target_batch, lambda x, g: (g * x).sum(-1).cpu())
+    return MethodOutput(scores)
 
 
 @register_method(
@@ -171,7 +188,8 @@ def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target], obje
     tier="gradient",
     summary="Grad-CAM over each image's tokens at the language model's input (projector output)",
 )
-def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob") -> MethodOutput:
+def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: str = "log_prob",
+            target_batch: int | None = None) -> MethodOutput:
     """Grad-CAM with the image tokens as the spatial axis and the hidden units as channels.
 
     Activation ``A`` = ``lm.blocks.0.resid_pre`` at image ``i``'s positions (the projector output, one row
@@ -183,11 +201,14 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: st
     while the LM's image positions already carry each family's geometry, so this works unchanged for every
     family and its scores map onto pixels through the same ``geometry.heatmap`` as every other method.
     """
-    x, grads = input_gradients(subject, batch, targets, objective)
-    scores = torch.zeros(len(targets), batch.seq_len)
-    for t, g in enumerate(grads):
+
+    def cam(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        scores = torch.zeros(g.shape[0], batch.seq_len)
         for geom in batch.geometry:
             pos = geom.positions.to(x.device)
-            weights = g[pos].mean(0)
-            scores[t, geom.positions] = torch.relu(x[pos] @ weights).cpu()
+            weights = g[:, pos].mean(1)  # (k, D)
+            scores[:, geom.positions] = torch.relu(weights @ x[pos].T).cpu()
+        return scores
+
+    _, scores = input_gradients(subject, batch, targets, objective, target_batch, cam)
     return MethodOutput(scores)

@@ -4,7 +4,10 @@ Both differentiate the target w.r.t. the language model's attention probabilitie
 eager attention (whose probabilities are the ones in the autograd graph), capture each layer's
 probabilities with ``capture_attention(rows=None, detach=False)`` and register a gradient hook on them; the
 hook reduces ``grad * A`` as soon as backward reaches that layer (heads fused at once), so no
-``layers x heads x N x N`` gradient stack is ever kept. One forward, one backward per target.
+``layers x heads x N x N`` gradient stack is ever kept. One forward, then one batched backward per
+``target_batch`` targets (default: ``resolve_target_batch``): the hooks see every target of a chunk at
+once and fold their reductions into per-target state carried out of the backward
+(:mod:`mmlens.attribution.batched`).
 
 ``objective`` (every method here): the target tokens' summed logits (``"logit"``), log-probs
 (``"log_prob"``) or joint probability (``"prob"``). ``relevancy`` defaults to the logit, as Chefer et al.'s
@@ -15,7 +18,8 @@ methods. A contrast target is explained from the answer's forward only, so its f
 
 Memory: eager attention itself keeps every layer's ``heads x N x N`` probabilities for backward (that is
 the floor for any method that differentiates attention); on top of it, ``attention_x_gradient`` keeps
-``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a time.
+``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a time, per target of a chunk;
+the batched backward holds each layer's attention gradient once per target of the chunk.
 
 >>> import mmlens                                                                      # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="relevancy")            # doctest: +SKIP
@@ -28,7 +32,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mmlens.attribution.attention import select_indices, target_rows
-from mmlens.attribution.gradient import gradient_mode, leaf_input
+from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
+from mmlens.attribution.gradient import INPUT, gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -36,21 +41,29 @@ from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective
 
-#: called by the gradient hook of layer ``l`` with (layer, A, dtarget/dA), both ``(heads, N, N)``
-GradHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+class AttentionCarry(Carry):
+    """Per-target state of an attention-gradient method (see :class:`~mmlens.attribution.batched.Carry`):
+    ``layer(l, A, grad)`` is called as backward reaches layer ``l`` (``A``, ``grad``: ``(heads, N, N)``, grad
+    as this target sees it)."""
+
+    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        raise NotImplementedError
 
 
 def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
-                        on_grad: Callable[[int], GradHook], objective: str = "log_prob") -> None:
-    """Forward once; for each target ``t`` backward once, calling ``on_grad(t)(layer, A, grad)`` for each
-    selected layer as backward reaches it (last layer first)."""
+                        carry: AttentionCarry, seeds: torch.Tensor, objective: str = "log_prob",
+                        target_batch: int | None = None) -> torch.Tensor:
+    """Forward once; then one batched backward per ``target_batch`` targets, in which ``carry`` gets
+    ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
+    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
     check_objective(objective)
+    size = resolve_target_batch(target_batch, subject, batch)
     for target in targets:
         if target.needs_foil_forward:
             raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, which "
                              "attention-gradient methods cannot explain (they read one forward's attention): pass a "
                              "one-token foil, or use saliency, integrated_gradients or occlusion")
-    current: list[GradHook] = []
     reached: list[int] = []
 
     def capture(layer: int) -> Callable[[torch.Tensor], None]:
@@ -61,25 +74,44 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
 
             def on_backward(g: torch.Tensor) -> None:
                 reached.append(layer)
-                current[-1](layer, a, g[0])
+                carry.layer(layer, a, g[0])
 
             w.register_hook(on_backward)
 
         return reduce
 
+    out = []
     with gradient_mode(subject, eager=True):
+        emitted: list[torch.Tensor] = []
+
+        def emit(t: torch.Tensor) -> torch.Tensor:
+            x, z = carry.emit(t.detach().requires_grad_(True), torch.float32)
+            emitted.append(z)
+            return x
+
         with subject.trace() as tr:
-            x = leaf_input(tr)
+            tr.edit(INPUT, emit)
             for layer in layers:
                 tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
             logits = subject.forward(batch)
-        for t, target in enumerate(targets):
-            current.append(on_grad(t))
+        parts = list(chunks(len(targets), size))
+        for c, part in enumerate(parts):
             reached.clear()
-            value = target.value(logits, batch, objective).sum()
-            torch.autograd.grad(value, x[0], retain_graph=t < len(targets) - 1)
+            values = torch.stack([targets[t].value(logits, batch, objective).sum() for t in part])
+            out.append(carried_backward(values, emitted[0], carry, seeds[list(part)], retain_graph=c < len(parts) - 1))
             if sorted(reached) != sorted(layers):  # e.g. probabilities recomputed beside the forward, not used by it
                 raise RuntimeError(f"attention gradients reached layers {sorted(reached)} of {sorted(layers)}")
+    return torch.cat(out).cpu()
+
+
+def row_seeds(targets: list[Target], batch: Batch) -> tuple[torch.Tensor, list[int]]:
+    """Per target, the one-hot rows of its query positions ``(T, R, N)`` (``R`` = the most query positions
+    of any target; a shorter target's extra rows are zero), and each target's number of rows."""
+    rows = [t.query_positions(batch) for t in targets]
+    seeds = torch.zeros(len(targets), max(len(r) for r in rows), batch.seq_len)
+    for t, r in enumerate(rows):
+        seeds[t, torch.arange(len(r)), r] = 1.0
+    return seeds, [len(r) for r in rows]
 
 
 # -- attention x gradient ------------------------------------------------------------------------------------
@@ -97,25 +129,37 @@ def attention_x_gradient(
     targets: list[Target],
     layers: int | Sequence[int] | None = None,
     objective: str = "log_prob",
+    target_batch: int | None = None,
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
     target's query positions ``q``."""
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
-    scores = torch.zeros(len(targets), batch.seq_len)
-
-    def on_grad(t: int) -> GradHook:
-        q = rows[index[t]]
-
-        def hook(layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
-            q_dev = q.to(a.device)
-            contrib = (a[:, q_dev].float() * g[:, q_dev].float()).clamp_min(0).mean(0)  # (R_t, N)
-            scores[t] += contrib.mean(0).cpu()
-
-        return hook
-
-    attention_gradients(subject, batch, targets, layer_ids, on_grad, objective)
+    weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
+    for t, i in enumerate(index):
+        weights[t, i] = 1.0 / len(i)
+    carry = _AttentionTimesGradient(rows, batch.seq_len)
+    scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch)
     return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
+
+
+class _AttentionTimesGradient(AttentionCarry):
+    """Sum over layers of ``w @ mean_heads(relu(A[:, rows] * grad[:, rows]))`` (``w``: this target's row weights)."""
+
+    def __init__(self, rows: torch.Tensor, n: int) -> None:
+        self.rows, self.shape = rows, (n,)
+
+    def start(self, seed: torch.Tensor) -> None:
+        self.w, self.total = seed, None
+
+    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        q = self.rows.to(a.device)
+        contrib = (a[:, q].float() * grad[:, q].float()).clamp_min(0).mean(0)  # (R, N)
+        term = self.w.to(contrib.device) @ contrib
+        self.total = term if self.total is None else self.total + term
+
+    def finish(self) -> torch.Tensor:
+        return self.total
 
 
 # -- relevancy -------------------------------------------------------------------------------------------------
@@ -178,7 +222,8 @@ def relevancy_rows(b_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequenc
     tier="gradient",
     summary="generic attention-model relevancy (Chefer et al. 2021) of the language model, read at the target's rows",
 )
-def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit") -> MethodOutput:
+def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
+              target_batch: int | None = None) -> MethodOutput:
     """Chefer et al. (ICCV 2021) relevancy over the LM's self-attention: ``R = I``; for each layer ``l``
     (first to last) ``R <- R + B_l R`` with ``B_l = mean_heads(relu(dtarget/dA_l * A_l))``. Score of position
     ``k`` = ``(R - I)[q, k]`` averaged over the target's query positions ``q`` (``- I`` drops each query's
@@ -188,21 +233,35 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
     the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
     """
-    rows, index = target_rows(targets, batch)
-    n, n_layers = batch.seq_len, subject.n_layers
-    recursions: list[RowRecursion] = []
-
-    def on_grad(t: int) -> GradHook:
-        rec = RowRecursion(rows[index[t]], n, n_layers)
-        recursions.append(rec)
-
-        def hook(layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
-            rec.add(layer, (g.float() * a.float()).clamp_min(0).mean(0))
-
-        return hook
-
-    attention_gradients(subject, batch, targets, list(range(n_layers)), on_grad, objective)
-    scores = torch.zeros(len(targets), n)
-    for t, rec in enumerate(recursions):
-        scores[t] = rec.delta().mean(0)
+    rows, _ = target_rows(targets, batch)
+    seeds, counts = row_seeds(targets, batch)
+    carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])
+    deltas = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
+                                 target_batch)  # (T, R, N)
+    scores = torch.stack([deltas[t, :k].mean(0) for t, k in enumerate(counts)])
     return MethodOutput(scores, extras={"query_positions": rows.tolist()})
+
+
+class _Relevancy(AttentionCarry):
+    """:class:`RowRecursion` inside the backward: ``d <- d + (S + d) @ B_l`` from the last layer down, with
+    ``S`` this target's one-hot query rows (its seed) and ``B_l = mean_heads(relu(grad * A))``; layers that
+    arrive early wait for the later ones."""
+
+    def __init__(self, n_layers: int, n: int, r: int) -> None:
+        self.n_layers, self.shape = n_layers, (r, n)
+
+    def start(self, seed: torch.Tensor) -> None:
+        self.s, self.d, self.next, self.pending = seed, torch.zeros_like(seed), self.n_layers - 1, {}
+
+    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        self.pending[layer] = (grad.float() * a.float()).clamp_min(0).mean(0)
+        while self.next in self.pending:
+            m = self.pending.pop(self.next)
+            s, d = self.s.to(m.device), self.d.to(m.device)
+            self.d = d + s @ m + d @ m
+            self.next -= 1
+
+    def finish(self) -> torch.Tensor:
+        if self.next != -1:
+            raise RuntimeError(f"relevancy recursion stopped at layer {self.next}: its gradient never arrived")
+        return self.d
