@@ -31,14 +31,10 @@ from mmlens.testing import tiny_subject
 
 PROMPT = "what color is the square ?"
 
-
-
-
 curve_points, deletion, insertion, patch_order = (lazy_metric("deletion_insertion", f) for f in
                                                   ("curve_points", "deletion", "insertion", "patch_order"))
 max_sensitivity, relative_change = (lazy_metric("max_sensitivity", f) for f in ("max_sensitivity", "relative_change"))
-cascade_blocks, randomisation, rank_correlation = (lazy_metric("randomisation", f) for f in
-                                                   ("cascade_blocks", "randomisation", "rank_correlation"))
+rank_correlation = lazy_metric("randomisation", "rank_correlation")
 
 
 # -- a tiny LLaVA whose answer provably depends on one known patch ------------------------------------------

@@ -20,14 +20,7 @@ from mmlens.testing import tiny_subject
 
 PROMPT = "what color is the square ?"
 
-
-
-
-curve_points, deletion, insertion, patch_order = (lazy_metric("deletion_insertion", f) for f in
-                                                  ("curve_points", "deletion", "insertion", "patch_order"))
-max_sensitivity, relative_change = (lazy_metric("max_sensitivity", f) for f in ("max_sensitivity", "relative_change"))
-cascade_blocks, randomisation, rank_correlation = (lazy_metric("randomisation", f) for f in
-                                                   ("cascade_blocks", "randomisation", "rank_correlation"))
+cascade_blocks, randomisation = (lazy_metric("randomisation", f) for f in ("cascade_blocks", "randomisation"))
 
 
 
