@@ -356,3 +356,17 @@ def test_panels_work_for_every_family(subject, family, tmp_path):
     np.testing.assert_array_equal(got.position_scores, s.explanation.position_scores)
     assert "answer='red cat'" in export.code(ctx, s)
     assert mmlens.count_hooks(subject.model) == 0
+
+
+def test_faithfulness_figures_say_when_the_table_is_stale(tmp_path, monkeypatch):
+    """The method panel's figures come with a caveat when the benchmark table's header marks it stale."""
+    from mmlens.web import faithfulness
+
+    table = ("| method | energy in mask ↑ | n |\n|---|---:|---:|\n| saliency | 0.300 | 200 |\n"
+             "| baseline:random | 0.040 | 200 |\n")
+    for name, head, stale in (("fresh.md", "# demo\n\n", False), ("stale.md", "# demo\n\n> **Stale since x**\n\n", True)):
+        path = tmp_path / name
+        path.write_text(head + table, encoding="utf-8")
+        monkeypatch.setattr(faithfulness, "table_path", lambda p=path: p)
+        page = faithfulness.figures_html("saliency", is_demo=True)
+        assert "0.300" in page and ("faithfulness-stale" in page) is stale

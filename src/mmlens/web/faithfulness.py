@@ -30,6 +30,16 @@ def read_table(path: str) -> dict[str, dict[str, str]]:
     return {r[0]: dict(zip(head, r)) for r in rows[2:] if len(r) == len(head)}
 
 
+@functools.lru_cache(maxsize=4)
+def is_stale(path: str) -> bool:
+    """Whether the table's header says it was measured with earlier metric or method definitions."""
+    try:
+        head = Path(path).read_text(encoding="utf-8").split("|", 1)[0]
+    except OSError:
+        return False
+    return "**Stale" in head
+
+
 def figures_html(method: str, is_demo: bool) -> str:
     """A small table of the method's benchmark figures on the demo model (empty for other models)."""
     if not is_demo:
@@ -44,4 +54,6 @@ def figures_html(method: str, is_demo: bool) -> str:
     ref = "".join(f"<td>{esc(base.get(k, ''))}</td>" for k in SHOWN)
     return (f'<div class="mm-sub">faithfulness on the demo model (ShapesVQA benchmark, n={esc(row.get("n", "?"))})'
             f'</div><table class="mm-fig" id="faithfulness"><tr><th></th>{head}</tr><tr><th>{esc(method)}</th>'
-            f"{cells}</tr><tr><th>random baseline</th>{ref}</tr></table>")
+            f"{cells}</tr><tr><th>random baseline</th>{ref}</tr></table>"
+            + ('<div class="mm-sub" id="faithfulness-stale">measured before the current metric and method definitions '
+               "(see benchmarks/demo/results.md): read as indicative</div>" if is_stale(str(table_path())) else ""))
