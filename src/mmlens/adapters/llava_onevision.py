@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import math
 
-import torch
-from PIL import Image
-
 from mmlens.adapters.base import register_adapter
 from mmlens.adapters.image_only import load_image_only
-from mmlens.adapters.llava import LlavaAdapter
-from mmlens.adapters.llava_next import tile_layout
+from mmlens.adapters.llava_next import LlavaNextAdapter
 from mmlens.errors import UnsupportedModelError
-from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
+from mmlens.model.geometry import Box
 
 
 @register_adapter
-class LlavaOnevisionAdapter(LlavaAdapter):
+class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
@@ -41,30 +37,13 @@ class LlavaOnevisionAdapter(LlavaAdapter):
             raise UnsupportedModelError("LLaVA-OneVision geometry needs vision_feature_select_strategy='full'")
         return cfg.vision_config.image_size // cfg.vision_config.patch_size
 
-    def _tiles(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
-        """(rows, cols, box) of the high-resolution grid after unpadding and the anyres-max shrink."""
-        cfg, side = self.model.config, self._base_side()
-        rows, cols, box = tile_layout(size_wh, cfg.vision_config.image_size, cfg.vision_config.patch_size,
-                                      cfg.image_grid_pinpoints)
-        max_tiles = int(cfg.vision_aspect_ratio.removeprefix("anyres_max_"))
+    def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
+        """(rows, cols, box) of the high-resolution grid after unpadding and the anyres-max shrink (the rest of
+        the layout, base grid + tiles + one newline per row, is LLaVA-NeXT's)."""
+        side = self._base_side()
+        rows, cols, box = super()._tile_layout(size_wh)
+        max_tiles = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
         ratio = math.sqrt(rows * cols / (max_tiles * side**2))
         if ratio > 1.1:
             rows, cols = int(rows // ratio), int(cols // ratio)
         return rows, cols, box
-
-    def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
-        side = self._base_side()
-        base = side * side
-        layouts = [self._tiles(img.size) for img in images]
-        chunks = self.split_image_positions(inputs["input_ids"], [base + r * (c + 1) for r, c, _ in layouts])
-        out = []
-        for i, (img, pos, lay) in enumerate(zip(images, chunks, layouts)):
-            rows, cols, box = lay
-            hi = pos[base:].reshape(rows, cols + 1)
-            w, h = img.size
-            grids = [
-                ImageGrid(pos[:base].reshape(side, side), (0.0, 0.0, float(w), float(h)), kind="base"),
-                ImageGrid(hi[:, :cols], box, kind="tiles"),
-            ]
-            out.append(ImageGeometry(i, img.size, pos, grids, separators=hi[:, cols], notes={"tile_grid": (rows, cols)}))
-        return out
