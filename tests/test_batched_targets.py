@@ -160,13 +160,13 @@ class VisionCounter:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_vision_integrated_gradients_equal_captum_on_the_full_model(family):
     """IG with the vision tower run once == Captum IG per target on a function that runs the whole model
-    (vision tower included) at every step; the tower runs 4 times in all (input, baseline image, the path,
-    the end points), not once per path batch and target."""
+    (vision tower included) at every step; the tower runs twice in all (the image and the black baseline
+    image), not once per path batch and target."""
     subject, batch, targets = setup(family)
     steps, ibs = 8, 3
     with VisionCounter(subject) as vision:
         out = integrated_gradients(subject, batch, targets, steps=steps, internal_batch_size=ibs)
-    assert vision.count == 4  # a Captum call per target (the code before): 23
+    assert vision.count == 2  # a Captum call per target: 23; the first batched version: 4
     positions = attributed_positions(batch, "image")
     x = input_embeddings(subject, batch)[:, positions]
     base = baseline_embeddings(subject, batch, positions, "black")

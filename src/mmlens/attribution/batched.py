@@ -121,6 +121,8 @@ def carried_backward(values: torch.Tensor, z: torch.Tensor, carry: Carry, seeds:
     (``(k, *carry.shape)``). ``seeds[j]`` is handed to ``carry.start`` for target ``j`` (one-hot mixing of
     the seeds by the output gradient, which is exact)."""
 
+    seeds = seeds.to(values.device)
+
     def seed(grad: torch.Tensor) -> None:
         carry.start((grad.reshape(-1, *([1] * (seeds.ndim - 1))).to(seeds.dtype) * seeds).sum(0))
 

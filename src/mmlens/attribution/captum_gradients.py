@@ -186,19 +186,25 @@ def _batch_size(value: Any) -> int:
     return check_int("internal_batch_size", value)
 
 
+def foil_logits(subject: Subject, batch: Batch, targets: list[Target],
+                positions: torch.Tensor) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """``{t: logits function of the embeddings}`` for the targets whose contrast foil needs its own forward."""
+    return {t: embedding_logits(subject, foil_batch(subject, batch, target), positions)
+            for t, target in enumerate(targets) if target.needs_foil_forward}
+
+
 def path_gradients(subject: Subject, batch: Batch, targets: list[Target], positions: torch.Tensor,
                    rows: Iterable[torch.Tensor], fold: Callable[[int, range, torch.Tensor], None],
-                   objective: str = "log_prob", target_batch: int | None = None, rows_per_target: int = 1) -> None:
+                   foils: dict[int, Callable[[torch.Tensor], torch.Tensor]], objective: str = "log_prob",
+                   target_batch: int | None = None, rows_per_target: int = 1) -> None:
     """For each ``(k, P, D)`` tensor of LM input embeddings at ``positions`` in ``rows``: one forward of its
-    ``k`` rows (vision tower and projector computed once for all: :func:`cached_image_features`), then one
+    ``k`` rows (call it inside :func:`cached_image_features`: the vision tower then runs once), then one
     batched backward per ``target_batch`` targets; ``fold(i, part, grads)`` receives the gradients
     ``(len(part), k, P, D)`` of targets ``part`` (each row's target value w.r.t. that row)."""
     size = resolve_target_batch(target_batch, subject, batch, rows_per_target)
     parts = list(chunks(len(targets), size))
     logits_of = embedding_logits(subject, batch, positions)
-    foils = {t: embedding_logits(subject, foil_batch(subject, batch, target), positions)
-             for t, target in enumerate(targets) if target.needs_foil_forward}
-    with gradient_mode(subject), cached_image_features(subject):
+    with gradient_mode(subject):
         for i, emb in enumerate(rows):
             emb = emb.detach().requires_grad_(True)
             logits = logits_of(emb)
@@ -245,12 +251,20 @@ def integrated_gradients(
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
     from captum.attr._utils.approximation_methods import approximation_parameters
 
+    with cached_image_features(subject):  # the vision tower runs once per distinct image
+        return _integrated_gradients(subject, batch, targets, steps, baseline, modality, ibs, blur_radius, objective,
+                                     target_batch, approximation_parameters("gausslegendre"))
+
+
+def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target], steps: int, baseline: str,
+                          modality: str, ibs: int, blur_radius: float | None, objective: str,
+                          target_batch: int | None, rule: tuple[Callable, Callable]) -> MethodOutput:
     positions = attributed_positions(batch, modality)
     x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
-    step_sizes_of, alphas_of = approximation_parameters("gausslegendre")
-    step_sizes, alphas = step_sizes_of(steps), alphas_of(steps)
-    spans = [range(a, min(a + ibs, steps)) for a in range(0, steps, ibs)]
+    step_sizes, alphas = rule[0](steps), rule[1](steps)
+    spans = list(chunks(steps, ibs))
+    foils = foil_logits(subject, batch, targets, positions)
     diff = x - base
     attr = torch.zeros(len(targets), len(positions), device=subject.device, dtype=torch.float64)
     parts: list[torch.Tensor | None] = [None] * len(targets)
@@ -267,12 +281,12 @@ def integrated_gradients(
                 parts[t] = None
 
     rows = (torch.cat([base + alphas[j] * diff for j in span]) for span in spans)
-    path_gradients(subject, batch, targets, positions, rows, fold, objective, target_batch, min(ibs, steps))
-    with torch.no_grad(), cached_image_features(subject):  # f(input) and f(baseline) of every target
-        end_logits = embedding_logits(subject, batch, positions)(torch.cat([x, base]))
-        ends = torch.stack([embedding_function(subject, batch, t, positions, objective)(torch.cat([x, base]))
-                            if t.needs_foil_forward else t.value(end_logits, batch, objective)
-                            for t in targets], dim=1).double()  # (2, T)
+    path_gradients(subject, batch, targets, positions, rows, fold, foils, objective, target_batch, min(ibs, steps))
+    with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
+        ends_in = torch.cat([x, base])
+        end_logits = embedding_logits(subject, batch, positions)(ends_in)
+        ends = torch.stack([t.value(end_logits, batch, objective, foils[i](ends_in) if i in foils else None)
+                            for i, t in enumerate(targets)], dim=1).double()  # (2, T)
     scores = torch.zeros(len(targets), batch.seq_len)
     scores[:, positions] = attr.float().cpu()
     # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
@@ -310,12 +324,16 @@ def smoothgrad(
     ibs = _batch_size(internal_batch_size)
     check_target_batch(target_batch)
 
+    with cached_image_features(subject):  # the vision tower runs once
+        return _smoothgrad(subject, batch, targets, nt_samples, stdevs, modality, ibs, objective, target_batch)
+
+
+def _smoothgrad(subject: Subject, batch: Batch, targets: list[Target], nt_samples: int, stdevs: float,
+                modality: str, ibs: int, objective: str, target_batch: int | None) -> MethodOutput:
     positions = attributed_positions(batch, modality)
     x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
     sigma = stdevs * float(x.float().std())
-    sizes = [min(ibs, nt_samples)] * (nt_samples // min(ibs, nt_samples))
-    if nt_samples % min(ibs, nt_samples):
-        sizes.append(nt_samples % min(ibs, nt_samples))
+    sizes = [len(r) for r in chunks(nt_samples, ibs)]
     total = torch.zeros(len(targets), *x.shape[1:], device=subject.device, dtype=x.dtype)
 
     def noisy() -> Iterator[torch.Tensor]:
@@ -326,7 +344,8 @@ def smoothgrad(
     def fold(i: int, part: range, grads: torch.Tensor) -> None:
         total[part.start:part.stop] += grads.abs().sum(1).to(total.dtype)
 
-    path_gradients(subject, batch, targets, positions, noisy(), fold, objective, target_batch, sizes[0])
+    path_gradients(subject, batch, targets, positions, noisy(), fold, foil_logits(subject, batch, targets, positions),
+                   objective, target_batch, sizes[0])
     scores = torch.zeros(len(targets), batch.seq_len)
     scores[:, positions] = (total / nt_samples).float().norm(dim=-1).cpu()
     return MethodOutput(scores, extras={"noise_std": sigma, "positions": modality})

@@ -31,6 +31,7 @@ from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import UnsupportedModelError
 from mmlens.model.batch import Batch
+from mmlens.model.feature_cache import cached_image_features
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective, foil_batch
 
@@ -133,7 +134,7 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target], objec
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
     out = []
-    with gradient_mode(subject):
+    with gradient_mode(subject), cached_image_features(subject):  # a foil forward reuses the image features
         with subject.trace() as tr:
             holder = leaf_input(tr)
             logits = subject.forward(batch)

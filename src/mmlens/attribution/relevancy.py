@@ -258,7 +258,7 @@ class _Relevancy(AttentionCarry):
         while self.next in self.pending:
             m = self.pending.pop(self.next)
             s, d = self.s.to(m.device), self.d.to(m.device)
-            self.d = d + s @ m + d @ m
+            self.d = d + (s + d) @ m
             self.next -= 1
 
     def finish(self) -> torch.Tensor:

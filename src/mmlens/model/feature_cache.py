@@ -17,6 +17,9 @@ import torch
 
 from mmlens.hooks.views import MethodPatch
 
+#: distinct inputs kept (e.g. the image and an IG baseline image)
+ENTRIES = 4
+
 
 def _tensors(args: tuple, kwargs: dict) -> list[Any]:
     return [v for v in (*args, *(kwargs[k] for k in sorted(kwargs))) if torch.is_tensor(v) or v is None]
@@ -36,7 +39,7 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 @contextmanager
 def cached_image_features(subject: Any) -> Iterator[dict[str, int]]:
     """Inside, ``get_image_features`` of ``subject``'s model (a :class:`~mmlens.model.subject.Subject`) runs
-    once per distinct input and is reused after (restored on exit, also on errors). Yields counters
+    once per distinct input (the last :data:`ENTRIES` kept) and is reused after (restored on exit, also on errors). Yields counters
     ``{"computed": n, "reused": m}``. Families without a ``get_image_features`` module run unchanged."""
     owner = subject.adapter.parts().image_features
     counts = {"computed": 0, "reused": 0}
@@ -44,18 +47,19 @@ def cached_image_features(subject: Any) -> Iterator[dict[str, int]]:
         yield counts
         return
     original = owner.get_image_features
-    cache: dict[str, Any] = {}
+    cache: list[tuple[list[Any], Any]] = []  # (inputs, features), newest last
 
     def features(*args: Any, **kwargs: Any) -> Any:
         key = _tensors(args, kwargs)
-        if "out" in cache and _same(cache["key"], key):
+        hit = next((out for k, out in cache if _same(k, key)), None)
+        if hit is not None:
             counts["reused"] += 1
         else:
             with torch.no_grad():
-                cache["out"] = original(*args, **kwargs)
-            cache["key"] = key
+                hit = original(*args, **kwargs)
+            cache[:] = [*cache[-(ENTRIES - 1):], (key, hit)]
             counts["computed"] += 1
-        return copy.copy(cache["out"])  # a trace may replace the copy's fields; the cached one stays
+        return copy.copy(hit)  # a trace may replace the copy's fields; the cached one stays
 
     features._mmlens = True  # type: ignore[attr-defined]  (counted by count_hooks while installed)
     patch = MethodPatch(owner, "get_image_features", features)

@@ -124,14 +124,13 @@ def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targe
 def with_foils(subject: Subject, batch: Batch, inputs: dict[str, Any], foils: list[list[int]]) -> dict[str, Any]:
     """``inputs`` (``B`` rows of ``batch``'s prompt + answer) followed by ``B`` rows per foil continuation
     (same prompt ids and images, the foil's tokens after the prompt); every row padded at the end to one
-    length with the pad (else eos) token, which changes no logit before it."""
+    length with :func:`mask_token_id`, which changes no logit before it."""
     b, seq = inputs["input_ids"].shape
     prompt = {k: (v[:, : batch.prompt_len] if torch.is_tensor(v) and v.ndim == 2 and tuple(v.shape) == (b, seq)
                   else v) for k, v in inputs.items()}
     sequences = [batch.answer_ids.tolist(), *foils]
     length = max(len(s) for s in sequences)
-    tok = subject.tokenizer
-    fill = next((int(i) for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+    fill = mask_token_id(subject)
     return cat_inputs([subject.adapter.extend_inputs(prompt, s + [fill] * (length - len(s))) for s in sequences])
 
 
