@@ -334,6 +334,7 @@ def test_panels_work_for_every_family(subject, family, tmp_path):
     from mmlens.testing.tiny_models import tiny_images
     from mmlens.web import ask, export, heads, knockout, lens, trace
     from mmlens.web import explain as explain_panel
+    from mmlens.web.render import result_grid_html
     from mmlens.web.session import Context, Session
 
     ctx = Context(subject, f"tiny-{family}", str(tmp_path))
@@ -349,8 +350,8 @@ def test_panels_work_for_every_family(subject, family, tmp_path):
     assert f"layer {subject.n_layers - 1} predicts" in lens.summary_html(s, result)
     assert lens.table_html(s, result).count("<tr>") == subject.n_layers + 1
     assert 'class="mm-layer"' in lens.image_map_html(s, result, 0)
-    for grid_html in (trace.html(trace.run(ctx, s, "resid", 3.0)), knockout.html(knockout.run(ctx, s, 0)),
-                      heads.html(heads.run(ctx, s))):
+    for grid in (trace.run(ctx, s, "resid", 3.0), knockout.run(ctx, s, 0), heads.run(ctx, s)):
+        grid_html = result_grid_html(grid)
         assert grid_html.count("<td ") > 0
     got = mmlens.Explanation.load(export.save(ctx, s, "safetensors"))
     np.testing.assert_array_equal(got.position_scores, s.explanation.position_scores)

@@ -344,7 +344,7 @@ def benchmark_cmd(
     check_int("--n", n, 1, MAX_SAMPLES)
     check_int("--sanity-n", sanity_n, 0, MAX_SAMPLES)
     check_int("--seed", seed, 0, 2**63 - 1)
-    check_output_folder(out, "--out")
+    check_output_folder(out, "--out")  # named as the CLI spells it (run_benchmark checks it again as "out")
     chosen = {m.name for m in resolve_metrics(metrics)}
     curve_options = {mode: {"cells": cells} for mode in ("deletion", "insertion") if mode in chosen}
     args = ["--model", model, "--methods", methods, "--n", str(n), "--seed", str(seed), "--sanity-n", str(sanity_n)]
@@ -368,11 +368,9 @@ def serve_cmd(
     port: int = typer.Option(7860, "--port", help="TCP port, 1-65535"),
 ) -> None:
     """A local web page to explore the model's answers (Gradio; Ctrl-C stops it)."""
-    from mmlens.web.server import check_host, check_port, serve
+    from mmlens.web.server import serve
 
-    check_host(host)  # both checked before the model loads
-    check_port(host, port)
-    serve(model, host=host, port=port)
+    serve(model, host=host, port=port)  # checks host and port before it loads the model
 
 
 def main() -> None:  # pragma: no cover - console entry point

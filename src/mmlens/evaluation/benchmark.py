@@ -25,7 +25,6 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from mmlens.evaluation.registry import metrics as all_metrics
 from mmlens.explain import _check_options as check_method_options
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
+from mmlens.util.io import check_output_folder
 from mmlens.util.limits import MAX_SAMPLES
 from mmlens.util.options import check_int
 
@@ -200,8 +200,8 @@ def run_benchmark(
     method_names = resolve_methods(methods)
     metric_list = resolve_metrics(metrics)
     _check_options(method_names, method_options, metric_list, metric_options)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise InputError(f"--out {str(out)!r} is a file: pass a folder")
+    if out is not None:
+        check_output_folder(out, "out")
     data_file = read_data_file(data) if data is not None else None
     if isinstance(subject, str):
         from mmlens.model.loading import load

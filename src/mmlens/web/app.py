@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from mmlens.web import ask, explain, export, heads, knockout, lens, trace
-from mmlens.web.render import esc, message
+from mmlens.web.render import esc, message, result_grid_html
 from mmlens.web.session import Context, Session, guard
 
 SESSION_TTL = 2 * 3600
@@ -197,7 +197,7 @@ def build(ctx: Context) -> gr.Blocks:
         @guard(in_msg, lm.model)
         def on_trace(s: Session, comp: str, noise: float, progress: gr.Progress = gr.Progress()) -> dict:
             progress(0.05, desc="causal trace: one corrupted run per (layer, position)")
-            return {tr_out: trace.html(trace.run(ctx, s, comp, noise)), in_msg: ""}
+            return {tr_out: result_grid_html(trace.run(ctx, s, comp, noise)), in_msg: ""}
 
         tr_event = tr_btn.click(on_trace, [state, tr_comp, tr_noise], [tr_out, in_msg], concurrency_id="model")
         tr_stop.click(None, None, None, cancels=[tr_event])
@@ -205,14 +205,14 @@ def build(ctx: Context) -> gr.Blocks:
         @guard(in_msg, lm.model)
         def on_knockout(s: Session, window: float | None, progress: gr.Progress = gr.Progress()) -> dict:
             progress(0.05, desc="attention knockout")
-            return {ko_out: knockout.html(knockout.run(ctx, s, window)), in_msg: ""}
+            return {ko_out: result_grid_html(knockout.run(ctx, s, window)), in_msg: ""}
 
         ko_event = ko_btn.click(on_knockout, [state, ko_window], [ko_out, in_msg], concurrency_id="model")
         ko_stop.click(None, None, None, cancels=[ko_event])
 
         @guard(in_msg, lm.model)
         def on_heads(s: Session) -> dict:
-            return {hd_out: heads.html(heads.run(ctx, s)), in_msg: ""}
+            return {hd_out: result_grid_html(heads.run(ctx, s)), in_msg: ""}
 
         hd_btn.click(on_heads, [state], [hd_out, in_msg], concurrency_id="model")
 

@@ -36,12 +36,9 @@ def load_upload(s: Session, path: str | None) -> Session:
     if not path:
         raise mmlens.InputError("the upload is empty: pick an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)")
     name = os.path.basename(path)
-    size = os.path.getsize(path)
-    if size == 0:
+    if os.path.getsize(path) == 0:
         raise mmlens.InputError(f"the file {name!r} is empty: pick an image file")
-    if size > _api.MAX_IMAGE_BYTES:
-        raise mmlens.InputError(f"the file {name!r} has {size:,} bytes, over the {_api.MAX_IMAGE_BYTES:,}-byte limit")
-    image, _note = _api.to_rgb(path, name=f"the file {name!r}")
+    image, _note = _api.to_rgb(path, name=f"the file {name!r}")  # byte, pixel and type limits of the API
     return Session(image=image, image_name=name, image_code="Image.open('your_image.png')")
 
 

@@ -117,7 +117,9 @@ def run(ctx: Context, s: Session, method: str, target: str, opts: dict[str, Any]
     target = (target or "").strip() or "answer"
     if progress is not None:
         progress(0.1, desc=f"{method}: explaining {target!r}")
-    ex = mmlens.explain(ctx.subject, s.image, s.prompt, method=method, target=target, answer=s.answer,
+    # the session's answer: teacher-forced text, or the ids Generate produced (no second generation)
+    answer = s.answer if s.answer is not None else s.batch.answer_ids.tolist()
+    ex = mmlens.explain(ctx.subject, s.image, s.prompt, method=method, target=target, answer=answer,
                         max_new_tokens=16, **opts)
     s.explanation = ex
     s.call = {"method": method, "target": target, "options": opts}

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -87,6 +88,11 @@ def token_scores_html(pairs: Sequence[tuple[str, float]], title: str) -> str:
         chips.append(f'<span class="mm-tok" title="{score:.4g}" style="background:rgb({r},{g},{b});color:{ink}">'
                      f"{esc(tok)}</span>")
     return f'<div class="mm-tokens"><div class="mm-sub">{esc(title)}</div>{"".join(chips)}</div>'
+
+
+def result_grid_html(grid: Any) -> str:
+    """A :class:`~mmlens.results.grid.GridResult` (tracing, knockout, head shares) as an HTML table."""
+    return grid_html(grid.values.float().numpy(), grid.row_labels, grid.col_labels, grid.title)
 
 
 def grid_html(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from mmlens.layer.causal_trace import causal_trace
-from mmlens.web.render import grid_html
 from mmlens.web.session import Context, Session
 
 
@@ -14,5 +13,3 @@ def run(ctx: Context, s: Session, component: str, noise_scale: float) -> Any:
     return causal_trace(ctx.subject, s.batch, component=component, noise_scale=float(noise_scale))
 
 
-def html(grid: Any) -> str:
-    return grid_html(grid.values.float().numpy(), grid.row_labels, grid.col_labels, grid.title)
