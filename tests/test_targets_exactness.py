@@ -220,3 +220,27 @@ def test_contrast_in_every_family(family):
     scores = input_x_gradient(lm, batch, targets).position_scores[0]
     want = direct_slope(lm, images, "red cat", "blue dog")
     assert float(scores[batch.image_positions()].sum()) == pytest.approx(want, rel=1e-3, abs=1e-6)
+
+
+def test_dataset_runs_skip_samples_with_an_empty_generated_answer():
+    """One sample the model answers with nothing must not end a dataset run (there is nothing to explain)."""
+    from mmlens.model.samples import iter_batches
+
+    lm = eos_first_subject()
+    images = tiny_images("llava")
+    samples = [(images, PROMPT), (images, PROMPT, "red cat")]
+    assert [i for i, _ in iter_batches(lm, samples)] == []  # both generated answers are empty
+    got = list(iter_batches(lm, samples, answer="given"))  # sample 0 has no given answer: generated, empty
+    assert [i for i, _ in got] == [1] and got[0][1].answer_ids.numel() == 2
+
+
+def test_index_targets_pick_a_repeated_token():
+    """"#i" / "#i-j" name answer tokens by index: the second "red" of "red cat red" is not the first."""
+    lm = subject_for("llava")
+    batch = lm.prepare(tiny_images("llava"), PROMPT, answer="red cat red")
+    assert resolve_targets(lm.tokenizer, batch, "red")[0].indices == (0,)
+    second = resolve_targets(lm.tokenizer, batch, "#2")[0]
+    assert second.indices == (2,) and second.label == "red"
+    assert resolve_targets(lm.tokenizer, batch, "#1-2")[0].indices == (1, 2)
+    with pytest.raises(InputError, match="not a span"):
+        resolve_targets(lm.tokenizer, batch, "#3")

@@ -371,3 +371,14 @@ def test_faithfulness_figures_say_when_the_table_is_stale(tmp_path, monkeypatch)
         monkeypatch.setattr(faithfulness, "table_path", lambda p=path: p)
         page = faithfulness.figures_html("saliency", is_demo=True)
         assert "0.300" in page and ("faithfulness-stale" in page) is stale
+
+
+def test_chip_of_a_repeated_token_targets_that_token():
+    """Clicking the second "red" explains the second one: the chip's target names it by index."""
+    from mmlens.web.ask import span_target
+    from mmlens.web.session import Session
+
+    s = Session(answer_tokens=["red", "cat", "red", ""])
+    assert span_target(s, [0]) == "red" and span_target(s, [0, 1]) == "red cat"
+    assert span_target(s, [2]) == "#2" and span_target(s, [1, 2]) == "cat red"
+    assert span_target(s, [3]) == "#3"  # a token that decodes to nothing

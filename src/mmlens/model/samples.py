@@ -28,7 +28,8 @@ def sample_fields(sample: Any) -> tuple[Any, str, str | None]:
 def iter_batches(subject: Subject, samples: Iterable[Any], answer: str = "model", description: str = "inputs",
                  show_progress: bool | None = None, total: int | None = None) -> Iterator[tuple[int, Batch]]:
     """Yield ``(index, teacher-forced batch)`` per sample; ``answer="model"`` explains the model's own greedy
-    answer, ``answer="given"`` the sample's answer."""
+    answer, ``answer="given"`` the sample's answer. A sample whose generated answer is empty (the model stopped
+    at once) has nothing to explain and is skipped, so one such sample does not end a dataset run."""
     if answer not in ("model", "given"):
         raise InputError(f"answer={answer!r}: use 'model' (the model's own answer) or 'given' (the sample's)")
     for i, sample in enumerate(progress(samples, description, enabled=show_progress, total=total)):
@@ -36,7 +37,9 @@ def iter_batches(subject: Subject, samples: Iterable[Any], answer: str = "model"
         if answer == "given" and given is not None:
             yield i, subject.prepare(image, prompt, answer=given)
         else:
-            yield i, subject.generate(image, prompt, max_new_tokens=8).batch
+            gen = subject.generate(image, prompt, max_new_tokens=8)
+            if gen.token_ids.numel():
+                yield i, gen.batch
 
 
 @dataclass

@@ -13,6 +13,7 @@ one-token foil needs no forward of its own; a longer one does (``foil_logits``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,8 @@ def resolve_targets(tokenizer, batch: Batch, target: str | tuple[str, str] | Non
 
     - ``None`` / ``"tokens"``: one target per answer token;
     - ``"answer"``: the whole answer (sum of its log-probs);
-    - a word or phrase of the answer: its sub-tokens merged;
+    - a word or phrase of the answer: its sub-tokens merged (the first place it occurs);
+    - ``"#i"`` / ``"#i-j"``: answer tokens ``i`` .. ``j`` by index (e.g. the second "red" of "red and red");
     - ``("red", "blue")`` or ``"red - blue"``: the contrast value("red") - value("blue") where "red" is in the
       answer, each under its own prefix (the foil may have another number of tokens: "red cat - blue").
     """
@@ -131,6 +133,13 @@ def resolve_targets(tokenizer, batch: Batch, target: str | tuple[str, str] | Non
         return [Target(tok or f"#{i}", (i,)) for i, tok in enumerate(tokens)]
     if target == "answer":
         return [Target(" ".join(tokens), tuple(range(len(tokens))))]
+    by_index = re.fullmatch(r"#(\d+)(?:-(\d+))?", target) if isinstance(target, str) else None
+    if by_index:
+        a, b = int(by_index[1]), int(by_index[2] or by_index[1])
+        if not a <= b < len(tokens):
+            raise InputError(f"target {target!r} is not a span of the {len(tokens)} answer tokens: pass #i or #i-j "
+                             f"with 0 <= i <= j < {len(tokens)}")
+        return [Target(" ".join(tokens[a:b + 1]).strip() or target, tuple(range(a, b + 1)))]
     if isinstance(target, str) and " - " in target:
         target = tuple(part.strip() for part in target.split(" - ", 1))  # type: ignore[assignment]
     if isinstance(target, tuple):

@@ -74,7 +74,11 @@ def span_target(s: Session, picked: list[int] | None) -> str:
         return "answer"
     if idx != list(range(idx[0], idx[-1] + 1)):
         raise mmlens.InputError("pick adjacent answer tokens to form a span (or one token)")
-    return " ".join(s.answer_tokens[i] for i in idx)
+    words, n = s.answer_tokens[idx[0]: idx[-1] + 1], len(idx)
+    first = next(i for i in range(len(s.answer_tokens)) if s.answer_tokens[i:i + n] == words)
+    if first == idx[0] and all(words):  # the text names this span: readable in the target box
+        return " ".join(words)
+    return f"#{idx[0]}" if n == 1 else f"#{idx[0]}-{idx[-1]}"  # a repeated or empty token: by index
 
 
 def answer_note(s: Session) -> str:
