@@ -26,6 +26,22 @@ def _umask() -> int:
     return mask
 
 
+def _nearest_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+
+
+def _writable(folder: Path, what: str) -> None:
+    """A probe file in ``folder`` (``os.access`` says yes to root on read-only mounts and lies on some network
+    file systems), else one InputError line."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmlens-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"cannot write in folder {str(folder)!r} ({err.strerror or type(err).__name__}): "
+                         f"choose a writable folder for {what}") from None
+
+
 def check_output(path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output") -> Path:
     """``path`` checked as a file to (over)write: extension, not a folder, parent an existing writable folder.
 
@@ -38,18 +54,12 @@ def check_output(path: str | Path, suffixes: tuple[str, ...] | None = None, what
     if path.is_dir():
         raise InputError(f"{what} {shown!r} is a directory: pass a file path, e.g. {str(path / ('out' + path.suffix))!r}")
     parent = path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists() or p == Path(p.anchor or "."))
+    existing = _nearest_existing(parent)
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{what} {shown!r}: {str(existing)!r} is a file, not a folder: choose another output path")
     if existing != parent:
         raise InputError(f"folder {str(parent)!r} does not exist: create it or choose another output path")
-    try:  # a probe: os.access says yes to root on read-only mounts and lies on some network file systems
-        fd, probe = tempfile.mkstemp(prefix=".mmlens-probe.", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise InputError(f"cannot write in folder {str(parent)!r} ({err.strerror or type(err).__name__}): "
-                         "choose a writable folder for the output") from None
+    _writable(parent, "the output")
     return path
 
 
@@ -97,14 +107,8 @@ def check_output_folder(path: str | Path, what: str = "--out") -> Path:
     """``path`` checked as a folder to write files into (created later if missing): not a file, and the
     nearest existing folder on its way is writable. One :class:`InputError` line on failure."""
     path = Path(path)
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    existing = _nearest_existing(path)
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{what} {str(path)!r}: {str(existing)!r} is a file, not a folder: pass a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".mmlens-probe.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise InputError(f"cannot write in folder {str(existing)!r} ({err.strerror or type(err).__name__}): "
-                         f"choose a writable folder for {what}") from None
+    _writable(existing, what)
     return path
