@@ -142,15 +142,20 @@ class AttentionCall:
     def k_positions(self) -> torch.Tensor:
         return torch.arange(self.key.shape[2]) + self.k_offset
 
-    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """The mask this call applies, as an additive float mask (b|1, 1|h, q, k)."""
+    def additive_mask(self, dtype: torch.dtype, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask this call applies, as an additive float mask (b|1, 1|h, q, k); only query rows ``index``
+        when given (selected before any conversion: captures need a few rows of a long sequence)."""
         mask, device = self.mask, self.query.device
         if mask is not None and mask.ndim == 4:
+            if index is not None:
+                mask = _rows(mask, index, self.query.shape[2])
+            mask = mask[..., : self.key.shape[2]]
             if mask.dtype == torch.bool:
                 return torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
-            return mask[..., : self.key.shape[2]].to(dtype)
+            return mask.to(dtype)
         # no dense mask: build causality / the window from absolute positions (a 2D mask pads keys)
-        q, k = self.q_positions.to(device)[:, None], self.k_positions.to(device)[None, :]
+        q_pos = self.q_positions.to(device)
+        q, k = (q_pos if index is None else q_pos[index])[:, None], self.k_positions.to(device)[None, :]
         allowed = (k <= q) if self.causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=device)
         if self.sliding_window is not None:
             allowed = allowed & ((q - k < self.sliding_window) if self.causal else ((q - k).abs() < self.sliding_window))
@@ -179,7 +184,7 @@ class AttentionCall:
             scores = torch.tanh(scores / self.softcap) * self.softcap
         if self.position_bias is not None:
             scores = scores + _rows(self.position_bias.float(), index, self.query.shape[2])
-        scores = scores + _rows(self.additive_mask(torch.float32), index, self.query.shape[2])
+        scores = scores + self.additive_mask(torch.float32, index)
         if self.sinks is None:
             return torch.softmax(scores, dim=-1)
         sinks = self.sinks.float()
