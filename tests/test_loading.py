@@ -86,3 +86,11 @@ def test_demo_loads_offline_through_the_llava_adapter(monkeypatch):
     demo = mmlens.load("demo")
     assert type(demo.adapter) is LlavaAdapter and demo.family == "llava"
     assert demo.model_id == "demo" and type(demo.model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_demo_variants_resolve_by_name_and_unknown_ones_list_the_valid_names() -> None:
+    from mmlens.demo import DEMO_VARIANTS, demo_dir
+
+    assert demo_dir("demo") == demo_dir("demo:demo") == DEMO_VARIANTS["demo"]
+    with pytest.raises(InputError, match=r"unknown demo model 'demo:nope': use one of 'demo'"):
+        mmlens.load("demo:nope")

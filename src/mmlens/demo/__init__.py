@@ -1,8 +1,37 @@
-"""The bundled demo model: a tiny LLaVA trained on ShapesVQA, shipped inside the package."""
+"""The bundled demo models: small models trained on ShapesVQA, shipped inside the package.
+
+``mmlens.load("demo")`` is the demo LLaVA; ``mmlens.load("demo:NAME")`` loads the variant ``NAME``
+(one folder under this package, listed in :data:`DEMO_VARIANTS`).
+"""
 
 from pathlib import Path
 
-#: Folder of the shipped demo model (``LlavaForConditionalGeneration`` + ``LlavaProcessor``).
-DEMO_MODEL_DIR = Path(__file__).parent / "model"
+_HERE = Path(__file__).parent
 
-__all__ = ["DEMO_MODEL_DIR"]
+#: Folder of the shipped demo model (``LlavaForConditionalGeneration`` + ``LlavaProcessor``).
+DEMO_MODEL_DIR = _HERE / "model"
+
+#: Every shipped demo model by name (``"demo"`` is the default LLaVA); each variant's folder is
+#: written by ``python -m mmlens.demo.train`` with that variant's options.
+DEMO_VARIANTS: dict[str, Path] = {
+    "demo": DEMO_MODEL_DIR,
+}
+
+
+def demo_dir(name: str) -> Path:
+    """The folder of demo model ``name`` (``"demo"`` or ``"demo:VARIANT"``); unknown names list the valid ones.
+
+    >>> demo_dir("demo").name
+    'model'
+    """
+    from mmlens.errors import InputError
+
+    key = name.split(":", 1)[1] if name.startswith("demo:") else name
+    key = "demo" if key in ("", "demo") else key
+    if key not in DEMO_VARIANTS:
+        valid = ", ".join(["'demo'", *(f"'demo:{k}'" for k in DEMO_VARIANTS if k != "demo")])
+        raise InputError(f"unknown demo model {name!r}: use one of {valid}")
+    return DEMO_VARIANTS[key]
+
+
+__all__ = ["DEMO_MODEL_DIR", "DEMO_VARIANTS", "demo_dir"]

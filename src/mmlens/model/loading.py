@@ -100,13 +100,14 @@ def _device(device: str | torch.device | None) -> torch.device | None:
 
 def _resolve(name: str) -> tuple[str, str]:
     """(path or hub id to load, id to report)."""
-    if name == "demo":
-        from mmlens.demo import DEMO_MODEL_DIR
+    if name == "demo" or name.startswith("demo:"):
+        from mmlens.demo import demo_dir
 
-        if not (Path(DEMO_MODEL_DIR) / "config.json").is_file():
-            raise InputError(f"the bundled demo model is missing from {DEMO_MODEL_DIR}: reinstall mmlens or run "
+        folder = demo_dir(name)
+        if not (folder / "config.json").is_file():
+            raise InputError(f"the bundled demo model {name!r} is missing from {folder}: reinstall mmlens or run "
                              "`python -m mmlens.demo.train`")
-        return str(DEMO_MODEL_DIR), "demo"
+        return str(folder), name
     path = Path(name).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise InputError(f"{name!r} is a path without config.json: pass a folder saved with save_pretrained")
