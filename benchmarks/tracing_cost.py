@@ -3,7 +3,9 @@
     python benchmarks/tracing_cost.py [--layers 12 --hidden 768 --image-size 336 --batch 32]
 
 Prints, from one run: (1) time of a forward capturing every layer's residual stream / a plain forward;
-(2) forward passes of a full layers x positions causal-tracing grid vs the budget 1 + ceil(cells / batch).
+(2) forward passes of a full layers x positions causal-tracing grid vs the budget 1 + ceil(cells / batch);
+(3) time per batched forward of an attention-knockout grid (one edit per batch row and layer) vs a plain
+forward of the same batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import math
 import torch
 
 from benchmarks.common import ForwardCounter, image, median_time, mid_llava
+from mmlens.layer.attention_knockout import attention_knockout
 from mmlens.layer.causal_trace import causal_trace
+from mmlens.model.batch import cat_inputs
 
 
 def main() -> None:
@@ -54,7 +58,20 @@ def main() -> None:
     budget = 1 + math.ceil(cells / args.batch)
     print(f"tracing grid: {cells} cells, batch {args.batch}: {counter.calls} forward passes "
           f"(budget 1 + ceil(cells/batch) = {budget}) -> {'OK' if counter.calls <= budget else 'OVER'}")
+    _knockout(subject, batch, args)
 
+
+
+def _knockout(subject, batch, args) -> None:
+    grid = attention_knockout(subject, batch, window=1, batch_size=args.batch)  # warm-up, and the cell count
+    rows = min(args.batch, grid.values.numel())
+    stacked = cat_inputs([subject.model_inputs(batch)] * rows)
+    plain = median_time(lambda: subject.model(**stacked, use_cache=False), max(1, args.repeats // 2))
+    knocked = median_time(lambda: attention_knockout(subject, batch, window=1, batch_size=args.batch), 1, 0)
+    cells = grid.values.numel()
+    ratio = (knocked / cells) / (plain / rows)
+    print(f"attention knockout: {cells} cells in batches of {rows}: {knocked / cells * 1e3:.1f} ms per cell vs "
+          f"{plain / rows * 1e3:.1f} ms per row of a plain batched forward -> ratio {ratio:.2f}")
 
 if __name__ == "__main__":
     main()

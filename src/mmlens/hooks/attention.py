@@ -37,9 +37,10 @@ IMPLEMENTATION = "mmlens"
 
 #: Called with the attention probabilities (batch, heads, rows, keys) of the selected rows (float32).
 WeightsCallback = Callable[[torch.Tensor], None]
-#: Called with (batch size, absolute query positions, absolute key positions); returns a boolean
-#: (batch or 1, 1 or heads, queries, keys) tensor of edges to block, or None.
-MaskEdit = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+#: Called with (absolute query positions, absolute key positions), both on the query's device; returns
+#: ``(rows, hit)``: the boolean (queries, keys) edges to block and the batch rows they apply to (None: all
+#: rows), or None when the call has none of them. All edits of a call share one blocked-edges buffer.
+MaskEdit = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor | None, torch.Tensor] | None"]
 
 
 class AttentionTap:
@@ -210,16 +211,25 @@ def _rows(t: torch.Tensor, index: torch.Tensor, q_len: int) -> torch.Tensor:
 
 
 def _apply_edits(tap: AttentionTap, call: AttentionCall) -> torch.Tensor | None:
-    """Merge the taps' blocked edges into the mask (as an additive mask in the query dtype)."""
-    blocked = None
-    for edit in tap.mask_edits:
-        b = edit(call.query.shape[0], call.q_positions, call.k_positions)
-        if b is not None:
-            blocked = b if blocked is None else blocked | b
-    if blocked is None:
+    """Merge the taps' blocked edges into the mask (as an additive mask in the query dtype).
+
+    One (batch | 1, 1, q, k) buffer on the query's device holds every edit's edges, whatever the number of
+    edits (a per-row knockout of a large batch adds one edit per row)."""
+    device = call.query.device
+    q_pos, k_pos = call.q_positions.to(device), call.k_positions.to(device)
+    edits = [e for e in (edit(q_pos, k_pos) for edit in tap.mask_edits) if e is not None]
+    if not edits:
         return call.mask
+    per_row = any(rows is not None for rows, _ in edits)
+    blocked = torch.zeros(call.query.shape[0] if per_row else 1, 1, len(q_pos), len(k_pos), dtype=torch.bool,
+                          device=device)
+    for rows, hit in edits:
+        if rows is None:
+            blocked |= hit
+        else:
+            blocked[rows.to(device), 0] |= hit
     dtype = call.query.dtype
-    return call.additive_mask(dtype).masked_fill(blocked.to(call.query.device), torch.finfo(dtype).min)
+    return call.additive_mask(dtype).masked_fill(blocked, torch.finfo(dtype).min)
 
 
 def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:

@@ -373,13 +373,13 @@ class Tracer:
         if int(q.min()) < 0 or int(k.min()) < 0:
             raise InputError("block_attention positions are absolute token indices: pass values >= 0")
 
-        def edit(batch: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-            n_rows = 1 if rows is None else batch
-            hit = torch.isin(q_pos, q)[:, None] & torch.isin(k_pos, k)[None, :]
-            blocked = torch.zeros(n_rows, 1, len(q_pos), len(k_pos), dtype=torch.bool)
-            which = torch.arange(n_rows) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-            blocked[which, 0] = hit
-            return blocked
+        which = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+
+        def edit(q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+            q_hit, k_hit = torch.isin(q_pos, q.to(q_pos.device)), torch.isin(k_pos, k.to(k_pos.device))
+            if not (q_hit.any() and k_hit.any()):
+                return None
+            return which, q_hit[:, None] & k_hit[None, :]
 
         for name in names:
             self._tap(name).mask_edits.append(edit)
