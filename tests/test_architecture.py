@@ -127,7 +127,11 @@ def _family_words() -> set[str]:
     for cls in ADAPTERS.values():
         for name in (cls.family, *cls.model_types):
             words |= {name.replace("_", "").lower(), re.match(r"[a-z]+", name.lower()).group()}
-    return words
+    return words - _CODE_VERBS
+
+
+#: family names that are also everyday code (``np.clip`` / ``Tensor.clip``): not searched for
+_CODE_VERBS = {"clip"}
 
 
 def _code_words(source: str) -> list[tuple[int, str]]:

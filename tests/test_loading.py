@@ -51,7 +51,9 @@ def test_pickle_weights_need_opt_in(tmp_path):
 def test_unknown_family_lists_supported(tmp_path):
     LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, vocab_size=50)).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match=", ".join(sorted(FAMILIES))):
+    from mmlens.testing.tiny_dual import DUAL_FAMILIES
+
+    with pytest.raises(UnsupportedModelError, match=", ".join(sorted({*FAMILIES, *DUAL_FAMILIES}))):
         mmlens.load(str(tmp_path))
 
 

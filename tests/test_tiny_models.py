@@ -234,4 +234,6 @@ def test_every_registered_family_has_a_tiny_model():
     """Tests parametrize over FAMILIES: a family registered without a tiny model would go untested."""
     from mmlens.adapters import supported_families
 
-    assert sorted(FAMILIES) == supported_families()
+    from mmlens.testing.tiny_dual import DUAL_FAMILIES  # dual encoders: tests/test_dual_encoders.py
+
+    assert sorted([*FAMILIES, *DUAL_FAMILIES]) == supported_families()

@@ -1,7 +1,7 @@
 """One adapter per model family; importing this package registers them all.
 
 Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
-``qwen_processor``. Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
+``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match). Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
 cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
 cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
 input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
@@ -9,6 +9,7 @@ processor needs torchvision, which mmlens does not use).
 """
 
 from mmlens.adapters import (  # noqa: F401
+    clip,
     gemma3,
     idefics3,
     internvl,
@@ -18,6 +19,7 @@ from mmlens.adapters import (  # noqa: F401
     paligemma,
     qwen2_vl,
     qwen3_vl,
+    siglip,
     smolvlm,
 )
 from mmlens.adapters.base import (

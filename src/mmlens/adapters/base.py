@@ -108,6 +108,17 @@ class Adapter:
     def processor_inputs(self, images: list[Image.Image], text: str) -> dict[str, torch.Tensor]:
         return dict(self.processor(images=images, text=text, return_tensors="pt", **self.processor_kwargs()))
 
+    def rows_inputs(self, image_sets: list[list[Image.Image]], texts: list[str]) -> dict[str, torch.Tensor]:
+        """One processor call for several rows (one image list and one prompt text each)."""
+        return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
+
+    #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
+    dual_encoder: ClassVar[bool] = False
+
+    def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Logits ``(B, seq, V)`` of one forward over prepared ``inputs`` (on the model's device)."""
+        return self.model(**inputs, use_cache=False).logits
+
     def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
         """Token ids of ``answer`` as they follow the prompt (tokenizers that merge across the seam are
         handled by tokenizing prompt + answer together and taking the tail)."""

@@ -15,6 +15,7 @@ DEMO_MODEL_DIR = _HERE / "model"
 #: written by ``python -m mmlens.demo.train`` with that variant's options.
 DEMO_VARIANTS: dict[str, Path] = {
     "demo": DEMO_MODEL_DIR,
+    "clip": _HERE / "clip",  # CLIPModel + CLIPProcessor: python -m mmlens.demo.train --variant clip
 }
 
 

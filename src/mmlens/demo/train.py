@@ -15,6 +15,7 @@ magnitude as soon as another process wants a core.
 
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
+    python -m mmlens.demo.train --variant clip       # the demo CLIP (recipe: mmlens.demo.clip_recipe)
 """
 
 from __future__ import annotations
@@ -313,30 +314,66 @@ def _format(result: dict[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: train (or only evaluate) the demo model."""
+    """Command line: train (or only evaluate) the demo model, or with ``--variant clip`` the demo CLIP."""
     parser = argparse.ArgumentParser(prog="python -m mmlens.demo.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="folder to save to / evaluate")
+    parser.add_argument("--variant", choices=("llava", "clip"), default="llava", help="which demo model")
+    parser.add_argument("--out", type=Path, default=None, help="folder to save to / evaluate (default: shipped)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the model in --out")
     parser.add_argument("--n", type=int, default=1000, help="held-out samples to evaluate")
-    for defaults in (TrainConfig(), DemoConfig()):
-        for f in fields(defaults):
-            value = getattr(defaults, f.name)
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
+    train_defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+    arch_defaults: dict = {}  # architecture options of both variants (default: the variant's own)
+    for defaults in (DemoConfig(), _clip().ClipConfig()):
+        arch_defaults.update({f.name: getattr(defaults, f.name) for f in fields(defaults)})
+    for name, value in {**train_defaults, **arch_defaults}.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args(argv)
+    if args.variant == "clip":  # the CLIP recipe's own step defaults
+        train_defaults.update(_clip().CLIP_TRAIN_DEFAULTS)
+    for name, value in train_defaults.items():
+        setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
     torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    arch_cls = _clip().ClipConfig if args.variant == "clip" else DemoConfig
+    arch = arch_cls(**{f.name: getattr(args, f.name) for f in fields(arch_cls) if getattr(args, f.name) is not None})
+    (_main_clip if args.variant == "clip" else _main_llava)(args, cfg, arch)
+
+
+def _clip():
+    from mmlens.demo import clip_recipe
+
+    return clip_recipe
+
+
+def _main_llava(args: argparse.Namespace, cfg: TrainConfig, arch: DemoConfig) -> None:
+    out = args.out or DEMO_MODEL_DIR
     if args.eval_only:
-        model = LlavaForConditionalGeneration.from_pretrained(args.out)
-        processor = AutoProcessor.from_pretrained(args.out)
+        model = LlavaForConditionalGeneration.from_pretrained(out)
+        processor = AutoProcessor.from_pretrained(out)
     else:
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-        arch = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
         print(f"training {cfg} {arch}", flush=True)
         start = time.time()
         model, processor = train(cfg, arch)
         print(f"trained in {time.time() - start:.0f}s", flush=True)
-        save_demo(model, processor, args.out)
-        print(f"saved to {args.out}", flush=True)
+        save_demo(model, processor, out)
+        print(f"saved to {out}", flush=True)
     print(_format(evaluate(model, processor, n=args.n)), flush=True)
+
+
+def _main_clip(args: argparse.Namespace, cfg: TrainConfig, arch) -> None:
+    from transformers import CLIPModel, CLIPProcessor
+
+    recipe = _clip()
+    out = args.out or recipe.CLIP_DIR
+    if args.eval_only:
+        model, processor = CLIPModel.from_pretrained(out), CLIPProcessor.from_pretrained(out)
+    else:
+        print(f"training {cfg} {arch}", flush=True)
+        start = time.time()
+        model, processor = recipe.train_clip(cfg, arch)
+        print(f"trained in {time.time() - start:.0f}s", flush=True)
+        recipe.save_clip(model, processor, out)
+        print(f"saved to {out}", flush=True)
+    print(recipe.format_clip(recipe.evaluate_clip(model, processor, n=args.n)), flush=True)
 
 
 if __name__ == "__main__":

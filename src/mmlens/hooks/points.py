@@ -36,9 +36,9 @@ class HookPoint:
 class ModelParts:
     """The modules an adapter names for its family; hook points are derived from these alone."""
 
-    lm_blocks: nn.ModuleList
-    lm_norm: nn.Module
-    unembed: nn.Module
+    lm_blocks: nn.ModuleList  # empty for dual encoders (CLIP, SigLIP): no language model
+    lm_norm: nn.Module | None
+    unembed: nn.Module | None
     vision_blocks: nn.ModuleList | None = None
     vision_embed: nn.Module | None = None
     projector: nn.Module | None = None
@@ -53,6 +53,11 @@ class ModelParts:
     vision_attn_chunked: bool = False
     #: the vision blocks hold their patch rows permuted (Qwen2.5-VL's window order)
     vision_rows: RowOrder | None = None
+    #: dual encoders: the text tower's blocks (``text.blocks.*``) and both towers' per-head / MLP points
+    text_blocks: nn.ModuleList | None = None
+    text_embed: nn.Module | None = None
+    tower_attn_out: str | None = None  # attention output projection in the towers' blocks (``*.attn.heads``)
+    tower_mlp: str | None = None  # MLP of the towers' blocks (``*.mlp.out``)
 
     def mlp_down(self, layer: int) -> nn.Module:
         """LM block ``layer``'s MLP down projection (its input is ``lm.blocks.{layer}.mlp.act``: the neurons)."""
@@ -67,6 +72,16 @@ class ModelParts:
             points[f"vision.blocks.{i}.resid_post"] = HookPoint(block, "output", rows=rows)
             points[f"vision.blocks.{i}.attn"] = HookPoint(attn, "output", rows=rows)
             points[f"vision.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights", self.vision_attn_chunked, rows)
+            self._tower_points(points, f"vision.blocks.{i}", block, rows)
+        if self.text_embed is not None:
+            points["text.embed"] = HookPoint(self.text_embed, "output")
+        for i, block in enumerate(self.text_blocks or []):
+            attn = getattr(block, self.vision_attn)
+            points[f"text.blocks.{i}.resid_pre"] = HookPoint(block, "input")
+            points[f"text.blocks.{i}.resid_post"] = HookPoint(block, "output")
+            points[f"text.blocks.{i}.attn"] = HookPoint(attn, "output")
+            points[f"text.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
+            self._tower_points(points, f"text.blocks.{i}", block, None)
         if self.image_features is not None:
             points["projector.out"] = HookPoint(self.image_features, "image_features")
         elif self.projector is not None:
@@ -80,6 +95,17 @@ class ModelParts:
             points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
             points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down_proj), "input")
             points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
-        points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
-        points["lm.logits"] = HookPoint(self.unembed, "output")
+        if self.lm_norm is not None:
+            points["lm.norm.out"] = HookPoint(self.lm_norm, "output")
+        if self.unembed is not None:
+            points["lm.logits"] = HookPoint(self.unembed, "output")
         return points
+
+    def _tower_points(self, points: dict[str, HookPoint], prefix: str, block: nn.Module, rows: RowOrder | None) -> None:
+        """``PREFIX.attn.heads`` (the per-head outputs entering the attention's output projection) and
+        ``PREFIX.mlp.out`` of one tower block, where the adapter names those modules."""
+        if self.tower_attn_out is not None:
+            out_proj = getattr(getattr(block, self.vision_attn), self.tower_attn_out)
+            points[f"{prefix}.attn.heads"] = HookPoint(out_proj, "input", rows=rows)
+        if self.tower_mlp is not None:
+            points[f"{prefix}.mlp.out"] = HookPoint(getattr(block, self.tower_mlp), "output", rows=rows)

@@ -104,7 +104,10 @@ class Subject:
             )
         geometry = self.adapter.geometry(inputs, rgb)
         prompt_len = int(inputs["input_ids"].shape[1])
-        self._check_length(prompt_len, "the prompt with its image tokens")
+        if self.adapter.dual_encoder:  # only the caption goes through the text tower
+            self._check_length(prompt_len - n_image_tokens, "the caption")
+        else:
+            self._check_length(prompt_len, "the prompt with its image tokens")
         batch = Batch(inputs=inputs, images=rgb, prompt=prompt, text=text, geometry=geometry,
                       prompt_len=prompt_len, conversions=notes)
         return self.with_answer(batch, answer) if answer is not None else batch
@@ -120,7 +123,8 @@ class Subject:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if not ids:
             raise InputError(f"answer {answer!r} tokenizes to nothing: pass words the tokenizer knows")
-        self._check_length(batch.prompt_len + len(ids), "the prompt with its image tokens and the answer")
+        if not self.adapter.dual_encoder:  # a dual encoder's answer slot is not a text-tower position
+            self._check_length(batch.prompt_len + len(ids), "the prompt with its image tokens and the answer")
         base = {k: (v[:, : batch.prompt_len] if torch.is_tensor(v) and v.ndim == 2 and v.shape[1] == batch.seq_len else v)
                 for k, v in batch.inputs.items()}
         inputs = self.adapter.extend_inputs(base, ids)
@@ -191,6 +195,8 @@ class Subject:
 
     def forward(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
         """Logits ``(1, seq, vocab)`` of a plain forward over ``batch``."""
+        if self.adapter.dual_encoder:  # the joint sequence's similarity readout (see adapters.dual_encoder)
+            return self.adapter.joint_logits(self.model_inputs(batch))
         return self.model(**self.model_inputs(batch), use_cache=False, **kwargs).logits
 
     def answer_log_probs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -224,6 +230,9 @@ class Subject:
 
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
         batch = self.prepare(images, prompt)
+        if self.adapter.dual_encoder:  # nothing to generate: the answer is the image-caption match
+            full = self.with_answer(batch, "<match>")
+            return Generation(text="<match>", token_ids=full.answer_ids, tokens=["<match>"], batch=full)
         limit = context_length(self.model)
         if limit is not None:
             if batch.prompt_len >= limit:

@@ -62,8 +62,7 @@ def perturbed_inputs(
     if rows == 0:
         raise InputError("no image sets given: pass one list of images per perturbed row")
     _check_sizes(batch, image_sets)
-    out = subject.adapter.processor(images=[list(s) for s in image_sets], text=[batch.text] * rows,
-                                    return_tensors="pt", **subject.adapter.processor_kwargs())
+    out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
     inputs = {k: v for k, v in out.items() if k in batch.inputs}
     prompt_ids = batch.input_ids[:, : batch.prompt_len].expand(rows, -1)
     if not torch.equal(inputs["input_ids"], prompt_ids.to(inputs["input_ids"].device)):
@@ -107,7 +106,7 @@ def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targe
     keep = seq - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq - 1
     if "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
         model_inputs["logits_to_keep"] = keep
-    logits = subject.model(**model_inputs, use_cache=False).logits
+    logits = subject.adapter.joint_logits(model_inputs)
     # with logits_to_keep, logits index 0 is sequence position prompt_len - 1: shift the answer there
     view = batch if logits.shape[1] == seq else replace(batch, prompt_len=1)
 
