@@ -63,11 +63,11 @@ class Tower:
 
     @property
     def n_heads(self) -> int:
+        """Attention heads per vision block (read from the attention module: ``num_heads`` or width / ``head_dim``)."""
         attn = _attn(self.blocks[0])
-        for name in ("num_heads", "num_attention_heads", "n_heads"):
-            if isinstance(getattr(attn, name, None), int):
-                return int(getattr(attn, name))
-        return int(self.vision_config.num_attention_heads)
+        if isinstance(getattr(attn, "num_heads", None), int):
+            return int(attn.num_heads)
+        return int(self.vision_config.hidden_size) // int(attn.head_dim)
 
     @property
     def vision_config(self) -> Any:
