@@ -62,6 +62,10 @@ def main() -> None:
         from mmlens.testing.tiny_dual import tiny_dual_encoder
 
         t = tower(tiny_dual_encoder("clip"))
+    elif Path(args.model).is_dir() and not args.model.startswith("demo"):  # a saved CLIPModel folder
+        from transformers import AutoModel, AutoProcessor
+
+        t = tower(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model))
     else:
         t = tower(mmlens.load(args.model))
     size = int(t.vision_config.image_size)
@@ -84,7 +88,10 @@ def main() -> None:
                                      *(f"a {s} shape" for s in SHAPES), *GENERIC_VOCABULARY]))
     bank = text_bank(t, bank_texts)
     spans = text_spans(dec, bank, n_texts=3)
-    cats = categorize(spans, {"color": list(COLORS), "shape": list(SHAPES)}, top=3)
+    # colour words: ShapesVQA's and the generic vocabulary's (the bank holds both); shapes likewise
+    color_words = [*COLORS, *GENERIC_VOCABULARY[:11]]
+    shape_words = [*SHAPES, *GENERIC_VOCABULARY[11:20]]
+    cats = categorize(spans, {"color": color_words, "shape": shape_words}, top=3)
     res["spans"] = [dict(sp.to_dict(), category=cats[(sp.layer, sp.head)]) for sp in spans]
     groups = {}
     for g in ("color", "shape", "other"):
