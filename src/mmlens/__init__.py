@@ -6,11 +6,14 @@
 """
 
 import mmlens.attribution  # noqa: F401  (the method packages register themselves in the catalog)
+import mmlens.embedding  # noqa: F401
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
 import mmlens.token  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods
+from mmlens.embedding import decompose as decompose_embedding
+from mmlens.embedding import modality_gap, splice, text_spans, train_cbm
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
@@ -34,10 +37,15 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "count_hooks",
+    "decompose_embedding",
     "explain",
     "load",
     "methods",
+    "modality_gap",
     "serve",
+    "splice",
+    "text_spans",
+    "train_cbm",
 ]
 
 

@@ -373,6 +373,11 @@ def serve_cmd(
     serve(model, host=host, port=port)  # checks host and port before it loads the model
 
 
+from mmlens.cli_embed import embed_app  # noqa: E402  (the `embed` sub-commands)
+
+app.add_typer(embed_app, name="embed")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

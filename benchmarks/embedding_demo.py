@@ -1,0 +1,159 @@
+"""The embedding methods' Must-show numbers on the demo CLIP (ShapesVQA, held-out seeds 0..9), one command:
+
+    PYTHONPATH=src python benchmarks/embedding_demo.py --out benchmarks/embedding_demo.json
+
+TextSpan: decomposition error; head spans over a text bank sorted into colour / shape / other; colour and shape
+zero-shot accuracy drops when each group's heads are mean-ablated. SpLiCE: precision / recall of the non-zero
+concepts against the objects' colours and shapes at the sparsest L1 whose mean cosine is >= 0.8 (a sweep).
+Modality gap: norm and accuracy vs shift. CBM: accuracy next to a linear probe (colour and shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import mmlens
+from mmlens.data.shapes_vqa import COLORS, SHAPES, ShapesVQA
+from mmlens.embedding import (
+    GENERIC_VOCABULARY,
+    ablation_curves,
+    categorize,
+    class_embeddings,
+    decompose,
+    group_drop,
+    linear_probe,
+    modality_gap,
+    shapes_vocabulary,
+    splice,
+    text_bank,
+    text_spans,
+    tower,
+    train_cbm,
+)
+
+L1_SWEEP = (0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08)
+
+
+def caption(sample) -> str:
+    """"a red circle and a blue square": every object, left to right."""
+    objs = sorted(sample.objects, key=lambda o: o["box"][0])
+    names = [f"a {o['color']} {o['shape']}" for o in objs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def samples(seeds, per_seed, size, **kw):
+    return [s for seed in seeds for s in ShapesVQA(image_size=size, seed=seed, **kw).samples(per_seed)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo:clip")
+    ap.add_argument("--per-seed", type=int, default=20, help="samples per held-out seed (10 seeds)")
+    ap.add_argument("--out", default="benchmarks/embedding_demo.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if args.model == "tiny":
+        from mmlens.testing.tiny_dual import tiny_dual_model_and_processor
+
+        t = tower(tiny_dual_model_and_processor("clip"))
+    elif Path(args.model).is_dir() and not args.model.startswith("demo"):  # a saved CLIPModel folder
+        from transformers import AutoModel, AutoProcessor
+
+        t = tower(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model))
+    else:
+        t = tower(mmlens.load(args.model))
+    size = int(t.vision_config.image_size)
+    single = samples(range(10), args.per_seed, size, min_objects=1, max_objects=1)
+    multi = samples(range(10), args.per_seed, size, min_objects=1, max_objects=4)
+    train = samples(range(10, 20), 2 * args.per_seed, size, min_objects=1, max_objects=1)
+    color_y = [list(COLORS).index(s.objects[0]["color"]) for s in single]
+    shape_y = [list(SHAPES).index(s.objects[0]["shape"]) for s in single]
+    color_cls = class_embeddings(t, [[f"a photo of a {c} object", f"a {c} object", c] for c in COLORS])
+    shape_cls = class_embeddings(t, [[f"a photo of a {s}", f"a {s}", s] for s in SHAPES])
+    res: dict = {"model": args.model, "n_held_out": len(single)}
+
+    # --- TextSpan
+    dec = decompose(t, [s.image for s in single])
+    res["decomposition_max_abs_error"] = dec.error()
+    res["embedding_mean_norm"] = float(dec.embedding.norm(dim=-1).mean())
+    res["ablation_color"] = ablation_curves(dec, color_cls, color_y)
+    res["ablation_shape"] = ablation_curves(dec, shape_cls, shape_y)
+    bank_texts = list(dict.fromkeys([*COLORS, *SHAPES, *(f"a {c} object" for c in COLORS),
+                                     *(f"a {s} shape" for s in SHAPES), *GENERIC_VOCABULARY]))
+    bank = text_bank(t, bank_texts)
+    spans = text_spans(dec, bank, n_texts=3)
+    # colour words: ShapesVQA's and the generic vocabulary's (the bank holds both); shapes likewise
+    color_words = [*COLORS, *GENERIC_VOCABULARY[:11]]
+    shape_words = [*SHAPES, *GENERIC_VOCABULARY[11:20]]
+    cats = categorize(spans, {"color": color_words, "shape": shape_words}, top=3)
+    res["spans"] = [dict(sp.to_dict(), category=cats[(sp.layer, sp.head)]) for sp in spans]
+    groups = {}
+    for g in ("color", "shape", "other"):
+        heads = [k for k, v in cats.items() if v == g]
+        if heads:
+            groups[g] = {"heads": [list(h) for h in heads],
+                         "color_zero_shot": group_drop(dec, heads, color_cls, color_y),
+                         "shape_zero_shot": group_drop(dec, heads, shape_cls, shape_y)}
+    res["group_ablation"] = groups
+
+    # --- SpLiCE on multi-object images
+    emb = t.encode_images([s.image for s in multi])
+    truth = [{o["color"] for o in s.objects} | {o["shape"] for o in s.objects} for s in multi]
+    sweep = []
+    for l1 in L1_SWEEP:
+        out = splice(t, emb, shapes_vocabulary(), l1=l1)
+        tp = sum(len({c for c, _ in r.concepts} & tr) for r, tr in zip(out, truth, strict=True))
+        pred = sum(len(r.concepts) for r in out)
+        sweep.append({"l1": l1, "cosine": sum(r.cosine for r in out) / len(out),
+                      "cosine_full": sum(r.cosine_full for r in out) / len(out),
+                      "l0": pred / len(out), "precision": tp / max(pred, 1), "recall": tp / sum(map(len, truth))})
+    ok = [row for row in sweep if row["cosine"] >= 0.8]
+    res["splice_sweep"], res["splice_at_cosine_0.8"] = sweep, (max(ok, key=lambda r: r["l1"]) if ok else None)
+
+    # --- modality gap (images vs their captions) and zero-shot colour accuracy as images shift
+    caps = t.encode_texts([caption(s) for s in multi])
+    single_emb = dec.embedding
+    res["modality_gap"] = {k: v for k, v in modality_gap(emb, caps).items() if k != "gap"}
+    gap = modality_gap(emb, caps)["gap_norm"]
+    shifted = modality_gap(torch.cat([emb, single_emb]), torch.cat([caps, caps]), color_cls, [0] * len(emb) + color_y)
+    res["gap_shift_color"] = {"shifts": shifted["shifts"], "note": "accuracy over captions' images + single objects",
+                              "gap_norm": gap}
+    # accuracy on the single-object images alone, shifting by the multi-object gap vector
+    from mmlens.embedding.gap import SHIFTS, gap_vector
+    from mmlens.embedding.zeroshot import accuracy, normalize
+    g = gap_vector(emb, caps)
+    res["gap_shift_color"]["accuracy"] = [accuracy(normalize(normalize(single_emb) - s * g), color_cls, color_y)
+                                          for s in SHIFTS]
+
+    # --- concept bottleneck vs linear probe
+    train_emb = t.encode_images([s.image for s in train])
+    concepts = list(dict.fromkeys([*shapes_vocabulary(), *GENERIC_VOCABULARY]))
+    concept_emb = t.encode_texts(concepts)
+    res["cbm"] = {}
+    for task, names, key in (("color", list(COLORS), "color"), ("shape", list(SHAPES), "shape")):
+        ytr = [names.index(s.objects[0][key]) for s in train]
+        yte = torch.tensor([names.index(s.objects[0][key]) for s in single])
+        cbm = train_cbm(train_emb, ytr, names, concepts, concept_emb, l1=0.01)
+        probe = linear_probe(train_emb, ytr, len(names))
+        res["cbm"][task] = {"cbm_accuracy": float((cbm.predict(single_emb) == yte).float().mean()),
+                            "probe_accuracy": float((probe(single_emb) == yte).float().mean()),
+                            "zero_shot_accuracy": res[f"ablation_{task}"]["accuracy"], **cbm.sparsity(),
+                            "example": cbm.explain(single_emb[:1], top=3)[0]}
+    res["seconds"] = round(time.time() - t0, 1)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    brief = {k: res[k] for k in ("decomposition_max_abs_error", "splice_at_cosine_0.8")}
+    brief["groups"] = {g: {"n": len(v["heads"]), "color_drop": v["color_zero_shot"]["drop"],
+                           "shape_drop": v["shape_zero_shot"]["drop"]} for g, v in groups.items()}
+    brief["cbm"] = {k: {kk: v[kk] for kk in ("cbm_accuracy", "probe_accuracy", "zero_shot_accuracy")} for k, v in res["cbm"].items()}
+    brief["gap"] = res["modality_gap"]["gap_norm"]
+    print(json.dumps(brief, indent=1))
+
+
+if __name__ == "__main__":
+    main()
