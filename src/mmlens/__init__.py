@@ -6,6 +6,7 @@
 """
 
 import mmlens.attribution  # noqa: F401  (the method packages register themselves in the catalog)
+import mmlens.inference  # noqa: F401
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
 import mmlens.token  # noqa: F401
@@ -14,6 +15,11 @@ from mmlens.catalog import methods
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
+from mmlens.inference.decoding import PAI, VCD, DecodedGeneration, Steering, generate_with
+from mmlens.inference.result import GroundingResult
+from mmlens.inference.signals import generate_explained
+from mmlens.inference.steering import SteeringVector, steering_vector
+from mmlens.inference.tuned_lens import TunedLens, lens_kl, train_tuned_lens
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
@@ -23,21 +29,33 @@ from mmlens.results.explanation import Explanation
 __all__ = [
     "AnswerScore",
     "Batch",
+    "DecodedGeneration",
     "Explanation",
     "Generation",
+    "GroundingResult",
     "ImageGeometry",
     "ImageGrid",
     "InputError",
     "MMLensError",
+    "PAI",
+    "Steering",
+    "SteeringVector",
     "Subject",
     "Tracer",
+    "TunedLens",
     "UnsupportedModelError",
+    "VCD",
     "__version__",
     "count_hooks",
     "explain",
+    "generate_explained",
+    "generate_with",
+    "lens_kl",
     "load",
     "methods",
     "serve",
+    "steering_vector",
+    "train_tuned_lens",
 ]
 
 

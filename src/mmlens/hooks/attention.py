@@ -38,7 +38,8 @@ IMPLEMENTATION = "mmlens"
 #: Called with the attention probabilities (batch, heads, rows, keys) of the selected rows (float32).
 WeightsCallback = Callable[[torch.Tensor], None]
 #: Called with (batch size, absolute query positions, absolute key positions); returns a boolean
-#: (batch or 1, 1 or heads, queries, keys) tensor of edges to block, or None.
+#: (batch or 1, 1 or heads, queries, keys) tensor of edges to block, a float one to add to the attention
+#: logits, or None.
 MaskEdit = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
@@ -210,16 +211,26 @@ def _rows(t: torch.Tensor, index: torch.Tensor, q_len: int) -> torch.Tensor:
 
 
 def _apply_edits(tap: AttentionTap, call: AttentionCall) -> torch.Tensor | None:
-    """Merge the taps' blocked edges into the mask (as an additive mask in the query dtype)."""
-    blocked = None
+    """Merge the taps' edits into the mask (as an additive mask in the query dtype): boolean edits block
+    edges, float edits add to the edges' attention logits (re-weighting)."""
+    blocked, bias = None, None
     for edit in tap.mask_edits:
         b = edit(call.query.shape[0], call.q_positions, call.k_positions)
-        if b is not None:
+        if b is None:
+            continue
+        if b.dtype == torch.bool:
             blocked = b if blocked is None else blocked | b
-    if blocked is None:
+        else:
+            bias = b if bias is None else bias + b
+    if blocked is None and bias is None:
         return call.mask
     dtype = call.query.dtype
-    return call.additive_mask(dtype).masked_fill(blocked.to(call.query.device), torch.finfo(dtype).min)
+    mask = call.additive_mask(dtype)
+    if bias is not None:
+        mask = mask + bias.to(call.query.device, dtype)
+    if blocked is not None:
+        mask = mask.masked_fill(blocked.to(call.query.device), torch.finfo(dtype).min)
+    return mask
 
 
 def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:

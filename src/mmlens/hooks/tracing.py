@@ -69,10 +69,8 @@ def _first(x: Any) -> torch.Tensor:
 
 
 def _replace_first(x: Any, new: torch.Tensor) -> Any:
-    if isinstance(x, tuple):
-        return (new, *x[1:])
-    if isinstance(x, list):
-        return [new, *x[1:]]
+    if isinstance(x, (tuple, list)):
+        return (new, *x[1:]) if isinstance(x, tuple) else [new, *x[1:]]
     return new
 
 
@@ -355,10 +353,13 @@ class Tracer:
 
         return self.edit(pattern, fn)
 
-    def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None) -> list[str]:
+    def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None,
+                        bias: float | None = None) -> list[str]:
         """Knock out attention edges ``queries -> keys`` (absolute position lists) at matching
         ``*.attn.weights`` points, in batch ``rows`` only (all rows if None); the softmax renormalises over
-        the edges left. Decode steps of ``generate`` (KV cache) block the same absolute edges."""
+        the edges left. ``bias``: instead of blocking, add ``bias`` to these edges' attention logits (their
+        weight times ``exp(bias)`` before renormalising: re-weighting). Decode steps of ``generate`` (KV
+        cache) edit the same absolute edges."""
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
             raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
@@ -377,9 +378,8 @@ class Tracer:
             n_rows = 1 if rows is None else batch
             hit = torch.isin(q_pos, q)[:, None] & torch.isin(k_pos, k)[None, :]
             blocked = torch.zeros(n_rows, 1, len(q_pos), len(k_pos), dtype=torch.bool)
-            which = torch.arange(n_rows) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-            blocked[which, 0] = hit
-            return blocked
+            blocked[torch.arange(n_rows) if rows is None else torch.as_tensor(rows, dtype=torch.long), 0] = hit
+            return blocked if bias is None else blocked.float() * float(bias)
 
         for name in names:
             self._tap(name).mask_edits.append(edit)
