@@ -35,8 +35,8 @@ def main() -> None:
     print("|---:|---:|---:|---:|---|")
     for n in [int(x) for x in args.lengths.split(",")]:
         got = len(lm.generate(img, prompt, max_new_tokens=n).token_ids)
-        plain = median_time(lambda: lm.generate(img, prompt, max_new_tokens=n), repeats=args.repeats)
-        explained = median_time(lambda: mmlens.generate_explained(lm, img, prompt, max_new_tokens=n),
+        plain = median_time(lambda n=n: lm.generate(img, prompt, max_new_tokens=n), repeats=args.repeats)
+        explained = median_time(lambda n=n: mmlens.generate_explained(lm, img, prompt, max_new_tokens=n),
                                 repeats=args.repeats)
         print(f"| {got} | {plain:.3f} | {explained:.3f} | {explained / plain:.2f}x | <= 3x |")
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmlens.data.shapes_splits import hallucinated_words
 from scipy.stats import rankdata
 
 import mmlens
 from mmlens.data import TRAP_SPLITS, ShapesVQA
-from mmlens.data.shapes_splits import hallucinated_words
 from mmlens.inference.result import SIGNALS
 
 SEED = 0
@@ -64,7 +64,7 @@ def detection(lm, variant: str, n: int) -> list[str]:
     trap = labelled_tokens(lm, ShapesVQA(split=TRAP_SPLITS[variant], seed=SEED).samples(n), "trap")
     ctrl = labelled_tokens(lm, ShapesVQA(split=f"{variant}-present", seed=SEED).samples(n), "present")
     rng = np.random.default_rng(SEED)
-    lines = [f"| signal | AUROC trap split | AUROC trap + present control |", "|---|---:|---:|"]
+    lines = ["| signal | AUROC trap split | AUROC trap + present control |", "|---|---:|---:|"]
     for name in [*SIGNALS, "random"]:
         cells = []
         for rows in (trap, trap + ctrl):
@@ -85,7 +85,7 @@ def rates(lm, trap, neutral, **options) -> tuple[float, float]:
     return halluc / len(trap), correct / len(neutral)
 
 
-def steering(lm, variant: str, n: int) -> mmlens.SteeringVector:
+def steering(lm, variant: str, n: int) -> tuple[mmlens.SteeringVector | None, str]:
     layer = lm.n_layers // 2
     grounded, hallucinated = [], []
     pool = list(ShapesVQA(split=TRAP_SPLITS[variant], seed=500).samples(n))
@@ -95,24 +95,29 @@ def steering(lm, variant: str, n: int) -> mmlens.SteeringVector:
         out = lm.generate(s.image, s.question, max_new_tokens=4)
         bad = any(hallucinated_words(s.question, s.answer, s.objects, out.text))
         (hallucinated if bad else grounded if out.text == s.answer else []).append(lm.prepare(s.image, s.question))
+    counts = f"{len(grounded)} grounded / {len(hallucinated)} hallucinated cases"
     if not hallucinated or not grounded:
-        raise SystemExit(f"{variant}: {len(grounded)} grounded / {len(hallucinated)} hallucinated cases: no vector")
-    return mmlens.steering_vector(lm, grounded, hallucinated, layer)
+        return None, counts
+    return mmlens.steering_vector(lm, grounded, hallucinated, layer), counts
 
 
 def mitigation(lm, variant: str, n: int) -> list[str]:
     trap = list(ShapesVQA(split=TRAP_SPLITS[variant], seed=SEED).samples(n))
     neutral = list(ShapesVQA(split="neutral", seed=SEED).samples(n))
-    vec = steering(lm, variant, n)
+    vec, counts = steering(lm, variant, n)
     settings = [("none", {})]
     settings += [(f"VCD alpha={a} beta=0.1 noise", {"vcd": mmlens.VCD(a, 0.1)}) for a in (1.0, 3.0)]
     settings += [(f"VCD alpha={a} beta=0.1 remove", {"vcd": mmlens.VCD(a, 0.1, "remove")}) for a in (1.0, 3.0)]
     settings += [(f"PAI alpha={a} all layers", {"pai": mmlens.PAI(a)}) for a in (1.0, 4.0)]
-    settings += [(f"steering layer {vec.layer} scale={s}", {"steering": mmlens.Steering(vec, s)}) for s in (1.0, 2.0)]
+    if vec is not None:
+        settings += [(f"steering layer {vec.layer} scale={s}", {"steering": mmlens.Steering(vec, s)})
+                     for s in (1.0, 2.0)]
     lines = ["| decoding | hallucination rate (trap) | neutral accuracy |", "|---|---:|---:|"]
     for name, options in settings:
         h, acc = rates(lm, trap, neutral, **options)
         lines.append(f"| {name} | {h:.3f} | {acc:.3f} |")
+    lines.append(f"\nSteering vector from {counts} (seed 500: trap split + neutral absent-object questions)"
+                 + ("" if vec is not None else ": none built, steering not run") + ".")
     return lines
 
 
@@ -120,15 +125,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=200, help="samples per split")
     parser.add_argument("--variants", default="cooccur,prior")
+    parser.add_argument("--model", default=None, help="score this model on every variant's splits (default demo:VARIANT)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/hallucination.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    text = [f"# Hallucination: detection and mitigation on the demo variants\n",
+    text = ["# Hallucination: detection and mitigation on the demo variants\n",
             f"Command: `python -m benchmarks.hallucination {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n"]
     for variant in args.variants.split(","):
-        lm = mmlens.load(f"demo:{variant}")
-        part = [f"## demo:{variant}\n", "Per-token detection:\n", *detection(lm, variant, args.n), "",
+        name = args.model or f"demo:{variant}"
+        lm = mmlens.load(name)
+        part = [f"## {name} on the {variant} splits\n", "Per-token detection:\n", *detection(lm, variant, args.n), "",
                 "Mitigations:\n", *mitigation(lm, variant, args.n), ""]
         print("\n".join(part), flush=True)
         text += part
