@@ -121,6 +121,10 @@ def test_steering_scale_zero_is_bit_identical_and_hooks_go_after_errors():
         with pytest.raises(RuntimeError, match="mid-generation"):
             mmlens.generate_with(s, img, PROMPT, max_new_tokens=4, vcd=mmlens.VCD(), pai=mmlens.PAI(0.5),
                                  steering=mmlens.Steering(v, 1.0))
+        assert count_hooks(s.model) == 0
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="mid-generation"):
+            mmlens.generate_explained(s, img, PROMPT, max_new_tokens=4)
     finally:
         handle.remove()
     assert count_hooks(s.model) == 0
@@ -203,3 +207,17 @@ def test_result_save_load_html_escaped_and_cli(tmp_path):
     bad = runner.invoke(app, ["generate", str(tmp_path / "s.png"), sample.question, "--vcd-beta", "0",
                                          "--vcd-alpha", "1", "--out", str(tmp_path / "h.html")])
     assert bad.exit_code == 2 and "beta=0.0" in bad.output and not (tmp_path / "h.html").exists()
+
+
+def test_lens_features_match_the_logit_lens():
+    from mmlens.layer.logit_lens import logit_lens
+
+    s = subject_for("llava_next")
+    img = tiny_images("llava_next", 1)[0]
+    r = mmlens.generate_explained(s, img, PROMPT, max_new_tokens=3)
+    batch = s.prepare(img, PROMPT, answer=r.token_ids)
+    rows = (batch.answer_positions - 1).tolist()
+    lens = logit_lens(s, batch, positions=rows, top_k=1)
+    for j, token in enumerate(r.tokens):
+        top1 = [lens.extras["topk"][layer][j][0][0] == token for layer in range(s.n_layers)]
+        assert r.signals["lens_first_top1"][j] == (top1.index(True) if any(top1) else s.n_layers)
