@@ -373,6 +373,11 @@ def serve_cmd(
     serve(model, host=host, port=port)  # checks host and port before it loads the model
 
 
+from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
+
+app.command("pope")(pope_cmd)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
