@@ -20,7 +20,8 @@ magnitude as soon as another process wants a core.
 
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
-    python -m mmlens.demo.train --bias cooccur --out src/mmlens/demo/cooccur
+    python -m mmlens.demo.train --bias cooccur --init demo --vision-steps 0 --steps 300 --lr 3e-4 \
+        --aux-weight 0 --out src/mmlens/demo/cooccur   # fine-tune the demo model on a biased split
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class TrainConfig:
     threads: int = 1
     log_every: int = 50
     bias: str = "none"  # "none" | "cooccur" | "prior": train on that bias's training split
+    init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -256,9 +258,15 @@ def train(
     cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
     split = "standard" if check_choice("bias", cfg.bias, BIASES) == "none" else f"{cfg.bias}-train"
     torch.manual_seed(cfg.seed)
-    processor = build_processor(arch)
-    model = build_model(processor.tokenizer, arch)
-    probe = PatchProbe(arch.text_hidden)  # training-only: not part of the saved model
+    if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
+        from mmlens.demo import demo_dir
+
+        path = demo_dir(cfg.init) if cfg.init.startswith("demo") else Path(cfg.init)
+        model, processor = LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    else:
+        processor = build_processor(arch)
+        model = build_model(processor.tokenizer, arch)
+    probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
     model.train()
     pretrain_vision(model, processor, probe, data, cfg)
