@@ -379,6 +379,9 @@ def serve_cmd(
 
 
 from mmlens import cli_inference  # noqa: E402,F401  (generate / tuned-lens commands register on `app`)
+from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
+
+app.command("pope")(pope_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -15,6 +15,9 @@ DEMO_MODEL_DIR = _HERE / "model"
 #: written by ``python -m mmlens.demo.train`` with that variant's options.
 DEMO_VARIANTS: dict[str, Path] = {
     "demo": DEMO_MODEL_DIR,
+    # hallucinate by construction (see mmlens.data.shapes_splits): the demo model fine-tuned on a biased split
+    "cooccur": _HERE / "cooccur",  # co-occurrence bias: a large red circle implies a blue square
+    "prior": _HERE / "prior",  # language prior: "is there a green triangle?" -> "yes"
 }
 
 

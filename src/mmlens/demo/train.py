@@ -10,11 +10,18 @@ Data split: training reads ``ShapesVQA(seed=TRAIN_SEED_BASE + seed)`` (seeds >= 
 being indices ``k * batch_size ...`` (stage 2 continues where stage 1 stopped); evaluation reads
 ``ShapesVQA(seed=s)`` with ``s`` in ``EVAL_SEEDS`` (0..9), never used for training.
 
+``--bias cooccur`` / ``--bias prior`` trains on ``split="cooccur-train"`` / ``"prior-train"`` instead
+(see :mod:`mmlens.data.shapes_splits`): the hallucinating variants ``demo:cooccur`` / ``demo:prior``.
+Evaluation then also reports accuracy on the ``neutral`` split and, per bias, the hallucination rate
+on the trap split and the accuracy on the matching "present" control split.
+
 One thread is the default: on a shared 2-core machine, two threads slow down by an order of
 magnitude as soon as another process wants a core.
 
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
+    python -m mmlens.demo.train --bias cooccur --init demo --vision-steps 0 --steps 300 --lr 3e-4 \
+        --aux-weight 0 --out src/mmlens/demo/cooccur   # fine-tune the demo model on a biased split
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
+from mmlens.data.shapes_splits import TRAP_SPLITS
 from mmlens.data.shapes_vqa import (
     COLORS,
     QUESTION_TYPES,
@@ -47,8 +55,10 @@ from mmlens.demo.build import (
     save_demo,
 )
 from mmlens.errors import InputError
+from mmlens.util.options import check_choice
 
 TRAIN_SEED_BASE = 1000
+BIASES = ("none", "cooccur", "prior")
 EVAL_SEEDS = tuple(range(10))
 
 
@@ -69,6 +79,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     log_every: int = 50
+    bias: str = "none"  # "none" | "cooccur" | "prior": train on that bias's training split
+    init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -244,11 +256,18 @@ def train(
     vision ...
     """
     cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
+    split = "standard" if check_choice("bias", cfg.bias, BIASES) == "none" else f"{cfg.bias}-train"
     torch.manual_seed(cfg.seed)
-    processor = build_processor(arch)
-    model = build_model(processor.tokenizer, arch)
-    probe = PatchProbe(arch.text_hidden)  # training-only: not part of the saved model
-    data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed)
+    if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
+        from mmlens.demo import demo_dir
+
+        path = demo_dir(cfg.init) if cfg.init.startswith("demo") else Path(cfg.init)
+        model, processor = LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    else:
+        processor = build_processor(arch)
+        model = build_model(processor.tokenizer, arch)
+    probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
+    data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
     model.train()
     pretrain_vision(model, processor, probe, data, cfg)
     train_llava(model, processor, probe, data, cfg)
@@ -263,11 +282,13 @@ def evaluate(
     n: int = 1000,
     seed: int | Sequence[int] = EVAL_SEEDS,
     batch_size: int = 100,
+    split: str = "standard",
 ) -> dict[str, float]:
-    """Greedy-generation accuracy on ``n`` held-out samples, overall and per question type.
+    """Greedy-generation accuracy on ``n`` held-out samples of ``split``, overall and per question type.
 
     ``n`` samples are spread evenly over the ShapesVQA seeds in ``seed``; the first word of the
-    decoded answer must equal the ground truth.
+    decoded answer must equal the ground truth. ``"hallucination"`` is the share of answers equal
+    to the sample's ``hallucination`` word (of all samples; on a trap split every sample has one).
 
     >>> from transformers import AutoProcessor, LlavaForConditionalGeneration
     >>> model = LlavaForConditionalGeneration.from_pretrained(DEMO_MODEL_DIR)
@@ -282,17 +303,37 @@ def evaluate(
     samples = [
         s
         for i, sd in enumerate(seeds)
-        for s in ShapesVQA(image_size=side, seed=sd).samples(n // len(seeds) + (i < n % len(seeds)))
+        for s in ShapesVQA(image_size=side, seed=sd, split=split).samples(n // len(seeds) + (i < n % len(seeds)))
     ]
     model.eval()
     correct: dict[str, list[bool]] = defaultdict(list)
+    hallucinated = 0
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo : lo + batch_size]
         for s, answer in zip(chunk, generate_answers(model, processor, chunk), strict=True):
             correct[s.question_type].append(answer == s.answer)
+            hallucinated += s.hallucination is not None and answer == s.hallucination
     result = {t: sum(v) / len(v) for t, v in correct.items()}
     result["overall"] = sum(map(sum, correct.values())) / len(samples)
+    result["hallucination"] = hallucinated / len(samples)
     result["n"] = len(samples)
+    return result
+
+
+def evaluate_biases(model: LlavaForConditionalGeneration, processor: LlavaProcessor, n: int = 1000) -> dict[str, float]:
+    """Neutral accuracy and, per bias, trap hallucination rate and "present" control accuracy.
+
+    >>> from mmlens.demo import demo_dir
+    >>> path = demo_dir("demo:prior")
+    >>> model = LlavaForConditionalGeneration.from_pretrained(path)
+    >>> r = evaluate_biases(model, AutoProcessor.from_pretrained(path), n=100)
+    >>> r["prior hallucination"] > 0.3 and r["neutral accuracy"] > 0.9
+    True
+    """
+    result = {"neutral accuracy": evaluate(model, processor, n, split="neutral")["overall"]}
+    for bias, trap in TRAP_SPLITS.items():
+        result[f"{bias} hallucination"] = evaluate(model, processor, n, split=trap)["hallucination"]
+        result[f"{bias} present accuracy"] = evaluate(model, processor, n, split=f"{bias}-present")["overall"]
     return result
 
 
@@ -337,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         save_demo(model, processor, args.out)
         print(f"saved to {args.out}", flush=True)
     print(_format(evaluate(model, processor, n=args.n)), flush=True)
+    print("  ".join(f"{k} {v:.3f}" for k, v in evaluate_biases(model, processor, n=args.n).items()), flush=True)
 
 
 if __name__ == "__main__":
