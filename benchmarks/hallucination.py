@@ -8,8 +8,8 @@ For each variant (``demo:cooccur``, ``demo:prior``):
    that "less grounded" scores higher, fixed in advance, no flipping) on the trap split alone and on trap +
    control (where "yes" is both grounded and hallucinated, so a signal cannot just recognise the word "yes"),
    with a random-score baseline row.
-2. Mitigation: hallucination rate on the trap split (answers holding a hallucinated word) and accuracy on
-   the neutral split, before and after each decoding option (a small sweep of each, all reported). The
+2. Mitigation: hallucination rate on the trap split (answers holding a hallucinated word), accuracy on the
+   present control (a method that just says "no" would fail there) and on the neutral split, before and after each decoding option (a small sweep of each, all reported). The
    steering vector is the mean difference, at the middle layer's last prompt position, between grounded and
    hallucinated cases of a separate sample set (trap split and neutral absent-object questions, seed 500).
 
@@ -77,12 +77,14 @@ def detection(lm, variant: str, n: int) -> list[str]:
     return lines
 
 
-def rates(lm, trap, neutral, **options) -> tuple[float, float]:
-    halluc = sum(any(hallucinated_words(s.question, s.answer, s.objects,
-                                        mmlens.generate_with(lm, s.image, s.question, 4, **options).text))
-                 for s in trap)
-    correct = sum(mmlens.generate_with(lm, s.image, s.question, 4, **options).text == s.answer for s in neutral)
-    return halluc / len(trap), correct / len(neutral)
+def rates(lm, trap, control, neutral, **options) -> tuple[float, float, float]:
+    """(hallucination rate on the trap split, accuracy on the present control, accuracy on neutral)."""
+    def answer(s):
+        return mmlens.generate_with(lm, s.image, s.question, 4, **options).text
+
+    halluc = sum(any(hallucinated_words(s.question, s.answer, s.objects, answer(s))) for s in trap)
+    return (halluc / len(trap), sum(answer(s) == s.answer for s in control) / len(control),
+            sum(answer(s) == s.answer for s in neutral) / len(neutral))
 
 
 def steering(lm, variant: str, n: int) -> tuple[mmlens.SteeringVector | None, str]:
@@ -103,6 +105,7 @@ def steering(lm, variant: str, n: int) -> tuple[mmlens.SteeringVector | None, st
 
 def mitigation(lm, variant: str, n: int) -> list[str]:
     trap = list(ShapesVQA(split=TRAP_SPLITS[variant], seed=SEED).samples(n))
+    control = list(ShapesVQA(split=f"{variant}-present", seed=SEED).samples(n))
     neutral = list(ShapesVQA(split="neutral", seed=SEED).samples(n))
     vec, counts = steering(lm, variant, n)
     settings = [("none", {})]
@@ -112,10 +115,11 @@ def mitigation(lm, variant: str, n: int) -> list[str]:
     if vec is not None:
         settings += [(f"steering layer {vec.layer} scale={s}", {"steering": mmlens.Steering(vec, s)})
                      for s in (1.0, 2.0)]
-    lines = ["| decoding | hallucination rate (trap) | neutral accuracy |", "|---|---:|---:|"]
+    lines = ["| decoding | hallucination rate (trap) | accuracy (present control) | neutral accuracy |",
+             "|---|---:|---:|---:|"]
     for name, options in settings:
-        h, acc = rates(lm, trap, neutral, **options)
-        lines.append(f"| {name} | {h:.3f} | {acc:.3f} |")
+        h, ctrl, acc = rates(lm, trap, control, neutral, **options)
+        lines.append(f"| {name} | {h:.3f} | {ctrl:.3f} | {acc:.3f} |")
     lines.append(f"\nSteering vector from {counts} (seed 500: trap split + neutral absent-object questions)"
                  + ("" if vec is not None else ": none built, steering not run") + ".")
     return lines
