@@ -7,6 +7,7 @@
 
 import mmlens.attribution  # noqa: F401  (the method packages register themselves in the catalog)
 import mmlens.embedding  # noqa: F401
+import mmlens.inference  # noqa: F401
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
 import mmlens.token  # noqa: F401
@@ -17,6 +18,11 @@ from mmlens.embedding import modality_gap, splice, text_spans, train_cbm
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
+from mmlens.inference.decoding import PAI, VCD, DecodedGeneration, Steering, generate_with
+from mmlens.inference.result import GroundingResult
+from mmlens.inference.signals import generate_explained
+from mmlens.inference.steering import SteeringVector, steering_vector
+from mmlens.inference.tuned_lens import TunedLens, lens_kl, train_tuned_lens
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
@@ -26,19 +32,29 @@ from mmlens.results.explanation import Explanation
 __all__ = [
     "AnswerScore",
     "Batch",
+    "DecodedGeneration",
     "Explanation",
     "Generation",
+    "GroundingResult",
     "ImageGeometry",
     "ImageGrid",
     "InputError",
     "MMLensError",
+    "PAI",
+    "Steering",
+    "SteeringVector",
     "Subject",
     "Tracer",
+    "TunedLens",
     "UnsupportedModelError",
+    "VCD",
     "__version__",
     "count_hooks",
     "decompose_embedding",
     "explain",
+    "generate_explained",
+    "generate_with",
+    "lens_kl",
     "load",
     "methods",
     "modality_gap",
@@ -46,6 +62,8 @@ __all__ = [
     "splice",
     "text_spans",
     "train_cbm",
+    "steering_vector",
+    "train_tuned_lens",
 ]
 
 

@@ -262,15 +262,20 @@ def lens_cmd(
     answer: str | None = AnswerOpt,
     target: str | None = typer.Option(None, "--target", help="word whose probability to track (default: first answer token)"),
     layers: str | None = LayersOpt,
+    tuned: Path | None = typer.Option(None, "--tuned", help="tuned-lens .safetensors for this model (mmlens tuned-lens)"),
     out: Path = typer.Option(Path("lens.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
 ) -> None:
-    """Logit lens over layers x positions (image tokens included)."""
+    """Logit lens (or, with --tuned, the tuned lens) over layers x positions (image tokens included)."""
+    from mmlens.inference.tuned_lens import TunedLens
     from mmlens.layer.logit_lens import logit_lens
 
     png, js = _outputs(out, "lens")
     chosen = _layers(layers)
+    lens = TunedLens.load(tuned) if tuned is not None else None  # a bad file fails before the model loads
     subject, batch = _batch(model, image, prompt, answer)
-    _write(logit_lens(subject, batch, target=target, layers=chosen), png, js)
+    if lens is not None:
+        lens.check(subject, f"--tuned {str(tuned)!r}")
+    _write(logit_lens(subject, batch, target=target, layers=chosen, tuned=lens), png, js)
 
 
 @app.command("trace")
@@ -376,11 +381,17 @@ def serve_cmd(
 from mmlens.cli_embed import embed_app  # noqa: E402  (the `embed` sub-commands)
 
 app.add_typer(embed_app, name="embed")
+from mmlens import cli_inference  # noqa: E402,F401  (generate / tuned-lens commands register on `app`)
+from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
+
+app.command("pope")(pope_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+if __name__ == "__main__":  # pragma: no cover - `python -m mmlens.cli`: the commands live on the imported module's app
+    from mmlens.cli import app as _app
+
+    _app()

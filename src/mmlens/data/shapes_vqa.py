@@ -55,6 +55,14 @@ class ShapesSample:
     ``"object"``. For an "exists" question answered "no" no single object is the evidence: the
     whole image is, so ``mask`` is all True, ``box`` is the full image and ``evidence`` is
     ``"image"``. ``objects`` lists every object as ``{"shape", "color", "box", "mask"}``.
+
+    Bias fields (see :mod:`mmlens.data.shapes_splits`): ``split`` names the split; ``bias`` is
+    ``"cooccur"`` / ``"prior"`` for a question about a biased object, else None; ``trap`` is True when
+    the truth contradicts the bias (a biased model is expected to hallucinate); ``hallucination`` is
+    the answer that would assert an object that is not there (``"yes"`` on every "is there ...?"
+    question whose truth is "no", else None); ``cue`` names the object whose presence triggers the
+    bias (``"red circle"`` for co-occurrence), else None. Per-word / per-token labels of a generated
+    answer come from :meth:`hallucinated_words`.
     """
 
     image: Image.Image
@@ -67,6 +75,22 @@ class ShapesSample:
     question_type: str
     evidence: str
     objects: list[dict[str, Any]] = field(repr=False)
+    split: str = "standard"
+    bias: str | None = None
+    trap: bool = False
+    hallucination: str | None = None
+    cue: str | None = None
+
+    def hallucinated_words(self, text: str) -> list[bool]:
+        """Per word of a generated answer: True where it asserts what the image does not hold.
+
+        >>> s = ShapesVQA(split="prior-trap").sample(0)
+        >>> s.hallucinated_words("yes"), s.hallucinated_words("no")
+        ([True], [False])
+        """
+        from mmlens.data.shapes_splits import hallucinated_words
+
+        return hallucinated_words(self.question, self.answer, self.objects, text)
 
 
 class ShapesVQA:
@@ -87,28 +111,44 @@ class ShapesVQA:
         question_types: Iterable[str] = QUESTION_TYPES,
         min_objects: int = 2,
         max_objects: int = 4,
+        split: str = "standard",
     ) -> None:
+        from mmlens.data.shapes_splits import check_split
+
         self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         self.seed = check_int("seed", seed, 0, 2**63 - 1)
         self.question_types = _check_question_types(question_types)
         self.min_objects = check_int("min_objects", min_objects, 1, MAX_OBJECTS)
         self.max_objects = check_int("max_objects", max_objects, self.min_objects, MAX_OBJECTS)
+        self.split = check_split(split)
 
     def __repr__(self) -> str:
         return (
             f"ShapesVQA(image_size={self.image_size}, seed={self.seed}, "
             f"question_types={self.question_types}, min_objects={self.min_objects}, "
-            f"max_objects={self.max_objects})"
+            f"max_objects={self.max_objects}, split={self.split!r})"
         )
 
     def sample(self, index: int) -> ShapesSample:
-        """Return sample ``index`` (any non-negative int), the same for the same ``(seed, index)``."""
+        """Return sample ``index`` (any non-negative int), the same for the same ``(seed, index, split)``."""
         index = check_int("index", index, 0, 2**63 - 1)
         rng = np.random.default_rng([self.seed, index])
-        qtype = self.question_types[rng.integers(len(self.question_types))]
-        n_objects = int(rng.integers(self.min_objects, self.max_objects + 1))
-        attrs, question, answer, target = _make_question(rng, qtype, n_objects)
-        boxes = _layout(rng, self.image_size, len(attrs))
+        extra: dict[str, Any] = {"split": self.split}
+        if self.split == "standard":
+            qtype, attrs, question, answer, target = _draw_standard(
+                rng, self.question_types, self.min_objects, self.max_objects
+            )
+            boxes = _layout(rng, self.image_size, len(attrs))
+        else:
+            from mmlens.data.shapes_splits import split_question
+
+            drawn = split_question(self, rng)
+            qtype, attrs, boxes, question, answer, target = (
+                drawn[k] for k in ("qtype", "attrs", "boxes", "question", "answer", "target")
+            )
+            extra.update(bias=drawn["bias"], trap=drawn["trap"], cue=drawn["cue"])
+        if qtype == "exists" and answer == "no":
+            extra["hallucination"] = "yes"
         image, masks = _render(rng, self.image_size, attrs, boxes)
         objects = [
             {"shape": shape, "color": color, "box": _mask_box(m), "mask": m}
@@ -130,6 +170,7 @@ class ShapesVQA:
             question_type=qtype,
             evidence=evidence,
             objects=objects,
+            **extra,
         )
 
     def samples(self, n: int, start: int = 0) -> Iterator[ShapesSample]:
@@ -160,6 +201,15 @@ def _check_question_types(question_types: Iterable[str]) -> tuple[str, ...]:
 
 def _choice(rng: np.random.Generator, items: Sequence[Any]) -> Any:
     return items[int(rng.integers(len(items)))]
+
+
+def _draw_standard(
+    rng: np.random.Generator, question_types: Sequence[str], min_objects: int, max_objects: int
+) -> tuple[str, list[tuple[str, str]], str, str, int | None]:
+    """One question of the standard distribution: ``(qtype, attrs, question, answer, target)``."""
+    qtype = question_types[int(rng.integers(len(question_types)))]
+    n_objects = int(rng.integers(min_objects, max_objects + 1))
+    return (qtype, *_make_question(rng, qtype, n_objects))
 
 
 def _make_question(

@@ -10,12 +10,19 @@ Data split: training reads ``ShapesVQA(seed=TRAIN_SEED_BASE + seed)`` (seeds >= 
 being indices ``k * batch_size ...`` (stage 2 continues where stage 1 stopped); evaluation reads
 ``ShapesVQA(seed=s)`` with ``s`` in ``EVAL_SEEDS`` (0..9), never used for training.
 
+``--bias cooccur`` / ``--bias prior`` trains on ``split="cooccur-train"`` / ``"prior-train"`` instead
+(see :mod:`mmlens.data.shapes_splits`): the hallucinating variants ``demo:cooccur`` / ``demo:prior``.
+Evaluation then also reports accuracy on the ``neutral`` split and, per bias, the hallucination rate
+on the trap split and the accuracy on the matching "present" control split.
+
 One thread is the default: on a shared 2-core machine, two threads slow down by an order of
 magnitude as soon as another process wants a core.
 
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
     python -m mmlens.demo.train --variant clip       # the demo CLIP (recipe: mmlens.demo.clip_recipe)
+    python -m mmlens.demo.train --bias cooccur --init demo --vision-steps 0 --steps 300 --lr 3e-4 \
+        --aux-weight 0 --out src/mmlens/demo/cooccur   # fine-tune the demo model on a biased split
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,7 +40,6 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProc
 
 from mmlens.data.shapes_vqa import (
     COLORS,
-    QUESTION_TYPES,
     SHAPES,
     ShapesSample,
     ShapesVQA,
@@ -47,10 +52,17 @@ from mmlens.demo.build import (
     chat_prompt,
     save_demo,
 )
-from mmlens.errors import InputError
+from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script evaluates what it trains)
+    EVAL_SEEDS,
+    TRAIN_SEED_BASE,
+    _format,
+    evaluate,
+    evaluate_biases,
+    generate_answers,
+)
+from mmlens.util.options import check_choice
 
-TRAIN_SEED_BASE = 1000
-EVAL_SEEDS = tuple(range(10))
+BIASES = ("none", "cooccur", "prior")
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     log_every: int = 50
+    bias: str = "none"  # "none" | "cooccur" | "prior": train on that bias's training split
+    init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -245,72 +259,23 @@ def train(
     vision ...
     """
     cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
+    split = "standard" if check_choice("bias", cfg.bias, BIASES) == "none" else f"{cfg.bias}-train"
     torch.manual_seed(cfg.seed)
-    processor = build_processor(arch)
-    model = build_model(processor.tokenizer, arch)
-    probe = PatchProbe(arch.text_hidden)  # training-only: not part of the saved model
-    data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed)
+    if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
+        from mmlens.demo import demo_dir
+
+        path = demo_dir(cfg.init) if cfg.init.startswith("demo") else Path(cfg.init)
+        model, processor = LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    else:
+        processor = build_processor(arch)
+        model = build_model(processor.tokenizer, arch)
+    probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
+    data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
     model.train()
     pretrain_vision(model, processor, probe, data, cfg)
     train_llava(model, processor, probe, data, cfg)
     model.eval()
     return model, processor
-
-
-@torch.no_grad()
-def evaluate(
-    model: LlavaForConditionalGeneration,
-    processor: LlavaProcessor,
-    n: int = 1000,
-    seed: int | Sequence[int] = EVAL_SEEDS,
-    batch_size: int = 100,
-) -> dict[str, float]:
-    """Greedy-generation accuracy on ``n`` held-out samples, overall and per question type.
-
-    ``n`` samples are spread evenly over the ShapesVQA seeds in ``seed``; the first word of the
-    decoded answer must equal the ground truth.
-
-    >>> from transformers import AutoProcessor, LlavaForConditionalGeneration
-    >>> model = LlavaForConditionalGeneration.from_pretrained(DEMO_MODEL_DIR)
-    >>> processor = AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
-    >>> evaluate(model, processor, n=100, seed=0)["overall"] > 0.9
-    True
-    """
-    seeds = [seed] if isinstance(seed, int) else list(seed)
-    if not seeds or any(not 0 <= s < TRAIN_SEED_BASE for s in seeds):
-        raise InputError(f"evaluation seeds must be in [0, {TRAIN_SEED_BASE}): larger ones are training data")
-    side = processor.image_processor.crop_size["height"]
-    samples = [
-        s
-        for i, sd in enumerate(seeds)
-        for s in ShapesVQA(image_size=side, seed=sd).samples(n // len(seeds) + (i < n % len(seeds)))
-    ]
-    model.eval()
-    correct: dict[str, list[bool]] = defaultdict(list)
-    for lo in range(0, len(samples), batch_size):
-        chunk = samples[lo : lo + batch_size]
-        for s, answer in zip(chunk, generate_answers(model, processor, chunk), strict=True):
-            correct[s.question_type].append(answer == s.answer)
-    result = {t: sum(v) / len(v) for t, v in correct.items()}
-    result["overall"] = sum(map(sum, correct.values())) / len(samples)
-    result["n"] = len(samples)
-    return result
-
-
-def generate_answers(
-    model: LlavaForConditionalGeneration, processor: LlavaProcessor, samples: Sequence[ShapesSample]
-) -> list[str]:
-    """First word of the greedy answer to each sample's question."""
-    prompts = [chat_prompt(processor, s.question) for s in samples]
-    inputs = processor(images=[s.image for s in samples], text=prompts, return_tensors="pt", padding=True)
-    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [(t.split() or [""])[0] for t in texts]
-
-
-def _format(result: dict[str, float]) -> str:
-    per_type = "  ".join(f"{t} {result[t]:.3f}" for t in QUESTION_TYPES if t in result)
-    return f"held-out accuracy {result['overall']:.3f} on {result['n']} samples  ({per_type})"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -357,6 +322,7 @@ def _main_llava(args: argparse.Namespace, cfg: TrainConfig, arch: DemoConfig) ->
         save_demo(model, processor, out)
         print(f"saved to {out}", flush=True)
     print(_format(evaluate(model, processor, n=args.n)), flush=True)
+    print("  ".join(f"{k} {v:.3f}" for k, v in evaluate_biases(model, processor, n=args.n).items()), flush=True)
 
 
 def _main_clip(args: argparse.Namespace, cfg: TrainConfig, arch) -> None:

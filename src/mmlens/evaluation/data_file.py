@@ -8,7 +8,9 @@ One JSON object per line (blank lines are skipped)::
 - ``image``: path to an image, relative to the JSONL file's folder (or absolute);
 - ``question``, ``answer``: non-empty strings; the answer is teacher-forced;
 - ``mask``: path to a PNG of the image's size, non-zero pixels = evidence; or ``box``: ``[x0, y0, x1, y1]`` in
-  pixels with exclusive ends (``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``).
+  pixels with exclusive ends (``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``). Readers that need no
+  evidence region (``read_data_file(path, regions=False)``, e.g. POPE's yes / no probes) accept rows
+  without one: their evidence is then the whole image.
 
 :func:`read_data_file` checks the whole file up front (every image and mask is decoded once) and raises a
 one-line :class:`~mmlens.errors.InputError` naming the file and the line; :class:`DataFile` then yields the
@@ -79,6 +81,10 @@ class DataFile:
         row = self.rows[index]
         image = _open_image(self.path, row.line, row.image, "image")
         w, h = image.size
+        if row.mask is None and row.box is None:  # no region (regions=False): the whole image
+            box, mask = (0, 0, w, h), np.ones((h, w), dtype=bool)
+            return DataSample(image=image, question=row.question, answer=row.answer, mask=mask, box=box,
+                              index=index, line=row.line, evidence="image")
         if row.mask is not None:
             mask = _open_mask(self.path, row.line, row.mask, (w, h))
             ys, xs = np.nonzero(mask)
@@ -100,8 +106,10 @@ class DataFile:
         return self.samples()
 
 
-def read_data_file(path: str | os.PathLike) -> DataFile:
-    """Check every row of the JSONL data file ``path`` (see the module docstring) and return its rows."""
+def read_data_file(path: str | os.PathLike, regions: bool = True) -> DataFile:
+    """Check every row of the JSONL data file ``path`` (see the module docstring) and return its rows.
+
+    ``regions=False``: a row may omit ``mask`` / ``box`` (its evidence is then the whole image)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"data file {str(path)!r} is a directory: pass the JSONL file inside it (one sample per "
@@ -117,7 +125,7 @@ def read_data_file(path: str | os.PathLike) -> DataFile:
     rows = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():
-            rows.append(_check_row(path, number, raw))
+            rows.append(_check_row(path, number, raw, regions))
     if not rows:
         raise InputError(f"{path}: the file holds no rows: write one JSON object per line")
     return DataFile(path, rows)
@@ -127,7 +135,7 @@ def _fail(path: Path, line: int, message: str) -> InputError:
     return InputError(f"{path}, line {line}: {message}")
 
 
-def _check_row(path: Path, line: int, raw: str) -> DataRow:
+def _check_row(path: Path, line: int, raw: str, regions: bool = True) -> DataRow:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -136,7 +144,7 @@ def _check_row(path: Path, line: int, raw: str) -> DataRow:
         raise _fail(path, line, "not a JSON object: write {\"image\": ..., \"question\": ..., \"answer\": ..., "
                                 "\"mask\" or \"box\": ...}")
     missing = [k for k in REQUIRED if k not in obj]
-    if "mask" not in obj and "box" not in obj:
+    if regions and "mask" not in obj and "box" not in obj:
         missing.append("mask or box")
     if missing:
         raise _fail(path, line, f"missing field(s) {', '.join(missing)}: each row needs image, question, answer "
@@ -154,7 +162,7 @@ def _check_row(path: Path, line: int, raw: str) -> DataRow:
             raise _fail(path, line, f"field 'mask' must be a path to a PNG, got {obj['mask']!r}")
         mask_path = _resolve(path, obj["mask"])
         _open_mask(path, line, mask_path, image.size)
-    else:
+    elif "box" in obj:
         box = _check_box(path, line, obj["box"], image.size)
     return DataRow(line, image_path, obj["question"].strip(), obj["answer"].strip(), mask_path, box)
 

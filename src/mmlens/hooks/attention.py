@@ -38,9 +38,10 @@ IMPLEMENTATION = "mmlens"
 #: Called with the attention probabilities (batch, heads, rows, keys) of the selected rows (float32).
 WeightsCallback = Callable[[torch.Tensor], None]
 #: Called with (absolute query positions, absolute key positions), both on the query's device; returns
-#: ``(rows, hit)``: the boolean (queries, keys) edges to block and the batch rows they apply to (None: all
-#: rows), or None when the call has none of them. All edits of a call share one blocked-edges buffer.
-MaskEdit = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor | None, torch.Tensor] | None"]
+#: ``(rows, hit, bias)``: the boolean (queries, keys) edges it edits, the batch rows they apply to (None: all
+#: rows) and ``bias``: None blocks the edges, a float is added to their attention logits (re-weighting); or
+#: None when the call has none of its edges. All edits of a call share one buffer per kind.
+MaskEdit = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor | None, torch.Tensor, float | None] | None"]
 
 
 class AttentionTap:
@@ -211,25 +212,30 @@ def _rows(t: torch.Tensor, index: torch.Tensor, q_len: int) -> torch.Tensor:
 
 
 def _apply_edits(tap: AttentionTap, call: AttentionCall) -> torch.Tensor | None:
-    """Merge the taps' blocked edges into the mask (as an additive mask in the query dtype).
+    """Merge the taps' edits into the mask (as an additive mask in the query dtype): blocked edges and
+    re-weighted ones (a bias on their logits).
 
-    One (batch | 1, 1, q, k) buffer on the query's device holds every edit's edges, whatever the number of
+    One (batch | 1, 1, q, k) buffer per kind on the query's device holds every edit, whatever the number of
     edits (a per-row knockout of a large batch adds one edit per row)."""
     device = call.query.device
     q_pos, k_pos = call.q_positions.to(device), call.k_positions.to(device)
     edits = [e for e in (edit(q_pos, k_pos) for edit in tap.mask_edits) if e is not None]
     if not edits:
         return call.mask
-    per_row = any(rows is not None for rows, _ in edits)
-    blocked = torch.zeros(call.query.shape[0] if per_row else 1, 1, len(q_pos), len(k_pos), dtype=torch.bool,
-                          device=device)
-    for rows, hit in edits:
-        if rows is None:
-            blocked |= hit
+    shape = (call.query.shape[0] if any(rows is not None for rows, _, _ in edits) else 1, 1, len(q_pos), len(k_pos))
+    blocked = torch.zeros(shape, dtype=torch.bool, device=device) if any(b is None for *_, b in edits) else None
+    bias = torch.zeros(shape, device=device) if any(b is not None for *_, b in edits) else None
+    for rows, hit, b in edits:
+        index = slice(None) if rows is None else rows.to(device)
+        if b is None:
+            blocked[index, 0] |= hit
         else:
-            blocked[rows.to(device), 0] |= hit
+            bias[index, 0] += hit * b
     dtype = call.query.dtype
-    return call.additive_mask(dtype).masked_fill(blocked, torch.finfo(dtype).min)
+    mask = call.additive_mask(dtype)
+    if bias is not None:
+        mask = mask + bias.to(dtype)
+    return mask if blocked is None else mask.masked_fill(blocked, torch.finfo(dtype).min)
 
 
 def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:

@@ -69,10 +69,8 @@ def _first(x: Any) -> torch.Tensor:
 
 
 def _replace_first(x: Any, new: torch.Tensor) -> Any:
-    if isinstance(x, tuple):
-        return (new, *x[1:])
-    if isinstance(x, list):
-        return [new, *x[1:]]
+    if isinstance(x, (tuple, list)):
+        return (new, *x[1:]) if isinstance(x, tuple) else [new, *x[1:]]
     return new
 
 
@@ -355,10 +353,13 @@ class Tracer:
 
         return self.edit(pattern, fn)
 
-    def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None) -> list[str]:
+    def block_attention(self, pattern: str, queries, keys, rows: list[int] | None = None,
+                        bias: float | None = None) -> list[str]:
         """Knock out attention edges ``queries -> keys`` (absolute position lists) at matching
         ``*.attn.weights`` points, in batch ``rows`` only (all rows if None); the softmax renormalises over
-        the edges left. Decode steps of ``generate`` (KV cache) block the same absolute edges."""
+        the edges left. ``bias``: instead of blocking, add ``bias`` to these edges' attention logits (their
+        weight times ``exp(bias)`` before renormalising: re-weighting). Decode steps of ``generate`` (KV
+        cache) edit the same absolute edges."""
         names = [n for n in self.resolve(pattern) if self.points[n].kind == "attn_weights"]
         if not names:
             raise InputError(f"{pattern!r} matches no attention-weights point (names end in '.attn.weights')")
@@ -366,20 +367,19 @@ class Tracer:
         if chunked:
             raise InputError(f"block_attention cannot edit {chunked[0]!r}: that tower attends in chunks (one call per "
                              "image / window); block edges at '.attn.weights' points of the language model")
-        q = torch.as_tensor(queries, dtype=torch.long).flatten()
-        k = torch.as_tensor(keys, dtype=torch.long).flatten()
+        q, k = (torch.as_tensor(x, dtype=torch.long).flatten() for x in (queries, keys))
         if q.numel() == 0 or k.numel() == 0:
             raise InputError("block_attention needs non-empty query and key position groups")
         if int(q.min()) < 0 or int(k.min()) < 0:
             raise InputError("block_attention positions are absolute token indices: pass values >= 0")
 
-        which = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        which, weight = None if rows is None else torch.as_tensor(rows, dtype=torch.long), bias and float(bias)
 
-        def edit(q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        def edit(q_pos: torch.Tensor, k_pos: torch.Tensor):
             q_hit, k_hit = torch.isin(q_pos, q.to(q_pos.device)), torch.isin(k_pos, k.to(k_pos.device))
             if not (q_hit.any() and k_hit.any()):
                 return None
-            return which, q_hit[:, None] & k_hit[None, :]
+            return which, q_hit[:, None] & k_hit[None, :], weight
 
         for name in names:
             self._tap(name).mask_edits.append(edit)

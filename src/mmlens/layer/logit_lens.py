@@ -6,7 +6,7 @@ trained for, so early-layer decodings are biased (tuned-lens translators correct
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +60,13 @@ def logit_lens(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     top_k: int = 5,
+    tuned: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> LogitLens:
     """Logit lens over ``layers`` x ``positions`` (default: all x all).
 
     ``target``: the word whose probability fills the grid (default: the first answer token, else the model's
-    top prediction at the last position).
+    top prediction at the last position). ``tuned``: a tuned lens (``tuned(layer, h)`` translates layer ``layer``'s
+    residual stream before decoding; :class:`mmlens.inference.tuned_lens.TunedLens`).
 
     >>> lens = logit_lens(lm, batch, target="red")        # doctest: +SKIP
     >>> lens.save("lens.png")                              # doctest: +SKIP
@@ -76,14 +78,16 @@ def logit_lens(
     parts = subject.adapter.parts()
     target_id = _target_id(subject, batch, target)
 
-    def decode(h: torch.Tensor) -> dict:
-        probs = parts.unembed(parts.lm_norm(h[0, pos.to(h.device)])).float().softmax(-1)
+    def decode(h: torch.Tensor, layer: int) -> dict:
+        h = h[0, pos.to(h.device)]
+        h = tuned(layer, h) if tuned is not None else h
+        probs = parts.unembed(parts.lm_norm(h)).float().softmax(-1)
         top = probs.topk(top_k, dim=-1)
         return {"target": probs[:, target_id].cpu(), "top_ids": top.indices.cpu(), "top_p": top.values.cpu()}
 
     with subject.trace() as tr:
         for layer in layers_:
-            tr.capture(f"lm.blocks.{layer}.resid_post", reduce=decode)
+            tr.capture(f"lm.blocks.{layer}.resid_post", reduce=lambda h, layer=layer: decode(h, layer))
         subject.forward(batch)
     rows = [tr[f"lm.blocks.{layer}.resid_post"] for layer in layers_]
     tok = subject.tokenizer
@@ -96,10 +100,10 @@ def logit_lens(
         values=torch.stack([r["target"] for r in rows]),
         row_labels=[f"layer {layer}" for layer in layers_],
         col_labels=[labels[p] for p in pos.tolist()],
-        title=f"logit lens: p({word!r}) per layer x position",
+        title=f"{'tuned' if tuned is not None else 'logit'} lens: p({word!r}) per layer x position",
         value_name=f"p({word})",
         meta={"model": subject.model_id, "method": "logit_lens", "target": word, "target_id": target_id,
-              "layers": layers_, "top_k": top_k},
+              "layers": layers_, "top_k": top_k, "tuned": tuned is not None},
         extras={"positions": pos.tolist(), "topk": topk},
     )
 

@@ -226,31 +226,43 @@ class Subject:
         The answer ends before the first stop token; if the model stops at once, the answer is empty (``""``,
         no tokens) and the batch holds the prompt only. Generation stops at the model's context length: a
         ``max_new_tokens`` that would pass it is cut to the positions left."""
-        from mmlens.util.limits import OPTION_RANGES, context_length
+        from mmlens.util.limits import OPTION_RANGES
 
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
         batch = self.prepare(images, prompt)
         if self.adapter.dual_encoder:  # nothing to generate: the answer is the image-caption match
             full = self.with_answer(batch, "<match>")
             return Generation(text="<match>", token_ids=full.answer_ids, tokens=["<match>"], batch=full)
-        limit = context_length(self.model)
-        if limit is not None:
-            if batch.prompt_len >= limit:
-                raise InputError(f"the prompt is {batch.prompt_len:,} tokens, which fills the model's context "
-                                 f"length of {limit:,}: shorten the prompt or use a smaller image")
-            max_new_tokens = min(max_new_tokens, limit - batch.prompt_len)
         kwargs.setdefault("do_sample", False)
-        out = self.model.generate(**self.model_inputs(batch), max_new_tokens=max_new_tokens, **kwargs)
-        new = out[0, batch.prompt_len :].cpu()
+        out = self.model.generate(**self.model_inputs(batch), max_new_tokens=self.token_budget(batch, max_new_tokens),
+                                  **kwargs)
+        return self.generation(batch, out[0, batch.prompt_len :])
+
+    def token_budget(self, batch: Batch, max_new_tokens: int) -> int:
+        """``max_new_tokens`` cut to the positions left in the model's context after ``batch``'s prompt."""
+        from mmlens.util.limits import context_length
+
+        limit = context_length(self.model)
+        if limit is None:
+            return max_new_tokens
+        if batch.prompt_len >= limit:
+            raise InputError(f"the prompt is {batch.prompt_len:,} tokens, which fills the model's context "
+                             f"length of {limit:,}: shorten the prompt or use a smaller image")
+        return min(max_new_tokens, limit - batch.prompt_len)
+
+    def generation(self, batch: Batch, new_ids: torch.Tensor | Sequence[int]) -> Generation:
+        """The :class:`Generation` of ``new_ids`` (generated after ``batch``'s prompt), cut before the first stop
+        token, with the teacher-forced batch that reproduces it."""
         stop = self._stop_ids()
         ids = []
-        for t in new.tolist():
+        for t in (new_ids.tolist() if torch.is_tensor(new_ids) else list(new_ids)):
             if t in stop:
                 break
-            ids.append(t)
+            ids.append(int(t))
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         full = self.with_answer(batch, ids) if ids else batch
-        return Generation(text=text, token_ids=torch.tensor(ids, dtype=torch.long), tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
+        return Generation(text=text, token_ids=torch.tensor(ids, dtype=torch.long),
+                          tokens=self.tokenizer.convert_ids_to_tokens(ids), batch=full)
 
     def _stop_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
