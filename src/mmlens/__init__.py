@@ -12,6 +12,7 @@ import mmlens.token  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
+from mmlens.evaluation.pope import run_pope
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
 from mmlens.model.batch import AnswerScore, Batch, Generation
@@ -37,6 +38,7 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "run_pope",
     "serve",
 ]
 

@@ -373,7 +373,7 @@ def serve_cmd(
     serve(model, host=host, port=port)  # checks host and port before it loads the model
 
 
-from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
+from mmlens.cli_pope import pope_cmd  # its own module: cli.py stays small
 
 app.command("pope")(pope_cmd)
 
