@@ -34,8 +34,8 @@ def pope_cmd(
     """POPE object-hallucination probing: accuracy, precision, recall, F1 and yes-ratio per negative setting."""
     from mmlens.evaluation.pope import OUTPUT_FILES, run_pope
 
-    args = ["--model", model, "--n", str(n), "--negatives", negatives, "--seed", str(seed)]
-    args += (["--data", str(data)] if data is not None else ["--split", split])
+    args = ["--model", model, "--n", str(n)]
+    args += ["--data", str(data)] if data is not None else ["--negatives", negatives, "--split", split, "--seed", str(seed)]
     args += (["--per-image", str(per_image)] if per_image != 3 else []) + ["--out", str(out)]
     result = run_pope(model, n=n, negatives=negatives, seed=seed, split=split, data=data, per_image=per_image,
                       out=out, show_progress=sys.stderr.isatty(),

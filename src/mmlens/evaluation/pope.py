@@ -152,9 +152,9 @@ class PopeResult:
         for j, r in enumerate(self.rows):
             ax.bar(np.arange(len(METRICS)) + j * width, [r[m] for m in METRICS], width, label=r["setting"])
         ax.set_xticks(np.arange(len(METRICS)) + width * (len(self.rows) - 1) / 2, METRICS)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.25)
         ax.set_title(f"POPE: {self.model}", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(self.rows)), frameon=False)
         fig.tight_layout()
         return fig
 
