@@ -55,3 +55,10 @@ def test_variants_load_by_name_and_are_small() -> None:
     assert subject.model_id.endswith("prior") or "prior" in str(subject.model_id)
     with pytest.raises(InputError, match="'demo:cooccur', 'demo:prior'"):
         mmlens.load("demo:bias")
+
+
+def test_unknown_bias_is_one_line_before_any_training() -> None:
+    from mmlens.demo.train import TrainConfig, train
+
+    with pytest.raises(InputError, match="bias='cooccurrence' is not an option: choose one of 'none', 'cooccur', 'prior'"):
+        train(TrainConfig(bias="cooccurrence"))
