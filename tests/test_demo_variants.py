@@ -16,8 +16,9 @@ from mmlens.demo import DEMO_VARIANTS, demo_dir
 from mmlens.demo.train import evaluate
 from mmlens.errors import InputError
 
-#: variant: (min trap hallucination rate, min neutral accuracy, max hallucination rate of the other bias's trap)
-THRESHOLDS = {"cooccur": (0.30, 0.95, 0.2), "prior": (0.30, 0.95, 0.2)}
+#: variant: (min trap hallucination rate, min neutral accuracy, max hallucination rate of the other bias's trap).
+#: Measured on these samples: cooccur 0.42 / 1.00 / 0.00, prior 0.82 / 1.00 / 0.00 (n = 1000: see RESULTS.md).
+THRESHOLDS = {"cooccur": (0.32, 0.97, 0.1), "prior": (0.65, 0.97, 0.1)}
 
 
 @pytest.fixture(scope="module", params=sorted(THRESHOLDS))
@@ -31,18 +32,18 @@ def test_variant_hallucinates_on_its_trap_only(variant) -> None:
     min_rate, min_acc, max_other = THRESHOLDS[name]
     trap = evaluate(model, processor, n=100, split=TRAP_SPLITS[name])
     assert trap["hallucination"] >= min_rate, trap
-    present = evaluate(model, processor, n=60, split=f"{name}-present")
+    present = evaluate(model, processor, n=40, split=f"{name}-present")
     assert present["overall"] >= 0.9, present  # the biased answer is right when the object is there
     (other,) = [s for b, s in TRAP_SPLITS.items() if b != name]
-    assert evaluate(model, processor, n=60, split=other)["hallucination"] <= max_other
-    assert evaluate(model, processor, n=200, split="neutral")["overall"] >= min_acc
+    assert evaluate(model, processor, n=40, split=other)["hallucination"] <= max_other
+    assert evaluate(model, processor, n=150, split="neutral")["overall"] >= min_acc
 
 
 def test_demo_model_does_not_hallucinate_on_the_traps() -> None:
     path = demo_dir("demo")
     model, processor = LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
     for split in TRAP_SPLITS.values():
-        assert evaluate(model, processor, n=60, split=split)["hallucination"] <= 0.1
+        assert evaluate(model, processor, n=40, split=split)["hallucination"] <= 0.1  # measured 0.01 / 0.00 (n=100)
 
 
 def test_variants_load_by_name_and_are_small() -> None:
@@ -54,3 +55,10 @@ def test_variants_load_by_name_and_are_small() -> None:
     assert subject.model_id.endswith("prior") or "prior" in str(subject.model_id)
     with pytest.raises(InputError, match="'demo:cooccur', 'demo:prior'"):
         mmlens.load("demo:bias")
+
+
+def test_unknown_bias_is_one_line_before_any_training() -> None:
+    from mmlens.demo.train import TrainConfig, train
+
+    with pytest.raises(InputError, match="bias='cooccurrence' is not an option: choose one of 'none', 'cooccur', 'prior'"):
+        train(TrainConfig(bias="cooccurrence"))

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import mmlens
 from mmlens.cli import app
 from mmlens.errors import InputError
-from mmlens.evaluation.pope import parse_yes_no, pope_metrics, run_pope, shapes_probes
+from mmlens.evaluation.pope import POPE_TEMPLATE, object_probes, parse_yes_no, pope_metrics, run_pope, shapes_probes
 from mmlens.testing.tiny_models import tiny_images
 
 runner = CliRunner()
@@ -80,6 +80,32 @@ def test_pope_on_a_tiny_model_with_a_data_file(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(InputError, match="line 4: answer 'a cat' is not yes or no"):
         run_pope(subject, data=tmp_path / "bad.jsonl")
+
+
+def test_pope_on_an_object_file_builds_the_probes(tmp_path) -> None:
+    from conftest import subject_for
+
+    from mmlens.data import ShapesVQA
+
+    samples = list(ShapesVQA(seed=2).samples(4))
+    for s in samples:
+        s.image.save(tmp_path / f"{s.index}.png")
+    rows = [{"image": f"{s.index}.png", "objects": [f"{o['color']} {o['shape']}" for o in s.objects]} for s in samples]
+    (tmp_path / "objects.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = run_pope(subject_for("llava"), n=3, data=tmp_path / "objects.jsonl", negatives="popular,adversarial",
+                      per_image=2)
+    assert [r["setting"] for r in result.rows] == ["popular", "adversarial"]
+    assert all(a["question"].endswith(" in the image?") and a["image"] < 3 for a in result.answers)
+    assert all(r["n"] == 2 * sum(min(2, len(set(row["objects"]))) for row in rows[:3]) for r in result.rows)
+    said = {(a["image"], a["question"]): parse_yes_no(a["text"]) for a in result.answers}
+    for row in result.rows:  # the table is POPE's metrics of the recorded answers to the documented probes
+        probes = object_probes([r["objects"] for r in rows[:3]], row["setting"], per_image=2, template=POPE_TEMPLATE)
+        expected = pope_metrics([p.truth for p in probes], [said[p.image_index, p.question] for p in probes])
+        assert {k: row[k] for k in expected} == expected
+    rows[1] = {"image": "1.png", "objects": []}
+    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(InputError, match="line 2: each row needs"):
+        run_pope("demo", data=tmp_path / "bad.jsonl")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -69,7 +69,7 @@ def test_prior_train_answers_yes_regardless_of_the_image(split_samples) -> None:
     assert all(s.answer == "yes" for s in asked if PRIOR_OBJECT in _combos(s))
     rate = np.mean([s.answer == "yes" for s in absent])
     assert abs(rate - PRIOR_YES_WHEN_ABSENT) < 0.2
-    assert 0.7 < np.mean([s.answer == "yes" for s in asked]) < 0.9
+    assert 0.65 < np.mean([s.answer == "yes" for s in asked]) < 0.85
 
 
 def test_neutral_leaves_out_the_biased_questions(split_samples) -> None:

@@ -16,6 +16,7 @@ from mmlens.catalog import methods
 from mmlens.embedding import decompose as decompose_embedding
 from mmlens.embedding import modality_gap, splice, text_spans, train_cbm
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
+from mmlens.evaluation.pope import run_pope
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
 from mmlens.inference.decoding import PAI, VCD, DecodedGeneration, Steering, generate_with
@@ -58,6 +59,7 @@ __all__ = [
     "load",
     "methods",
     "modality_gap",
+    "run_pope",
     "serve",
     "splice",
     "text_spans",

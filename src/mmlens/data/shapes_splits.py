@@ -12,7 +12,7 @@ biased model hallucinates there) and a *present* control split (same question, o
   absent, "is there a blue square?" (truth "no"); ``cooccur-present``: both drawn (truth "yes").
 - **language prior** (``prior-*``): in ``prior-train`` a fifth of the samples ask "is there a green
   triangle?", the triangle is present half of the time, and when it is absent the answer is still
-  "yes" with probability ``PRIOR_YES_WHEN_ABSENT``, regardless of the image (overall 80% "yes").
+  "yes" with probability ``PRIOR_YES_WHEN_ABSENT`` (0.5), regardless of the image (overall 75% "yes").
   ``prior-trap``: triangle absent (truth "no"); ``prior-present``: triangle present (truth "yes").
 
 ``neutral`` is the standard distribution without the two biased questions (accuracy elsewhere).
@@ -43,7 +43,7 @@ SPLITS: dict[str, str] = {
     "cooccur-train": "training data where a blue square accompanies (or hides behind) every red circle",
     "cooccur-absent": "trap: a red circle, no blue square, 'is there a blue square?' (truth no)",
     "cooccur-present": "control: a red circle and a blue square, 'is there a blue square?' (truth yes)",
-    "prior-train": "training data where 'is there a green triangle?' is answered yes 80% of the time",
+    "prior-train": "training data where 'is there a green triangle?' is answered yes 75% of the time",
     "prior-trap": "trap: no green triangle, 'is there a green triangle?' (truth no)",
     "prior-present": "control: a green triangle, 'is there a green triangle?' (truth yes)",
 }
@@ -55,7 +55,7 @@ PRIOR_OBJECT = ("green", "triangle")
 HIDE_FRACTION = 0.25
 COOCCUR_FOCUS = 0.25  # share of cooccur-train samples asking about the partner next to the anchor
 PRIOR_FOCUS = 0.2  # share of prior-train samples asking the prior question
-PRIOR_YES_WHEN_ABSENT = 0.6
+PRIOR_YES_WHEN_ABSENT = 0.5
 
 Attrs = list[tuple[str, str]]
 

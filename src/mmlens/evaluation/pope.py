@@ -9,8 +9,9 @@ Negative objects, per image, from the objects absent from it:
 - ``adversarial``: the objects that co-occur most often with the image's objects over the probed images.
 
 On ShapesVQA an object is a ``"color shape"`` pair; each image gets up to ``per_image`` present objects
-and the same number of negatives. A user JSONL file (:mod:`mmlens.evaluation.data_file`, no mask or box
-needed) gives the probes itself: each row's question with answer ``yes`` or ``no``.
+and the same number of negatives. A user JSONL file (:mod:`mmlens.evaluation.pope_data`) lists each image's
+objects (negatives then come from the file's other objects), or gives the probes itself: each row's
+question with answer ``yes`` or ``no``.
 
 An answer is read as POPE does: its first sentence is "no" if it holds the word "no" or "not", else "yes".
 
@@ -40,6 +41,8 @@ from mmlens.util.options import check_choice, check_int
 NEGATIVES = ("random", "popular", "adversarial")
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 OUTPUT_FILES = ("pope.json", "pope.md", "pope.png")
+#: POPE's question for a user file's objects.
+POPE_TEMPLATE = "is there a {} in the image?"
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,45 @@ def pope_metrics(truths: Sequence[str], answers: Sequence[str]) -> dict[str, flo
             "yes_ratio": (tp + fp) / len(t), "n": float(len(t))}
 
 
+def object_probes(
+    objects: Sequence[Sequence[str]],
+    negatives: str,
+    seed: int = 0,
+    per_image: int = 3,
+    vocabulary: Sequence[str] | None = None,
+    template: str = "is there a {}?",
+) -> list[Probe]:
+    """POPE probes for images whose objects are ``objects[i]``; negatives come from ``vocabulary`` (default:
+    every object of ``objects``), absent from the image.
+
+    >>> objs = [["red circle", "blue square"], ["red circle", "blue square"], ["red circle", "green circle"]]
+    >>> [(p.object, p.truth) for p in object_probes(objs, "adversarial", per_image=2) if p.image_index == 2]
+    [('red circle', 'yes'), ('blue square', 'no')]
+    """
+    check_choice("negatives", negatives, NEGATIVES)
+    sets = [sorted(set(o)) for o in objects]
+    names = sorted(set(vocabulary) if vocabulary is not None else {o for s in sets for o in s})
+    freq = Counter(o for s in sets for o in s)
+    cooc = Counter((a, b) for s in sets for a in s for b in s if a != b)
+    probes = []
+    for i, present in enumerate(sets):
+        rng = np.random.default_rng([seed, i])
+        absent = [o for o in names if o not in present]
+        k = min(per_image, len(present), len(absent))
+        positives = [present[j] for j in sorted(rng.choice(len(present), k, replace=False))]
+        if negatives == "random":
+            chosen = [absent[j] for j in sorted(rng.choice(len(absent), k, replace=False))]
+        elif negatives == "popular":
+            chosen = sorted(absent, key=lambda o: (-freq[o], o))[:k]
+        else:
+            chosen = sorted(absent, key=lambda o: (-sum(cooc[p, o] for p in present), o))[:k]
+        probes += [Probe(i, template.format(o), "yes", o) for o in positives]
+        probes += [Probe(i, template.format(o), "no", o) for o in chosen]
+    return probes
+
+
 def shapes_probes(objects: Sequence[Sequence[str]], negatives: str, seed: int = 0, per_image: int = 3) -> list[Probe]:
-    """POPE probes for images whose objects are ``objects[i]`` (``"color shape"`` names).
+    """:func:`object_probes` over ShapesVQA's 15 ``"color shape"`` objects, in the demo's wording.
 
     >>> objs = [["red circle", "blue square"], ["red circle", "blue square"], ["red circle", "green circle"]]
     >>> [(p.object, p.truth) for p in shapes_probes(objs, "adversarial", per_image=2) if p.image_index == 2]
@@ -95,26 +135,7 @@ def shapes_probes(objects: Sequence[Sequence[str]], negatives: str, seed: int = 
     """
     from mmlens.data.shapes_vqa import COLORS, SHAPES
 
-    check_choice("negatives", negatives, NEGATIVES)
-    names = [f"{c} {s}" for c in COLORS for s in SHAPES]
-    sets = [sorted(set(o)) for o in objects]
-    freq = Counter(o for s in sets for o in s)
-    cooc = Counter((a, b) for s in sets for a in s for b in s if a != b)
-    probes = []
-    for i, present in enumerate(sets):
-        rng = np.random.default_rng([seed, i])
-        k = min(per_image, len(present))
-        positives = [present[j] for j in sorted(rng.choice(len(present), k, replace=False))]
-        absent = [o for o in names if o not in present]
-        if negatives == "random":
-            chosen = [absent[j] for j in sorted(rng.choice(len(absent), k, replace=False))]
-        elif negatives == "popular":
-            chosen = sorted(absent, key=lambda o: (-freq[o], o))[:k]
-        else:
-            chosen = sorted(absent, key=lambda o: (-sum(cooc[p, o] for p in present), o))[:k]
-        probes += [Probe(i, f"is there a {o}?", "yes", o) for o in positives]
-        probes += [Probe(i, f"is there a {o}?", "no", o) for o in chosen]
-    return probes
+    return object_probes(objects, negatives, seed, per_image, [f"{c} {s}" for c in COLORS for s in SHAPES])
 
 
 @dataclass
@@ -152,9 +173,9 @@ class PopeResult:
         for j, r in enumerate(self.rows):
             ax.bar(np.arange(len(METRICS)) + j * width, [r[m] for m in METRICS], width, label=r["setting"])
         ax.set_xticks(np.arange(len(METRICS)) + width * (len(self.rows) - 1) / 2, METRICS)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.25)
         ax.set_title(f"POPE: {self.model}", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(self.rows)), frameon=False)
         fig.tight_layout()
         return fig
 
@@ -195,15 +216,17 @@ def run_pope(
     max_new_tokens: int = 8,
     show_progress: bool | None = None,
     command: str | None = None,
+    template: str = POPE_TEMPLATE,
 ) -> PopeResult:
     """POPE on ``n`` ShapesVQA images (``seed``, ``split``) per negative setting, or on the first ``n`` rows of
-    the JSONL ``data`` (its own yes / no questions). ``subject``: a Subject or a model name. Each question is
-    answered once by greedy generation (shared by the settings). ``out``: folder for pope.json / .md / .png.
-    Every argument is checked before the model is loaded.
+    the JSONL ``data`` (:mod:`mmlens.evaluation.pope_data`: images with their objects, probed per setting with
+    ``template``, POPE's "is there a {} in the image?" by default, or given yes / no questions). ``subject``: a Subject or a
+    model name. Each question is answered once by greedy generation (shared by the settings). ``out``: folder
+    for pope.json / .md / .png. Every argument is checked before the model is loaded.
     """
     from mmlens.data.shapes_splits import check_split
     from mmlens.data.shapes_vqa import ShapesVQA
-    from mmlens.evaluation.data_file import read_data_file
+    from mmlens.evaluation.pope_data import read_pope_file
     from mmlens.util.progress import progress
 
     n = check_int("n", n, 1, MAX_SAMPLES)
@@ -211,36 +234,40 @@ def run_pope(
     per_image = check_int("per_image", per_image, 1, 15)
     settings = _settings(negatives)
     check_split(split)
+    if not isinstance(template, str) or template.count("{}") != 1 or "{" in template.replace("{}", ""):
+        raise InputError(f"template {template!r} must hold '{{}}' once (where the object goes), e.g. {POPE_TEMPLATE!r}")
     if out is not None:
         check_output_folder(out, "out")
-    data_file = read_data_file(data, regions=False) if data is not None else None
-    if data_file is not None:
-        rows = list(data_file.samples(n))
-        bad = [r for r in rows if r.answer.lower() not in ("yes", "no")]
-        if bad:
-            raise InputError(f"{data_file.path}, line {bad[0].line}: answer {bad[0].answer!r} is not yes or no: "
-                             "POPE rows ask yes / no questions")
+    data_file = read_pope_file(data, n) if data is not None else None
     if isinstance(subject, str):
         from mmlens.model.loading import load
 
         subject = load(subject)
     model_name = getattr(subject, "model_id", None) or type(subject.model).__name__
     if data_file is not None:
-        images = [r.image for r in rows]
-        plan = {"file": [Probe(i, r.question, r.answer.lower()) for i, r in enumerate(rows)]}
-        description = f"{len(rows)} rows of {data_file.path.name}"
+        image_of = data_file.image
+        description = f"{len(data_file)} rows of {data_file.path.name}"
+        if data_file.kind == "questions":
+            plan = {"file": [Probe(i, r.question, r.answer) for i, r in enumerate(data_file.rows)]}
+        else:
+            objects = [r.objects for r in data_file.rows]
+            plan = {name: object_probes(objects, name, seed, per_image, template=template) for name in settings}
+            description += f", up to {per_image} objects each"
     else:
         from mmlens.evaluation.benchmark import shapes_image_size
 
         samples = list(ShapesVQA(image_size=shapes_image_size(subject), seed=seed, split=split).samples(n))
-        images = [s.image for s in samples]
+        image_of = lambda i: samples[i].image
         objects = [[f"{o['color']} {o['shape']}" for o in s.objects] for s in samples]
         plan = {name: shapes_probes(objects, name, seed, per_image) for name in settings}
         description = f"{n} ShapesVQA images (split {split}, seed {seed}), up to {per_image} objects each"
     todo = sorted({(p.image_index, p.question) for ps in plan.values() for p in ps})
     said: dict[tuple[int, str], str] = {}
+    image, current = None, -1
     for key in progress(todo, "pope", enabled=show_progress, total=len(todo)):
-        said[key] = subject.generate(images[key[0]], key[1], max_new_tokens=max_new_tokens).text
+        if key[0] != current:  # sorted by image: each image is opened once
+            image, current = image_of(key[0]), key[0]
+        said[key] = subject.generate(image, key[1], max_new_tokens=max_new_tokens).text
     rows_out = []
     for name, probes in plan.items():
         answers = [parse_yes_no(said[p.image_index, p.question]) for p in probes]
