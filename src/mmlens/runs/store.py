@@ -127,6 +127,12 @@ class RunStore:
         for k in sorted(self.manifest["shards"], key=int):
             yield pq.read_table(self.shard_path(int(k)), columns=columns)
 
+    def iter_tables_of(self, k: int, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of shard ``k`` as dicts."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.shard_path(k), columns=columns).to_pylist()
+
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every row as a dict, in sample order, one shard in memory at a time."""
         for table in self.iter_tables(columns):
