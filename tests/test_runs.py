@@ -12,10 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import mmlens
-from mmlens import InputError
 from mmlens.cli import app
 from mmlens.data.shapes_vqa import ShapesVQA
-from mmlens.runs.engine import process_shard, run_dataset
+from mmlens.runs.engine import run_dataset
 from mmlens.runs.explain_job import ExplainJob, explain_dataset, iter_explanations
 from mmlens.runs.sources import open_source
 
@@ -140,9 +139,9 @@ def test_parquet_and_datasets_folders_are_inputs(tmp_path, demo):
                       "answer": [[s.answer] for s in samples]})
     pq.write_table(table, tmp_path / "train.parquet")
     (tmp_path / "hf").mkdir()
-    with pa.OSFile(str(tmp_path / "hf" / "data-00000-of-00001.arrow"), "wb") as sink:  # datasets' format
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+    arrow = tmp_path / "hf" / "data-00000-of-00001.arrow"  # datasets' save_to_disk format: an Arrow stream
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     for data in (tmp_path / "train.parquet", tmp_path / "hf"):
         src = open_source(data)
         assert len(src) == 3 and [src.sample(i).answer for i in range(3)] == [s.answer for s in samples]
@@ -196,8 +195,8 @@ def test_benchmark_on_ray_with_two_replicas_equals_the_local_table(tmp_path):
     model, processor = tiny_model_and_processor("llava")
     model.save_pretrained(tmp_path / "tiny")
     processor.save_pretrained(tmp_path / "tiny")
-    kwargs = dict(methods="saliency,gradcam,occlusion", n=20, sanity_n=2, metric_options={"deletion": {"cells": 4},
-                  "insertion": {"cells": 4}}, shard_size=5)
+    kwargs = {"methods": "saliency,gradcam,occlusion", "n": 20, "sanity_n": 2, "shard_size": 5,
+              "metric_options": {"deletion": {"cells": 4}, "insertion": {"cells": 4}}}
     local = run_benchmark(str(tmp_path / "tiny"), **kwargs)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -5,9 +5,9 @@
 >>> lm.generate("cat.png", "what color is the cat?").text   # doctest: +SKIP
 """
 
-import mmlens.attribution  # noqa: F401  (the method packages register themselves in the catalog)
-import mmlens.layer  # noqa: F401
-import mmlens.neuron  # noqa: F401
+import mmlens.attribution
+import mmlens.layer
+import mmlens.neuron
 import mmlens.token  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods
@@ -19,6 +19,8 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
+from mmlens.runs.engine import run_dataset
+from mmlens.runs.explain_job import explain_dataset, load_explanation
 
 __all__ = [
     "AnswerScore",
@@ -35,13 +37,16 @@ __all__ = [
     "__version__",
     "count_hooks",
     "explain",
+    "explain_dataset",
     "load",
+    "load_explanation",
     "methods",
+    "run_dataset",
     "serve",
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: `import mmlens` does not import Gradio
+def __getattr__(name: str):
     if name == "serve":
         from mmlens.web import serve
 

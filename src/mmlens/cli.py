@@ -332,7 +332,7 @@ def serve_cmd(
     serve(model, host=host, port=port)  # checks host and port before it loads the model
 
 
-from mmlens.cli_runs import register  # noqa: E402 - the dataset commands (benchmark, explain-dataset)
+from mmlens.cli_runs import register
 
 register(app)
 

@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mmlens.errors import InputError
 from mmlens.evaluation.benchmark_job import SANITY_CATEGORIES
 from mmlens.evaluation.benchmark_result import BenchmarkResult, MethodStats

@@ -30,7 +30,7 @@ def import_ray() -> Any:
     """``ray`` (with Ray Data), or one InputError line saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise InputError(INSTALL) from None
     return ray
@@ -40,7 +40,7 @@ def check_address(address: str | None) -> tuple[str, int] | None:
     """(host, port) of a ``ray://host:port`` or ``host:port`` address; None for ``auto`` / no address."""
     if address is None or address == "auto":
         return None
-    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    rest = address.removeprefix("ray://")
     host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(f"--address {address!r}: pass auto, ray://HOST:PORT (Ray Client, usually port 10001) or "

@@ -47,7 +47,7 @@ class Source:
     """Samples by index: ``len(source)``, ``source.sample(i)``, ``source.where(i)``, ``source.spec``."""
 
     description: str = ""
-    spec: dict[str, Any] = {}
+    spec: dict[str, Any]
 
     def __len__(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError

@@ -47,7 +47,7 @@ class Bar:
             self._progress.advance(self._task, n)
 
 
-def _Rate() -> object:  # noqa: N802 - a rich column, built lazily (rich is imported only when a bar shows)
+def _Rate() -> object:
     from rich.progress import ProgressColumn
     from rich.text import Text
 
