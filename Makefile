@@ -27,7 +27,9 @@ browser:
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# the slow tests include a local Ray run: the `ray` extra is installed for them only (it is large)
 test-slow: $(STAMP)
+	$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q -e '.[ray]'
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 clean:

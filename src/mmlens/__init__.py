@@ -29,6 +29,8 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
+from mmlens.runs.engine import run_dataset
+from mmlens.runs.explain_job import explain_dataset, load_explanation
 
 __all__ = [
     "AnswerScore",
@@ -56,10 +58,13 @@ __all__ = [
     "generate_explained",
     "generate_with",
     "lens_kl",
+    "explain_dataset",
     "load",
+    "load_explanation",
     "methods",
     "modality_gap",
     "run_pope",
+    "run_dataset",
     "serve",
     "splice",
     "text_spans",
@@ -69,7 +74,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: `import mmlens` does not import Gradio
+def __getattr__(name: str):
     if name == "serve":
         from mmlens.web import serve
 

@@ -325,47 +325,6 @@ def knockout_cmd(
     _write(attention_knockout(subject, batch, window=window), png, js)
 
 
-@app.command("benchmark")
-def benchmark_cmd(
-    model: str = ModelOpt,
-    methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods, each optionally with options, e.g. all,occlusion:regions=slic"),
-    n: int = typer.Option(200, "--n", help="samples (ShapesVQA, or the first n rows of --data)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the ShapesVQA samples and of every random choice"),
-    data: Path | None = typer.Option(None, "--data", help="JSONL of image, question, answer, mask or box"),
-    out: Path = typer.Option(Path("benchmark"), "--out", "-o", help="folder for results.csv/.json/.md and curves.png"),
-    sanity_n: int = typer.Option(5, "--sanity-n", help="samples that also get the randomisation and robustness checks"),
-    metrics: str = typer.Option("all", "--metrics", help="'all' or comma-separated metric names"),
-    cells: int = typer.Option(8, "--cells", help="deletion / insertion grid: cells x cells patches"),
-) -> None:
-    """Score attribution methods and baselines on ground-truth data (table + CSV, JSON, Markdown, curves PNG)."""
-    import shlex
-
-    from mmlens.evaluation.benchmark import resolve_metrics, run_benchmark
-    from mmlens.evaluation.benchmark_result import OUTPUT_FILES
-    from mmlens.util.io import check_output_folder
-    from mmlens.util.limits import MAX_SAMPLES
-    from mmlens.util.options import check_int
-
-    check_int("--n", n, 1, MAX_SAMPLES)
-    check_int("--sanity-n", sanity_n, 0, MAX_SAMPLES)
-    check_int("--seed", seed, 0, 2**63 - 1)
-    check_output_folder(out, "--out")  # named as the CLI spells it (run_benchmark checks it again as "out")
-    chosen = {m.name for m in resolve_metrics(metrics)}
-    curve_options = {mode: {"cells": cells} for mode in ("deletion", "insertion") if mode in chosen}
-    args = ["--model", model, "--methods", methods, "--n", str(n), "--seed", str(seed), "--sanity-n", str(sanity_n)]
-    args += (["--data", str(data)] if data is not None else []) + (["--metrics", metrics] if metrics != "all" else [])
-    args += (["--cells", str(cells)] if cells != 8 else []) + ["--out", str(out)]
-    # every argument (methods, metrics, options, data file, --out) is checked before the model is loaded
-    result = run_benchmark(model, methods=methods, n=n, seed=seed, data=data, metrics=metrics, out=out,
-                           sanity_n=sanity_n, metric_options=curve_options, show_progress=sys.stderr.isatty(),
-                           command="mmlens benchmark " + " ".join(shlex.quote(a) for a in args))
-    Console(width=None if sys.stdout.isatty() else 200).print(result.table())
-    for line in result.failures():
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
-    for name in OUTPUT_FILES:
-        print(out / name)
-
-
 @app.command("serve")
 def serve_cmd(
     model: str = ModelOpt,
@@ -385,6 +344,9 @@ from mmlens import cli_inference  # noqa: E402,F401  (generate / tuned-lens comm
 from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
 
 app.command("pope")(pope_cmd)
+from mmlens.cli_runs import register  # noqa: E402  (benchmark / explain-dataset)
+
+register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,27 +23,23 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mmlens.errors import InputError
-from mmlens.evaluation.baselines import BASELINE_NAMES, baseline_explanation
+from mmlens.evaluation.benchmark_job import SANITY_CATEGORIES
 from mmlens.evaluation.benchmark_result import BenchmarkResult, MethodStats
 from mmlens.evaluation.method_spec import parse_method_spec
 from mmlens.evaluation.registry import MetricInfo, get_metric
 from mmlens.evaluation.registry import metrics as all_metrics
 from mmlens.explain import _check_options as check_method_options
 from mmlens.model.subject import Subject
-from mmlens.results.explanation import Explanation
 from mmlens.util.io import check_output_folder
 from mmlens.util.limits import MAX_SAMPLES
 from mmlens.util.options import check_int
 
-#: Metrics run only on the first ``sanity_n`` samples (each costs several explanations per sample).
-SANITY_CATEGORIES = ("randomisation", "robustness")
 DEFAULT_IMAGE_SIZE = 64
 
 
@@ -152,19 +148,6 @@ def shapes_image_size(subject: Subject) -> int:
     return int(min(max(side or DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE), MAX_IMAGE_SIZE))
 
 
-def _quiet(method: str) -> dict[str, Any]:
-    """``progress=False`` for methods that draw their own progress bar (the benchmark draws one)."""
-    import inspect
-
-    from mmlens.catalog import get_method
-
-    return {"progress": False} if "progress" in inspect.signature(get_method(method).fn).parameters else {}
-
-
-def _sample_seed(seed: int, index: int) -> int:
-    return int(np.random.default_rng([seed, index]).integers(2**31))
-
-
 # -- the run ------------------------------------------------------------------------------------------------
 def run_benchmark(
     subject: Subject | str,
@@ -180,6 +163,13 @@ def run_benchmark(
     baselines: bool = True,
     show_progress: bool | None = None,
     command: str | None = None,
+    *,
+    engine: str = "local",
+    replicas: int = 1,
+    gpus_per_replica: float = 0,
+    address: str | None = None,
+    shard_size: int = 20,
+    keep_shards: bool = False,
 ) -> BenchmarkResult:
     """Score ``methods`` (``"all"`` attribution methods, or a list) and the three baselines on ``n`` samples.
 
@@ -189,119 +179,76 @@ def run_benchmark(
     ``method_options`` / ``metric_options``: ``{name: {option: value}}``. ``out``: a folder for results.csv,
     results.json, results.md and curves.png. Every argument is checked before any work is done; the files are
     written only when the whole run succeeded.
+
+    The samples run through :func:`mmlens.runs.run_dataset` (``engine="local"`` or ``"ray"`` with ``replicas``,
+    ``gpus_per_replica``, ``address``): per-sample results go to Parquet shards of ``shard_size`` samples in
+    ``out/.run`` (a temporary folder without ``out``), so a run stopped by a crash continues from its last
+    complete shard when re-run with the same arguments; the shards are removed once the tables are written,
+    unless ``keep_shards``.
     """
-    from mmlens.data.shapes_vqa import ShapesVQA
+    from mmlens.evaluation.benchmark_job import BenchmarkJob, reduce_rows
     from mmlens.evaluation.data_file import read_data_file
-    from mmlens.util.progress import progress
+    from mmlens.runs.engine import check_engine, run_dataset
+    from mmlens.runs.sources import DataFileSource, ShapesSource
+    from mmlens.runs.store import cleanup_on_failure, temporary_folder
 
     n = check_int("n", n, 1, MAX_SAMPLES)
     seed = check_int("seed", seed, 0, 2**63 - 1)
     sanity_n = check_int("sanity_n", sanity_n, 0, MAX_SAMPLES)
+    check_engine(engine, replicas, gpus_per_replica, address)
     method_names = resolve_methods(methods)
     metric_list = resolve_metrics(metrics)
     _check_options(method_names, method_options, metric_list, metric_options)
     if out is not None:
         check_output_folder(out, "out")
+    if engine == "ray":
+        from mmlens.runs.ray_engine import check_address, import_ray
+
+        check_address(address)
+        import_ray()
     data_file = read_data_file(data) if data is not None else None
+    model = subject
     if isinstance(subject, str):
         from mmlens.model.loading import load
 
         subject = load(subject)
 
     if data_file is not None:
-        n = min(int(n), len(data_file))
-        samples: Iterable[Any] = data_file.samples(n)
-        description = f"{n} rows of {data_file.path.name}"
+        source: Any = DataFileSource(data_file, int(n))
+        n = len(source)
     else:
-        size = shapes_image_size(subject)
-        samples = ShapesVQA(image_size=size, seed=int(seed)).samples(int(n))
-        description = f"{n} ShapesVQA samples ({size} px)"
+        source = ShapesSource(int(n), int(seed), shapes_image_size(subject))
     sanity_n = min(int(sanity_n), int(n))
-
-    stats = [MethodStats(m, "method") for m in method_names]
-    if baselines:
-        stats += [MethodStats(b, "baseline") for b in BASELINE_NAMES]
     method_options = {m: {**_quiet(parse_method_spec(m)[0]), **parse_method_spec(m)[1],
                           **dict((method_options or {}).get(m, {}))} for m in method_names}
     metric_options = {k: dict(v) for k, v in (metric_options or {}).items()}
-    n_loc = 0
-    warmed: set[str] = set()
-    for index, sample in enumerate(progress(samples, "benchmark", enabled=show_progress, total=int(n))):
-        where = f"{data_file.path}, line {sample.line}" if data_file is not None else f"ShapesVQA sample {index}"
-        try:
-            batch = subject.prepare(sample.image, sample.question, answer=sample.answer)
-        except InputError as err:
-            raise InputError(f"{where}: {err}") from None
-        object_evidence = getattr(sample, "evidence", "object") == "object"
-        n_loc += int(object_evidence)
-        sample_seed = _sample_seed(int(seed), index)
-        for st in stats:
-            _run_one(subject, batch, sample, st, metric_list, method_options.get(st.method, {}), metric_options,
-                     sample_seed, object_evidence, index < sanity_n, warmed, where)
-
-    return _finish(subject, stats, metric_list, metric_options, int(n), n_loc, sanity_n, int(seed), description,
-                   data, command, out)
-
-
-def _run_one(subject: Subject, batch: Any, sample: Any, st: MethodStats, metric_list: list[MetricInfo],
-             options: dict[str, Any], metric_options: dict[str, dict[str, Any]], sample_seed: int,
-             object_evidence: bool, sanity: bool, warmed: set[str], where: str) -> None:
-    from mmlens.explain import explain
-
-    def make() -> Explanation:
-        if st.kind == "baseline":
-            return baseline_explanation(subject, batch, st.method, sample_seed)
-        return explain(subject, sample.image, sample.question, method=parse_method_spec(st.method)[0],
-                       target="answer", answer=batch.answer_ids.tolist(), seed=sample_seed, **options)
-
-    if st.method not in warmed:  # lazy imports and first-call set-up are not part of the timing
-        try:
-            make()
-        except InputError as err:  # e.g. a bad option value: stop before any table is written
-            raise InputError(f"method {st.method!r}: {err}") from None
-        except Exception:  # noqa: BLE001 - counted below, when the timed call fails the same way
-            pass
-        warmed.add(st.method)
+    job = BenchmarkJob(subject.model_id, method_names, method_options, [m.name for m in metric_list],
+                       metric_options, int(seed), sanity_n, baselines)
+    temp = temporary_folder() if out is None else None
+    folder = Path(temp.name if temp is not None else out) / ".run"  # type: ignore[arg-type]
     try:
-        start = time.perf_counter()
-        ex = make()
-        st.seconds.add(time.perf_counter() - start)
-    except Exception as err:  # noqa: BLE001 - a method failing on one sample is counted and reported, not fatal
-        st.fail(where, err)
-        return
-    st.explained += 1
-    heat = ex.image_map(0, 0)
-    mask = np.asarray(sample.mask, dtype=bool)
-    for m in metric_list:
-        if m.category == "localisation" and not object_evidence:
-            continue
-        if m.category in SANITY_CATEGORIES and not sanity:
-            continue
-        opts = dict(metric_options.get(m.name, {}))
-        try:
-            if m.needs_model:
-                if "seed" in _params(m) and "seed" not in opts and m.category != "randomisation":
-                    opts["seed"] = sample_seed
-                result = m.fn(subject, ex, **opts)
-            else:
-                result = m.fn(heat, mask, **opts)
-        except Exception as err:  # noqa: BLE001 - counted and reported like a method failure
-            st.fail(f"{where}, metric {m.name}", err)
-            continue
-        st.score(m.name).add(float(getattr(result, "score", result)))
-        if hasattr(result, "values") and isinstance(result.values, list):
-            st.curve(m.name).add(result.values)
-            st.fractions.setdefault(m.name, list(result.fractions))
-        if hasattr(result, "correlations"):
-            st.curve(m.name).add(result.correlations)
-            st.sanity_checked += 1
-            st.sanity_passes += int(bool(result.passed))
+        with cleanup_on_failure(folder, out):
+            run = run_dataset(job, source, model if engine == "ray" else subject, folder, engine=engine,
+                              shard_size=shard_size, seed=int(seed), show_progress=show_progress, replicas=replicas,
+                              gpus_per_replica=gpus_per_replica, address=address)
+        stats, n_loc = reduce_rows(run.iter_rows(), job.methods())
+        result = _finish(subject, stats, metric_list, metric_options, int(n), n_loc, sanity_n, int(seed),
+                         source.description, data, command, out)
+        if out is not None and not keep_shards:
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
+    finally:
+        if temp is not None:
+            temp.cleanup()
 
 
-def _params(m: MetricInfo) -> Any:
+def _quiet(method: str) -> dict[str, Any]:
+    """``progress=False`` for methods that draw their own progress bar (the benchmark draws one)."""
     import inspect
 
-    return inspect.signature(m.fn).parameters
+    from mmlens.catalog import get_method
+
+    return {"progress": False} if "progress" in inspect.signature(get_method(method).fn).parameters else {}
 
 
 def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[MetricInfo],

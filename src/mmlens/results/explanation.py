@@ -281,6 +281,12 @@ class Explanation:
         except (json.JSONDecodeError, TypeError) as err:
             raise InputError(f"{str(path)!r} has a malformed mmlens header ({err.__class__.__name__}): pass a file "
                              "written by Explanation.save") from None
+        return cls.from_arrays(meta, arrays)
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Explanation:
+        """Rebuild an explanation from its safetensors arrays (names as written by ``save``) and its metadata
+        (the ``"mmlens"`` header); dataset runs store many explanations this way in one file."""
         _check_format(meta)
         n_t, n_i = len(meta["targets"]), len(meta["images"])
         images = [Image.fromarray(arrays[f"image/{i}"]) for i in range(n_i)]
@@ -288,6 +294,14 @@ class Explanation:
         grids = [[[arrays[f"grid/{t}/{i}/{g}"] for g in range(len(meta["images"][i]["grid_kinds"]))]
                   for i in range(n_i)] for t in range(n_t)]
         return cls._build(meta, images, arrays["position_scores"], pixel, grids)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays ``save`` writes to ``.safetensors`` (see :meth:`from_arrays`)."""
+        return self._arrays()
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON metadata ``save`` writes into the ``.safetensors`` header (see :meth:`from_arrays`)."""
+        return self._meta()
 
     def __repr__(self) -> str:
         return (f"Explanation(method={self.method!r}, targets={self.labels}, images={len(self.images)}, "
