@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmlens.adapters.base import register_adapter
 from mmlens.adapters.dual_encoder import DualEncoderAdapter
+from mmlens.adapters.embedding_parts import EmbeddingParts, encoder_embedding_parts
 from mmlens.adapters.llava import processed_box
 from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import ImageGrid
@@ -42,6 +43,16 @@ class ClipAdapter(DualEncoderAdapter):
     def n_vision_tokens(self, inputs: dict[str, Any]) -> int:
         cfg = self.model.config.vision_config
         return 1 + (cfg.image_size // cfg.patch_size) ** 2
+
+    def embedding_parts(self) -> EmbeddingParts:
+        """CLS pooling, final layernorm, linear visual projection."""
+        return encoder_embedding_parts(self, self.model.vision_model, None, self.model.visual_projection,
+                                       self.model.config.projection_dim)
+
+    def text_kwargs(self) -> dict[str, Any]:
+        """Captions padded to the longest, truncated at the text tower's length (it pools its end token)."""
+        return {"padding": True, "truncation": True,
+                "max_length": int(self.model.config.text_config.max_position_embeddings)}
 
     def image_embeds(self, inputs: dict[str, Any]) -> torch.Tensor:
         return self.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output

@@ -16,13 +16,14 @@ Token ids in the joint sequence are shifted by :data:`OFFSET` so the three virtu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
 
 from mmlens.adapters.base import Adapter
+from mmlens.adapters.embedding_parts import EmbeddingParts
 from mmlens.errors import InputError
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 
@@ -144,6 +145,24 @@ class DualEncoderAdapter(Adapter):
 
     def text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``(B, D)`` (projected, not normalised) of the text tower's own ids."""
+        raise NotImplementedError
+
+    #: whether :meth:`encode_texts` hands the tokenizer's attention mask to the text tower
+    text_mask: ClassVar[bool] = True
+
+    def text_kwargs(self) -> dict[str, Any]:
+        """Tokenizer keyword arguments for plain texts (padding / truncation as the text tower was trained)."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings ``(B, D)`` (projected, not normalised) of plain texts (the embedding methods' side)."""
+        enc = self.processor.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs())
+        device = next(self.model.parameters()).device
+        mask = enc.get("attention_mask") if self.text_mask else None
+        return self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
+
+    def embedding_parts(self) -> EmbeddingParts:
+        """The towers as the embedding methods read them (see :mod:`mmlens.adapters.embedding_parts`)."""
         raise NotImplementedError
 
     def similarity_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
