@@ -62,10 +62,6 @@ def explain(
     _check_options(info, options)
     check_option_ranges({**options, "max_new_tokens": max_new_tokens})
     subject.require(info.tier)
-    if subject.adapter.dual_encoder and info.tier != "black-box":
-        raise InputError(f"method {method!r} ({info.tier} tier) reads a language model, which the {subject.family} "
-                         "dual encoder does not have: use a perturbation method (occlusion, rise, lime, kernel_shap, "
-                         "mm_shap) to explain its image-caption similarity")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
     if answer is None:

@@ -20,14 +20,15 @@ from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import ImageGrid
 
 
-def tower_parts(model: Any) -> ModelParts:
-    """Both towers of a CLIP / SigLIP model: ``vision.*`` and ``text.*`` hook points, no language model."""
+def tower_parts(model: Any, joint: torch.nn.Module) -> ModelParts:
+    """Both towers of a CLIP / SigLIP model: ``vision.*`` and ``text.*`` hook points, no language model, and the
+    joint sequence's input embeddings ``joint`` (``joint.embed``)."""
     vision, text = model.vision_model, model.text_model
     return ModelParts(
         lm_blocks=torch.nn.ModuleList(), lm_norm=None, unembed=None,
         vision_blocks=vision.encoder.layers, vision_embed=vision.embeddings,
         text_blocks=text.encoder.layers, text_embed=text.embeddings,
-        tower_attn_out="out_proj", tower_mlp="mlp",
+        tower_attn_out="out_proj", tower_mlp="mlp", joint_embed=joint,
     )
 
 
@@ -38,7 +39,7 @@ class ClipAdapter(DualEncoderAdapter):
     model_class = "CLIPModel"
 
     def parts(self) -> ModelParts:
-        return tower_parts(self.model)
+        return tower_parts(self.model, self.joint)
 
     def n_vision_tokens(self, inputs: dict[str, Any]) -> int:
         cfg = self.model.config.vision_config

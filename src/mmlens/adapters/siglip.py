@@ -31,7 +31,7 @@ class SiglipAdapter(DualEncoderAdapter):
     model_class = "SiglipModel"
 
     def parts(self) -> ModelParts:
-        return tower_parts(self.model)
+        return tower_parts(self.model, self.joint)
 
     #: plain texts go through the text tower unmasked, padded to its length, as SigLIP was trained
     text_mask = False
