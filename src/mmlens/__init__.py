@@ -21,6 +21,7 @@ from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
+from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.results.explanation import Explanation
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Subject",
     "Tracer",
     "UnsupportedModelError",
+    "ZeroShot",
     "__version__",
     "count_hooks",
     "decompose_embedding",
@@ -46,6 +48,7 @@ __all__ = [
     "splice",
     "text_spans",
     "train_cbm",
+    "zero_shot",
 ]
 
 

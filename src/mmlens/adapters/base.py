@@ -161,6 +161,11 @@ class Adapter:
             out[key] = torch.cat([value, tail.to(value.device)], dim=1)
         return out
 
+    def with_candidates(self, inputs: dict[str, Any], caption: str, candidates: list[str]) -> dict[str, Any]:
+        """``inputs`` that score the caption against other ``candidates`` (zero-shot classes): dual encoders."""
+        raise InputError(f"candidates (zero-shot classes among captions) need an image-text dual encoder, and this "
+                         f"{self.family} model has no text tower aligned with its images: leave candidates out")
+
     # -- geometry -----------------------------------------------------------------------------------------
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
         """One :class:`ImageGeometry` per image, in prompt order."""

@@ -168,6 +168,21 @@ class DualEncoderAdapter(Adapter):
         mask = enc.get("attention_mask") if self.text_mask else None
         return self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
 
+    def with_candidates(self, inputs: dict[str, Any], caption: str, candidates: list[str]) -> dict[str, Any]:
+        """``inputs`` plus ``candidate_embeds`` ``(1, K, D)``: the text embeddings of the ``candidates`` other than
+        ``caption`` (constants, embedded as the caption is), whose similarities join the caption's in the
+        readout: ``log_prob`` of ``<match>`` is then the caption's zero-shot class log-probability."""
+        others = list(dict.fromkeys(c.strip() for c in candidates if c.strip() != caption.strip()))
+        if not others or any(not c for c in others):
+            raise InputError(f"candidates {list(candidates)!r} hold no caption other than {caption!r} (or an empty "
+                             "one): pass at least one other non-empty caption")
+        enc = self.processor.tokenizer(others, return_tensors="pt", **{"padding": True, **self.text_kwargs()})
+        device = next(self.model.parameters()).device
+        mask = enc.get("attention_mask")
+        with torch.no_grad():
+            emb = self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
+        return {**inputs, "candidate_embeds": emb[None].cpu()}
+
     def embedding_parts(self) -> EmbeddingParts:
         """The towers as the embedding methods read them (see :mod:`mmlens.adapters.embedding_parts`)."""
         raise NotImplementedError
@@ -180,7 +195,8 @@ class DualEncoderAdapter(Adapter):
         return out + bias if bias is not None else out
 
     def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """``(B, seq, 2)`` logits of the joint sequence: ``[r, s]`` at the last caption position, 0 elsewhere.
+        """``(B, seq, 2)`` logits of the joint sequence: ``[r, s]`` at the last caption position, 0 elsewhere;
+        with candidates ``(B, seq, 2 + K)``: ``[-inf, s, s_1 .. s_K]`` there (:meth:`with_candidates`).
 
         Both towers run from the joint input embeddings (``joint.embed``, see
         :mod:`mmlens.adapters.joint_embedding`); an edit there that makes ``k`` rows of a one-row batch
@@ -206,12 +222,16 @@ class DualEncoderAdapter(Adapter):
             text_ids, text_mask = (u.expand(x.shape[0], -1) for u in (text_ids, text_mask))
         with embeddings_from(parts.vision_embed, x[:, :n, : v.shape[-1]]), \
                 embeddings_from(parts.text_embed, x[:, n:end, : t.shape[-1]]):
-            s = self.similarity_logits(self.image_embeds(inputs), self.text_embeds(text_ids, text_mask))
-        match = torch.zeros(1, ids.shape[1], 2, dtype=s.dtype, device=s.device)
-        match[0, end - 1, MATCH] = 1.0
-        nomatch = torch.zeros_like(match)
-        nomatch[0, end - 1, NOMATCH] = 1.0
-        return s[:, None, None] * match + self.nomatch_logit().to(s.dtype) * nomatch
+            image = self.image_embeds(inputs)
+            s = self.similarity_logits(image, self.text_embeds(text_ids, text_mask))
+        others = inputs.get("candidate_embeds")
+        if others is None:
+            row = torch.stack([self.nomatch_logit().to(s).expand_as(s), s], dim=1)
+        else:  # zero-shot among the candidates: <nomatch> drops out of the softmax
+            sims = self.similarity_logits(image[:, None], others.to(image))  # (B, K)
+            row = torch.cat([torch.full_like(s[:, None], float("-inf")), s[:, None], sims], dim=1)
+        out = row.new_zeros(row.shape[0], ids.shape[1], row.shape[1])
+        return torch.cat([out[:, : end - 1], row[:, None], out[:, end:]], dim=1)
 
     def input_width(self) -> int:
         """Width of ``joint.embed``: the wider tower's."""
