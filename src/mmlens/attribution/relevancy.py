@@ -133,7 +133,7 @@ def attention_x_gradient(
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
     target's query positions ``q``."""
-    subject.require_language_model("attention_x_gradient")
+    subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
@@ -234,7 +234,7 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
     the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
     """
-    subject.require_language_model("relevancy")
+    subject.require_language_model()
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])

@@ -46,11 +46,11 @@ class Subject:
                              "load it with access='all' or pick a black-box method")
 
     # -- basics -------------------------------------------------------------------------------------------
-    def require_language_model(self, method: str) -> None:
-        """One-line InputError when ``method`` reads the language model's attention and this subject has none."""
+    def require_language_model(self) -> None:
+        """One-line InputError for a method that reads the language model's attention when this subject has none."""
         if self.adapter.dual_encoder:
-            raise InputError(f"method {method!r} reads the language model's attention over the whole sequence, and "
-                             "a dual encoder has none (its image and caption meet only in the similarity): use "
+            raise InputError("this method reads a language model's attention over the whole sequence, and a dual "
+                             "encoder has none (its image and caption meet only in the similarity): use "
                              "saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam or a "
                              "perturbation method")
 
