@@ -1,5 +1,6 @@
 """Which attribution method runs on which family: every registered method explains a two-token answer on every
-family's tiny model (defaults, with cheap sample counts) and the result is written into the README's table.
+MLLM family's tiny model, and a caption's image similarity on every dual encoder's (CLIP, SigLIP, SigLIP 2;
+defaults, with cheap sample counts), and the result is written into the README's table.
 
     PYTHONPATH=src python docs/family_support.py            # rewrites the table between the README's markers
     PYTHONPATH=src python docs/family_support.py --check    # exit 1 when the README's table is out of date
@@ -18,7 +19,11 @@ import numpy as np
 
 import mmlens
 from mmlens.testing import tiny_subject
+from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_subject
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
+
+#: every column of the table: the MLLM families, then the dual encoders
+COLUMNS = (*FAMILIES, *DUAL_FAMILIES)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- family-support:start -->", "<!-- family-support:end -->"
@@ -28,9 +33,11 @@ CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, 
 
 
 def cell(subject: mmlens.Subject, family: str, method: str) -> str:
+    dual = family in DUAL_FAMILIES
+    prompt, answer = ("a red cat", None) if dual else ("what color is the cat ?", "red cat")
     try:
-        ex = mmlens.explain(subject, tiny_images(family), "what color is the cat ?", method=method,
-                            answer="red cat", **CHEAP.get(method, {}))
+        ex = mmlens.explain(subject, tiny_images("llava" if dual else family), prompt, method=method, answer=answer,
+                            **CHEAP.get(method, {}))
     except mmlens.InputError as err:
         return f"refused: {str(err).splitlines()[0]}"
     maps = np.stack([ex.image_map(t) for t in range(len(ex.targets))])
@@ -42,16 +49,16 @@ def cell(subject: mmlens.Subject, family: str, method: str) -> str:
 
 def table() -> str:
     methods = [m.name for m in mmlens.methods(kind="attribution")]
-    rows = ["| method | " + " | ".join(f"`{f}`" for f in FAMILIES) + " |", "|---|" + "---|" * len(FAMILIES)]
+    rows = ["| method | " + " | ".join(f"`{f}`" for f in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     cells = {}
-    for family in FAMILIES:
-        subject = tiny_subject(family)
+    for family in COLUMNS:
+        subject = tiny_dual_subject(family) if family in DUAL_FAMILIES else tiny_subject(family)
         for method in methods:
             cells[family, method] = cell(subject, family, method)
             print(f"{family:16s} {method:22s} {cells[family, method]}", file=sys.stderr)
     notes = sorted({c for c in cells.values() if c != "yes"})
     for method in methods:
-        marks = ["yes" if cells[f, method] == "yes" else f"no ({notes.index(cells[f, method]) + 1})" for f in FAMILIES]
+        marks = ["yes" if cells[f, method] == "yes" else f"no ({notes.index(cells[f, method]) + 1})" for f in COLUMNS]
         rows.append(f"| `{method}` | " + " | ".join(marks) + " |")
     rows += [""] + [f"({i}) {n}" for i, n in enumerate(notes, 1)] if notes else []
     return "\n".join(rows)

@@ -1,6 +1,6 @@
 """Dual encoders (CLIP, SigLIP, SigLIP 2) as subjects: the joint sequence reproduces the model's own
 similarity, the geometry maps each patch token to its pixels, perturbation methods explain the similarity and
-language-model methods refuse in one line."""
+methods that read a language model's attention refuse in one line (gradient methods: test_dual_gradients.py)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_perturbation_methods_explain_the_similarity(subject) -> None:
 
 
 def test_language_model_methods_and_bad_inputs_refuse_in_one_line(subject) -> None:
-    for method, match in (("saliency", "dual encoder does not have"), ("attention", "dual encoder does not have")):
+    for method, match in (("relevancy", "dual encoder has none"), ("attention", "dual encoder has none")):
         with pytest.raises(InputError, match=match) as err:
             mmlens.explain(subject, _image(), CAPTION, method=method)
         assert "\n" not in str(err.value)

@@ -28,6 +28,7 @@ from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
+from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.results.explanation import Explanation
 from mmlens.runs.engine import run_dataset
 from mmlens.runs.explain_job import explain_dataset, load_explanation
@@ -51,6 +52,7 @@ __all__ = [
     "TunedLens",
     "UnsupportedModelError",
     "VCD",
+    "ZeroShot",
     "__version__",
     "count_hooks",
     "decompose_embedding",
@@ -71,6 +73,7 @@ __all__ = [
     "train_cbm",
     "steering_vector",
     "train_tuned_lens",
+    "zero_shot",
 ]
 
 

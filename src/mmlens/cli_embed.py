@@ -13,7 +13,7 @@ import typer
 
 embed_app = typer.Typer(no_args_is_help=True, help="Embedding level: TextSpan, SpLiCE, modality gap, concept bottleneck")
 
-ModelOpt = typer.Option("demo:clip", "--model", "-m", help="CLIP / SigLIP id or folder, 'demo:clip', or an MLLM")
+ModelOpt = typer.Option("demo:clip", "--model", "-m", help="image-text dual encoder (HF id or folder), 'demo:clip', or an MLLM")
 ImagesArg = typer.Argument(None, help="image files (or use --shapes N)")
 ShapesOpt = typer.Option(0, "--shapes", help="use N held-out ShapesVQA samples instead of image files")
 

@@ -40,6 +40,7 @@ def explain(
     *,
     max_new_tokens: int = 16,
     seed: int = 0,
+    candidates: Sequence[str] | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain ``subject``'s answer to ``prompt`` about ``images`` with ``method``.
@@ -49,6 +50,11 @@ def explain(
     or a contrast ``("red", "blue")`` (see :func:`mmlens.model.targets.resolve_targets`). ``options`` go to the
     method (``mmlens.methods()`` lists methods; each documents its options). Random methods are seeded with
     ``seed`` (the global RNG state is restored afterwards).
+
+    Dual encoders (CLIP, SigLIP): ``prompt`` is a caption and the answer its similarity with the image; with
+    ``candidates`` (other captions) the answer is the caption's zero-shot class among them, so the default
+    ``log_prob`` objective explains why it won (its softmax log-probability over all the captions' similarities;
+    :func:`mmlens.zero_shot` gives the classes' probabilities).
 
     >>> ex = mmlens.explain(lm, "cat.png", "what is on the mat?", method="integrated_gradients",
     ...                     steps=16)                                                # doctest: +SKIP
@@ -62,26 +68,23 @@ def explain(
     _check_options(info, options)
     check_option_ranges({**options, "max_new_tokens": max_new_tokens})
     subject.require(info.tier)
-    if subject.adapter.dual_encoder and info.tier != "black-box":
-        raise InputError(f"method {method!r} ({info.tier} tier) reads a language model, which the {subject.family} "
-                         "dual encoder does not have: use a perturbation method (occlusion, rise, lime, kernel_shap, "
-                         "mm_shap) to explain its image-caption similarity")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
     if answer is None:
-        generated = subject.generate(images, prompt, max_new_tokens=max_new_tokens)
+        generated = subject.generate(images, prompt, max_new_tokens=max_new_tokens, candidates=candidates)
         if not generated.token_ids.numel():
             raise InputError("the model's generated answer is empty (it stopped at once), so there is nothing to "
                              "explain: pass answer=... to explain a given answer")
         batch = generated.batch
     else:
-        batch = subject.prepare(images, prompt, answer=answer)
+        batch = subject.prepare(images, prompt, answer=answer, candidates=candidates)
     targets = resolve_targets(subject.tokenizer, batch, target)
     devices = [subject.device] if subject.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         out = info.fn(subject, batch, targets, **options)
-    spec = {"target": target, "answer": answer, "max_new_tokens": max_new_tokens if answer is None else None}
+    spec = {"target": target, "answer": answer, "max_new_tokens": max_new_tokens if answer is None else None,
+            **({"candidates": list(candidates)} if candidates is not None else {})}
     return build_explanation(subject, batch, targets, out, method, options, seed, spec)
 
 

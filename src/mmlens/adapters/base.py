@@ -114,6 +114,20 @@ class Adapter:
 
     #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
     dual_encoder: ClassVar[bool] = False
+    #: the hook point whose tensor gradient methods differentiate: the input embeddings of the whole sequence
+    input_point: ClassVar[str] = "lm.blocks.0.resid_pre"
+
+    def input_width(self) -> int:
+        """Width of the :attr:`input_point` tensor."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+    def token_embedding(self) -> nn.Module:
+        """The module that embeds token ids (its ``weight`` rows: :meth:`embedding_row`)."""
+        return self.model.get_input_embeddings()
+
+    def embedding_row(self, token_id: int) -> int:
+        """Row of ``model.get_input_embeddings()`` that embeds tokenizer id ``token_id``."""
+        return int(token_id)
 
     def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Logits ``(B, seq, V)`` of one forward over prepared ``inputs`` (on the model's device)."""
@@ -146,6 +160,11 @@ class Adapter:
                 tail = torch.full((rows, n), self.answer_token_type, dtype=value.dtype)
             out[key] = torch.cat([value, tail.to(value.device)], dim=1)
         return out
+
+    def with_candidates(self, inputs: dict[str, Any], caption: str, candidates: list[str]) -> dict[str, Any]:
+        """``inputs`` that score the caption against other ``candidates`` (zero-shot classes): dual encoders."""
+        raise InputError(f"candidates (zero-shot classes among captions) need an image-text dual encoder, and this "
+                         f"{self.family} model has no text tower aligned with its images: leave candidates out")
 
     # -- geometry -----------------------------------------------------------------------------------------
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:

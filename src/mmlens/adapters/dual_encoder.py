@@ -8,7 +8,8 @@ its logits at the last caption position are ``[r, s]`` with ``s`` the image-capt
 ``"logit"`` objective explains ``s`` itself, ``"log_prob"`` is ``log sigmoid(s - r)`` (SigLIP's own match
 log-probability). Perturbation methods (batched perturbed forwards) then explain that similarity, with image
 positions mapped to pixels by the geometry and text positions being the caption's tokens (masked words).
-Methods that read the language model (gradients at its input embeddings, its attention) refuse in one line.
+Gradient methods differentiate it w.r.t. the joint input embeddings (``joint.embed``: both towers' input
+embeddings in one tensor, see :mod:`mmlens.adapters.joint_embedding`).
 
 Token ids in the joint sequence are shifted by :data:`OFFSET` so the three virtual tokens (``<nomatch>``,
 ``<match>``, ``<image>``) never collide with the tokenizer's own; :class:`JointTokenizer` decodes both.
@@ -16,13 +17,15 @@ Token ids in the joint sequence are shifted by :data:`OFFSET` so the three virtu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
 
 from mmlens.adapters.base import Adapter
+from mmlens.adapters.embedding_parts import EmbeddingParts
+from mmlens.adapters.joint_embedding import JointEmbed, embeddings_from, expand_rows, join, tower_embeddings
 from mmlens.errors import InputError
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 
@@ -89,6 +92,11 @@ class DualEncoderAdapter(Adapter):
     lay out the vision tokens (``geometry`` / ``n_vision_tokens``)."""
 
     dual_encoder = True
+    input_point = "joint.embed"
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        super().__init__(model, processor)
+        self.joint = JointEmbed()
 
     @property
     def tokenizer(self) -> JointTokenizer:
@@ -146,6 +154,39 @@ class DualEncoderAdapter(Adapter):
         """Text embeddings ``(B, D)`` (projected, not normalised) of the text tower's own ids."""
         raise NotImplementedError
 
+    #: whether :meth:`encode_texts` hands the tokenizer's attention mask to the text tower
+    text_mask: ClassVar[bool] = True
+
+    def text_kwargs(self) -> dict[str, Any]:
+        """Tokenizer keyword arguments for plain texts (padding / truncation as the text tower was trained)."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings ``(B, D)`` (projected, not normalised) of plain texts (the embedding methods' side)."""
+        enc = self.processor.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs())
+        device = next(self.model.parameters()).device
+        mask = enc.get("attention_mask") if self.text_mask else None
+        return self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
+
+    def with_candidates(self, inputs: dict[str, Any], caption: str, candidates: list[str]) -> dict[str, Any]:
+        """``inputs`` plus ``candidate_embeds`` ``(1, K, D)``: the text embeddings of the ``candidates`` other than
+        ``caption`` (constants, embedded as the caption is), whose similarities join the caption's in the
+        readout: ``log_prob`` of ``<match>`` is then the caption's zero-shot class log-probability."""
+        others = list(dict.fromkeys(c.strip() for c in candidates if c.strip() != caption.strip()))
+        if not others or any(not c for c in others):
+            raise InputError(f"candidates {list(candidates)!r} hold no caption other than {caption!r} (or an empty "
+                             "one): pass at least one other non-empty caption")
+        enc = self.processor.tokenizer(others, return_tensors="pt", **{"padding": True, **self.text_kwargs()})
+        device = next(self.model.parameters()).device
+        mask = enc.get("attention_mask")
+        with torch.no_grad():
+            emb = self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
+        return {**inputs, "candidate_embeds": emb[None].cpu()}
+
+    def embedding_parts(self) -> EmbeddingParts:
+        """The towers as the embedding methods read them (see :mod:`mmlens.adapters.embedding_parts`)."""
+        raise NotImplementedError
+
     def similarity_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``logit_scale.exp() * cos`` (+ ``logit_bias`` where the model has one), row by row."""
         cos = (nn.functional.normalize(image, dim=-1) * nn.functional.normalize(text, dim=-1)).sum(-1)
@@ -154,7 +195,12 @@ class DualEncoderAdapter(Adapter):
         return out + bias if bias is not None else out
 
     def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """``(B, seq, 2)`` logits of the joint sequence: ``[0, s]`` at the last caption position, 0 elsewhere."""
+        """``(B, seq, 2)`` logits of the joint sequence: ``[r, s]`` at the last caption position, 0 elsewhere;
+        with candidates ``(B, seq, 2 + K)``: ``[-inf, s, s_1 .. s_K]`` there (:meth:`with_candidates`).
+
+        Both towers run from the joint input embeddings (``joint.embed``, see
+        :mod:`mmlens.adapters.joint_embedding`); an edit there that makes ``k`` rows of a one-row batch
+        scores ``k`` rows."""
         ids = inputs["input_ids"]
         n = self.n_vision_tokens(inputs)
         end = ids.shape[1] - int(bool((ids[:, -1] == MATCH).all()))
@@ -163,12 +209,42 @@ class DualEncoderAdapter(Adapter):
         text_ids = ids[:, n:end] - OFFSET
         mask = inputs.get("attention_mask")
         text_mask = mask[:, n:end] if mask is not None else torch.ones_like(text_ids)
-        s = self.similarity_logits(self.image_embeds(inputs), self.text_embeds(text_ids, text_mask))
-        match = torch.zeros(1, ids.shape[1], 2, dtype=s.dtype, device=s.device)
-        match[0, end - 1, MATCH] = 1.0
-        nomatch = torch.zeros_like(match)
-        nomatch[0, end - 1, NOMATCH] = 1.0
-        return s[:, None, None] * match + self.nomatch_logit().to(s.dtype) * nomatch
+        parts = self.parts()
+        v = tower_embeddings(parts.vision_embed, lambda: self.image_embeds(inputs))
+        t = tower_embeddings(parts.text_embed, lambda: self.text_embeds(text_ids, text_mask))
+        if v.shape[1] != n:
+            raise RuntimeError(f"the vision tower embeds {v.shape[1]} rows, the joint sequence has {n} vision slots")
+        x = self.joint(join(v, t, ids.shape[1] - end))
+        if x.shape[0] != ids.shape[0]:
+            if ids.shape[0] != 1:
+                raise RuntimeError(f"joint.embed was edited to {x.shape[0]} rows from {ids.shape[0]}, not from 1")
+            inputs = expand_rows(inputs, x.shape[0])
+            text_ids, text_mask = (u.expand(x.shape[0], -1) for u in (text_ids, text_mask))
+        with embeddings_from(parts.vision_embed, x[:, :n, : v.shape[-1]]), \
+                embeddings_from(parts.text_embed, x[:, n:end, : t.shape[-1]]):
+            image = self.image_embeds(inputs)
+            s = self.similarity_logits(image, self.text_embeds(text_ids, text_mask))
+        others = inputs.get("candidate_embeds")
+        if others is None:
+            row = torch.stack([self.nomatch_logit().to(s).expand_as(s), s], dim=1)
+        else:  # zero-shot among the candidates: <nomatch> drops out of the softmax
+            sims = self.similarity_logits(image[:, None], others.to(image))  # (B, K)
+            row = torch.cat([torch.full_like(s[:, None], float("-inf")), s[:, None], sims], dim=1)
+        out = row.new_zeros(row.shape[0], ids.shape[1], row.shape[1])
+        return torch.cat([out[:, : end - 1], row[:, None], out[:, end:]], dim=1)
+
+    def input_width(self) -> int:
+        """Width of ``joint.embed``: the wider tower's."""
+        cfg = self.model.config
+        return max(int(cfg.vision_config.hidden_size), int(cfg.text_config.hidden_size))
+
+    def token_embedding(self) -> nn.Module:
+        """The text tower's token embedding."""
+        return self.parts().text_embed.token_embedding
+
+    def embedding_row(self, token_id: int) -> int:
+        """The text tower's embedding row of a joint-sequence token id."""
+        return int(token_id) - OFFSET
 
     def nomatch_logit(self) -> torch.Tensor:
         """The ``<nomatch>`` logit: 0 for SigLIP (``log_prob`` = its sigmoid match log-probability); CLIP's

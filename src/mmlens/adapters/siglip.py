@@ -18,6 +18,8 @@ from PIL import Image
 from mmlens.adapters.base import register_adapter
 from mmlens.adapters.clip import tower_parts
 from mmlens.adapters.dual_encoder import DualEncoderAdapter
+from mmlens.adapters.embedding_parts import AttentionPool, EmbeddingParts, encoder_embedding_parts
+from mmlens.errors import InputError
 from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import ImageGrid
 
@@ -29,12 +31,28 @@ class SiglipAdapter(DualEncoderAdapter):
     model_class = "SiglipModel"
 
     def parts(self) -> ModelParts:
-        return tower_parts(self.model)
+        return tower_parts(self.model, self.joint)
+
+    #: plain texts go through the text tower unmasked, padded to its length, as SigLIP was trained
+    text_mask = False
 
     def processor_kwargs(self) -> dict[str, Any]:
         """Captions padded to the text tower's length, as SigLIP was trained (it pools the last position)."""
+        return SiglipAdapter.text_kwargs(self)
+
+    def text_kwargs(self) -> dict[str, Any]:
         return {"padding": "max_length", "truncation": True,
                 "max_length": min(64, self.model.config.text_config.max_position_embeddings)}
+
+    def embedding_parts(self) -> EmbeddingParts:
+        """Attention-pooling head (a probe query, multi-head attention, a residual MLP), no projection."""
+        vision = self.model.vision_model
+        head = getattr(vision, "head", None)
+        if head is None:
+            raise InputError(f"this {self.family} vision tower has no pooling head (vision_use_head=False): its image "
+                             "embedding is undefined; load a checkpoint with the head")
+        pool = AttentionPool(head.probe, head.attention, lambda a: head.mlp(head.layernorm(a)))
+        return encoder_embedding_parts(self, vision, pool, None, self.model.config.vision_config.hidden_size)
 
     def n_vision_tokens(self, inputs: dict[str, Any]) -> int:
         cfg = self.model.config.vision_config

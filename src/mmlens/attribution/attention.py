@@ -57,6 +57,7 @@ def attention(
     reduces the selected ``heads`` inside the hook, then the selected ``layers``. One forward pass for all
     targets; only the query rows are computed.
     """
+    subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     head_ids = select_indices("heads", heads, subject.n_heads)
     how = check_choice("aggregate", aggregate, ("mean", "max"))
@@ -119,6 +120,7 @@ def rollout(
     Memory: the product runs from the last layer backwards, so each layer's head-fused ``N x N`` attention is
     kept (``layers x N x N`` float32; heads are fused inside the hook, one layer at a time).
     """
+    subject.require_language_model()
     residual = check_float("residual", residual, 0.0, 1.0)
     how = check_choice("head_fusion", head_fusion, ("mean", "max"))
     heads = list(range(subject.n_heads))

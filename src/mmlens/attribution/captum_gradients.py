@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
-from mmlens.attribution.gradient import INPUT, gradient_mode
+from mmlens.attribution.gradient import gradient_mode, input_point
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
@@ -40,11 +40,12 @@ MODALITIES = ("image", "text", "both")
 
 
 def input_embeddings(subject: Subject, batch: Batch) -> torch.Tensor:
-    """The LM input embeddings ``(1, N, D)`` of ``batch`` (detached)."""
+    """The input embeddings ``(1, N, D)`` of ``batch`` (detached; see :func:`~mmlens.attribution.gradient.input_point`)."""
+    point = input_point(subject)
     with torch.no_grad(), subject.trace() as tr:
-        tr.capture(INPUT)
+        tr.capture(point)
         subject.forward(batch)
-    return tr[INPUT]
+    return tr[point]
 
 
 def attributed_positions(batch: Batch, modality: str) -> torch.Tensor:
@@ -71,7 +72,7 @@ def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) ->
             return out
 
         with subject.trace() as tr:
-            tr.edit(INPUT, put)
+            tr.edit(input_point(subject), put)
             return subject.forward(batch)
 
     return g
@@ -119,26 +120,34 @@ def _baseline_images(batch: Batch, kind: str, blur_radius: float | None) -> list
 def baseline_token_id(subject: Subject) -> int | None:
     """The token whose embedding stands for "no text": unk, else pad, else eos, skipping any whose
     embedding is all zeros (``padding_idx`` rows often are)."""
-    tok, weight = subject.tokenizer, subject.model.get_input_embeddings().weight
+    tok, weight = subject.tokenizer, subject.adapter.token_embedding().weight
     for name in ("unk_token_id", "pad_token_id", "eos_token_id"):
         value = getattr(tok, name, None)
-        if value is not None and 0 <= int(value) < weight.shape[0] and bool(weight[int(value)].any()):
+        row = subject.adapter.embedding_row(value) if value is not None else -1
+        if 0 <= row < weight.shape[0] and bool(weight[row].any()):
             return int(value)
     return None
 
 
 def _text_variant(subject: Subject, batch: Batch, token_id: int) -> torch.Tensor:
-    """LM input embeddings ``(1, N, D)`` of ``batch`` with every prompt-text token replaced by ``token_id``
+    """Input embeddings ``(1, N, D)`` of ``batch`` with every prompt-text token replaced by ``token_id``
     (through the model's own embedding module, so family scaling such as Gemma's applies; the input ids,
-    and so Qwen2-VL's position ids, stay unchanged)."""
-    emb = subject.model.get_input_embeddings()
+    and so Qwen2-VL's position ids, stay unchanged). The embedding module sees the whole sequence (an MLLM:
+    the text positions are replaced) or only its text (a dual encoder's text tower: all of it is)."""
+    emb = subject.adapter.token_embedding()
     with torch.no_grad():
-        vec = emb(torch.tensor([[token_id]], device=subject.device))[0, 0]
+        vec = emb(torch.tensor([[subject.adapter.embedding_row(token_id)]], device=subject.device))[0, 0]
     text = batch.text_positions().to(subject.device)
 
     def swap(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         out = output.clone()
-        out[:, text] = vec.to(out.dtype)
+        if out.shape[1] == batch.seq_len:
+            out[:, text] = vec.to(out.dtype)
+        elif out.shape[1] == len(text):
+            out[:] = vec.to(out.dtype)
+        else:
+            raise RuntimeError(f"the input embedding module saw {out.shape[1]} positions, not the sequence's "
+                               f"{batch.seq_len} or its {len(text)} text positions")
         return out
 
     swap._mmlens = True  # type: ignore[attr-defined]  (counted by count_hooks while installed)
@@ -163,7 +172,7 @@ def baseline_embeddings(subject: Subject, batch: Batch, positions: torch.Tensor,
     steps misses it (large convergence delta); a token embedding has the norm of a real input.
     """
     check_choice("baseline", kind, BASELINES)
-    hidden = int(subject.model.config.get_text_config().hidden_size)
+    hidden = subject.adapter.input_width()
     dtype = next(subject.model.parameters()).dtype
     base = torch.zeros(1, len(positions), hidden, dtype=dtype, device=subject.device)
     if kind == "zero":

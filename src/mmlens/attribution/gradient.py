@@ -1,8 +1,10 @@
 """Gradient-tier attribution over the language model's input embeddings.
 
 Every method here differentiates a :class:`~mmlens.model.targets.Target` (answer tokens, or a contrast)
-with respect to ``lm.blocks.0.resid_pre``: the LM's input embeddings, i.e. the projector output at image
-positions and the token embeddings at text positions. Parameters are frozen for the duration (no parameter
+with respect to the adapter's input point (:func:`input_point`): for an MLLM ``lm.blocks.0.resid_pre``, the
+LM's input embeddings, i.e. the projector output at image positions and the token embeddings at text
+positions; for a dual encoder ``joint.embed``, its towers' input embeddings (patch embeddings at image
+positions, caption token embeddings at text positions; the target is the image-caption similarity). Parameters are frozen for the duration (no parameter
 gradients are built or accumulated). ``objective`` picks the differentiated quantity: the target tokens'
 summed log-probs (``"log_prob"``, the default here), logits (``"logit"``) or joint probability (``"prob"``).
 
@@ -36,6 +38,11 @@ from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective, foil_batch
 
 INPUT = "lm.blocks.0.resid_pre"
+
+
+def input_point(subject: Subject) -> str:
+    """The hook point holding ``subject``'s input embeddings of the whole sequence (what gradients are taken of)."""
+    return subject.adapter.input_point
 
 # -- model state for gradients ----------------------------------------------------------------------------
 
@@ -92,8 +99,9 @@ def gradient_mode(subject: Subject, eager: bool = False) -> Iterator[None]:
             yield
 
 
-def leaf_input(tr: Any) -> list[torch.Tensor]:
-    """Make the LM input embeddings a leaf that requires grad (inside a trace); returns a list that receives it."""
+def leaf_input(tr: Any, point: str = INPUT) -> list[torch.Tensor]:
+    """Make the input embeddings at ``point`` a leaf that requires grad (inside a trace); returns a list that
+    receives it."""
     holder: list[torch.Tensor] = []
 
     def make_leaf(t: torch.Tensor) -> torch.Tensor:
@@ -101,7 +109,7 @@ def leaf_input(tr: Any) -> list[torch.Tensor]:
         holder.append(x)
         return x
 
-    tr.edit(INPUT, make_leaf)
+    tr.edit(point, make_leaf)
     return holder
 
 
@@ -115,7 +123,7 @@ def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Te
         return torch.cat([x[:, :shared].to(t.dtype), t[:, shared:]], dim=1)
 
     with subject.trace() as tr:
-        tr.edit(INPUT, tie)
+        tr.edit(input_point(subject), tie)
         return subject.forward(foil_batch(subject, batch, target))
 
 
@@ -136,7 +144,7 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target], objec
     out = []
     with gradient_mode(subject), cached_image_features(subject):  # a foil forward reuses the image features
         with subject.trace() as tr:
-            holder = leaf_input(tr)
+            holder = leaf_input(tr, input_point(subject))
             logits = subject.forward(batch)
         x = holder[0]
         xf = x[0].detach().float()
@@ -194,7 +202,7 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: st
     """Grad-CAM with the image tokens as the spatial axis and the hidden units as channels.
 
     Activation ``A`` = ``lm.blocks.0.resid_pre`` at image ``i``'s positions (the projector output, one row
-    per LM image token); channel weights ``w_c = mean_p dtarget/dA[p, c]`` over image ``i``'s positions;
+    per LM image token; a dual encoder's patch embeddings at ``joint.embed``); channel weights ``w_c = mean_p dtarget/dA[p, c]`` over image ``i``'s positions;
     score ``= relu(sum_c w_c A[p, c])`` at those positions, 0 elsewhere.
 
     Why the LM side and not the vision tower's last block: the map from vision-tower tokens to LM image

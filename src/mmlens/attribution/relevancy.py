@@ -33,7 +33,7 @@ import torch
 
 from mmlens.attribution.attention import select_indices, target_rows
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
-from mmlens.attribution.gradient import INPUT, gradient_mode
+from mmlens.attribution.gradient import gradient_mode, input_point
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -90,7 +90,7 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
             return x
 
         with subject.trace() as tr:
-            tr.edit(INPUT, emit)
+            tr.edit(input_point(subject), emit)
             for layer in layers:
                 tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
             logits = subject.forward(batch)
@@ -133,6 +133,7 @@ def attention_x_gradient(
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
     target's query positions ``q``."""
+    subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
@@ -233,6 +234,7 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
     the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
     """
+    subject.require_language_model()
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])

@@ -51,7 +51,7 @@ def text_bank(t: Any, texts: Iterable[str], chunk: int = 256, max_mb: float = TE
     t.require_text("TextSpan's text spans")
     chunk = check_int("chunk", chunk, 1, 65536)
     max_mb = check_float("max_mb", max_mb, 0.0, open_low=True)
-    d = int(getattr(t.model.config, "projection_dim", 0) or t.model.config.text_config.hidden_size)
+    d = t.embed_dim
     limit = int(max_mb * 2**20 // (4 * d))
     if hasattr(texts, "__len__") and len(texts) > limit:  # type: ignore[arg-type]
         raise InputError(_too_big(len(texts), d, max_mb))  # type: ignore[arg-type]
@@ -105,7 +105,7 @@ def text_spans(dec: Decomposition, bank: TextBank, n_texts: int = 5, heads: Sequ
         raise InputError(f"the text bank has {bank.embeddings.shape[-1]} dims but the image embedding has "
                          f"{dec.contributions.shape[-1]}: encode the bank with the same model")
     if "L0.H0" not in dec.names:
-        raise InputError("this decomposition has no per-head terms: decompose a CLIP / SigLIP model")
+        raise InputError("this decomposition has no per-head terms: decompose an image-text dual encoder")
     n_texts = check_int("n_texts", n_texts, 1, len(bank.texts))
     n_components = check_int("n_components", n_components, 1, 4096)
     pairs = list(heads) if heads is not None else [(layer, h) for layer in range(dec.n_layers) for h in range(dec.n_heads)]
@@ -162,8 +162,8 @@ def head_maps(dec: Decomposition, direction: torch.Tensor, heads: Sequence[tuple
     """``(n_images, len(heads), rows, cols)``: each patch token's contribution (through head ``(l, h)``) along
     ``direction`` (e.g. a text embedding). Needs ``decompose(..., per_token=True)``."""
     if dec.tokens is None or dec.grid is None:
-        raise InputError("this decomposition has no per-token terms: call decompose(..., per_token=True) on a "
-                         "CLIP / SigLIP model with a square patch grid")
+        raise InputError("this decomposition has no per-token terms: call decompose(..., per_token=True) on an "
+                         "image-text dual encoder with a square patch grid")
     d = normalize(direction.float().reshape(-1))
     maps = torch.stack([dec.tokens[:, layer, h, dec.cls:] @ d for layer, h in heads], 1)
     return maps.reshape(*maps.shape[:2], *dec.grid)

@@ -1,10 +1,11 @@
-"""The image tower every embedding method reads: a dual encoder's vision side (CLIP, SigLIP, SigLIP 2), with its
-text side when there is one, or the vision tower of a supported MLLM (its image embedding is the projector's input).
+"""The image tower every embedding method reads: a dual encoder's vision side (with its text side), described by
+its adapter's :class:`~mmlens.adapters.embedding_parts.EmbeddingParts`, or the vision tower of a supported MLLM
+(its image embedding is the projector's input; no text side).
 
 >>> from mmlens.testing.tiny_dual import tiny_dual_model_and_processor
 >>> t = tower(tiny_dual_model_and_processor("clip"))
->>> t.kind, t.has_text, t.n_layers, t.n_heads
-('clip', True, 2, 4)
+>>> t.kind, t.has_text, t.n_layers, t.n_heads, t.parts.pooling
+('dual', True, 2, 2, 'cls')
 """
 
 from __future__ import annotations
@@ -15,47 +16,55 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmlens.errors import InputError
+from mmlens.adapters.base import adapter_for
+from mmlens.errors import InputError, UnsupportedModelError
 from mmlens.model.images import ImageLike, to_rgb
 from mmlens.util.options import check_int
 from mmlens.util.progress import progress
 
-#: ``model_type`` of the dual encoders the embedding methods read directly.
-DUAL_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip"}
+_NOT_A_TOWER = ("is not an image-text dual encoder or a supported MLLM: pass a dual encoder with its processor "
+                "(or mmlens.load of one), or a Subject from mmlens.load")
 
 
 class Tower:
-    """A vision tower (and text tower, for dual encoders) with the module paths the decomposition needs.
+    """A vision tower (and text tower, for dual encoders) with the modules the decomposition needs.
 
-    ``kind`` is ``"clip"`` (CLS token, final layernorm, linear projection), ``"siglip"`` (final layernorm,
-    attention-pooling head) or ``"mllm"`` (an MLLM's vision tower; no text side)."""
+    ``kind`` is ``"dual"`` (an image-text dual encoder: ``parts`` is its adapter's ``EmbeddingParts``) or
+    ``"mllm"`` (an MLLM's vision tower: ``parts`` is its adapter's ``ModelParts``; no text side)."""
 
     def __init__(self, model: nn.Module, processor: Any, subject: Any = None) -> None:
         self.model, self.processor, self.subject = model.eval(), processor, subject
-        model_type = getattr(model.config, "model_type", "")
-        if subject is not None and model_type not in DUAL_TYPES:
-            self.kind = "mllm"
-            parts = subject.adapter.parts()
-            if parts.vision_blocks is None:
-                raise InputError(f"{subject.model_id} names no vision tower: the embedding methods need one")
-            self.blocks = parts.vision_blocks
-            self.parts = parts
-            self.vision = None
-        elif model_type in DUAL_TYPES:
-            self.kind = DUAL_TYPES[model_type]
-            self.vision = model.vision_model
-            self.blocks = self.vision.encoder.layers
-            if self.kind == "siglip" and getattr(self.vision, "head", None) is None:
-                raise InputError("this SigLIP vision tower has no pooling head (vision_use_head=False): its image "
-                                 "embedding is undefined; load a checkpoint with the head")
+        if subject is not None:
+            adapter = subject.adapter
         else:
-            raise InputError(f"{type(model).__name__} is not a CLIP / SigLIP dual encoder or a supported MLLM: pass "
-                             "a CLIPModel, SiglipModel, Siglip2Model or a Subject from mmlens.load")
+            try:
+                adapter = adapter_for(model)(model, processor)
+            except UnsupportedModelError:
+                raise InputError(f"{type(model).__name__} {_NOT_A_TOWER}") from None
+        if getattr(adapter, "dual_encoder", False):
+            self.kind = "dual"
+            self.parts = adapter.embedding_parts()
+            self.blocks = self.parts.vision_blocks
+        elif subject is not None:
+            self.kind = "mllm"
+            self.parts = adapter.parts()
+            if self.parts.vision_blocks is None:
+                raise InputError(f"{subject.model_id} names no vision tower: the embedding methods need one")
+            self.blocks = self.parts.vision_blocks
+        else:
+            raise InputError(f"a bare {type(model).__name__} {_NOT_A_TOWER}")
 
     # -- shape ---------------------------------------------------------------------------------------------
     @property
     def has_text(self) -> bool:
-        return self.kind != "mllm"
+        return self.kind == "dual" and self.parts.has_text
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the image embedding (the joint space of a dual encoder)."""
+        if self.kind == "dual":
+            return self.parts.embed_dim
+        return int(getattr(self.vision_config, "hidden_size", 0) or 0)
 
     @property
     def n_layers(self) -> int:
@@ -81,9 +90,10 @@ class Tower:
     def require_text(self, what: str) -> None:
         """One-line InputError when ``what`` needs a text tower that this tower lacks."""
         if not self.has_text:
-            raise InputError(f"{what} needs a text encoder aligned with the image embedding, and this MLLM's vision "
-                             "tower has none: use `decompose` (layer / head contributions to the projector input) "
-                             "here, or load a CLIP / SigLIP dual encoder for text-based methods")
+            where = "this MLLM's vision tower" if self.kind == "mllm" else "this model"
+            raise InputError(f"{what} needs a text encoder aligned with the image embedding, and {where} has none: "
+                             "use `decompose` (layer / head contributions to the image embedding) here, or load an "
+                             "image-text dual encoder for text-based methods")
 
     # -- inputs --------------------------------------------------------------------------------------------
     def pixel_inputs(self, images: Sequence[ImageLike]) -> dict[str, torch.Tensor]:
@@ -102,7 +112,7 @@ class Tower:
         batch_size = check_int("batch_size", batch_size, 1, 4096)
         images = _non_empty(images, "images")
         chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        out = [_pooled(self.model.get_image_features(**self.pixel_inputs(c))) for c in progress(chunks, "images", show)]
+        out = [self.parts.encode_image(self.pixel_inputs(c)) for c in progress(chunks, "images", show)]
         return torch.cat(out).float().cpu()
 
     @torch.no_grad()
@@ -125,14 +135,7 @@ class Tower:
         return torch.cat(out)
 
     def _texts(self, texts: list[str]) -> torch.Tensor:
-        tok = getattr(self.processor, "tokenizer", self.processor)
-        max_len = int(self.model.config.text_config.max_position_embeddings)
-        padding = "max_length" if self.kind == "siglip" else True
-        enc = tok(texts, padding=padding, max_length=max_len, truncation=True, return_tensors="pt")
-        kwargs = {"input_ids": enc["input_ids"].to(self.device)}
-        if self.kind == "clip" and "attention_mask" in enc:
-            kwargs["attention_mask"] = enc["attention_mask"].to(self.device)
-        return _pooled(self.model.get_text_features(**kwargs)).float().cpu()
+        return self.parts.encode_text(texts).float().cpu()
 
 
 def tower(subject_or_model: Any, processor: Any = None) -> Tower:
@@ -148,8 +151,8 @@ def tower(subject_or_model: Any, processor: Any = None) -> Tower:
         return Tower(subject_or_model, processor)
     model = getattr(subject_or_model, "model", None)
     if not isinstance(model, nn.Module):
-        raise InputError(f"{type(subject_or_model).__name__} is not a model or subject: pass a CLIP / SigLIP model "
-                         "with its processor, or mmlens.load(...)")
+        raise InputError(f"{type(subject_or_model).__name__} is not a model or subject: pass an image-text dual "
+                         "encoder with its processor, or mmlens.load(...)")
     is_subject = hasattr(subject_or_model, "adapter")
     return Tower(model, processor or subject_or_model.processor, subject_or_model if is_subject else None)
 
@@ -159,10 +162,6 @@ def _attn(block: nn.Module) -> nn.Module:
         if isinstance(getattr(block, name, None), nn.Module):
             return getattr(block, name)
     raise InputError(f"{type(block).__name__} has no attention module mmlens knows (self_attn / attn / attention)")
-
-
-def _pooled(out: Any) -> torch.Tensor:
-    return out if torch.is_tensor(out) else out.pooler_output
 
 
 def _non_empty(items: Any, name: str) -> list:

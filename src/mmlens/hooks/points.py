@@ -58,6 +58,8 @@ class ModelParts:
     text_embed: nn.Module | None = None
     tower_attn_out: str | None = None  # attention output projection in the towers' blocks (``*.attn.heads``)
     tower_mlp: str | None = None  # MLP of the towers' blocks (``*.mlp.out``)
+    #: dual encoders: the joint sequence's input embeddings, both towers' in one tensor (``joint.embed``)
+    joint_embed: nn.Module | None = None
 
     def mlp_down(self, layer: int) -> nn.Module:
         """LM block ``layer``'s MLP down projection (its input is ``lm.blocks.{layer}.mlp.act``: the neurons)."""
@@ -65,6 +67,8 @@ class ModelParts:
 
     def hook_points(self) -> dict[str, HookPoint]:
         points: dict[str, HookPoint] = {}
+        if self.joint_embed is not None:
+            points["joint.embed"] = HookPoint(self.joint_embed, "output")
         if self.vision_embed is not None:
             points["vision.embed"] = HookPoint(self.vision_embed, "output")
         for i, block in enumerate(self.vision_blocks or []):

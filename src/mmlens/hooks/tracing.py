@@ -18,9 +18,13 @@ Hook-point names (``i`` = block index) and what their tensors hold, the same in 
     lm.blocks.{i}.mlp.out           MLP output
     lm.norm.out                     final norm output (what the unembedding reads)
     lm.logits                       unembedding output
+    text.embed, text.blocks.{i}.*   dual encoders (no lm.*): the text tower's embeddings and blocks (resid_pre /
+                                    resid_post / attn / attn.weights); *.blocks.{i}.attn.heads / .mlp.out: both towers
+    joint.embed                     both towers' input embeddings in one tensor (rows: patches, caption, answer
+                                    slot; adapters.joint_embedding): what gradient methods differentiate
 
-Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for
-``lm.*``, the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
+Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for ``lm.*``
+(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
 
 ``projector.out`` is read where the model hands its image features to the LM (the output of
 ``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
@@ -33,12 +37,8 @@ are ``(batch, heads, queries, keys)``; where the tower attends in chunks (Qwen: 
 Qwen2.5-VL's windowed blocks one per window) the chunks are gathered into one ``(1, heads, patches,
 patches)`` matrix, zero between chunks, and ``rows=`` selects its query rows.
 
->>> from mmlens.testing import tiny_subject                     # doctest: +SKIP
->>> s = tiny_subject("llava"); batch = s.prepare(s.example_images(), "what is this?")  # doctest: +SKIP
 >>> with s.trace() as tr:                                       # doctest: +SKIP
-...     tr.capture("lm.blocks.*.resid_post", reduce=lambda h: h[:, -1])
-...     s.forward(batch)
->>> tr["lm.blocks.0.resid_post"].shape                          # doctest: +SKIP
+...     tr.capture("lm.blocks.*.resid_post", reduce=lambda h: h[:, -1]); s.forward(batch)
 """
 
 from __future__ import annotations

@@ -46,6 +46,14 @@ class Subject:
                              "load it with access='all' or pick a black-box method")
 
     # -- basics -------------------------------------------------------------------------------------------
+    def require_language_model(self) -> None:
+        """One-line InputError for a method that reads the language model's attention when this subject has none."""
+        if self.adapter.dual_encoder:
+            raise InputError("this method reads a language model's attention over the whole sequence, and a dual "
+                             "encoder has none (its image and caption meet only in the similarity): use "
+                             "saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam or a "
+                             "perturbation method")
+
     @property
     def family(self) -> str:
         return self.adapter.family
@@ -76,9 +84,13 @@ class Subject:
         images: ImageLike | Sequence[ImageLike],
         prompt: str,
         answer: str | Sequence[int] | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> Batch:
         """Build model inputs for ``prompt`` about ``images`` (one or several), optionally followed by
-        ``answer`` (text or token ids) for teacher forcing, with each image's geometry."""
+        ``answer`` (text or token ids) for teacher forcing, with each image's geometry.
+
+        ``candidates`` (dual encoders): other captions the prompt (a caption) competes with, so the answer
+        ``<match>`` becomes the prompt's zero-shot class among them (see :func:`mmlens.zero_shot`)."""
         self._check_text("prompt", prompt)
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         if not image_list:
@@ -96,6 +108,12 @@ class Subject:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise InputError(f"the {self.family} processor rejected this prompt/images ({first}): pass one image "
                              "per placeholder, or a prompt without placeholders (mmlens adds them)") from None
+        if candidates is not None:
+            if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+                raise InputError(f"candidates={candidates!r}: pass a list of captions (strings)")
+            for c in candidates:
+                self._check_text("candidate", c)
+            inputs = self.adapter.with_candidates(inputs, prompt, list(candidates))
         n_image_tokens = int(self.adapter.image_token_mask(inputs["input_ids"]).sum())
         if n_image_tokens == 0:
             raise InputError(
@@ -219,7 +237,8 @@ class Subject:
 
     @torch.no_grad()
     def generate(
-        self, images: ImageLike | Sequence[ImageLike], prompt: str, max_new_tokens: int = 32, **kwargs: Any
+        self, images: ImageLike | Sequence[ImageLike], prompt: str, max_new_tokens: int = 32,
+        candidates: Sequence[str] | None = None, **kwargs: Any
     ) -> Generation:
         """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch.
 
@@ -229,7 +248,7 @@ class Subject:
         from mmlens.util.limits import OPTION_RANGES
 
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
-        batch = self.prepare(images, prompt)
+        batch = self.prepare(images, prompt, candidates=candidates)
         if self.adapter.dual_encoder:  # nothing to generate: the answer is the image-caption match
             full = self.with_answer(batch, "<match>")
             return Generation(text="<match>", token_ids=full.answer_ids, tokens=["<match>"], batch=full)

@@ -64,6 +64,9 @@ def perturbed_inputs(
     _check_sizes(batch, image_sets)
     out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
     inputs = {k: v for k, v in out.items() if k in batch.inputs}
+    for key in batch.inputs.keys() - out.keys():  # made beside the processor (a dual encoder's candidates)
+        value = batch.inputs[key]
+        inputs[key] = value.expand(rows, *value.shape[1:]) if torch.is_tensor(value) else value
     prompt_ids = batch.input_ids[:, : batch.prompt_len].expand(rows, -1)
     if not torch.equal(inputs["input_ids"], prompt_ids.to(inputs["input_ids"].device)):
         raise RuntimeError(f"the {subject.family} processor tokenized the perturbed rows differently from the batch")
