@@ -29,10 +29,13 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation
+from mmlens.runs.activation_reader import ActivationReader
+from mmlens.runs.activations import collect_activations
 from mmlens.runs.engine import run_dataset
 from mmlens.runs.explain_job import explain_dataset, load_explanation
 
 __all__ = [
+    "ActivationReader",
     "AnswerScore",
     "Batch",
     "DecodedGeneration",
@@ -52,6 +55,7 @@ __all__ = [
     "UnsupportedModelError",
     "VCD",
     "__version__",
+    "collect_activations",
     "count_hooks",
     "decompose_embedding",
     "explain",
