@@ -10,6 +10,7 @@ import mmlens.embedding  # noqa: F401
 import mmlens.inference  # noqa: F401
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
+import mmlens.probing  # noqa: F401
 import mmlens.token  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods

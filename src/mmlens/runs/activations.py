@@ -74,13 +74,13 @@ class ActivationJob(Job):
     name = "activations"
 
     def __init__(self, model: str, points: list[str], group: str, dtype: str = "float32", min_overlap: float = 0.5,
-                 batch_size: int = 8) -> None:
-        self.model, self.points, self.group = model, list(points), group
+                 batch_size: int = 8, tag: str | None = None) -> None:
+        self.model, self.points, self.group, self.tag = model, list(points), group, tag
         self.dtype, self.min_overlap, self.batch_size = dtype, float(min_overlap), int(batch_size)
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model, "points": self.points, "group": self.group, "dtype": self.dtype,
-                "min_overlap": self.min_overlap}
+                "min_overlap": self.min_overlap, **({"tag": self.tag} if self.tag else {})}
 
     def schema(self) -> Any:
         import pyarrow as pa
@@ -150,10 +150,12 @@ class ActivationJob(Job):
 def collect_activations(model: Any, points: str, group: str, out: str | os.PathLike, *, data: Any = None,
                         n: int | None = None, seed: int = 0, dtype: str = "float32", min_overlap: float = 0.5,
                         batch_size: int = 8, shard_size: int = 50, engine: str = "local",
-                        show_progress: bool | None = None, strict: bool = False, **engine_options: Any) -> DatasetRun:
+                        show_progress: bool | None = None, strict: bool = False, tag: str | None = None,
+                        **engine_options: Any) -> DatasetRun:
     """Collect the activations of ``points`` (a name, a glob like ``lm.blocks.*.resid_post``, or a comma list) at
     ``group``'s positions (``object`` / ``image`` / ``question`` / ``answer``) of ``n`` samples of ``data``
-    (ShapesVQA at the model's image size when None, seed ``seed``) into folder ``out`` (resumable)."""
+    (ShapesVQA at the model's image size when None, seed ``seed``) into folder ``out`` (resumable). ``tag`` marks
+    a run of modified weights (e.g. randomised) so that it never resumes into the unmodified model's folder."""
     check_choice("group", group, GROUPS)
     check_choice("dtype", dtype, DTYPES)
     check_float("min_overlap", min_overlap, 0.0, 1.0, open_low=True)
@@ -168,7 +170,7 @@ def collect_activations(model: Any, points: str, group: str, out: str | os.PathL
         raise InputError(f"projector.out has rows only for image tokens, not for group {group!r}: use --group object "
                          "or image, or an lm.* point")
     source = data if isinstance(data, Source) else _source(subject, data, n, seed)
-    job = ActivationJob(subject.model_id, names, group, dtype, min_overlap, batch_size)
+    job = ActivationJob(subject.model_id, names, group, dtype, min_overlap, batch_size, tag)
     with cleanup_on_failure(out):
         return run_dataset(job, source, model if engine == "ray" else subject, out, engine=engine,
                            shard_size=shard_size, seed=seed, strict=strict, show_progress=show_progress,
