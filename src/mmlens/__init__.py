@@ -10,6 +10,7 @@ import mmlens.embedding  # noqa: F401
 import mmlens.inference  # noqa: F401
 import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
+import mmlens.probing  # noqa: F401
 import mmlens.token  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods
@@ -30,10 +31,13 @@ from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.results.explanation import Explanation
+from mmlens.runs.activation_reader import ActivationReader
+from mmlens.runs.activations import collect_activations
 from mmlens.runs.engine import run_dataset
 from mmlens.runs.explain_job import explain_dataset, load_explanation
 
 __all__ = [
+    "ActivationReader",
     "AnswerScore",
     "Batch",
     "DecodedGeneration",
@@ -54,6 +58,7 @@ __all__ = [
     "VCD",
     "ZeroShot",
     "__version__",
+    "collect_activations",
     "count_hooks",
     "decompose_embedding",
     "explain",

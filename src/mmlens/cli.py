@@ -344,6 +344,9 @@ from mmlens import cli_inference  # noqa: E402,F401  (generate / tuned-lens comm
 from mmlens.cli_pope import pope_cmd  # noqa: E402  (its own module: cli.py stays small)
 
 app.command("pope")(pope_cmd)
+from mmlens.cli_probe import probe_cmd  # noqa: E402  (linear / MLP probes with control tasks)
+
+app.command("probe")(probe_cmd)
 from mmlens.cli_runs import register  # noqa: E402  (benchmark / explain-dataset)
 
 register(app)

@@ -37,9 +37,13 @@ class Job:
     ``where`` names the sample for messages (file and row, or "ShapesVQA sample i").
 
     ``config()`` says what makes two runs the same run (the manifest compares it); ``setup`` makes per-process
-    state (e.g. which methods are warmed up). Jobs must pickle (Ray ships them to its actors)."""
+    state (e.g. which methods are warmed up). Jobs must pickle (Ray ships them to its actors).
+
+    ``batch_size`` > 1: the engine hands ``process_many`` up to that many consecutive readable samples at once
+    (one batched forward); by default it calls ``process`` on each."""
 
     name = "job"
+    batch_size = 1
 
     def config(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -52,6 +56,10 @@ class Job:
 
     def process(self, subject: Any, state: Any, index: int, sample: Any, where: str) -> list[dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - interface
+
+    def process_many(self, subject: Any, state: Any, items: list[tuple[int, Any, str]]) -> list[list[dict[str, Any]]]:
+        """Rows of each ``(index, sample, where)`` in ``items``, in order (override to batch them)."""
+        return [self.process(subject, state, index, sample, where) for index, sample, where in items]
 
 
 @dataclass
@@ -72,6 +80,19 @@ def process_shard(job: Job, subject: Any, state: Any, source: Source, shard: int
     rows: list[dict[str, Any]] = []
     tensors: dict[str, np.ndarray] = {}
     failures: list[dict[str, Any]] = []
+    pending: list[tuple[int, Any, str]] = []
+
+    def flush() -> None:
+        for (index, _, _), got in zip(pending, job.process_many(subject, state, pending), strict=True):
+            for row in got:
+                for name, value in (row.pop(TENSORS, None) or {}).items():
+                    tensors[f"{index}/{name}"] = np.ascontiguousarray(value)
+                rows.append(row)
+        if tick is not None:
+            tick(len(pending))
+        pending.clear()
+
+    size = max(1, int(getattr(job, "batch_size", 1)))
     for index in range(start, stop):
         try:
             sample = source.sample(index)
@@ -82,12 +103,11 @@ def process_shard(job: Job, subject: Any, state: Any, source: Source, shard: int
             if tick is not None:
                 tick(1)
             continue
-        for row in job.process(subject, state, index, sample, source.where(index)):
-            for name, value in (row.pop(TENSORS, None) or {}).items():
-                tensors[f"{index}/{name}"] = np.ascontiguousarray(value)
-            rows.append(row)
-        if tick is not None:
-            tick(1)
+        pending.append((index, sample, source.where(index)))
+        if len(pending) >= size:
+            flush()
+    if pending:
+        flush()
     schema = job.schema()
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
     blob = None
