@@ -1,0 +1,14 @@
+"""Sparse autoencoders (dictionary learning) on any hook point: train, measure, save in SAELens' format,
+inspect features (top patches / texts, logit effect) and intervene on them during generation.
+
+Survey: Neuron > features beyond single units; Embedding > cross-modal > dictionary learning.
+"""
+
+from mmlens.neuron.sae.activations import TokenTable, activation_batches, collect_tokens
+from mmlens.neuron.sae.io import load_sae, save_sae
+from mmlens.neuron.sae.metrics import ce_recovered, reconstruction_metrics
+from mmlens.neuron.sae.model import SparseAutoencoder
+from mmlens.neuron.sae.train import TrainRun, train_sae
+
+__all__ = ["SparseAutoencoder", "TokenTable", "TrainRun", "activation_batches", "ce_recovered", "collect_tokens",
+           "load_sae", "reconstruction_metrics", "save_sae", "train_sae"]
