@@ -50,7 +50,8 @@ def _rows(batches: Iterable[torch.Tensor], d_in: int | None) -> Iterator[torch.T
     for b in batches:
         if not torch.is_tensor(b) or b.ndim < 1:
             raise InputError(f"activation batches must be tensors (..., d_in), got {type(b).__name__}: pass torch tensors")
-        if d_in is not None and b.shape[-1] != d_in:
+        d_in = b.shape[-1] if d_in is None else d_in
+        if b.shape[-1] != d_in:
             raise InputError(f"an activation batch is {b.shape[-1]} wide but the SAE reads {d_in}: collect all "
                              "batches at one hook point")
         yield b.reshape(-1, b.shape[-1]).float()
