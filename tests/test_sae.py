@@ -106,14 +106,20 @@ def test_save_load_round_trip_in_saelens_format(tmp_path):
     assert (back(x) - sae(x)).abs().max() <= 1e-6 and back.hook_name == HOOK and back.k == 3
 
 
-def test_saelens_own_loader_reads_our_file(tmp_path):
+def test_saelens_own_loader_reads_our_file_and_we_read_theirs(tmp_path):
     sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (it pulls TransformerLens, wandb, "
                                    "datasets): the format test above checks its keys and names")
-    sae = SparseAutoencoder(6, 12, "topk", k=2, hook_name=HOOK, seed=0)
-    theirs = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / "s")))
     x = torch.randn(4, 6)
-    assert torch.allclose(theirs.encode(x), sae.encode(x), atol=1e-6)
-    assert torch.allclose(theirs.decode(sae.encode(x)), sae(x), atol=1e-6)
+    for arch in ("topk", "standard"):
+        sae = SparseAutoencoder(6, 12, arch, k=2, hook_name=HOOK, seed=0)
+        theirs = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / arch)))
+        assert theirs.cfg.architecture() == arch and theirs.cfg.metadata.hook_name == HOOK
+        assert torch.allclose(theirs.encode(x), sae.encode(x), atol=1e-6)
+        assert torch.allclose(theirs.decode(sae.encode(x)), sae(x), atol=1e-6)
+        theirs.save_model(str(tmp_path / f"{arch}_theirs"))
+        ours = load_sae(tmp_path / f"{arch}_theirs")
+        assert ours.architecture == arch and ours.hook_name == HOOK
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
 
 
 def test_ce_recovered_identity_is_one_and_hooks_are_removed():
