@@ -200,3 +200,44 @@ def test_bad_input_is_one_line(tmp_path):
         load_sae(folder)
     with pytest.raises(InputError, match="mode="):
         feature_edit(sae, 0, "boost")
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch):
+    import mmlens
+
+    monkeypatch.setattr(mmlens, "load", lambda model: subject_for("llava"))
+
+
+def test_cli_train_and_inspect_write_files(tiny_cli, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmlens.cli import app
+
+    folder = tmp_path / "sae"
+    res = CliRunner().invoke(app, ["sae", "train", "--n", "3", "--eval-n", "2", "--epochs", "1", "--d-sae", "16",
+                                   "--k", "4", "--out", str(folder)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["l0"] <= 4 and "ce_recovered" in metrics and (folder / "training.png").stat().st_size > 1000
+    assert load_sae(folder).hook_name == "lm.blocks.0.resid_post"
+    out = tmp_path / "f.png"
+    res = CliRunner().invoke(app, ["sae", "inspect", str(folder), "--n", "3", "--features", "0,1", "--top", "2",
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [f["feature"] for f in data["features"]] == [0, 1] and out.stat().st_size > 1000
+    assert count_hooks(subject_for("llava").model) == 0
+
+
+@pytest.mark.parametrize("args,msg", [(["train", "--k", "0"], "--k=0"),
+                                      (["train", "--hook", "lm.blocks.99.resid_post"], "unknown hook point"),
+                                      (["inspect", "nowhere"], "not an SAE folder")])
+def test_cli_bad_input_is_one_line_exit_2(tiny_cli, tmp_path, args, msg):
+    from typer.testing import CliRunner
+
+    from mmlens.cli import app
+
+    res = CliRunner().invoke(app, ["sae", *args, "-o", str(tmp_path / ("out" if args[0] == "train" else "out.png"))])
+    assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

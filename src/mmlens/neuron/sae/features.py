@@ -63,7 +63,9 @@ def match_concepts(sae: SparseAutoencoder, table: TokenTable, concepts: list[str
     """For each concept label of ``table`` (image patches only): the feature with the best AUROC on half of the
     samples, and its AUROC on the other half; the baseline does the same with ``random_directions`` (default
     ``d_sae``) seeded random unit directions, scoring a patch by its projection ``(x - b_dec) . r`` (the best one
-    chosen the same way: ``random_auroc``; the median direction on the held-out half: ``random_median``)."""
+    chosen the same way: ``random_auroc``; the median direction on the held-out half: ``random_median``).
+    ``concepts=None``: every label with positive and negative patches in both halves."""
+    auto = concepts is None
     concepts = list(table.labels) if concepts is None else concepts
     missing = [c for c in concepts if c not in table.labels]
     if missing or not concepts:
@@ -81,6 +83,8 @@ def match_concepts(sae: SparseAutoencoder, table: TokenTable, concepts: list[str
     out = []
     for c in concepts:
         y = table.labels[c]
+        if auto and not all(0 < int(y[part].sum()) < int(part.sum()) for part in (select, test)):
+            continue  # a concept seen in one half only cannot be scored held-out
         best = int(auroc(feats[select], y[select]).argmax())
         best_r = int(auroc(proj[select], y[select]).argmax())
         held_r = auroc(proj[test], y[test])
