@@ -88,7 +88,7 @@ def main() -> None:
     red_acts = feature_acts(run.sae, table)[table.labels["red"], red.feature]
     clamp = clamp_study(lm, run.sae, red.feature, float(red_acts.max()), args.clamp_n, seed=2)
     result = {
-        "command": "PYTHONPATH=src python benchmarks/sae_demo.py " + (f"--layer {args.layer}" if args.layer != 0 else ""),
+        "command": ("PYTHONPATH=src python benchmarks/sae_demo.py " + (f"--layer {args.layer}" if args.layer != 0 else "")).strip(),
         "hook": hook, "d_sae": args.d_sae, "k": args.k, "train_samples": args.train, "train_activations": run.activations,
         "train_seconds": round(run.seconds, 1), "train_activations_per_s": round(run.throughput),
         "reconstruction": {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()},

@@ -28,6 +28,7 @@ from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
+from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
 from mmlens.results.explanation import Explanation
 from mmlens.runs.engine import run_dataset
 from mmlens.runs.explain_job import explain_dataset, load_explanation
@@ -46,29 +47,35 @@ __all__ = [
     "PAI",
     "Steering",
     "SteeringVector",
+    "SparseAutoencoder",
     "Subject",
     "Tracer",
     "TunedLens",
     "UnsupportedModelError",
     "VCD",
     "__version__",
+    "ce_recovered",
     "count_hooks",
     "decompose_embedding",
     "explain",
     "generate_explained",
     "generate_with",
+    "generate_with_feature",
     "lens_kl",
     "explain_dataset",
     "load",
     "load_explanation",
+    "load_sae",
     "methods",
     "modality_gap",
     "run_pope",
     "run_dataset",
+    "save_sae",
     "serve",
     "splice",
     "text_spans",
     "train_cbm",
+    "train_sae",
     "steering_vector",
     "train_tuned_lens",
 ]
