@@ -29,7 +29,6 @@ from mmlens.neuron.sae.activations import patch_labels
 from mmlens.neuron.sae.features import feature_acts, match_concepts
 from mmlens.neuron.sae.intervene import generate_with_feature
 
-
 MULTIPLIERS = (1.0, 2.0, 3.0)
 
 

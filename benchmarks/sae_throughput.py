@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import image, mid_llava  # noqa: E402
+from benchmarks.common import image, mid_llava
 
 
 def _rss_mb() -> float:

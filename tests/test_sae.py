@@ -51,6 +51,8 @@ def test_shapes_constraints_and_topk_exact_k():
     pre = sae.pre_acts(torch.randn(40, 8))
     kept = sae.activate(pre)
     assert torch.equal(kept.topk(5, dim=-1).values, pre.topk(5, dim=-1).values)  # the largest ones
+    values, index = sae.topk_parts(pre)
+    assert torch.allclose(sae.decode_sparse(values, index), sae.decode(kept), atol=1e-5)
     relu = SparseAutoencoder(8, 32, architecture="standard", seed=1)
     x = torch.randn(6, 8)
     assert torch.equal(relu.encode(x), relu.pre_acts(x).relu())

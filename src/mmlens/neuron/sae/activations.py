@@ -100,7 +100,7 @@ def patch_labels(batch: Batch, objects: list[dict[str, Any]], cover: float = 0.5
     if not batch.geometry:
         return out
     for pos, boxes in batch.geometry[0].position_boxes().items():
-        x0, y0, x1, y1 = (int(round(v)) for v in boxes[0])
+        x0, y0, x1, y1 = (round(v) for v in boxes[0])
         for obj in objects:
             cell = np.asarray(obj["mask"])[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
             if cell.size and cell.mean() >= cover:

@@ -62,6 +62,16 @@ class SparseAutoencoder(nn.Module):
         values, index = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, index, values.relu())
 
+    def topk_parts(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK's ``(values, indices)`` (ReLU'd values), without the dense ``(..., d_sae)`` tensor."""
+        values, index = pre.topk(self.k, dim=-1, sorted=False)
+        return values.relu(), index
+
+    def decode_sparse(self, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``decode`` of activations given as ``(n, k)`` values at ``(n, k)`` feature indices: a weighted sum of
+        k decoder rows per token (``embedding_bag``), k / d_sae of the dense matmul's work, forward and backward."""
+        return torch.nn.functional.embedding_bag(index, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``(..., d_sae)`` of activations ``x`` ``(..., d_in)``."""
         return self.activate(self.pre_acts(x))

@@ -133,13 +133,21 @@ def train_sae(batches: Batches, d_sae: int = 512, architecture: str = "topk", k:
                     fired_window = torch.zeros(d_sae, dtype=torch.bool, device=device)
                     run.sae = sae
                 pre = sae.pre_acts(x)
-                f = sae.activate(pre)
-                x_hat = sae.decode(f)
+                if architecture == "topk":  # sparse decode: k rows per token, not a dense (n, d_sae) matmul
+                    values, index = sae.topk_parts(pre)
+                    x_hat = sae.decode_sparse(values, index)
+                    active = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
+                    active[index[values > 0]] = True
+                    l0 = (values > 0).sum(-1).float().mean()
+                else:
+                    f = sae.activate(pre)
+                    x_hat = sae.decode(f)
+                    active, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
                 err = x - x_hat
                 var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
                 nmse = err.pow(2).sum() / var
                 loss = nmse
-                fired = (f > 0).any(0)
+                fired = active
                 since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
                 fired_window |= fired
                 if architecture == "standard":
@@ -161,7 +169,7 @@ def train_sae(batches: Batches, d_sae: int = 512, architecture: str = "topk", k:
                 bar.update(x.shape[0])
                 if step % 50 == 1:
                     run.history.append({"step": step, "activations": run.activations, "nmse": float(nmse.detach()),
-                                        "l0": float((f > 0).float().sum(-1).mean()),
+                                        "l0": float(l0),
                                         "dead_fraction": float((since_fired >= dead_after).float().mean())})
     if sae is None:
         raise InputError("no activations to train on: the batches were empty")
