@@ -5,7 +5,7 @@ one command:
 
 Activations of ``lm.blocks.6.resid_post`` (every position of random images + a question) are collected with the
 Tracer, then a TopK SAE (8x expansion, k=32) trains on them in a fresh process that reports its own peak resident
-memory (ru_maxrss) above what it holds once the activations are loaded: the SAE's parameters, Adam's moments and
+memory (VmHWM, reset once the activations are loaded) above what it holds then: the SAE's parameters, Adam's moments and
 the minibatch buffers. Throughput counts activations through the SAE's forward + backward + step only.
 """
 
@@ -27,8 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import image, mid_llava
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    """Reset the resident-set high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _train(path: str, d_sae: int, k: int, epochs: int, batch_size: int, queue) -> None:
@@ -36,10 +44,11 @@ def _train(path: str, d_sae: int, k: int, epochs: int, batch_size: int, queue) -
     from mmlens.neuron.sae import train_sae
 
     acts = torch.load(path)
-    base = _rss_mb()
+    _reset_peak()
+    base = _status_mb("VmRSS")
     run = train_sae([acts], d_sae=d_sae, k=k, epochs=epochs, batch_size=batch_size, show_progress=False)
     queue.put({"activations": run.activations, "seconds": run.seconds, "activations_per_s": run.throughput,
-               "rss_base_mb": base, "rss_peak_mb": _rss_mb(), "final_nmse": run.history[-1]["nmse"]})
+               "rss_base_mb": base, "rss_peak_mb": _status_mb("VmHWM"), "final_nmse": run.history[-1]["nmse"]})
 
 
 def main() -> None:
