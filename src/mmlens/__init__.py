@@ -30,6 +30,7 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
 from mmlens.model.zero_shot import ZeroShot, zero_shot
+from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
 from mmlens.results.explanation import Explanation
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations
@@ -51,6 +52,7 @@ __all__ = [
     "PAI",
     "Steering",
     "SteeringVector",
+    "SparseAutoencoder",
     "Subject",
     "Tracer",
     "TunedLens",
@@ -59,23 +61,28 @@ __all__ = [
     "ZeroShot",
     "__version__",
     "collect_activations",
+    "ce_recovered",
     "count_hooks",
     "decompose_embedding",
     "explain",
     "generate_explained",
     "generate_with",
+    "generate_with_feature",
     "lens_kl",
     "explain_dataset",
     "load",
     "load_explanation",
+    "load_sae",
     "methods",
     "modality_gap",
     "run_pope",
     "run_dataset",
+    "save_sae",
     "serve",
     "splice",
     "text_spans",
     "train_cbm",
+    "train_sae",
     "steering_vector",
     "train_tuned_lens",
     "zero_shot",

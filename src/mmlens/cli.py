@@ -350,6 +350,9 @@ app.command("probe")(probe_cmd)
 from mmlens.cli_runs import register  # noqa: E402  (benchmark / explain-dataset)
 
 register(app)
+from mmlens.cli_sae import sae_app  # noqa: E402  (the `sae` sub-commands)
+
+app.add_typer(sae_app, name="sae")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,3 +1,3 @@
 """Model perspective / neuron: per-neuron scores, ablation, top-activating patches, specialisation."""
 
-from mmlens.neuron import dataset, scores  # noqa: F401  (registers the methods)
+from mmlens.neuron import dataset, sae, scores  # noqa: F401  (registers the methods)
