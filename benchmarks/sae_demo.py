@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +25,11 @@ import torch
 
 import mmlens
 from mmlens.data.shapes_vqa import COLORS, SHAPES, ShapesVQA
-from mmlens.neuron.sae import activation_batches, ce_recovered, collect_tokens, reconstruction_metrics, train_sae
-from mmlens.neuron.sae.activations import patch_labels
+from mmlens.model.positions import object_cells
+from mmlens.neuron.sae import ce_recovered, reconstruction_metrics, train_sae
 from mmlens.neuron.sae.features import feature_acts, match_concepts
 from mmlens.neuron.sae.intervene import generate_with_feature
+from mmlens.runs.sae_run import activation_tensors, collect_sae_activations, collect_tokens
 
 MULTIPLIERS = (1.0, 2.0, 3.0)
 
@@ -42,7 +44,8 @@ def clamp_study(lm, sae, feature: int, top: float, n: int, seed: int) -> dict:
             continue
         batch = lm.prepare(s.image, s.question, answer=s.answer)
         target = [o for o in s.objects if o["color"] == s.answer and o["shape"] in s.question]
-        pos = sorted(patch_labels(batch, target[:1], cover=0.25)) or batch.image_positions().tolist()
+        pos = sorted(c["position"] for c in object_cells(batch, target[:1]) if c["shares"][0] >= 0.25)
+        pos = pos or batch.image_positions().tolist()
         used += 1
         counts["none"] += lm.generate(s.image, s.question, max_new_tokens=2).text == "red"
         for m in MULTIPLIERS:
@@ -71,15 +74,17 @@ def main() -> None:
     t0 = time.time()
     lm = mmlens.load(args.model)
     hook = f"lm.blocks.{args.layer}.resid_post"
-    acts = list(activation_batches(lm, ShapesVQA(seed=0).samples(args.train), hook))
-    run = train_sae(acts, d_sae=args.d_sae, k=args.k, epochs=args.epochs, batch_size=512, seed=0, hook_name=hook,
-                    meta={"model": args.model})
+    tmp = tempfile.TemporaryDirectory(prefix="sae-demo-")
+    reader = collect_sae_activations(lm, ShapesVQA(seed=0).samples(args.train), hook, Path(tmp.name) / "train")
+    run = train_sae(activation_tensors(reader, hook), d_sae=args.d_sae, k=args.k, epochs=args.epochs, batch_size=512,
+                    seed=0, hook_name=hook, meta={"model": args.model})
     if args.save:
         from mmlens.neuron.sae import save_sae
 
         save_sae(run.sae, args.save)
     held = list(ShapesVQA(seed=1).samples(args.eval))
-    rec = reconstruction_metrics(run.sae, activation_batches(lm, held, hook))
+    rec = reconstruction_metrics(run.sae, activation_tensors(collect_sae_activations(lm, held, hook,
+                                                                                  Path(tmp.name) / "held"), hook))
     ce = ce_recovered(lm, run.sae, held, hook)
     table = collect_tokens(lm, held, hook, positions="image")
     matches = match_concepts(run.sae, table, [*COLORS, *SHAPES], seed=0)

@@ -10,7 +10,7 @@ from mmlens.data.shapes_vqa import ShapesVQA
 from mmlens.errors import InputError
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations, resolve_points
-from mmlens.runs.positions import cell_overlaps
+from mmlens.model.positions import cell_overlaps
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from mmlens.errors import InputError
 from mmlens.hooks.tracing import count_hooks
 from mmlens.neuron.sae import (
     SparseAutoencoder,
-    activation_batches,
     ce_recovered,
-    collect_tokens,
     load_sae,
     reconstruction_metrics,
     save_sae,
@@ -21,6 +19,7 @@ from mmlens.neuron.sae import (
 )
 from mmlens.neuron.sae.features import auroc, logit_effect, match_concepts, top_tokens
 from mmlens.neuron.sae.intervene import feature_edit, generate_with_feature
+from mmlens.runs.sae_run import activation_tensors, collect_sae_activations, collect_tokens
 from mmlens.testing.tiny_models import tiny_images
 
 HOOK = "lm.blocks.0.resid_post"
@@ -137,7 +136,7 @@ def test_ce_recovered_identity_is_one_and_hooks_are_removed():
 
 def test_zero_steer_is_bit_identical_and_clamp_sets_the_feature():
     subject = subject_for("llava")
-    batches = list(activation_batches(subject, _samples(2), HOOK))
+    batches = [collect_tokens(subject, _samples(2), HOOK).acts]
     run = train_sae(batches, d_sae=16, k=4, epochs=2, batch_size=64, hook_name=HOOK, show_progress=False)
     sae = run.sae
     image, prompt, _ = _samples(1)[0]
@@ -184,8 +183,10 @@ def test_feature_views_and_auroc_equal_sklearn():
 
 def test_bad_input_is_one_line(tmp_path):
     subject = subject_for("llava")
-    with pytest.raises(InputError, match="unknown hook point"):
-        next(activation_batches(subject, _samples(1), "lm.blocks.99.resid_post"))
+    with pytest.raises(InputError, match="'lm.blocks.99.resid_post' does not exist: use one of"):
+        collect_tokens(subject, _samples(1), "lm.blocks.99.resid_post")
+    with pytest.raises(InputError, match="pass one name"):
+        collect_tokens(subject, _samples(1), "lm.blocks.*.resid_post")
     with pytest.raises(InputError, match="not an SAE folder"):
         load_sae(tmp_path)
     with pytest.raises(InputError, match="k=40 is out of range"):
@@ -233,7 +234,7 @@ def test_cli_train_and_inspect_write_files(tiny_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [(["train", "--k", "0"], "--k=0"),
-                                      (["train", "--hook", "lm.blocks.99.resid_post"], "unknown hook point"),
+                                      (["train", "--hook", "lm.blocks.99.resid_post"], "does not exist"),
                                       (["inspect", "nowhere"], "not an SAE folder")])
 def test_cli_bad_input_is_one_line_exit_2(tiny_cli, tmp_path, args, msg):
     from typer.testing import CliRunner
@@ -243,3 +244,32 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_cli, tmp_path, args, msg):
     res = CliRunner().invoke(app, ["sae", *args, "-o", str(tmp_path / ("out" if args[0] == "train" else "out.png"))])
     assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_sae_activations_are_the_models_teacher_forced_rows_with_object_labels(tmp_path):
+    from mmlens.data.shapes_vqa import ShapesVQA
+    from mmlens.model.positions import object_cells
+
+    subject = subject_for("llava")
+    samples = list(ShapesVQA(image_size=subject.model.config.vision_config.image_size, seed=0).samples(3))
+    reader = collect_sae_activations(subject, samples, HOOK, tmp_path / "acts", show_progress=False)
+    table = collect_tokens(subject, samples, HOOK, "image", show_progress=False)
+    rows = torch.cat(list(activation_tensors(reader, HOOK, batch_size=7)))
+    start = 0
+    for i, s in enumerate(samples):
+        batch = subject.prepare(s.image, s.question, answer=s.answer)
+        with subject.trace() as tr:
+            tr.capture(HOOK)
+            subject.forward(batch)
+        want = tr[HOOK][0].float()
+        assert torch.allclose(rows[start:start + batch.seq_len], want, atol=1e-4)  # every position, answer included
+        start += batch.seq_len
+        mine = table.sample == i
+        assert table.position[mine].tolist() == sorted(batch.image_positions().tolist())
+        cells = {c["position"]: c["shares"] for c in object_cells(batch, s.objects)}
+        for colour, flags in table.labels.items():
+            for p, flag in zip(table.position[mine].tolist(), flags[mine].tolist()):
+                best = max(range(len(s.objects)), key=lambda k: cells[p][k])
+                assert flag == (cells[p][best] >= 0.5 and colour in (s.objects[best]["color"], s.objects[best]["shape"]))
+    assert start == len(rows) == reader.n_rows
+    assert count_hooks(subject.model) == 0

@@ -46,8 +46,11 @@ def train_cmd(
 ) -> None:
     """Train an SAE on one hook point; write it in SAELens' format with its metrics and training curve."""
     import mmlens
-    from mmlens.neuron.sae import activation_batches, ce_recovered, reconstruction_metrics, save_sae, train_sae
-    from mmlens.neuron.sae.activations import check_hook
+    import tempfile
+
+    from mmlens.hooks.points import check_point
+    from mmlens.neuron.sae import ce_recovered, reconstruction_metrics, save_sae, train_sae
+    from mmlens.runs.sae_run import activation_tensors, collect_sae_activations
     from mmlens.neuron.sae.plots import training_figure
     from mmlens.util.io import check_output_folder, save_plot_or_json
     from mmlens.util.limits import MAX_SAMPLES
@@ -65,17 +68,22 @@ def train_cmd(
     check_int("--seed", seed, 0, 2**62)
     check_output_folder(out, "--out")
     subject = mmlens.load(model)
-    check_hook(subject, hook)
-    acts = list(activation_batches(subject, _shapes(subject, n, seed), hook, positions=positions, show_progress=_show()))
-    run = train_sae(acts, d_sae=d_sae, architecture=architecture, k=k, l1=l1, lr=lr, epochs=epochs, seed=seed,
-                    hook_name=hook, total=sum(a.shape[0] for a in acts), show_progress=_show(),
-                    meta={"model": model, "samples": n, "positions": positions})
+    check_point(subject, hook)
+    with tempfile.TemporaryDirectory(prefix="mmlens-sae-") as tmp:
+        reader = collect_sae_activations(subject, _shapes(subject, n, seed), hook, Path(tmp) / "train", positions,
+                                         show_progress=_show())
+        run = train_sae(activation_tensors(reader, hook), d_sae=d_sae, architecture=architecture, k=k, l1=l1, lr=lr,
+                        epochs=epochs, seed=seed, hook_name=hook, total=reader.n_rows, show_progress=_show(),
+                        meta={"model": model, "samples": n, "positions": positions})
+        if eval_n:
+            held = _shapes(subject, eval_n, seed + 1)
+            reader = collect_sae_activations(subject, held, hook, Path(tmp) / "held", positions)
+            rec = reconstruction_metrics(run.sae, activation_tensors(reader, hook))
     folder = save_sae(run.sae, out)
     metrics = {"hook": hook, "train_activations": run.activations, "train_seconds": round(run.seconds, 2),
                "activations_per_s": round(run.throughput, 1)}
     if eval_n:
-        held = _shapes(subject, eval_n, seed + 1)
-        metrics.update(reconstruction_metrics(run.sae, activation_batches(subject, held, hook, positions=positions)))
+        metrics.update(rec)
         metrics.update(ce_recovered(subject, run.sae, held, hook, positions=positions, show_progress=_show()))
     save_plot_or_json(folder / "metrics.json", lambda: {**metrics, "history": run.history}, lambda: None)
     save_plot_or_json(folder / "training.png", dict, lambda: training_figure(run.history, f"SAE on {hook}"))
@@ -115,9 +123,10 @@ def inspect_cmd(
     """Top-activating image patches and texts, logit effect and concept AUROC of SAE features."""
     import mmlens
     from mmlens.cli_embed import _outputs, _write
-    from mmlens.neuron.sae import collect_tokens, load_sae
+    from mmlens.neuron.sae import load_sae
     from mmlens.neuron.sae.features import feature_acts, logit_effect, match_concepts, patch_crops, top_tokens
     from mmlens.neuron.sae.plots import features_figure
+    from mmlens.runs.sae_run import collect_tokens
     from mmlens.util.limits import MAX_SAMPLES
     from mmlens.util.options import check_int
 
@@ -137,7 +146,7 @@ def inspect_cmd(
     rows, crops = [], []
     for f in chosen:
         patches = top_tokens(sae, table, f, top, image=True, feats=feats)
-        texts = top_tokens(sae, table, f, top, image=False, tokenizer=subject.tokenizer, feats=feats)
+        texts = top_tokens(sae, table, f, top, image=False, feats=feats)
         row = {"feature": f, "patches": [p.to_dict() for p in patches], "texts": [t.to_dict() for t in texts],
                "frequency": float((feats[:, f] > 0).float().mean())}
         if sae.d_in == int(subject.model.config.get_text_config().hidden_size):

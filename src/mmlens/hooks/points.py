@@ -8,13 +8,18 @@ derived from them (:class:`HookPoint`). The meaning of every name is documented 
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from mmlens.errors import InputError
+
 from mmlens.hooks.views import RowOrder
 
-__all__ = ["HookPoint", "ModelParts"]
+__all__ = ["HookPoint", "ModelParts", "check_point", "compact_names", "resolve_points"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +118,48 @@ class ModelParts:
             points[f"{prefix}.attn.heads"] = HookPoint(out_proj, "input", rows=rows)
         if self.tower_mlp is not None:
             points[f"{prefix}.mlp.out"] = HookPoint(getattr(block, self.tower_mlp), "output", rows=rows)
+
+
+#: hook points whose tensors have no per-position rows of the LM sequence
+_UNSUPPORTED = re.compile(r"(^vision\.|^text\.|\.attn\.weights$)")
+
+
+def compact_names(names: list[str]) -> str:
+    """Hook-point names on one line, runs of block indices folded (``lm.blocks.{0..2}.resid_post``).
+
+    >>> compact_names(["projector.out", "lm.blocks.0.mlp.out", "lm.blocks.1.mlp.out"])
+    'projector.out, lm.blocks.{0..1}.mlp.out'
+    """
+    groups: dict[str, list[int]] = {}
+    for name in names:
+        m = re.search(r"\.(\d+)\.", name)
+        key = name if m is None else name[: m.start(1)] + "{}" + name[m.end(1):]
+        groups.setdefault(key, []).append(-1 if m is None else int(m.group(1)))
+    out = []
+    for key, idx in groups.items():
+        out.append(key if idx == [-1] else key.replace("{}", f"{{{min(idx)}..{max(idx)}}}" if len(idx) > 1
+                                                      else str(idx[0])))
+    return ", ".join(out)
+
+
+def check_point(subject: Any, name: str) -> str:
+    """``name`` if it is one collectable hook point of ``subject`` (no glob, no list), else one line listing the
+    valid ones: the hook-point validation of every activation reader (probes, SAEs)."""
+    if not isinstance(name, str) or any(ch in name for ch in "*?[,"):
+        raise InputError(f"hook point {name!r}: pass one name, e.g. 'lm.blocks.1.resid_post'")
+    return resolve_points(subject, name)[0]
+
+
+def resolve_points(subject: Any, pattern: str) -> list[str]:
+    """The hook points ``pattern`` names (exact, glob, or comma-separated), in model order; an unknown one is one
+    line listing every valid point."""
+    every = subject.hook_points()
+    usable = [n for n in every if not _UNSUPPORTED.search(n)]
+    found: list[str] = []
+    for part in [p.strip() for p in str(pattern).split(",") if p.strip()] or [""]:
+        hits = [n for n in usable if n == part or fnmatch.fnmatchcase(n, part)]
+        if not hits:
+            why = "has no per-token rows of the language model's sequence" if part in every else "does not exist"
+            raise InputError(f"hook point {part!r} {why}: use one of {compact_names(usable)}")
+        found += [h for h in hits if h not in found]
+    return [n for n in usable if n in found]

@@ -2,7 +2,7 @@
 to shards with one metadata row per token, for probes and sparse autoencoders.
 
 The run folder is a normal dataset run (``manifest.json``, ``shards/part-K.parquet`` with one row per collected
-token, see :mod:`mmlens.runs.positions` for its columns, and ``shards/part-K.safetensors`` holding, per sample
+token, see :mod:`mmlens.model.positions` for its columns, and ``shards/part-K.safetensors`` holding, per sample
 and point, the ``(rows, width)`` activations under ``"{index}/{point}"``), so it resumes after a crash and runs
 on Ray. Read it back in batches with :class:`~mmlens.runs.activation_reader.ActivationReader`.
 
@@ -15,57 +15,21 @@ on Ray. Read it back in batches with :class:`~mmlens.runs.activation_reader.Acti
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 from typing import Any
 
 import numpy as np
 import torch
 
 from mmlens.errors import InputError
+from mmlens.hooks.points import resolve_points
 from mmlens.runs.engine import DatasetRun, Job, run_dataset
-from mmlens.runs.positions import GROUPS, IMAGE_GROUPS, _schema_fields, group_rows
+from mmlens.model.positions import GROUPS, IMAGE_GROUPS, _schema_fields, group_rows
 from mmlens.runs.sources import Source, open_source
 from mmlens.runs.store import cleanup_on_failure
 from mmlens.util.options import check_choice, check_float, check_int
 
 DTYPES = ("float32", "float16")
-#: hook points whose tensors have no per-position rows of the LM sequence
-_UNSUPPORTED = re.compile(r"(^vision\.|^text\.|\.attn\.weights$)")
-
-
-def compact_names(names: list[str]) -> str:
-    """Hook-point names on one line, runs of block indices folded (``lm.blocks.{0..2}.resid_post``).
-
-    >>> compact_names(["projector.out", "lm.blocks.0.mlp.out", "lm.blocks.1.mlp.out"])
-    'projector.out, lm.blocks.{0..1}.mlp.out'
-    """
-    groups: dict[str, list[int]] = {}
-    for name in names:
-        m = re.search(r"\.(\d+)\.", name)
-        key = name if m is None else name[: m.start(1)] + "{}" + name[m.end(1):]
-        groups.setdefault(key, []).append(-1 if m is None else int(m.group(1)))
-    out = []
-    for key, idx in groups.items():
-        out.append(key if idx == [-1] else key.replace("{}", f"{{{min(idx)}..{max(idx)}}}" if len(idx) > 1
-                                                      else str(idx[0])))
-    return ", ".join(out)
-
-
-def resolve_points(subject: Any, pattern: str) -> list[str]:
-    """The hook points ``pattern`` names (exact, glob, or comma-separated), in model order; an unknown one is one
-    line listing every valid point."""
-    every = subject.hook_points()
-    usable = [n for n in every if not _UNSUPPORTED.search(n)]
-    found: list[str] = []
-    for part in [p.strip() for p in str(pattern).split(",") if p.strip()] or [""]:
-        hits = [n for n in usable if n == part or fnmatch.fnmatchcase(n, part)]
-        if not hits:
-            why = "has no per-token rows of the language model's sequence" if part in every else "does not exist"
-            raise InputError(f"hook point {part!r} {why}: use one of {compact_names(usable)}")
-        found += [h for h in hits if h not in found]
-    return [n for n in usable if n in found]
 
 
 class ActivationJob(Job):
@@ -74,13 +38,14 @@ class ActivationJob(Job):
     name = "activations"
 
     def __init__(self, model: str, points: list[str], group: str, dtype: str = "float32", min_overlap: float = 0.5,
-                 batch_size: int = 8, tag: str | None = None) -> None:
-        self.model, self.points, self.group, self.tag = model, list(points), group, tag
+                 batch_size: int = 8, tag: str | None = None, answer: bool = False) -> None:
+        self.model, self.points, self.group, self.tag, self.answer = model, list(points), group, tag, bool(answer)
         self.dtype, self.min_overlap, self.batch_size = dtype, float(min_overlap), int(batch_size)
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model, "points": self.points, "group": self.group, "dtype": self.dtype,
-                "min_overlap": self.min_overlap, **({"tag": self.tag} if self.tag else {})}
+                "min_overlap": self.min_overlap, **({"tag": self.tag} if self.tag else {}),
+                **({"answer": "given"} if self.answer else {})}
 
     def schema(self) -> Any:
         import pyarrow as pa
@@ -96,7 +61,8 @@ class ActivationJob(Job):
 
         prepared = []
         for index, sample, where in items:
-            batch = subject.prepare(sample.image, sample.question)
+            given = getattr(sample, "answer", None) if self.answer else None
+            batch = subject.prepare(sample.image, sample.question, answer=given)
             rows = group_rows(self.group, sample, batch, subject.tokenizer, self.min_overlap)
             prepared.append((index, where, batch, rows))
         out: dict[int, list[dict[str, Any]]] = {}
@@ -151,11 +117,12 @@ def collect_activations(model: Any, points: str, group: str, out: str | os.PathL
                         n: int | None = None, seed: int = 0, dtype: str = "float32", min_overlap: float = 0.5,
                         batch_size: int = 8, shard_size: int = 50, engine: str = "local",
                         show_progress: bool | None = None, strict: bool = False, tag: str | None = None,
-                        **engine_options: Any) -> DatasetRun:
+                        answer: bool = False, **engine_options: Any) -> DatasetRun:
     """Collect the activations of ``points`` (a name, a glob like ``lm.blocks.*.resid_post``, or a comma list) at
     ``group``'s positions (``object`` / ``image`` / ``question`` / ``answer``) of ``n`` samples of ``data``
     (ShapesVQA at the model's image size when None, seed ``seed``) into folder ``out`` (resumable). ``tag`` marks
-    a run of modified weights (e.g. randomised) so that it never resumes into the unmodified model's folder."""
+    a run of modified weights (e.g. randomised) so that it never resumes into the unmodified model's folder.
+    ``answer``: teacher-force each sample's answer (its tokens then count as positions of ``all`` / ``text``)."""
     check_choice("group", group, GROUPS)
     check_choice("dtype", dtype, DTYPES)
     check_float("min_overlap", min_overlap, 0.0, 1.0, open_low=True)
@@ -170,7 +137,7 @@ def collect_activations(model: Any, points: str, group: str, out: str | os.PathL
         raise InputError(f"projector.out has rows only for image tokens, not for group {group!r}: use --group object "
                          "or image, or an lm.* point")
     source = data if isinstance(data, Source) else _source(subject, data, n, seed)
-    job = ActivationJob(subject.model_id, names, group, dtype, min_overlap, batch_size, tag)
+    job = ActivationJob(subject.model_id, names, group, dtype, min_overlap, batch_size, tag, answer)
     with cleanup_on_failure(out):
         return run_dataset(job, source, model if engine == "ray" else subject, out, engine=engine,
                            shard_size=shard_size, seed=seed, strict=strict, show_progress=show_progress,

@@ -26,7 +26,7 @@ from mmlens.probing.splits import check_classes, split_by_image
 from mmlens.probing.train import pool_by_sample, probe_point
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations
-from mmlens.runs.positions import GROUPS
+from mmlens.model.positions import GROUPS
 from mmlens.util.io import check_output_folder
 from mmlens.util.options import check_choice, check_int
 

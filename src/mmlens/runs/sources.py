@@ -77,6 +77,46 @@ class ShapesSource(Source):
         return f"ShapesVQA sample {index}"
 
 
+class ListSource(Source):
+    """Samples already in memory (ShapesVQA samples, dicts or ``(image, prompt[, answer])`` tuples); ``spec``
+    carries a fingerprint of their images and texts, so that a run resumes only on the same list.
+
+    >>> from PIL import Image
+    >>> src = ListSource([(Image.new("RGB", (8, 8)), "what is this?", "red")])
+    >>> len(src), src.sample(0).answer
+    (1, 'red')
+    """
+
+    def __init__(self, samples: list[Any]) -> None:
+        import hashlib
+
+        from mmlens.model.samples import sample_fields
+
+        self.items = list(samples)
+        digest = hashlib.sha1()
+        for item in self.items:
+            image, prompt, answer = sample_fields(item)
+            digest.update(f"{prompt}\0{answer}\0".encode())
+            digest.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+        self.description = f"{len(self.items)} samples"
+        self.spec = {"kind": "list", "n": len(self.items), "sha1": digest.hexdigest()}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, index: int) -> Any:
+        from mmlens.model.samples import sample_fields
+
+        item = self.items[index]
+        if hasattr(item, "image") and hasattr(item, "question"):
+            return item
+        image, prompt, answer = sample_fields(item)
+        return RowSample(image, prompt, answer, index, self.where(index))
+
+    def where(self, index: int) -> str:
+        return f"sample {index}"
+
+
 class DataFileSource(Source):
     """The benchmark's data file (checked whole up front, see :mod:`mmlens.evaluation.data_file`)."""
 

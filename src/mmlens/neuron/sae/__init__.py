@@ -4,7 +4,7 @@ inspect features (top patches / texts, logit effect) and intervene on them durin
 Survey: Neuron > features beyond single units; Embedding > cross-modal > dictionary learning.
 """
 
-from mmlens.neuron.sae.activations import TokenTable, activation_batches, collect_tokens
+from mmlens.neuron.sae.activations import TokenTable
 from mmlens.neuron.sae.features import ConceptMatch, auroc, logit_effect, match_concepts, top_tokens
 from mmlens.neuron.sae.intervene import feature_edit, generate_with_feature
 from mmlens.neuron.sae.io import load_sae, save_sae
@@ -12,6 +12,6 @@ from mmlens.neuron.sae.metrics import ce_recovered, reconstruction_metrics
 from mmlens.neuron.sae.model import SparseAutoencoder
 from mmlens.neuron.sae.train import TrainRun, train_sae
 
-__all__ = ["ConceptMatch", "SparseAutoencoder", "TokenTable", "TrainRun", "activation_batches", "auroc", "ce_recovered",
-           "collect_tokens", "feature_edit", "generate_with_feature", "load_sae", "logit_effect", "match_concepts",
+__all__ = ["ConceptMatch", "SparseAutoencoder", "TokenTable", "TrainRun", "auroc", "ce_recovered",
+           "feature_edit", "generate_with_feature", "load_sae", "logit_effect", "match_concepts",
            "reconstruction_metrics", "save_sae", "top_tokens", "train_sae"]

@@ -109,9 +109,9 @@ class TopToken:
 
 
 def top_tokens(sae: SparseAutoencoder, table: TokenTable, feature: int, k: int = 8, image: bool = True,
-               tokenizer: Any = None, feats: torch.Tensor | None = None, context: int = 3) -> list[TopToken]:
+               feats: torch.Tensor | None = None, context: int = 3) -> list[TopToken]:
     """The ``k`` image patches (``image=True``) or text tokens with the largest activation of ``feature``; a text
-    token's ``text`` is its word with ``context`` words before it (its box is None)."""
+    token's ``text`` is its token with up to ``context`` collected tokens before it (its box is None)."""
     check_int("feature", feature, 0, sae.d_sae - 1)
     check_int("k", k, 1, 10_000)
     col = (feature_acts(sae, table) if feats is None else feats)[:, feature]
@@ -124,9 +124,7 @@ def top_tokens(sae: SparseAutoencoder, table: TokenTable, feature: int, k: int =
         if image:
             text, box = "<image>", tuple(float(v) for v in table.box[i])
         else:
-            ids = table.ids[s][max(0, p - context): p + 1] if s < len(table.ids) else [int(table.token_id[i])]
-            words = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(t) for t in ids]
-            text, box = " ".join(words[:-1]) + f" [{words[-1]}]", None
+            text, box = table.context(i, context), None
         out.append(TopToken(s, p, float(col[i]), box, text))
     return out
 

@@ -21,7 +21,7 @@ import torch
 from mmlens.errors import InputError
 from mmlens.model.batch import Generation
 from mmlens.model.subject import Subject
-from mmlens.neuron.sae.activations import check_hook
+from mmlens.hooks.points import check_point
 from mmlens.neuron.sae.model import SparseAutoencoder
 from mmlens.util.options import check_choice, check_float, check_int
 
@@ -95,7 +95,7 @@ def generate_with_feature(subject: Subject, images: Any, prompt: str, sae: Spars
     >>> generate_with_feature(lm, img, "what color is the circle?", sae, 17, "clamp", 30.0).text   # doctest: +SKIP
     'red'
     """
-    hook = check_hook(subject, sae.hook_name)
+    hook = check_point(subject, sae.hook_name)
     batch = subject.prepare(images, prompt)
     edit = feature_edit(sae, feature, mode, value, _positions(batch, positions), seed=seed)
     with subject.trace() as tr:

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from mmlens.errors import InputError
+from mmlens.hooks.points import check_point
+from mmlens.model.positions import sequence_positions
 from mmlens.model.samples import iter_batches
 from mmlens.model.subject import Subject
-from mmlens.neuron.sae.activations import GROUPS, _rows, check_hook
 from mmlens.neuron.sae.model import SparseAutoencoder
 from mmlens.util.options import check_choice
 
@@ -79,8 +80,8 @@ def ce_recovered(subject: Subject, reconstruct: Callable[[torch.Tensor], torch.T
     >>> ce_recovered(lm, sae, ShapesVQA().samples(50), "lm.blocks.1.resid_post")["ce_recovered"]  # doctest: +SKIP
     0.97
     """
-    hook_name = check_hook(subject, hook_name)
-    positions = check_choice("positions", positions, GROUPS)
+    hook_name = check_point(subject, hook_name)
+    positions = check_choice("positions", positions, ("all", "image", "text"))
     reconstruct = fitted(reconstruct, hook_name)
     lm = hook_name.startswith("lm.")
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
@@ -89,7 +90,7 @@ def ce_recovered(subject: Subject, reconstruct: Callable[[torch.Tensor], torch.T
                                  show_progress=show_progress):
         if batch.answer_ids.numel() == 0:
             continue
-        rows = _rows(hook_name, batch, positions)
+        rows = None if positions == "all" or not lm else sequence_positions(positions, batch)
         ce["clean"] += _answer_ce(subject, batch)
         for key, fn in (("sae", reconstruct), ("zero", torch.zeros_like)):
             with subject.trace() as tr:

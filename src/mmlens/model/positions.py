@@ -8,10 +8,12 @@ Groups:
   object (an "is there ...?" question answered "no");
 - ``image``: every image token on a grid (separators left out), each labelled with the object under it;
 - ``question``: the question's tokens (the text after the image, before the chat template's answer cue);
-- ``answer``: the last prompt position, whose logits give the answer's first token.
+- ``answer``: the last prompt position, whose logits give the answer's first token;
+- ``all``: every position (with a teacher-forced answer: its tokens too), image tokens as in ``image``;
+- ``text``: every position that is not an image token.
 
 Row metadata: ``index`` (sample), ``row`` (k-th row of the sample), ``position`` (sequence position), ``grid``,
-``cell_row``, ``cell_col`` (-1 off the image), ``token``, ``overlap`` (share of the cell inside the evidence
+``cell_row``, ``cell_col`` (-1 off the image), ``box`` (the cell's pixel box, empty off the image), ``token``, ``overlap`` (share of the cell inside the evidence
 object), ``object`` (the object covering most of the cell, -1 for background), ``object_color``,
 ``object_shape`` (that object's, ``"none"`` for background; on text rows: the evidence object's), the
 sample's ``color`` / ``shape`` (evidence object, None without one), ``present`` (the asked object exists),
@@ -19,7 +21,7 @@ sample's ``color`` / ``shape`` (evidence object, None without one), ``present`` 
 ``question`` and ``answer``.
 
 >>> GROUPS
-('object', 'image', 'question', 'answer')
+('object', 'image', 'question', 'answer', 'all', 'text')
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 
 from mmlens.errors import InputError
 
-GROUPS = ("object", "image", "question", "answer")
+GROUPS = ("object", "image", "question", "answer", "all", "text")
 IMAGE_GROUPS = ("object", "image")
 NONE = "none"
 
@@ -40,7 +42,8 @@ def _schema_fields() -> list[tuple[str, Any]]:
     import pyarrow as pa
 
     return [("index", pa.int64()), ("row", pa.int32()), ("position", pa.int32()), ("grid", pa.int16()),
-            ("cell_row", pa.int16()), ("cell_col", pa.int16()), ("token", pa.string()), ("overlap", pa.float32()),
+            ("cell_row", pa.int16()), ("cell_col", pa.int16()), ("box", pa.list_(pa.float32())),
+            ("token", pa.string()), ("overlap", pa.float32()),
             ("object", pa.int16()), ("object_color", pa.string()), ("object_shape", pa.string()),
             ("color", pa.string()), ("shape", pa.string()), ("present", pa.bool_()), ("location", pa.string()),
             ("question_type", pa.string()), ("question", pa.string()), ("answer", pa.string())]
@@ -113,18 +116,49 @@ def group_rows(group: str, sample: Any, batch: Any, tokenizer: Any, min_overlap:
         rows = _image_rows(group, sample, batch, min_overlap)
     elif group == "question":
         rows = [_text_row(int(p)) for p in question_positions(tokenizer, batch, sample.question)]
-    else:
+    elif group == "answer":
         rows = [_text_row(batch.prompt_len - 1)]
+    else:  # all / text: every position, image-grid ones as in "image"
+        cells = {} if group == "text" else {c["position"]: c for c in _image_rows("image", sample, batch, min_overlap)}
+        grid = set() if group == "all" else set(batch.image_positions().tolist())
+        rows = [cells.get(p) or _text_row(p) for p in range(batch.seq_len) if p not in grid]
     ids = batch.input_ids[0]
     for k, row in enumerate(rows):
-        if group not in IMAGE_GROUPS:
+        if row["grid"] < 0:
             row.update(object_color=labels["color"] or NONE, object_shape=labels["shape"] or NONE)
         row.update(row=k, token=tokenizer.decode([int(ids[row["position"]])]), **labels)
     return rows
 
 
 def _text_row(position: int) -> dict[str, Any]:
-    return {"position": position, "grid": -1, "cell_row": -1, "cell_col": -1, "overlap": 0.0, "object": -1}
+    return {"position": position, "grid": -1, "cell_row": -1, "cell_col": -1, "box": [], "overlap": 0.0,
+            "object": -1}
+
+
+def grid_positions(batch: Any) -> list[int]:
+    """The sequence positions of every image-grid cell of ``batch`` (separators left out), in order."""
+    return sorted(int(p) for geometry in batch.geometry for p in geometry.grid_positions().tolist())
+
+
+def object_cells(batch: Any, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every image-grid cell of ``batch``: ``position``, ``grid``, ``cell_row``, ``cell_col``, ``box`` and
+    ``shares`` (the share of the cell inside each of ``objects``' masks), the one home of "which object does this
+    image token belong to".
+
+    >>> object_cells(batch, sample.objects)[0]["shares"]                # doctest: +SKIP
+    [0.0, 0.75]
+    """
+    cells = []
+    for geometry in batch.geometry:
+        for g, grid in enumerate(geometry.grids):
+            rows, cols = grid.shape
+            for r in range(rows):
+                for c in range(cols):
+                    box = grid.cell_box(r, c)
+                    cells.append({"position": int(grid.positions[r, c]), "grid": g, "cell_row": r, "cell_col": c,
+                                  "box": [float(v) for v in box],
+                                  "shares": [cell_overlaps(obj["mask"], box) for obj in objects]})
+    return cells
 
 
 def _image_rows(group: str, sample: Any, batch: Any, min_overlap: float) -> list[dict[str, Any]]:
@@ -135,19 +169,13 @@ def _image_rows(group: str, sample: Any, batch: Any, min_overlap: float) -> list
                              "question or answer on other data")
         objects = []
     evidence = _evidence(sample) if objects else None
-    cells: list[dict[str, Any]] = []
-    for geometry in batch.geometry:
-        for g, grid in enumerate(geometry.grids):
-            rows, cols = grid.shape
-            for r in range(rows):
-                for c in range(cols):
-                    box = grid.cell_box(r, c)
-                    shares = [cell_overlaps(obj["mask"], box) for obj in objects]
-                    best = int(np.argmax(shares)) if shares and max(shares) >= min_overlap else -1
-                    cells.append({"position": int(grid.positions[r, c]), "grid": g, "cell_row": r, "cell_col": c,
-                                  "overlap": shares[evidence] if evidence is not None else 0.0, "object": best,
-                                  "object_color": objects[best]["color"] if best >= 0 else NONE,
-                                  "object_shape": objects[best]["shape"] if best >= 0 else NONE})
+    cells = object_cells(batch, objects)
+    for cell in cells:
+        shares = cell.pop("shares")
+        best = int(np.argmax(shares)) if shares and max(shares) >= min_overlap else -1
+        cell.update(overlap=shares[evidence] if evidence is not None else 0.0, object=best,
+                    object_color=objects[best]["color"] if best >= 0 else NONE,
+                    object_shape=objects[best]["shape"] if best >= 0 else NONE)
     if group == "image":
         return cells
     if evidence is None:
@@ -160,3 +188,22 @@ def _image_rows(group: str, sample: Any, batch: Any, min_overlap: float) -> list
             cell.update(object=evidence, object_color=objects[evidence]["color"],
                         object_shape=objects[evidence]["shape"])
     return chosen
+
+
+def sequence_positions(group: str, batch: Any) -> torch.Tensor:
+    """The sequence positions of ``group`` ``all`` / ``image`` / ``text`` in ``batch`` (as :func:`group_rows`
+    reads them, without labels), for edits that splice at a group's positions.
+
+    >>> sequence_positions("all", batch).numel() == batch.seq_len    # doctest: +SKIP
+    True
+    """
+    if group == "all":
+        return torch.arange(batch.seq_len)
+    image = batch.image_positions()
+    if group == "image":
+        return torch.tensor(grid_positions(batch), dtype=torch.long) if batch.geometry else image
+    if group == "text":
+        keep = torch.ones(batch.seq_len, dtype=torch.bool)
+        keep[image] = False
+        return torch.nonzero(keep).flatten()
+    raise InputError(f"position group {group!r}: use all, image or text")
