@@ -8,9 +8,9 @@ import torch
 import mmlens
 from mmlens.data.shapes_vqa import ShapesVQA
 from mmlens.errors import InputError
+from mmlens.model.positions import cell_overlaps
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations, resolve_points
-from mmlens.model.positions import cell_overlaps
 
 
 @pytest.fixture(scope="module")

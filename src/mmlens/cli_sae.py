@@ -45,13 +45,13 @@ def train_cmd(
                              "metrics.json, training.png"),
 ) -> None:
     """Train an SAE on one hook point; write it in SAELens' format with its metrics and training curve."""
-    import mmlens
     import tempfile
 
+    import mmlens
     from mmlens.hooks.points import check_point
     from mmlens.neuron.sae import ce_recovered, reconstruction_metrics, save_sae, train_sae
-    from mmlens.runs.sae_run import activation_tensors, collect_sae_activations
     from mmlens.neuron.sae.plots import training_figure
+    from mmlens.runs.sae_run import activation_tensors, collect_sae_activations
     from mmlens.util.io import check_output_folder, save_plot_or_json
     from mmlens.util.limits import MAX_SAMPLES
     from mmlens.util.options import check_choice, check_float, check_int

@@ -16,7 +16,6 @@ from typing import Any
 from torch import nn
 
 from mmlens.errors import InputError
-
 from mmlens.hooks.views import RowOrder
 
 __all__ = ["HookPoint", "ModelParts", "check_point", "compact_names", "resolve_points"]

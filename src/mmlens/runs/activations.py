@@ -23,8 +23,8 @@ import torch
 
 from mmlens.errors import InputError
 from mmlens.hooks.points import resolve_points
-from mmlens.runs.engine import DatasetRun, Job, run_dataset
 from mmlens.model.positions import GROUPS, IMAGE_GROUPS, _schema_fields, group_rows
+from mmlens.runs.engine import DatasetRun, Job, run_dataset
 from mmlens.runs.sources import Source, open_source
 from mmlens.runs.store import cleanup_on_failure
 from mmlens.util.options import check_choice, check_float, check_int

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.model.positions import GROUPS
 from mmlens.probing.fit import KINDS
 from mmlens.probing.labels import CONTROL_TYPES, control_types, file_labels, property_labels, read_labels_file
 from mmlens.probing.result import ProbeResult
@@ -26,7 +27,6 @@ from mmlens.probing.splits import check_classes, split_by_image
 from mmlens.probing.train import pool_by_sample, probe_point
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations
-from mmlens.model.positions import GROUPS
 from mmlens.util.io import check_output_folder
 from mmlens.util.options import check_choice, check_int
 

@@ -27,7 +27,7 @@ from mmlens.util.options import check_choice
 SAE_GROUPS = ("all", "image", "text")
 
 
-class activation_tensors:  # noqa: N801 - used like a function
+class activation_tensors:
     """The rows of ``point`` in a collection folder as float32 tensors of up to ``batch_size`` rows, in stored
     order; iterable again for every epoch (what :func:`train_sae` needs)."""
 

@@ -18,7 +18,6 @@ collected rows into tensors and concept labels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch

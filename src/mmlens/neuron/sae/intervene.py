@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from mmlens.errors import InputError
+from mmlens.hooks.points import check_point
 from mmlens.model.batch import Generation
 from mmlens.model.subject import Subject
-from mmlens.hooks.points import check_point
 from mmlens.neuron.sae.model import SparseAutoencoder
 from mmlens.util.options import check_choice, check_float, check_int
 
