@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/probes_demo"))
+    parser.add_argument("--select", default="selectivity", choices=("accuracy", "selectivity"),
+                        help="regularisation rule: best validation accuracy, or Hewitt & Liang's most selective "
+                        "setting with validation accuracy >= 0.95")
     args = parser.parse_args()
     torch.set_num_threads(1)
     subject = mmlens.load("demo")
@@ -36,7 +39,8 @@ def main() -> None:
     for control_type, kinds, randomised in (("object", "logistic,ridge,mlp", True), ("object+cell", "logistic,ridge", False)):
         start = time.perf_counter()
         result = run_probes(subject, POINTS, "object", "color", n=args.n, out=args.out / control_type, kinds=kinds,
-                            seeds=args.seeds, control_type=control_type, randomised=randomised, show_progress=True)
+                            seeds=args.seeds, control_type=control_type, randomised=randomised, show_progress=True,
+                            select=args.select)
         best = result.best("logistic")
         lines += [f"### control types: {control_type} ({time.perf_counter() - start:.0f} s)", "",
                   f"{result.info['rows']} object-token rows of {result.info['images']} images, classes "

@@ -136,3 +136,22 @@ def test_bad_input_is_one_line(demo, tmp_path):
         line = [ln for ln in res.output.splitlines() if ln.strip()]
         assert len(line) == 1 and text in line[0]
         assert not (tmp_path / "cli" / "probes.json").exists()
+
+
+def test_selective_rule_keeps_accuracy_and_picks_the_most_selective_setting():
+    from mmlens.probing.train import probe_point
+
+    rng = np.random.default_rng(0)
+    index = np.repeat(np.arange(90), 3)
+    y = np.array(["a", "b", "c"])[index % 3]
+    types = np.char.add(y, np.array(["x", "y", "z", "w"])[(index // 3) % 4])
+    x = rng.normal(size=(len(y), 40)) + (y == "a")[:, None] * 2.0
+    x[:, :8] += rng.normal(size=(16, 8))[np.unique(types, return_inverse=True)[1]] * 3  # type codes: memorisable
+    plain, _, _ = probe_point(x, y, index, types, seeds=(0, 1))
+    rows, _, _ = probe_point(x, y, index, types, seeds=(0, 1), select="selectivity", floor=0.9)
+    for sweep, sel, param in zip(rows[0]["sweep"], rows[0]["selectivity_sweep"], rows[0]["param"]):
+        ok = {k: v for k, v in sel.items() if sweep[k] >= 0.9}
+        if ok:
+            assert sel[f"{param:g}"] == max(ok.values())
+    gain = np.mean(rows[0]["accuracy"]) - np.mean(rows[0]["control"])
+    assert gain >= np.mean(plain[0]["accuracy"]) - np.mean(plain[0]["control"]) - 0.05

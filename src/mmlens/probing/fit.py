@@ -58,6 +58,7 @@ class Probe:
     mean: np.ndarray
     scale: np.ndarray
     sweep: dict[float, float] = field(default_factory=dict)  # param -> validation accuracy
+    selectivity_sweep: dict[float, float] = field(default_factory=dict)  # param -> validation selectivity
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, np.float64) - self.mean) / self.scale

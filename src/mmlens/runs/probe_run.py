@@ -47,13 +47,14 @@ def run_probes(model: Any, points: str = "lm.blocks.*.resid_post", group: str = 
                n: int = 300, out: str | os.PathLike = "probes", *, data: Any = None, seed: int = 0,
                labels: str | os.PathLike | None = None, kinds: str | Sequence[str] = ("logistic", "ridge", "mlp"),
                seeds: int = 5, control: bool = True, control_type: str = "object", randomised: bool = False,
-               pool: str = "token",
+               pool: str = "token", select: str = "accuracy",
                dtype: str = "float32", min_overlap: float = 0.5, batch_size: int = 8,
                show_progress: bool | None = None, command: str | None = None) -> ProbeResult:
     """Probe ``prop`` (a metadata property or, with ``labels``, a user labels file) at ``points`` / ``group``
     over ``n`` samples with ``seeds`` seeded splits by image; results saved in ``out`` and returned."""
     check_choice("group", group, GROUPS)
     check_choice("pool", pool, POOLS)
+    check_choice("select", select, ("accuracy", "selectivity"))
     check_choice("control_type", control_type, CONTROL_TYPES)
     kinds = check_kinds(kinds)
     seeds = check_int("seeds", seeds, 1, MAX_SEEDS)
@@ -81,18 +82,18 @@ def run_probes(model: Any, points: str = "lm.blocks.*.resid_post", group: str = 
 
     with progress_bar(len(reader.points) * seeds * len(kinds) * len(models), "probes", show=show_progress,
                       rate=True) as bar:
-        _fit_all(result, data_for, kinds, seeds, control, "trained", bar.update)
+        _fit_all(result, data_for, kinds, seeds, control, "trained", bar.update, select)
         if randomised:
             rreader = _randomised_collection(subject, points, group, Path(out) / "activations-randomised", common,
                                              seed)
             rdata = {p: _rows(rreader, p, group, prop, mapping, pool, control_type) for p in rreader.points}
-            _fit_all(result, rdata, kinds, seeds, control, "randomised", bar.update)
+            _fit_all(result, rdata, kinds, seeds, control, "randomised", bar.update, select)
             _transfer(result, rdata, kinds, seeds)
     values, counts = np.unique(y0, return_counts=True)
     result.info.update(model=getattr(subject, "model_id", str(model)), n_samples=n, data_seed=seed,
                        rows=len(y0), images=len(np.unique(idx0)), seeds=list(range(seeds)), pool=pool,
                        class_counts={str(v): int(c) for v, c in zip(values, counts)}, control=bool(control),
-                       control_type=control_type,
+                       control_type=control_type, select=select,
                        min_overlap=min_overlap, command=command, splits="60/20/20 by image")
     result.save(out)
     return result
@@ -114,10 +115,10 @@ def _rows(reader: ActivationReader, point: str, group: str, prop: str, mapping: 
 
 
 def _fit_all(result: ProbeResult, data: dict[str, tuple], kinds: list[str], seeds: int, control: bool, model: str,
-             tick: Any) -> None:
+             tick: Any, select: str = "accuracy") -> None:
     for point, (x, y, index, types) in data.items():
         rows, weights, classes = probe_point(x, y, index, types if control else None, kinds, range(seeds), point,
-                                             model, tick)
+                                             model, tick, select)
         result.rows += rows
         result.weights.update(weights)
         result.info.setdefault("fit_classes", {}).update(classes)
