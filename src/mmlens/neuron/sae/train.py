@@ -102,7 +102,7 @@ def train_sae(batches: Batches, d_sae: int = 512, architecture: str = "topk", k:
     minibatches. Loss = normalised MSE (1 - explained variance of the minibatch) + ``l1`` * sum of feature
     activations (standard) or + ``aux_coefficient`` * AuxK (topk, ``aux_k`` = d_in / 2 by default).
 
-    >>> run = train_sae(lambda: activation_batches(lm, samples, "lm.blocks.1.resid_post"), epochs=4)  # doctest: +SKIP
+    >>> run = train_sae(lambda: activation_tensors(reader, "lm.blocks.1.resid_post"), epochs=4)  # doctest: +SKIP
     """
     architecture = check_choice("architecture", architecture, ("topk", "standard"))
     d_sae = check_int("d_sae", d_sae, 1, MAX_WIDTH)
