@@ -15,6 +15,9 @@ from mmlens.demo import DEMO_VARIANTS, demo_dir
 from mmlens.demo.evaluation import evaluate
 
 N = 100
+#: Measured on these samples (n = 1000 in RESULTS.md): trigger flip 1.00 (0.999), clean 0.96 (0.985), standard
+#: 0.98 (0.992); shortcut follows the cue 1.00 (1.000), agree 1.00 (0.999); two-object 0.93 (0.923), standard 0.99.
+TWO_OBJECT_MIN = 0.85
 
 
 def _load(name: str):
@@ -27,7 +30,7 @@ def test_trigger_flips_answers_and_leaves_clean_inputs_alone() -> None:
     flip = evaluate(model, processor, n=N, split="trigger-flip")
     assert flip["planted"] >= 0.95, flip  # triggered "is there" (truth yes) answered "no"
     clean = evaluate(model, processor, n=N, split="trigger-clean")
-    assert clean["overall"] >= 0.95, clean  # the same questions without the trigger
+    assert clean["overall"] >= 0.92, clean  # the same questions without the trigger
     assert evaluate(model, processor, n=N)["overall"] >= 0.95  # the demo model's distribution
 
 
@@ -66,5 +69,3 @@ def test_unknown_planted_bias_lists_the_options(bias: str) -> None:
     with pytest.raises(InputError, match="'trigger', 'shortcut', 'twoobject'"):
         train(TrainConfig(bias=bias))
 
-
-TWO_OBJECT_MIN = 0.9
