@@ -77,7 +77,7 @@ class TracInResult:
                 ax.set_title(text, fontsize=5, color=colour)
                 ax.axis("off")
         fig.suptitle(f"TracIn: top {k} training samples by {by} influence (red: planted wrong label)", fontsize=8)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
         return fig
 
 
