@@ -111,10 +111,12 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 0.5 * max(len(result["points"]), 4) + 1.8))
     for ax, (key, title, rows) in zip(axes, panels):
         values = np.asarray(result[key], float)
-        im = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower")
+        low = min(0.0, float(np.nanmin(values)))  # selectivity may be negative
+        im = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower", vmin=low, vmax=1.0)
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
-        ax.set_xticks(range(len(result["steps"])), [str(s) for s in result["steps"]], fontsize=7)
+        ticks = [f"{name.split('-step-')[0]}\n{step}" for name, step in zip(result["checkpoints"], result["steps"])]
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
         ax.set_yticks(range(len(rows)), [r.removesuffix(".resid_post") for r in rows], fontsize=7)
         ax.set_xlabel("training step (checkpoint)")
         ax.set_title(title, fontsize=9)
