@@ -29,7 +29,7 @@ def _target(sample) -> tuple[str, str]:
 def planted_hit_rate(folder: Path, per_planted: int = 3, k: int = 10, by: str = "abs", params: str = "unembed",
                      show_progress: bool | None = None) -> dict:
     """Hit rate of planted samples in the top ``k`` of the test samples they affect (and the TracIn result)."""
-    index, samples = training_samples(folder)
+    _index, samples = training_samples(folder)
     from mmlens.demo.checkpoints import read_manifest
 
     planted = read_manifest(folder)["planted"]

@@ -45,7 +45,6 @@ from mmlens.data.shapes_vqa import (
     ShapesVQA,
 )
 from mmlens.demo import DEMO_MODEL_DIR
-from mmlens.demo.checkpoints import CheckpointSaver, TrainingSet
 from mmlens.demo.build import (
     DemoConfig,
     build_model,
@@ -53,6 +52,7 @@ from mmlens.demo.build import (
     chat_prompt,
     save_demo,
 )
+from mmlens.demo.checkpoints import CheckpointSaver, TrainingSet
 from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script evaluates what it trains)
     EVAL_SEEDS,
     TRAIN_SEED_BASE,
