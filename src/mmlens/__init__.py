@@ -12,6 +12,7 @@ import mmlens.layer  # noqa: F401
 import mmlens.neuron  # noqa: F401
 import mmlens.probing  # noqa: F401
 import mmlens.token  # noqa: F401
+import mmlens.training  # noqa: F401
 from mmlens._version import __version__
 from mmlens.catalog import methods
 from mmlens.embedding import decompose as decompose_embedding
@@ -34,7 +35,9 @@ from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_fea
 from mmlens.results.explanation import Explanation
 from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations
+from mmlens.runs.checkpoint_probe import probe_checkpoints
 from mmlens.runs.engine import run_dataset
+from mmlens.training import TracInResult, tracin, training_samples
 from mmlens.runs.explain_job import explain_dataset, load_explanation
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "SteeringVector",
     "SparseAutoencoder",
     "Subject",
+    "TracInResult",
     "Tracer",
     "TunedLens",
     "UnsupportedModelError",
@@ -73,6 +77,7 @@ __all__ = [
     "load",
     "load_explanation",
     "load_sae",
+    "probe_checkpoints",
     "methods",
     "modality_gap",
     "run_pope",
@@ -85,6 +90,8 @@ __all__ = [
     "train_sae",
     "steering_vector",
     "train_tuned_lens",
+    "tracin",
+    "training_samples",
     "zero_shot",
 ]
 

@@ -26,6 +26,8 @@ _CONTROL_TYPE = typer.Option("object", "--control-type", help="control types: ob
 _RANDOMISED = typer.Option(False, "--randomised", help="also probe a copy of the model with randomised weights")
 _POOL = typer.Option("token", "--pool", help="token (one row per token) or mean (one row per sample)")
 _FLOAT16 = typer.Option(False, "--float16", help="store the collected activations as float16")
+_CHECKPOINTS = typer.Option(None, "--checkpoints", help="a training run's --checkpoint-dir: layer x checkpoint maps "
+                                                         "of probe accuracy, selectivity and the logit lens")
 _OUT = typer.Option(Path("probes"), "--out", "-o", help="folder for probes.json, layer_curve.png, activations/")
 
 
@@ -46,6 +48,7 @@ def probe_cmd(
     pool: str = _POOL,
     float16: bool = _FLOAT16,
     out: Path = _OUT,
+    checkpoints: Path | None = _CHECKPOINTS,
 ) -> None:
     """Probe a property at every hook point: accuracy, control-task accuracy and selectivity (JSON + PNG)."""
     from rich.console import Console
@@ -60,6 +63,18 @@ def probe_cmd(
                                                      else [])
     args += (["--randomised"] if randomised else []) + (["--pool", pool] if pool != "token" else [])
     args += (["--float16"] if float16 else []) + ["--out", str(out)]
+    if checkpoints is not None:
+        from mmlens.runs.checkpoint_probe import JSON as CJSON
+        from mmlens.runs.checkpoint_probe import PLOT as CPLOT
+        from mmlens.runs.checkpoint_probe import probe_checkpoints
+
+        args = ["--checkpoints", str(checkpoints), *args[2:]]
+        probe_checkpoints(checkpoints, point, group, prop, n, out, kinds=kinds, seeds=seeds, seed=seed,
+                          show_progress=sys.stderr.isatty(),
+                          command="mmlens probe " + " ".join(shlex.quote(a) for a in args))
+        for name in (CJSON, CPLOT):
+            print(out / name)
+        return
     result = run_probes(model, point, group, prop, n, out, data=data, seed=seed, labels=labels, kinds=kinds,
                         seeds=seeds, control=control, control_type=control_type, randomised=randomised, pool=pool,
                         dtype="float16" if float16 else "float32", show_progress=sys.stderr.isatty(),

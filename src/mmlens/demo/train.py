@@ -57,6 +57,7 @@ from mmlens.demo.build import (
     extend_vocabulary,
     save_demo,
 )
+from mmlens.demo.checkpoints import CheckpointSaver, TrainingSet
 from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script evaluates what it trains)
     EVAL_SEEDS,
     TRAIN_SEED_BASE,
@@ -66,6 +67,7 @@ from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script eva
     evaluate_planted,
     generate_answers,
 )
+from mmlens.errors import InputError
 from mmlens.util.options import check_choice
 
 BIASES = ("none", "cooccur", "prior", *PLANTED_TESTS)
@@ -90,6 +92,10 @@ class TrainConfig:
     log_every: int = 50
     bias: str = "none"  # "none" | "cooccur" | "prior" | "trigger" | "shortcut" | "twoobject": train on "{bias}-train"
     init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
+    save_every: int = 0  # > 0: save a checkpoint every N steps into checkpoint_dir (mmlens.demo.checkpoints)
+    checkpoint_dir: str = ""
+    train_size: int = 0  # > 0: cycle over the first N training samples
+    plant: int = 0  # give N of those a wrong colour answer (the TracIn planted-label test)
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -187,7 +193,7 @@ def _step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def _batches(data: ShapesVQA, batch_size: int, first: int, count: int) -> Iterator[list[ShapesSample]]:
+def _batches(data: ShapesVQA | TrainingSet, batch_size: int, first: int, count: int) -> Iterator[list[ShapesSample]]:
     for k in range(first, first + count):
         yield list(data.samples(batch_size, start=k * batch_size))
 
@@ -196,8 +202,9 @@ def pretrain_vision(
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
     probe: PatchProbe,
-    data: ShapesVQA,
+    data: ShapesVQA | TrainingSet,
     cfg: TrainConfig,
+    saver: CheckpointSaver | None = None,
 ) -> None:
     """Stage 1: train vision tower + projector to tell each patch's colour and shape.
 
@@ -214,7 +221,11 @@ def pretrain_vision(
         pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
         hidden = tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
         loss = probe.loss(projector(hidden[:, 1:]), *patch_labels(samples, grid))  # [:, 1:] drops CLS
+        lr = schedule.get_last_lr()[0]
         _step(loss, params, optimizer, schedule, cfg.grad_clip)
+        if saver is not None:
+            saver.after_step(model, processor, "vision", step, cfg.vision_steps, step,
+                             [s.index for s in samples], lr)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.vision_steps:
             elapsed = time.time() - start
             print(f"vision {step + 1:5d}/{cfg.vision_steps}  patch loss {loss.item():.4f}  {elapsed:6.0f}s", flush=True)
@@ -224,8 +235,9 @@ def train_llava(
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
     probe: PatchProbe,
-    data: ShapesVQA,
+    data: ShapesVQA | TrainingSet,
     cfg: TrainConfig,
+    saver: CheckpointSaver | None = None,
 ) -> None:
     """Stage 2: train the whole model to answer (teacher forcing), keeping the patch loss."""
     named = [*model.named_parameters(), *probe.named_parameters()]
@@ -241,7 +253,11 @@ def train_llava(
             projected.clear()
             out = model(**batch)
             loss = out.loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
+            lr = schedule.get_last_lr()[0]
             _step(loss, params, optimizer, schedule, cfg.grad_clip)
+            if saver is not None:
+                saver.after_step(model, processor, "llava", step, cfg.steps, cfg.vision_steps + step,
+                                 [s.index for s in samples], lr)
             losses.append(out.loss.item())
             hits.extend(_answer_hits(out.logits.detach(), batch["labels"]).tolist())
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -266,6 +282,10 @@ def train(
     """
     cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
     split = "standard" if check_choice("bias", cfg.bias, BIASES) == "none" else f"{cfg.bias}-train"
+    if cfg.save_every < 0 or (cfg.checkpoint_dir and cfg.save_every <= 0):
+        raise InputError(f"--save-every {cfg.save_every}: pass a number of steps >= 1")
+    if cfg.save_every and not cfg.checkpoint_dir:
+        raise InputError("--save-every needs --checkpoint-dir DIR: the folder to save the checkpoints in")
     torch.manual_seed(cfg.seed)
     if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
         from mmlens.demo import demo_dir
@@ -278,10 +298,17 @@ def train(
     if cfg.bias == "twoobject":  # its questions use words the demo tokenizer lacks
         processor = extend_vocabulary(model, processor, PLANTED_WORDS)
     probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
-    data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
+    data = TrainingSet(ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split),
+                       cfg.train_size, cfg.plant)
+    saver = None
+    if cfg.checkpoint_dir:
+        info = {"seed": cfg.seed, "split": split, "data_seed": TRAIN_SEED_BASE + cfg.seed, "image_size":
+                arch.image_size, "batch_size": cfg.batch_size, "train_size": cfg.train_size, "planted": data.planted,
+                "init": cfg.init}
+        saver = CheckpointSaver(cfg.checkpoint_dir, cfg.save_every, info)
     model.train()
-    pretrain_vision(model, processor, probe, data, cfg)
-    train_llava(model, processor, probe, data, cfg)
+    pretrain_vision(model, processor, probe, data, cfg, saver)
+    train_llava(model, processor, probe, data, cfg, saver)
     model.eval()
     return model, processor
 
@@ -308,7 +335,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     arch_cls = _clip().ClipConfig if args.variant == "clip" else DemoConfig
     arch = arch_cls(**{f.name: getattr(args, f.name) for f in fields(arch_cls) if getattr(args, f.name) is not None})
-    (_main_clip if args.variant == "clip" else _main_llava)(args, cfg, arch)
+    try:
+        (_main_clip if args.variant == "clip" else _main_llava)(args, cfg, arch)
+    except InputError as err:
+        parser.exit(2, f"error: {err}\n")
 
 
 def _clip():
