@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +11,11 @@ from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers
 from mmlens.model.batch import Batch, cat_inputs
+from mmlens.model.samples import RunningMean, SampleStat, reduce_samples
 from mmlens.model.subject import Subject
 from mmlens.model.targets import resolve_targets
 from mmlens.results.grid import GridResult
+from mmlens.util.options import check_choice
 
 
 @register_method("head_image_share", leaf="model/token/visual-text", tier="attention",
@@ -80,3 +82,74 @@ def _zero_heads(n_heads: int):
         return shaped.reshape(h.shape)
 
     return fn
+
+
+HEAD_STATS = ("image_share", "ablation")
+
+
+class HeadStats(SampleStat):
+    """Per-head statistics over a dataset: each sample's :func:`head_image_share` and / or :func:`head_ablation`
+    grid (its contribution), averaged over samples (the reducer: streaming means)."""
+
+    name = "head_stats"
+
+    def __init__(self, stats: Sequence[str] = HEAD_STATS, layers: Sequence[int] | None = None,
+                 target: str = "answer", answer: str = "given") -> None:
+        self.stats, self.layers = list(stats), (None if layers is None else [int(x) for x in layers])
+        self.target, self.answer = target, answer
+
+    def config(self) -> dict[str, Any]:
+        return {"stat": self.name, "stats": self.stats, "layers": self.layers, "target": self.target,
+                "answer": self.answer}
+
+    def check(self, subject: Subject) -> None:
+        for s in self.stats:
+            check_choice("head statistic", s, HEAD_STATS)
+        if not self.stats:
+            raise InputError(f"no head statistic given: pass some of {', '.join(HEAD_STATS)}")
+        check_choice("answer", self.answer, ("given", "model"))
+        self.layers = check_layers(subject, self.layers)
+
+    def per_sample(self, subject: Subject, batch: Batch) -> dict[str, torch.Tensor]:
+        fns = {"image_share": head_image_share, "ablation": head_ablation}
+        return {s: fns[s](subject, batch, self.target, self.layers).values.double() for s in self.stats}
+
+    def reducer(self, subject: Subject) -> HeadMeans:
+        return HeadMeans(self.stats, self.layers or [], subject.model_id, self.target)
+
+
+class HeadMeans:
+    """Streaming means of per-sample head grids; :meth:`result`: ``{statistic: GridResult}``."""
+
+    def __init__(self, stats: list[str], layers: list[int], model: str, target: str) -> None:
+        self.stats, self.layers, self.model, self.target = stats, layers, model, target
+        self.means = {s: RunningMean() for s in stats}
+
+    def add(self, index: int, c: dict[str, torch.Tensor]) -> None:
+        for s in self.stats:
+            self.means[s].add(c[s])
+
+    def result(self) -> dict[str, GridResult]:
+        titles = {"image_share": "mean attention share on image tokens", "ablation": "mean head ablation effect"}
+        units = {"image_share": "share of attention", "ablation": "p(ablated) - p(clean)"}
+        out = {}
+        for s, mean in self.means.items():
+            values = mean.mean
+            out[s] = GridResult(f"head_{s}", values, [f"layer {x}" for x in self.layers],
+                                [f"head {h}" for h in range(values.shape[1])], f"{titles[s]} ({mean.count} samples)",
+                                units[s], meta={"model": self.model, "method": f"head_{s}", "layers": self.layers,
+                                                "target": self.target, "samples": mean.count})
+        return out
+
+
+def dataset_head_stats(subject: Subject, samples: Iterable[Any], stats: Sequence[str] = HEAD_STATS,
+                       layers: Sequence[int] | None = None, target: str = "answer", answer: str = "given",
+                       show_progress: bool | None = None) -> dict[str, GridResult]:
+    """Mean image-attention share and / or ablation effect per head over ``samples`` (streaming; the dataset-run
+    version: :func:`mmlens.run_head_stats`).
+
+    >>> grids = dataset_head_stats(lm, ShapesVQA().samples(50)); grids["ablation"].values.shape  # doctest: +SKIP
+    torch.Size([4, 4])
+    """
+    return reduce_samples(subject, samples, HeadStats(stats, layers, target, answer), "head statistics",
+                          show_progress)

@@ -33,13 +33,55 @@ def iter_batches(subject: Subject, samples: Iterable[Any], answer: str = "model"
     if answer not in ("model", "given"):
         raise InputError(f"answer={answer!r}: use 'model' (the model's own answer) or 'given' (the sample's)")
     for i, sample in enumerate(progress(samples, description, enabled=show_progress, total=total)):
-        image, prompt, given = sample_fields(sample)
-        if answer == "given" and given is not None:
-            yield i, subject.prepare(image, prompt, answer=given)
-        else:
-            gen = subject.generate(image, prompt, max_new_tokens=8)
-            if gen.token_ids.numel():
-                yield i, gen.batch
+        batch = sample_batch(subject, sample, answer)
+        if batch is not None:
+            yield i, batch
+
+
+def sample_batch(subject: Subject, sample: Any, answer: str = "model") -> Batch | None:
+    """One sample's teacher-forced batch (see :func:`iter_batches`); None when the model's answer is empty."""
+    image, prompt, given = sample_fields(sample)
+    if answer == "given" and given is not None:
+        return subject.prepare(image, prompt, answer=given)
+    gen = subject.generate(image, prompt, max_new_tokens=8)
+    return gen.batch if gen.token_ids.numel() else None
+
+
+class SampleStat:
+    """A dataset statistic split in two: ``per_sample(subject, batch)`` turns one sample's batch into a dict of
+    tensors (its contribution), and ``reducer()`` folds contributions, in sample order, into the result
+    (``add(index, contribution)``, then ``result()``). In-memory functions and dataset runs share both, so the
+    loop over samples has one home per place (:func:`reduce_samples` here, a run's job in :mod:`mmlens.runs`).
+    ``answer``: which answer the batches teacher-force ("given" or "model"); ``config()`` names the statistic.
+    Instances must pickle (Ray ships them)."""
+
+    name = "stat"
+    answer = "given"
+
+    def config(self) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check(self, subject: Subject) -> None:
+        """Check the options against the model (before any sample runs)."""
+
+    def per_sample(self, subject: Subject, batch: Batch) -> dict[str, torch.Tensor] | None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def reducer(self, subject: Subject) -> Any:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+def reduce_samples(subject: Subject, samples: Iterable[Any], stat: SampleStat, description: str = "inputs",
+                   show_progress: bool | None = None) -> Any:
+    """``stat`` over ``samples`` in this process: one sample in memory at a time."""
+    stat.check(subject)
+    reducer = stat.reducer(subject)
+    for i, batch in iter_batches(subject, samples, answer=stat.answer, description=description,
+                                 show_progress=show_progress):
+        contribution = stat.per_sample(subject, batch)
+        if contribution is not None:
+            reducer.add(i, contribution)
+    return reducer.result()
 
 
 @dataclass

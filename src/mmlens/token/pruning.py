@@ -18,7 +18,7 @@ from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.layer.logit_lens import check_layers
 from mmlens.model.batch import Batch, cat_inputs
-from mmlens.model.samples import RunningMean, iter_batches
+from mmlens.model.samples import RunningMean, SampleStat, reduce_samples
 from mmlens.model.subject import Subject
 from mmlens.model.targets import resolve_targets
 from mmlens.util.io import save_plot_or_json
@@ -109,13 +109,53 @@ def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFA
                          "image_tokens": int(image.numel()), "forward_calls": 1 + (rank == "fastv")})
 
 
+class PruningStat(SampleStat):
+    """The FastV pruning curve of each sample (its contribution, on the model's own answer), averaged (the
+    reducer: streaming means)."""
+
+    name = "pruning_curve"
+    answer = "model"
+
+    def __init__(self, ratios: Sequence[float] = DEFAULT_RATIOS, after_layer: int = 2) -> None:
+        self.ratios, self.after_layer = [float(r) for r in ratios], int(after_layer)
+
+    def config(self) -> dict[str, Any]:
+        return {"stat": self.name, "ratios": self.ratios, "after_layer": self.after_layer}
+
+    def check(self, subject: Subject) -> None:
+        n = subject.n_layers
+        if not 1 <= self.after_layer < n:
+            raise InputError(f"after_layer={self.after_layer} is out of range: use 1..{n - 1}")
+        if not self.ratios or any(not 0.0 <= r <= 1.0 for r in self.ratios):
+            raise InputError(f"ratios must lie in [0, 1], got {self.ratios}")
+
+    def per_sample(self, subject: Subject, batch: Batch) -> dict[str, torch.Tensor]:
+        curve = pruning_curve(subject, batch, self.ratios, after_layer=self.after_layer)
+        return {"prob": torch.tensor(curve.prob), "agreement": torch.tensor(curve.agreement)}
+
+    def reducer(self, subject: Subject) -> PruningMeans:
+        return PruningMeans(self.ratios, self.after_layer, subject.model_id)
+
+
+class PruningMeans:
+    """Streaming means of per-sample pruning curves."""
+
+    def __init__(self, ratios: list[float], after_layer: int, model: str) -> None:
+        self.ratios, self.after_layer, self.model = ratios, after_layer, model
+        self.prob, self.agree = RunningMean(), RunningMean()
+
+    def add(self, index: int, c: dict[str, torch.Tensor]) -> None:
+        self.prob.add(c["prob"])
+        self.agree.add(c["agreement"])
+
+    def result(self) -> PruningCurve:
+        return PruningCurve(list(self.ratios), self.prob.mean.tolist(), self.agree.mean.tolist(),
+                            {"model": self.model, "rank": "fastv", "after_layer": self.after_layer,
+                             "samples": self.prob.count})
+
+
 def dataset_pruning_curve(subject: Subject, samples: Iterable[Any], ratios: Sequence[float] = DEFAULT_RATIOS,
                           after_layer: int = 2, show_progress: bool | None = None) -> PruningCurve:
-    """Mean pruning curve over ``samples`` (the model's own answers), with streaming means."""
-    prob, agree = RunningMean(), RunningMean()
-    for _, batch in iter_batches(subject, samples, description="pruning", show_progress=show_progress):
-        curve = pruning_curve(subject, batch, ratios, after_layer=after_layer)
-        prob.add(torch.tensor(curve.prob))
-        agree.add(torch.tensor(curve.agreement))
-    return PruningCurve(list(ratios), prob.mean.tolist(), agree.mean.tolist(),
-                        {"model": subject.model_id, "rank": "fastv", "after_layer": after_layer, "samples": prob.count})
+    """Mean pruning curve over ``samples`` (the model's own answers), with streaming means (the dataset-run
+    version: :func:`mmlens.run_pruning_curve`)."""
+    return reduce_samples(subject, samples, PruningStat(ratios, after_layer), "pruning", show_progress)

@@ -19,7 +19,7 @@ import torch
 from mmlens.errors import InputError
 from mmlens.hooks.points import check_point
 from mmlens.model.positions import sequence_positions
-from mmlens.model.samples import iter_batches
+from mmlens.model.samples import SampleStat, reduce_samples
 from mmlens.model.subject import Subject
 from mmlens.neuron.sae.model import SparseAutoencoder
 from mmlens.util.options import check_choice
@@ -70,39 +70,87 @@ def _answer_ce(subject: Subject, batch: Any) -> float:
     return float(-subject.answer_log_probs(subject.forward(batch), batch).mean())
 
 
-@torch.no_grad()
+class CeRecovered(SampleStat):
+    """Answer cross-entropy clean / with ``reconstruct`` spliced in at ``hook_name`` / zero-ablated there: each
+    sample's three values (its contribution; none without an answer), summed (the reducer)."""
+
+    name = "ce_recovered"
+
+    def __init__(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], hook_name: str,
+                 positions: str = "all", answer: str = "given") -> None:
+        self.reconstruct, self.hook_name, self.positions, self.answer = reconstruct, hook_name, positions, answer
+
+    def config(self) -> dict[str, Any]:
+        return {"stat": self.name, "hook_name": self.hook_name, "positions": self.positions, "answer": self.answer,
+                "reconstruct": _fingerprint(self.reconstruct)}
+
+    def check(self, subject: Subject) -> None:
+        self.hook_name = check_point(subject, self.hook_name)
+        self.positions = check_choice("positions", self.positions, ("all", "image", "text"))
+
+    @torch.no_grad()
+    def per_sample(self, subject: Subject, batch: Any) -> dict[str, torch.Tensor] | None:
+        if batch.answer_ids.numel() == 0:
+            return None
+        lm = self.hook_name.startswith("lm.")
+        rows = None if self.positions == "all" or not lm else sequence_positions(self.positions, batch)
+        values = [_answer_ce(subject, batch)]
+        for fn in (fitted(self.reconstruct, self.hook_name), torch.zeros_like):
+            with subject.trace() as tr:
+                tr.edit(self.hook_name, splice(fn, rows, lm))
+                values.append(_answer_ce(subject, batch))
+        return {"ce": torch.tensor(values, dtype=torch.float64)}
+
+    def reducer(self, subject: Subject) -> CeSums:
+        return CeSums()
+
+
+class CeSums:
+    """Streaming sums of the three cross-entropies; :meth:`result` gives the means and the CE recovered."""
+
+    def __init__(self) -> None:
+        self.ce, self.n = {"clean": 0.0, "sae": 0.0, "zero": 0.0}, 0
+
+    def add(self, index: int, c: dict[str, torch.Tensor]) -> None:
+        for key, value in zip(self.ce, c["ce"].tolist()):
+            self.ce[key] += value
+        self.n += 1
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise InputError("no sample had an answer to score: pass samples with answers (or answer='model')")
+        ce = {k: v / self.n for k, v in self.ce.items()}
+        gap = ce["zero"] - ce["clean"]
+        rec = (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-12 else float("nan")
+        return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_recovered": rec,
+                "samples": self.n}
+
+
+def _fingerprint(reconstruct: Any) -> str:
+    """What tells two reconstructions apart in a run's manifest: a hash of a module's weights, else its name."""
+    import hashlib
+
+    if isinstance(reconstruct, torch.nn.Module):
+        digest = hashlib.sha1()
+        for key, value in sorted(reconstruct.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"{type(reconstruct).__name__}:{digest.hexdigest()}"
+    return getattr(reconstruct, "__qualname__", type(reconstruct).__name__)
+
+
 def ce_recovered(subject: Subject, reconstruct: Callable[[torch.Tensor], torch.Tensor], samples: Iterable[Any],
                  hook_name: str, positions: str = "all", answer: str = "given",
                  show_progress: bool | None = None) -> dict[str, float]:
     """Mean answer cross-entropy clean / with ``reconstruct`` spliced in at ``hook_name`` / zero-ablated there,
-    and the CE recovered. ``reconstruct`` is an SAE (or any map ``x -> x_hat``; the identity gives 1.0).
+    and the CE recovered. ``reconstruct`` is an SAE (or any map ``x -> x_hat``; the identity gives 1.0). The
+    dataset-run version: :func:`mmlens.run_ce_recovered`.
 
     >>> ce_recovered(lm, sae, ShapesVQA().samples(50), "lm.blocks.1.resid_post")["ce_recovered"]  # doctest: +SKIP
     0.97
     """
-    hook_name = check_point(subject, hook_name)
-    positions = check_choice("positions", positions, ("all", "image", "text"))
-    reconstruct = fitted(reconstruct, hook_name)
-    lm = hook_name.startswith("lm.")
-    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n = 0
-    for _, batch in iter_batches(subject, samples, answer=answer, description="CE recovered",
-                                 show_progress=show_progress):
-        if batch.answer_ids.numel() == 0:
-            continue
-        rows = None if positions == "all" or not lm else sequence_positions(positions, batch)
-        ce["clean"] += _answer_ce(subject, batch)
-        for key, fn in (("sae", reconstruct), ("zero", torch.zeros_like)):
-            with subject.trace() as tr:
-                tr.edit(hook_name, splice(fn, rows, lm))
-                ce[key] += _answer_ce(subject, batch)
-        n += 1
-    if n == 0:
-        raise InputError("no sample had an answer to score: pass samples with answers (or answer='model')")
-    ce = {k: v / n for k, v in ce.items()}
-    gap = ce["zero"] - ce["clean"]
-    rec = (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-12 else float("nan")
-    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_recovered": rec, "samples": n}
+    return reduce_samples(subject, samples, CeRecovered(reconstruct, hook_name, positions, answer), "CE recovered",
+                          show_progress)
 
 
 def fitted(reconstruct: Callable[[torch.Tensor], torch.Tensor], hook_name: str) -> Callable:
