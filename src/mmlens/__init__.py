@@ -37,6 +37,7 @@ from mmlens.runs.activation_reader import ActivationReader
 from mmlens.runs.activations import collect_activations
 from mmlens.runs.checkpoint_probe import probe_checkpoints
 from mmlens.runs.engine import run_dataset
+from mmlens.runs.stats_run import run_ce_recovered, run_head_stats, run_neuron_stats, run_pruning_curve, run_stat
 from mmlens.training import TracInResult, tracin, training_samples
 from mmlens.runs.explain_job import explain_dataset, load_explanation
 
@@ -82,6 +83,11 @@ __all__ = [
     "modality_gap",
     "run_pope",
     "run_dataset",
+    "run_ce_recovered",
+    "run_head_stats",
+    "run_neuron_stats",
+    "run_pruning_curve",
+    "run_stat",
     "save_sae",
     "serve",
     "splice",
