@@ -23,8 +23,8 @@ def lm():
     return subject_for("llava")
 
 
-def _data(lm, n=5):
-    source = open_source(None, n=n, seed=3, image_size=shapes_image_size(lm))
+def _data(lm, n=5, seed=3):
+    source = open_source(None, n=n, seed=seed, image_size=shapes_image_size(lm))
     return source, [source.sample(i) for i in range(n)]
 
 
@@ -145,3 +145,22 @@ def test_bad_options_fail_in_one_line_before_any_folder(lm, tmp_path):
     with pytest.raises(InputError, match="after_layer"):
         mmlens.run_pruning_curve(lm, tmp_path / "d", after_layer=99, n=2)
     assert not any(tmp_path.iterdir())
+
+
+def test_dataset_stats_cli_writes_the_in_memory_numbers(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmlens.cli import app
+
+    out = tmp_path / "heads"
+    res = CliRunner().invoke(app, ["dataset-stats", "heads", "--n", "3", "--layers", "0", "--stats", "image_share",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / RESULT).read_text())["result"]["image_share"]
+    demo = mmlens.load("demo")
+    _, samples = _data(demo, 3, seed=0)  # the CLI's default --seed
+    ref = dataset_head_stats(demo, samples, ["image_share"], layers=[0])["image_share"].values
+    np.testing.assert_allclose(saved["values"], ref.numpy(), atol=1e-6)
+    assert (out / "heads_image_share.png").stat().st_size > 1000
+    bad = CliRunner().invoke(app, ["dataset-stats", "pruning", "--ratios", "0,x", "--out", str(tmp_path / "p")])
+    assert bad.exit_code == 2 and "--ratios" in bad.output and not (tmp_path / "p").exists()

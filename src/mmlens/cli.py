@@ -353,6 +353,9 @@ register(app)
 from mmlens.cli_sae import sae_app  # noqa: E402  (the `sae` sub-commands)
 
 app.add_typer(sae_app, name="sae")
+from mmlens.cli_dataset_stats import stats_app  # noqa: E402  (neurons / heads / pruning as dataset runs)
+
+app.add_typer(stats_app, name="dataset-stats")
 
 
 def main() -> None:  # pragma: no cover - console entry point
