@@ -73,6 +73,8 @@ class ClipConfig:
     max_positions: int = 32
     projection_dim: int = 64
     min_objects: int = 1  # training images hold 1..4 objects (single ones help zero-shot on crops)
+    #: the last this many vision layers have no MLP (its weights zero and frozen): attention-only readout blocks
+    vision_attention_only: int = 0
 
 
 def build_clip_processor(config: ClipConfig | None = None) -> CLIPProcessor:
@@ -112,7 +114,14 @@ def build_clip_model(processor: CLIPProcessor, config: ClipConfig | None = None)
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     clip = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=config.projection_dim)
-    return CLIPModel(clip)
+    model = CLIPModel(clip)
+    if not 0 <= config.vision_attention_only <= config.vision_layers:
+        raise InputError(f"vision_attention_only={config.vision_attention_only}: pass 0..{config.vision_layers}")
+    for layer in model.vision_model.encoder.layers[config.vision_layers - config.vision_attention_only :]:
+        for p in layer.mlp.parameters():  # the block's MLP adds exactly 0 and is never trained
+            p.data.zero_()
+            p.requires_grad_(False)
+    return model
 
 
 # --------------------------------------------------------------------------- captions
@@ -198,7 +207,7 @@ def train_clip(cfg: TrainConfig, arch: ClipConfig | None = None) -> tuple[CLIPMo
     processor = build_clip_processor(arch)
     model = build_clip_model(processor, arch)
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, min_objects=arch.min_objects)
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer, schedule = _optimizer(named, cfg.lr, cfg.steps, cfg)
     model.train()
