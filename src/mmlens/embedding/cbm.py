@@ -125,7 +125,7 @@ def filter_concepts(concepts: Sequence[str], concept_emb: torch.Tensor, class_em
         elif word.strip().lower() in names:
             removed[word] = f"is class {word.strip()}"
         elif drop_mentions and set(word.lower().split()) & set(names):
-            removed[word] = f"names class {sorted(set(word.lower().split()) & set(names))[0]}"
+            removed[word] = f"names class {min(set(word.lower().split()) & set(names))}"
         elif float(to_class[i, j]) > class_sim:
             removed[word] = f"cosine {float(to_class[i, j]):.2f} to class {names[j] if names else j}"
         elif sims.numel() and float(sims.max()) > concept_sim:
