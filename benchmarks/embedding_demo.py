@@ -70,6 +70,17 @@ def splice_scores(results, images) -> dict:
             "l0": chosen / len(results)}
 
 
+def signal_share(dec, class_emb, labels, top: int = 8) -> dict[str, float]:
+    """Where the class signal enters: each component's share of the between-class variance of the embedding's
+    projection on the (centred) class directions, largest first."""
+    cls = class_emb - class_emb.mean(0)
+    y = torch.as_tensor(labels)
+    proj = torch.einsum("ncd,kd->nck", dec.contributions, cls)
+    between = torch.stack([proj[y == i].mean(0) for i in range(len(cls))]).var(0).sum(-1)
+    share = between / between.sum()
+    return {dec.names[i]: round(float(share[i]), 3) for i in share.argsort(descending=True)[:top]}
+
+
 def samples(seeds, per_seed, size, **kw):
     return [s for seed in seeds for s in ShapesVQA(image_size=size, seed=seed, **kw).samples(per_seed)]
 
@@ -108,6 +119,7 @@ def main() -> None:
     res["embedding_mean_norm"] = float(dec.embedding.norm(dim=-1).mean())
     res["ablation_color"] = ablation_curves(dec, color_cls, color_y)
     res["ablation_shape"] = ablation_curves(dec, shape_cls, shape_y)
+    res["signal_share"] = {"color": signal_share(dec, color_cls, color_y), "shape": signal_share(dec, shape_cls, shape_y)}
     bank_texts = list(dict.fromkeys([*COLORS, *SHAPES, *(f"a {c} object" for c in COLORS),
                                      *(f"a {s} shape" for s in SHAPES), *GENERIC_VOCABULARY]))
     bank = text_bank(t, bank_texts)
@@ -186,6 +198,7 @@ def main() -> None:
     brief["cbm"] = {k: {kk: v[kk] for kk in ("cbm_accuracy", "cbm_unfiltered_accuracy", "cbm_no_class_words_accuracy", "probe_accuracy",
                                              "zero_shot_accuracy", "concepts_kept")} for k, v in res["cbm"].items()}
     brief["gap"] = res["modality_gap"]["gap_norm"]
+    brief["signal_share"] = res["signal_share"]
     print(json.dumps(brief, indent=1))
 
 
