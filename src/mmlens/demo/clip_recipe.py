@@ -63,9 +63,9 @@ class ClipConfig:
     image_size: int = 64
     patch_size: int = 8
     vision_hidden: int = 96
-    vision_layers: int = 3
-    vision_heads: int = 4
-    vision_intermediate: int = 256
+    vision_layers: int = 6  # 6 x 8 heads (was 3 x 4): more, smaller heads for the embedding-level methods
+    vision_heads: int = 8
+    vision_intermediate: int = 192  # 2 x width (was 256)
     text_hidden: int = 64
     text_layers: int = 3
     text_heads: int = 4
