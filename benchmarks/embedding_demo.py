@@ -70,14 +70,25 @@ def splice_scores(results, images) -> dict:
             "l0": chosen / len(results)}
 
 
-def signal_share(dec, class_emb, labels, top: int = 8) -> dict[str, float]:
-    """Where the class signal enters: each component's share of the between-class variance of the embedding's
-    projection on the (centred) class directions, largest first."""
+def readable(t, texts: list[str]) -> list[str]:
+    """The texts the model's tokenizer reads without an unknown token (the demo CLIP's word-level tokenizer knows
+    only the ShapesVQA words: every other generic word encodes as the same ``<unk>`` text)."""
+    tok = getattr(t.processor, "tokenizer", t.processor)
+    unk = getattr(tok, "unk_token_id", None)
+    return [x for x in texts if unk is None or unk not in tok(x).input_ids]
+
+
+def signal_shares(dec, class_emb, labels) -> torch.Tensor:
+    """Each component's share of the between-class variance of the embedding's projection on the (centred) class
+    directions: where the class signal enters the embedding."""
     cls = class_emb - class_emb.mean(0)
     y = torch.as_tensor(labels)
     proj = torch.einsum("ncd,kd->nck", dec.contributions, cls)
     between = torch.stack([proj[y == i].mean(0) for i in range(len(cls))]).var(0).sum(-1)
-    share = between / between.sum()
+    return between / between.sum()
+
+
+def top_shares(dec, share: torch.Tensor, top: int = 8) -> dict[str, float]:
     return {dec.names[i]: round(float(share[i]), 3) for i in share.argsort(descending=True)[:top]}
 
 
@@ -119,9 +130,13 @@ def main() -> None:
     res["embedding_mean_norm"] = float(dec.embedding.norm(dim=-1).mean())
     res["ablation_color"] = ablation_curves(dec, color_cls, color_y)
     res["ablation_shape"] = ablation_curves(dec, shape_cls, shape_y)
-    res["signal_share"] = {"color": signal_share(dec, color_cls, color_y), "shape": signal_share(dec, shape_cls, shape_y)}
-    bank_texts = list(dict.fromkeys([*COLORS, *SHAPES, *(f"a {c} object" for c in COLORS),
-                                     *(f"a {s} shape" for s in SHAPES), *GENERIC_VOCABULARY]))
+    shares = {"color": signal_shares(dec, color_cls, color_y), "shape": signal_shares(dec, shape_cls, shape_y)}
+    res["signal_share"] = {k: top_shares(dec, v) for k, v in shares.items()}
+    res["signal_share_totals"] = {k: {"heads": float(v[dec.heads()].sum()), "mlps": float(sum(
+        v[i] for i, n in enumerate(dec.names) if n.endswith("mlp")))} for k, v in shares.items()}
+    bank_texts = readable(t, list(dict.fromkeys([*COLORS, *SHAPES, *(f"a {c} object" for c in COLORS),
+                                                  *(f"a {s} shape" for s in SHAPES), *GENERIC_VOCABULARY])))
+    res["text_bank"] = bank_texts
     bank = text_bank(t, bank_texts)
     spans = text_spans(dec, bank, n_texts=3)
     # colour words: ShapesVQA's and the generic vocabulary's (the bank holds both); shapes likewise
@@ -135,7 +150,10 @@ def main() -> None:
         if heads:
             groups[g] = {"heads": [list(h) for h in heads],
                          "color_zero_shot": group_drop(dec, heads, color_cls, color_y),
-                         "shape_zero_shot": group_drop(dec, heads, shape_cls, shape_y)}
+                         "shape_zero_shot": group_drop(dec, heads, shape_cls, shape_y),
+                         # the share of each class signal the group's heads carry (what the ablation removes)
+                         "color_signal": float(shares["color"][[dec.head(*h) for h in heads]].sum()),
+                         "shape_signal": float(shares["shape"][[dec.head(*h) for h in heads]].sum())}
     res["group_ablation"] = groups
 
     # --- SpLiCE on multi-object images
@@ -194,11 +212,12 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(res, indent=1))
     brief = {k: res[k] for k in ("decomposition_max_abs_error", "splice_at_cosine_0.8", "splice_at_full_cosine_0.8")}
     brief["groups"] = {g: {"n": len(v["heads"]), "color_drop": v["color_zero_shot"]["drop"],
-                           "shape_drop": v["shape_zero_shot"]["drop"]} for g, v in groups.items()}
+                           "shape_drop": v["shape_zero_shot"]["drop"], "color_signal": v["color_signal"],
+                           "shape_signal": v["shape_signal"]} for g, v in groups.items()}
     brief["cbm"] = {k: {kk: v[kk] for kk in ("cbm_accuracy", "cbm_unfiltered_accuracy", "cbm_no_class_words_accuracy", "probe_accuracy",
                                              "zero_shot_accuracy", "concepts_kept")} for k, v in res["cbm"].items()}
     brief["gap"] = res["modality_gap"]["gap_norm"]
-    brief["signal_share"] = res["signal_share"]
+    brief["signal_share"], brief["signal_share_totals"] = res["signal_share"], res["signal_share_totals"]
     print(json.dumps(brief, indent=1))
 
 

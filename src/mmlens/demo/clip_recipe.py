@@ -65,7 +65,7 @@ class ClipConfig:
     vision_hidden: int = 96
     vision_layers: int = 6  # 6 x 8 heads (was 3 x 4): more, smaller heads for the embedding-level methods
     vision_heads: int = 8
-    vision_intermediate: int = 192  # 2 x width (was 256)
+    vision_intermediate: int = 384
     text_hidden: int = 64
     text_layers: int = 3
     text_heads: int = 4
@@ -73,8 +73,10 @@ class ClipConfig:
     max_positions: int = 32
     projection_dim: int = 64
     min_objects: int = 1  # training images hold 1..4 objects (single ones help zero-shot on crops)
-    #: the last this many vision layers have no MLP (its weights zero and frozen): attention-only readout blocks
-    vision_attention_only: int = 0
+    #: the last this many vision layers have no MLP (its weights zero and frozen): attention-only blocks. With MLPs
+    #: in every block the last MLP acting on the CLS token computes the shape (benchmarks/RESULTS.md); with one
+    #: MLP block, heads carry both colour and shape into the embedding, as TextSpan finds in large CLIPs
+    vision_attention_only: int = 5
 
 
 def build_clip_processor(config: ClipConfig | None = None) -> CLIPProcessor:
