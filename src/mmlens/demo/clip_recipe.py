@@ -63,9 +63,9 @@ class ClipConfig:
     image_size: int = 64
     patch_size: int = 8
     vision_hidden: int = 96
-    vision_layers: int = 3
-    vision_heads: int = 4
-    vision_intermediate: int = 256
+    vision_layers: int = 6  # 6 x 8 heads (was 3 x 4): more, smaller heads for the embedding-level methods
+    vision_heads: int = 8
+    vision_intermediate: int = 384
     text_hidden: int = 64
     text_layers: int = 3
     text_heads: int = 4
@@ -73,6 +73,10 @@ class ClipConfig:
     max_positions: int = 32
     projection_dim: int = 64
     min_objects: int = 1  # training images hold 1..4 objects (single ones help zero-shot on crops)
+    #: the last this many vision layers have no MLP (its weights zero and frozen): attention-only blocks. With MLPs
+    #: in every block the last MLP acting on the CLS token computes the shape (benchmarks/RESULTS.md); with one
+    #: MLP block, heads carry both colour and shape into the embedding, as TextSpan finds in large CLIPs
+    vision_attention_only: int = 5
 
 
 def build_clip_processor(config: ClipConfig | None = None) -> CLIPProcessor:
@@ -112,7 +116,14 @@ def build_clip_model(processor: CLIPProcessor, config: ClipConfig | None = None)
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     clip = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=config.projection_dim)
-    return CLIPModel(clip)
+    model = CLIPModel(clip)
+    if not 0 <= config.vision_attention_only <= config.vision_layers:
+        raise InputError(f"vision_attention_only={config.vision_attention_only}: pass 0..{config.vision_layers}")
+    for layer in model.vision_model.encoder.layers[config.vision_layers - config.vision_attention_only :]:
+        for p in layer.mlp.parameters():  # the block's MLP adds exactly 0 and is never trained
+            p.data.zero_()
+            p.requires_grad_(False)
+    return model
 
 
 # --------------------------------------------------------------------------- captions
@@ -198,7 +209,7 @@ def train_clip(cfg: TrainConfig, arch: ClipConfig | None = None) -> tuple[CLIPMo
     processor = build_clip_processor(arch)
     model = build_clip_model(processor, arch)
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, min_objects=arch.min_objects)
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer, schedule = _optimizer(named, cfg.lr, cfg.steps, cfg)
     model.train()

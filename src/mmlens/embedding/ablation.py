@@ -52,7 +52,7 @@ def ablation_curves(dec: Decomposition, class_emb: torch.Tensor, labels: Sequenc
         for key, comps in (("attn", heads), ("mlp", mlps), ("both", heads + mlps)):
             curves[key].append(accuracy(mean_ablate(dec, comps), class_emb, labels))
     per_head = [[base - accuracy(mean_ablate(dec, [dec.head(layer, h)]), class_emb, labels)
-                 for h in range(dec.n_heads)] for layer in range(dec.n_layers)] if f"L0.H0" in dec.names else []
+                 for h in range(dec.n_heads)] for layer in range(dec.n_layers)] if "L0.H0" in dec.names else []
     return {"accuracy": base, "layers_ablated": list(range(dec.n_layers + 1)), "curves": curves, "head_drop": per_head}
 
 

@@ -1,8 +1,12 @@
 """SpLiCE (Bhalla et al., 2024): an image embedding as a sparse, non-negative combination of concept embeddings.
 
-Both sides are centred (the image mean over a set of images, the concept mean over the vocabulary) and
-normalised; the weights solve a non-negative lasso with L1 weight ``l1`` (larger = sparser). ``cosine`` compares
-the recomposed and the original centred embedding; ``cosine_full`` adds the image mean back first.
+As in the paper and its reference code, both sides are normalised, centred and normalised again: the concepts
+with the mean of the vocabulary's embeddings, the image with a mean image embedding (the paper uses MSCOCO's;
+here ``image_mean``, by default the mean of the decomposed images). The weights solve a non-negative lasso
+``1/(2d) ||z - w C||^2 + l1 ||w||_1`` (scikit-learn's scaling; the reference code's penalty lambda is
+``l1 = lambda / (2d)``, and the default is its lambda = 0.25). ``cosine`` compares the recomposed and the original
+centred embedding; ``cosine_full`` normalises the recomposition and adds the image mean back first, as the
+paper's recomposed embedding does.
 
 >>> from mmlens.testing.tiny_dual import tiny_dual_model_and_processor
 >>> from mmlens.testing.tiny_models import tiny_images
@@ -28,6 +32,9 @@ from mmlens.errors import InputError
 from mmlens.model.images import ImageLike
 from mmlens.util.options import check_float
 
+#: the reference implementation's usual L1 penalty (its scaling: ``l1 = lambda / (2d)`` here)
+PAPER_LAMBDA = 0.25
+
 
 @dataclass
 class SpliceResult:
@@ -44,17 +51,20 @@ class SpliceResult:
 @register_method("splice", leaf="model/embedding/cross-modal", tier="activations", kind="embedding",
                  summary="SpLiCE: sparse non-negative concept decomposition of image embeddings")
 @torch.no_grad()
-def splice(model: Any, images: Sequence[ImageLike] | torch.Tensor, vocabulary: Sequence[str], l1: float = 0.25,
-           image_mean: torch.Tensor | Sequence[ImageLike] | None = None, steps: int = 1000) -> list[SpliceResult]:
+def splice(model: Any, images: Sequence[ImageLike] | torch.Tensor, vocabulary: Sequence[str],
+           l1: float | None = None, image_mean: torch.Tensor | Sequence[ImageLike] | None = None, steps: int = 1000,
+           ) -> list[SpliceResult]:
     """Decompose each image's embedding over ``vocabulary`` (see the module docstring).
 
-    ``images``: images or their embeddings ``(n, d)``; ``image_mean``: the image-side mean (a vector, or images
-    to average); default: the mean of ``images`` (then at least 2 are needed)."""
-    l1 = check_float("l1", l1, 0.0, open_low=True)
+    ``images``: images or their embeddings ``(n, d)``; ``l1``: default ``0.25 / (2d)`` (the paper's penalty);
+    ``image_mean``: the image-side mean (a vector, or images to average; best a large reference set, as the
+    paper's MSCOCO mean); default: the mean of ``images`` (then at least 2 are needed)."""
+    l1 = None if l1 is None else check_float("l1", l1, 0.0, open_low=True)
     words = check_vocabulary(vocabulary)
     t = tower(model)
     t.require_text("SpLiCE")
     emb = normalize(images.float() if torch.is_tensor(images) else t.encode_images(list(images)))
+    l1 = PAPER_LAMBDA / (2 * emb.shape[1]) if l1 is None else l1
     mean = _image_mean(t, emb, image_mean)
     concepts = normalize(t.encode_texts(words))
     atoms = normalize(concepts - concepts.mean(0))

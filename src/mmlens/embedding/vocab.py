@@ -1,7 +1,9 @@
 """Concept vocabularies for SpLiCE, concept bottlenecks and text spans, and their checks.
 
->>> shapes_vocabulary()[:3]
-['red', 'green', 'blue']
+>>> shapes_vocabulary()[:3], shapes_vocabulary()[8], len(shapes_vocabulary())
+(['red', 'green', 'blue'], 'red circle', 23)
+>>> concept_objects("red circle"), concept_objects("red"), concept_objects("circle")
+(('red', 'circle'), ('red', None), (None, 'circle'))
 >>> check_vocabulary(["red", "red ", "blue"])
 ['red', 'blue']
 """
@@ -27,9 +29,20 @@ GENERIC_VOCABULARY: tuple[str, ...] = (
 )
 
 
-def shapes_vocabulary() -> list[str]:
-    """The ShapesVQA concepts: its colours, then its shapes (from :mod:`mmlens.data.shapes_vqa`)."""
-    return [*COLORS, *SHAPES]
+def shapes_vocabulary(objects: bool = True) -> list[str]:
+    """The ShapesVQA concepts (from :mod:`mmlens.data.shapes_vqa`): its colours, its shapes, then (``objects``)
+    every object it draws as a colour-shape pair ("red circle", ...; an image *is* a set of such objects)."""
+    pairs = [f"{c} {s}" for c in COLORS for s in SHAPES] if objects else []
+    return [*COLORS, *SHAPES, *pairs]
+
+
+def concept_objects(concept: str) -> tuple[str | None, str | None]:
+    """``(colour, shape)`` a ShapesVQA concept names, ``None`` for the attribute it leaves open (a colour word
+    names any object of that colour); ``(None, None)`` for a concept outside the ShapesVQA vocabulary."""
+    words = concept.split()
+    color = next((w for w in words if w in COLORS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    return color, shape
 
 
 def check_vocabulary(words: Iterable[str] | str | None, name: str = "vocabulary", minimum: int = 2) -> list[str]:
