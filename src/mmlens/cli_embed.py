@@ -119,14 +119,16 @@ def textspan_cmd(images: list[str] = ImagesArg, model: str = ModelOpt, shapes: i
 @embed_app.command("splice")
 def splice_cmd(images: list[str] = ImagesArg, model: str = ModelOpt, shapes: int = ShapesOpt,
                vocab: str = typer.Option("shapes", "--vocab", help="'shapes', 'generic' or a file (one a line)"),
-               l1: float = typer.Option(0.01, "--l1", help="L1 weight (> 0; larger = sparser)"),
+               l1: float | None = typer.Option(None, "--l1", help="L1 weight (> 0; larger = sparser; default: "
+                                                "the paper's 0.25 / (2 d))"),
                out: Path = typer.Option(Path("splice.png"), "--out", "-o")) -> None:
     """SpLiCE: each image as a sparse non-negative mix of concepts (image mean: the given images)."""
     from mmlens.embedding import splice
     from mmlens.embedding.plots import bars_figure
     from mmlens.util.options import check_float
 
-    check_float("l1", l1, 0.0, open_low=True)
+    if l1 is not None:
+        check_float("l1", l1, 0.0, open_low=True)
     words = _words(vocab)
     png, js = _outputs(out, "splice")
     t = _tower(model)
@@ -185,7 +187,8 @@ def cbm_cmd(model: str = ModelOpt, task: str = typer.Option("color", "--task", h
     emb_tr, emb_te = t.encode_images([s.image for s in train]), t.encode_images([s.image for s in test])
     ytr = [names.index(s.objects[0][task]) for s in train]
     yte = [names.index(s.objects[0][task]) for s in test]
-    cbm = train_cbm(emb_tr, ytr, names, words, t.encode_texts(words), l1=l1)
+    cbm = train_cbm(emb_tr, ytr, names, words, t.encode_texts(words), l1=l1,
+                    class_emb=t.encode_texts(names))  # Label-free CBM: concepts too close to a class name go
     probe = linear_probe(emb_tr, ytr, len(names))
     acc = lambda p: float(sum(int(a == b) for a, b in zip(p.tolist(), yte, strict=True)) / len(yte))  # noqa: E731
     data = {"task": task, "cbm_accuracy": acc(cbm.predict(emb_te)), "probe_accuracy": acc(probe(emb_te)),
