@@ -24,6 +24,7 @@ magnitude as soon as another process wants a core.
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
     python -m mmlens.demo.train --variant clip       # the demo CLIP (recipe: mmlens.demo.clip_recipe)
+    python -m mmlens.demo.train --vision-tower demo:clip --init demo --aux-weight 0 ...  # see demo.clip_llava
     python -m mmlens.demo.train --bias cooccur --init demo --vision-steps 0 --steps 300 --lr 3e-4 \
         --aux-weight 0 --out src/mmlens/demo/cooccur   # fine-tune the demo model on a biased split
 """
@@ -90,6 +91,7 @@ class TrainConfig:
     log_every: int = 50
     bias: str = "none"  # "none" | "cooccur" | "prior" | "trigger" | "shortcut" | "twoobject": train on "{bias}-train"
     init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
+    vision_tower: str = ""  # a CLIP ("demo:clip"): frozen tower, stage 1 aligns a new projector (demo.clip_llava)
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -240,7 +242,9 @@ def train_llava(
             batch = make_batch(processor, samples)
             projected.clear()
             out = model(**batch)
-            loss = out.loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
+            loss = out.loss
+            if cfg.aux_weight:
+                loss = loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
             _step(loss, params, optimizer, schedule, cfg.grad_clip)
             losses.append(out.loss.item())
             hits.extend(_answer_hits(out.logits.detach(), batch["labels"]).tolist())
@@ -267,7 +271,11 @@ def train(
     cfg, arch = cfg or TrainConfig(), arch or DemoConfig()
     split = "standard" if check_choice("bias", cfg.bias, BIASES) == "none" else f"{cfg.bias}-train"
     torch.manual_seed(cfg.seed)
-    if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
+    if cfg.vision_tower:  # LLaVA recipe on a contrastive CLIP; the language model comes from --init
+        from mmlens.demo import clip_llava
+
+        model, processor = clip_llava.build_clip_llava(cfg.vision_tower, cfg.init or "demo")
+    elif cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
         from mmlens.demo import demo_dir
 
         path = demo_dir(cfg.init) if cfg.init.startswith("demo") else Path(cfg.init)
@@ -280,7 +288,10 @@ def train(
     probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
     model.train()
-    pretrain_vision(model, processor, probe, data, cfg)
+    if cfg.vision_tower:
+        clip_llava.align_projector(model, processor, data, cfg)
+    else:
+        pretrain_vision(model, processor, probe, data, cfg)
     train_llava(model, processor, probe, data, cfg)
     model.eval()
     return model, processor
