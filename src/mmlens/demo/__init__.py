@@ -16,6 +16,8 @@ DEMO_MODEL_DIR = _HERE / "model"
 DEMO_VARIANTS: dict[str, Path] = {
     "demo": DEMO_MODEL_DIR,
     "clip": _HERE / "clip",  # CLIPModel + CLIPProcessor: python -m mmlens.demo.train --variant clip
+    # a LLaVA on the frozen demo CLIP, no mask supervision (see mmlens.demo.clip_llava)
+    "clip-llava": _HERE / "clip_llava",
     # hallucinate by construction (see mmlens.data.shapes_splits): the demo model fine-tuned on a biased split
     "cooccur": _HERE / "cooccur",  # co-occurrence bias: a large red circle implies a blue square
     "prior": _HERE / "prior",  # language prior: "is there a green triangle?" -> "yes"

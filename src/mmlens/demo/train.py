@@ -24,6 +24,7 @@ magnitude as soon as another process wants a core.
     python -m mmlens.demo.train                      # train, evaluate, save to DEMO_MODEL_DIR
     python -m mmlens.demo.train --eval-only --n 1000 # evaluate the shipped model
     python -m mmlens.demo.train --variant clip       # the demo CLIP (recipe: mmlens.demo.clip_recipe)
+    python -m mmlens.demo.train --vision-tower demo:clip --init demo --aux-weight 0 ...  # see demo.clip_llava
     python -m mmlens.demo.train --bias cooccur --init demo --vision-steps 0 --steps 300 --lr 3e-4 \
         --aux-weight 0 --out src/mmlens/demo/cooccur   # fine-tune the demo model on a biased split
 """
@@ -96,6 +97,7 @@ class TrainConfig:
     checkpoint_dir: str = ""
     train_size: int = 0  # > 0: cycle over the first N training samples
     plant: int = 0  # give N of those a wrong colour answer (the TracIn planted-label test)
+    vision_tower: str = ""  # a CLIP ("demo:clip"): frozen tower, stage 1 aligns a new projector (demo.clip_llava)
 
 
 def make_batch(processor: LlavaProcessor, samples: Sequence[ShapesSample]) -> dict[str, torch.Tensor]:
@@ -252,7 +254,9 @@ def train_llava(
             batch = make_batch(processor, samples)
             projected.clear()
             out = model(**batch)
-            loss = out.loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
+            loss = out.loss
+            if cfg.aux_weight:
+                loss = loss + cfg.aux_weight * probe.loss(projected[0], *patch_labels(samples, grid))
             lr = schedule.get_last_lr()[0]
             _step(loss, params, optimizer, schedule, cfg.grad_clip)
             if saver is not None:
@@ -287,7 +291,11 @@ def train(
     if cfg.save_every and not cfg.checkpoint_dir:
         raise InputError("--save-every needs --checkpoint-dir DIR: the folder to save the checkpoints in")
     torch.manual_seed(cfg.seed)
-    if cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
+    if cfg.vision_tower:  # LLaVA recipe on a contrastive CLIP; the language model comes from --init
+        from mmlens.demo import clip_llava
+
+        model, processor = clip_llava.build_clip_llava(cfg.vision_tower, cfg.init or "demo")
+    elif cfg.init:  # fine-tune a saved model (its own architecture; ``arch`` only sets the image size)
         from mmlens.demo import demo_dir
 
         path = demo_dir(cfg.init) if cfg.init.startswith("demo") else Path(cfg.init)
@@ -307,7 +315,10 @@ def train(
                 "init": cfg.init}
         saver = CheckpointSaver(cfg.checkpoint_dir, cfg.save_every, info)
     model.train()
-    pretrain_vision(model, processor, probe, data, cfg, saver)
+    if cfg.vision_tower:
+        clip_llava.align_projector(model, processor, data, cfg)
+    else:
+        pretrain_vision(model, processor, probe, data, cfg, saver)
     train_llava(model, processor, probe, data, cfg, saver)
     model.eval()
     return model, processor
