@@ -231,9 +231,10 @@ def run_benchmark(
             run = run_dataset(job, source, model if engine == "ray" else subject, folder, engine=engine,
                               shard_size=shard_size, seed=int(seed), show_progress=show_progress, replicas=replicas,
                               gpus_per_replica=gpus_per_replica, address=address)
-        stats, n_loc = reduce_rows(run.iter_rows(), job.methods())
+        counts: dict[str, int] = {}
+        stats, n_loc = reduce_rows(run.iter_rows(), job.methods(), boot_seed=int(seed), counts=counts)
         result = _finish(subject, stats, metric_list, metric_options, int(n), n_loc, sanity_n, int(seed),
-                         source.description, data, command, out)
+                         source.description, data, command, out, counts)
         if out is not None and not keep_shards:
             shutil.rmtree(folder, ignore_errors=True)
         return result
@@ -253,7 +254,8 @@ def _quiet(method: str) -> dict[str, Any]:
 
 def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[MetricInfo],
             metric_options: dict[str, dict[str, Any]], n: int, n_loc: int, sanity_n: int, seed: int,
-            description: str, data: Any, command: str | None, out: Any) -> BenchmarkResult:
+            description: str, data: Any, command: str | None, out: Any,
+            counts: dict[str, int] | None = None) -> BenchmarkResult:
     from mmlens.evaluation.metrics.deletion_insertion import curve_points
     from mmlens.evaluation.metrics.randomisation import (
         cascade_blocks,
@@ -269,6 +271,11 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
                                "n_sanity": st.sanity_checked if "randomisation" in names else sanity_n}
         for m in metric_list:
             row[m.name] = st.scores[m.name].mean if m.name in st.scores else float("nan")
+        for name in st.scores:  # scores against the model's evidence, gaps, metric extras (e.g. road:drop)
+            if name not in names:
+                row[name] = st.scores[name].mean
+        for name, boot in st.boots.items():
+            row[f"{name}_ci"] = list(boot.interval())
         row["nan_counts"] = {m.name: st.scores[m.name].nan for m in metric_list if m.name in st.scores}
         row["scored"] = {m.name: st.scores[m.name].count for m in metric_list if m.name in st.scores}
         if "randomisation" in names:
@@ -309,7 +316,10 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
             "methods": [st.method for st in stats if st.kind == "method"],
             "baselines": [st.method for st in stats if st.kind == "baseline"],
             "target": "answer (teacher-forced ground truth; probability = exp of the summed log-probs)",
-            "randomisation_skipped": unread,
+            "randomisation_skipped": unread, "n_model_evidence": (counts or {}).get("model", 0),
+            "n_conflict": (counts or {}).get("conflict", 0),
+            "bootstrap": {"level": 0.95, "replicates": 1000, "seed": seed,
+                          "kind": "Poisson bootstrap over samples (percentile interval of the mean)"},
             "command": command, "versions": versions()}
     result = BenchmarkResult(rows, metric_meta, curves, fractions, randomisation, meta)
     if out is not None:
