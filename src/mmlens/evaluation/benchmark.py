@@ -170,7 +170,11 @@ def run_benchmark(
     address: str | None = None,
     shard_size: int = 20,
     keep_shards: bool = False,
-) -> BenchmarkResult:
+    suite: str = "default",
+    variants: str | Sequence[str] | None = None,
+    split: str = "standard",
+    require_model_evidence: bool = False,
+) -> Any:
     """Score ``methods`` (``"all"`` attribution methods, or a list) and the three baselines on ``n`` samples.
 
     ``data``: a JSONL file (see :mod:`mmlens.evaluation.data_file`; its first ``n`` rows), else ShapesVQA with
@@ -185,7 +189,25 @@ def run_benchmark(
     ``out/.run`` (a temporary folder without ``out``), so a run stopped by a crash continues from its last
     complete shard when re-run with the same arguments; the shards are removed once the tables are written,
     unless ``keep_shards``.
+
+    ``suite="planted"``: every method on every planted-evidence demo variant (``variants``, default all shipped),
+    scored against the evidence each model really uses (:func:`mmlens.evaluation.planted.run_planted`; returns a
+    :class:`~mmlens.evaluation.planted.PlantedResult`). ``split``: the ShapesVQA split (default ``"standard"``);
+    ``require_model_evidence``: every sample must carry a ``model_evidence`` mask (data files: one error line
+    naming the file and row otherwise).
     """
+    from mmlens.evaluation.planted import check_suite
+
+    if check_suite(suite) == "planted":
+        from mmlens.evaluation.planted import run_planted
+
+        return run_planted(subject, methods=methods, n=n, seed=seed, variants=variants, data=data, metrics=metrics,
+                           out=out, sanity_n=sanity_n, method_options=method_options,
+                           metric_options=metric_options, baselines=baselines, show_progress=show_progress,
+                           command=command, engine=engine, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                           address=address, shard_size=shard_size, keep_shards=keep_shards)
+    if variants is not None:
+        raise InputError("variants are chosen only with suite='planted' (pass suite='planted' or drop variants)")
     from mmlens.evaluation.benchmark_job import BenchmarkJob, reduce_rows
     from mmlens.evaluation.data_file import read_data_file
     from mmlens.runs.engine import check_engine, run_dataset
@@ -206,7 +228,11 @@ def run_benchmark(
 
         check_address(address)
         import_ray()
-    data_file = read_data_file(data) if data is not None else None
+    if split != "standard":
+        from mmlens.data.shapes_splits import check_split
+
+        check_split(split)
+    data_file = read_data_file(data, model_evidence=require_model_evidence) if data is not None else None
     model = subject
     if isinstance(subject, str):
         from mmlens.model.loading import load
@@ -217,7 +243,7 @@ def run_benchmark(
         source: Any = DataFileSource(data_file, int(n))
         n = len(source)
     else:
-        source = ShapesSource(int(n), int(seed), shapes_image_size(subject))
+        source = ShapesSource(int(n), int(seed), shapes_image_size(subject), split)
     sanity_n = min(int(sanity_n), int(n))
     method_options = {m: {**_quiet(parse_method_spec(m)[0]), **parse_method_spec(m)[1],
                           **dict((method_options or {}).get(m, {}))} for m in method_names}
