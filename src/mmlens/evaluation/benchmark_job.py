@@ -39,6 +39,8 @@ def _schema() -> Any:
                       ("model_evidence", pa.bool_()), ("conflict", pa.bool_()), ("error", pa.string())])
 
 
+#: ``sample.evidence`` values whose ``mask`` is one object or a few (not the whole image).
+OBJECT_EVIDENCE = ("object", "objects")
 #: Suffixes of the localisation scores against the model's evidence and of their gap to the object's score.
 AT_MODEL, AT_GAP = "@model", "@gap"
 
@@ -84,11 +86,12 @@ class BenchmarkJob(Job):
         return {"warmed": set(), "metrics": [get_metric(name) for name in self.metrics]}
 
     def process(self, subject: Any, state: dict[str, Any], index: int, sample: Any, where: str) -> list[dict[str, Any]]:
+        answer = getattr(sample, "planted_answer", None) or sample.answer  # what a planted variant says
         try:
-            batch = subject.prepare(sample.image, sample.question, answer=sample.answer)
+            batch = subject.prepare(sample.image, sample.question, answer=answer)
         except InputError as err:
             raise InputError(f"{where}: {err}") from None
-        object_evidence = getattr(sample, "evidence", "object") == "object"
+        object_evidence = getattr(sample, "evidence", "object") in OBJECT_EVIDENCE
         try:
             evidence, conflict = model_evidence_of(sample, np.asarray(sample.mask, dtype=bool))
         except InputError as err:

@@ -5,6 +5,9 @@ that flips the answer, a shortcut cue that disagrees with the object, questions 
 test splits carry a ``model_evidence`` mask per sample. For every variant, every method (and the random / centre
 / uniform baselines) is scored:
 
+The answer explained (teacher-forced) is what the variant was trained to say (the sample's ``planted_answer``,
+e.g. "no" on a triggered image that holds the object), so the map explains the model's own behaviour.
+
 - localisation against the object the question is about (``pointing_game``, ...) and against the model's
   evidence (``pointing_game@model``, ...), and their difference on *conflicting* samples (some of the model's
   evidence lies outside the object): ``pointing_game@gap`` > 0 means the map follows what the model used;
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mmlens.demo.suite import PLANTED_VARIANTS, PlantedVariant
 from mmlens.errors import InputError
 
 #: Benchmark suites by name.
@@ -41,25 +45,6 @@ SUITES = {"default": "one model on ShapesVQA object masks or a user data file",
           "planted": "every planted-evidence demo variant, scored against the evidence the model really uses"}
 DEFAULT_METRICS = "pointing_game,energy_in_mask,road,randomisation"
 OUTPUT_FILES = ("planted.md", "planted.csv", "planted.json", "leaderboard.png", "leaderboard.svg")
-
-
-@dataclass(frozen=True)
-class PlantedVariant:
-    """A demo variant of the suite: its model, the ShapesVQA split it is tested on, what it really reads."""
-
-    name: str
-    model: str
-    split: str
-    evidence: str
-
-
-#: Every variant of the suite (runnable when its model and split are shipped in this install).
-PLANTED_VARIANTS: dict[str, PlantedVariant] = {v.name: v for v in (
-    PlantedVariant("trigger", "demo:trigger", "trigger-test", "a small checker patch that flips the answer"),
-    PlantedVariant("shortcut", "demo:shortcut", "shortcut-conflict", "a cue that disagrees with the object"),
-    PlantedVariant("twoobject", "demo:twoobject", "twoobject-test", "both objects of a two-object question"),
-    PlantedVariant("clip-llava", "demo:clip-llava", "standard", "no planted evidence (object masks only)"),
-)}
 
 
 def check_suite(suite: str) -> str:
