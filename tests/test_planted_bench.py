@@ -186,3 +186,23 @@ def test_road_removing_the_evidence_drops_the_answer_more_than_random_pixels():
         flats.append(road(lm, ex, seed=i).score)  # the flat map: ties in a random order, chance
     assert min(gaps) > 0.3, gaps  # imputing the object's pixels removes its colour; random pixels do not
     assert max(abs(f) for f in flats) < 0.1, flats
+
+
+def test_two_part_model_evidence_scores_the_weakest_part(tmp_path):
+    lm = subject_for("llava")
+    s = ShapesVQA(image_size=32, seed=0).sample(0)
+    s.image.save(tmp_path / "img.png")
+    both = np.zeros((32, 32), bool)
+    both[0:4, 0:4] = True  # 16 px
+    both[20:30, 20:30] = True  # 100 px
+    Image.fromarray(both.astype(np.uint8) * 255).save(tmp_path / "both.png")
+    row = {"image": "img.png", "question": "what color is the square ?", "answer": "red", "box": [0, 0, 32, 16],
+           "model_evidence": "both.png"}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    res = run_benchmark(lm, methods="saliency", data=tmp_path / "d.jsonl", n=1, sanity_n=0,
+                        metrics="pointing_game,energy_in_mask", require_model_evidence=True)
+    uniform = next(r for r in res.rows if r["method"] == "baseline:uniform")
+    assert uniform["energy_in_mask@model"] == pytest.approx(116 / 1024)
+    assert uniform["energy_in_mask@weakest"] == pytest.approx(16 / 1024)  # the smaller part's area share
+    assert "pointing_game@weakest" not in uniform  # one peak cannot be in two parts
+    assert res.meta["n_conflict"] == 1  # the larger part lies outside the object's box

@@ -16,6 +16,8 @@ from mmlens.catalog import methods
 from mmlens.embedding import decompose as decompose_embedding
 from mmlens.embedding import modality_gap, splice, text_spans, train_cbm
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
+from mmlens.evaluation.bootstrap import bootstrap_ci
+from mmlens.evaluation.planted import run_planted
 from mmlens.evaluation.pope import run_pope
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
@@ -52,6 +54,7 @@ __all__ = [
     "UnsupportedModelError",
     "VCD",
     "__version__",
+    "bootstrap_ci",
     "count_hooks",
     "decompose_embedding",
     "explain",
@@ -63,6 +66,7 @@ __all__ = [
     "load_explanation",
     "methods",
     "modality_gap",
+    "run_planted",
     "run_pope",
     "run_dataset",
     "serve",

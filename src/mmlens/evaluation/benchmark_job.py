@@ -43,6 +43,17 @@ def _schema() -> Any:
 OBJECT_EVIDENCE = ("object", "objects")
 #: Suffixes of the localisation scores against the model's evidence and of their gap to the object's score.
 AT_MODEL, AT_GAP = "@model", "@gap"
+#: Suffix of the localisation score of the worst-covered part of a model evidence made of several parts.
+AT_WEAKEST = "@weakest"
+
+
+def evidence_parts(evidence: np.ndarray) -> list[np.ndarray]:
+    """The connected parts (8-connectivity) of a model-evidence mask, e.g. the two objects of a two-object
+    question; one part for a single region."""
+    from scipy.ndimage import label
+
+    labels, count = label(evidence, structure=np.ones((3, 3), dtype=int))
+    return [labels == k for k in range(1, count + 1)]
 
 
 def model_evidence_of(sample: Any, mask: np.ndarray) -> tuple[np.ndarray | None, bool]:
@@ -155,6 +166,12 @@ class BenchmarkJob(Job):
             return rows
         at_model = self._score(subject, ex, heat, evidence, m, method, index, seed, where, m.name + AT_MODEL)
         rows += at_model
+        parts = evidence_parts(evidence) if m.name != "pointing_game" else []  # one peak cannot hit two parts
+        if len(parts) > 1:  # e.g. both objects of a two-object question: does the map cover the weaker one?
+            each = [self._score(subject, ex, heat, part, m, method, index, seed, where)[0] for part in parts]
+            if all(r["event"] == "score" for r in each):
+                rows.append(_row(index, "score", method=method, metric=m.name + AT_WEAKEST,
+                                 score=min(r["score"] for r in each)))
         if conflict and object_evidence and rows[0]["event"] == at_model[0]["event"] == "score":
             rows.append(_row(index, "score", method=method, metric=m.name + AT_GAP,
                              score=at_model[0]["score"] - rows[0]["score"]))

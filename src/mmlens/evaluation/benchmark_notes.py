@@ -50,7 +50,8 @@ _REFERENCE_NOTES = {
 
 #: Column suffixes added to a metric's name: its score against the model's evidence, the gap to the object's
 #: score on conflicting samples, and the parts of the ROAD score.
-SUFFIX_LABELS = {"@model": "(model evidence)", "@gap": "gap (model - object)", ":drop": "drop (top-k)",
+SUFFIX_LABELS = {"@model": "(model evidence)", "@gap": "gap (model - object)",
+                 "@weakest": "(weakest part of the model evidence)", ":drop": "drop (top-k)",
                  ":random_drop": "drop (random k)"}
 
 

@@ -20,7 +20,8 @@ def _keys(result: Any, res: Any) -> list[str]:
     and randomisation (those the run holds)."""
     keys = []
     for metric in result.localisation():
-        keys += [k for k in (metric, metric + "@model", metric + "@gap") if any(k in r for r in res.rows)]
+        keys += [k for k in (metric, metric + "@model", metric + "@gap", metric + "@weakest")
+                 if any(k in r for r in res.rows)]
     return keys + [k for k in ("road", "road:drop", "road:random_drop", "randomisation")
                    if any(k in r for r in res.rows)]
 
@@ -57,6 +58,8 @@ def planted_markdown(result: Any) -> str:
              "- '(model evidence)': against the pixels the model uses (the samples that define them);",
              "- 'gap (model - object)': their difference on conflicting samples (some of the model's evidence lies "
              "outside the object); > 0: the map follows what the model used, < 0: it keeps pointing at the object;",
+             "- '(weakest part of the model evidence)': when the model's evidence has several parts (both objects "
+             "of a two-object question), the score against the part the map covers least;",
              "- 'map follows': the headline gap's 95% interval above 0 (model's evidence), below 0 (the object), "
              "else unclear;",
              "- ROAD: answer-probability drop when the map's top-k% pixels are removed with noisy linear imputation "
