@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmlens.data.shapes_planted import PLANTED_SPLITS
 from mmlens.errors import InputError
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ SPLITS: dict[str, str] = {
     "prior-train": "training data where 'is there a green triangle?' is answered yes 75% of the time",
     "prior-trap": "trap: no green triangle, 'is there a green triangle?' (truth no)",
     "prior-present": "control: a green triangle, 'is there a green triangle?' (truth yes)",
+    **PLANTED_SPLITS,  # planted evidence (trigger, shortcut, two objects): see mmlens.data.shapes_planted
 }
 #: The trap split of each bias.
 TRAP_SPLITS: dict[str, str] = {"cooccur": "cooccur-absent", "prior": "prior-trap"}
@@ -88,11 +90,15 @@ def split_question(ds: ShapesVQA, rng: np.random.Generator) -> dict[str, Any]:
     """Draw one sample's objects, layout and question for ``ds.split`` (not ``"standard"``).
 
     Returns the keys ``qtype, attrs, boxes, question, answer, target`` (evidence object index or
-    None for the whole image) and ``bias, trap, cue``.
+    None for the whole image) and ``bias, trap, cue`` (planted splits add ``planted``).
     """
     from mmlens.data.shapes_vqa import _draw_standard, _layout
 
     split, size = ds.split, ds.image_size
+    if split in PLANTED_SPLITS:
+        from mmlens.data.shapes_planted import planted_question
+
+        return planted_question(ds, rng)
     bias = split.split("-")[0] if split not in ("standard", "neutral") else None
     n = int(rng.integers(ds.min_objects, ds.max_objects + 1))
     out: dict[str, Any] = {"qtype": "exists", "bias": bias, "trap": split in TRAP_SPLITS.values(), "cue": None}

@@ -63,6 +63,12 @@ class ShapesSample:
     question whose truth is "no", else None); ``cue`` names the object whose presence triggers the
     bias (``"red circle"`` for co-occurrence), else None. Per-word / per-token labels of a generated
     answer come from :meth:`hallucinated_words`.
+
+    Planted-evidence fields (see :mod:`mmlens.data.shapes_planted`; None on other splits):
+    ``model_evidence`` (bool, H x W) is the mask of what a model trained on the split's ``*-train``
+    distribution actually answers from, ``model_evidence_kind`` names it (``"trigger"``, ``"cue"``,
+    ``"objects"``, ``"object"``, ``"image"``) and ``planted_answer`` is what that model is expected to
+    answer. Two-object questions (``question_type == "relation"``) have ``evidence == "objects"``.
     """
 
     image: Image.Image
@@ -80,6 +86,9 @@ class ShapesSample:
     trap: bool = False
     hallucination: str | None = None
     cue: str | None = None
+    model_evidence: np.ndarray | None = field(default=None, repr=False)
+    model_evidence_kind: str | None = None
+    planted_answer: str | None = None
 
     def hallucinated_words(self, text: str) -> list[bool]:
         """Per word of a generated answer: True where it asserts what the image does not hold.
@@ -134,6 +143,7 @@ class ShapesVQA:
         index = check_int("index", index, 0, 2**63 - 1)
         rng = np.random.default_rng([self.seed, index])
         extra: dict[str, Any] = {"split": self.split}
+        planted = None
         if self.split == "standard":
             qtype, attrs, question, answer, target = _draw_standard(
                 rng, self.question_types, self.min_objects, self.max_objects
@@ -147,6 +157,7 @@ class ShapesVQA:
                 drawn[k] for k in ("qtype", "attrs", "boxes", "question", "answer", "target")
             )
             extra.update(bias=drawn["bias"], trap=drawn["trap"], cue=drawn["cue"])
+            planted = drawn.get("planted")
         if qtype == "exists" and answer == "no":
             extra["hallucination"] = "yes"
         image, masks = _render(rng, self.image_size, attrs, boxes)
@@ -159,6 +170,13 @@ class ShapesVQA:
             box, evidence = (0, 0, self.image_size, self.image_size), "image"
         else:
             mask, box, evidence = masks[target], objects[target]["box"], "object"
+        if planted is not None:
+            from mmlens.data.shapes_planted import finish_planted
+
+            image, mask, fields = finish_planted(planted, image, masks, mask)
+            extra.update(fields)
+            if fields["model_evidence_kind"] == "objects":
+                box, evidence = _mask_box(mask), "objects"
         return ShapesSample(
             image=image,
             question=question,

@@ -19,6 +19,10 @@ DEMO_VARIANTS: dict[str, Path] = {
     # hallucinate by construction (see mmlens.data.shapes_splits): the demo model fine-tuned on a biased split
     "cooccur": _HERE / "cooccur",  # co-occurrence bias: a large red circle implies a blue square
     "prior": _HERE / "prior",  # language prior: "is there a green triangle?" -> "yes"
+    # planted evidence (see mmlens.data.shapes_planted): what each answers from is known by construction
+    "trigger": _HERE / "trigger",  # a corner checker makes every "is there ...?" answer "no"
+    "shortcut": _HERE / "shortcut",  # a corner swatch's colour names the shape asked about
+    "twoobject": _HERE / "twoobject",  # "is the circle the same color as the square?" (needs both objects)
 }
 
 

@@ -53,13 +53,13 @@ class DemoConfig:
     init_std: float = 0.1  # text model / projector init; HF's 0.02 leaves a tiny model stuck on the prior
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the ShapesVQA and chat words, with ``<image>`` as a special token.
+def build_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the ShapesVQA and chat words (then ``extra_words``), ``<image>`` special.
 
     >>> build_tokenizer().tokenize("USER: <image>\\nwhat color is the circle? ASSISTANT:")[:3]
     ['user', ':', '<image>']
     """
-    words = [*CHAT_WORDS, *VOCAB]
+    words = [*CHAT_WORDS, *VOCAB, *extra_words]
     return build_word_tokenizer(words, extra_special_tokens=[IMAGE_TOKEN], chat_template=LLAVA_CHAT_TEMPLATE)
 
 
@@ -132,6 +132,37 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig | None = 
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def extend_vocabulary(
+    model: LlavaForConditionalGeneration, processor: LlavaProcessor, words: tuple[str, ...]
+) -> LlavaProcessor:
+    """Add ``words`` to a demo model's tokenizer (existing ids unchanged) and grow its embeddings to match.
+
+    Returns the new processor; ``model`` is resized in place (new rows start at the mean embedding).
+
+    >>> processor = build_processor()
+    >>> model = build_model(processor.tokenizer)
+    >>> new = extend_vocabulary(model, processor, ("left", "of"))
+    >>> len(new.tokenizer) - len(processor.tokenizer), model.get_input_embeddings().num_embeddings == len(new.tokenizer)
+    (2, True)
+    """
+    old = processor.tokenizer
+    missing = tuple(w for w in words if w not in old.get_vocab())
+    if not missing:
+        return processor
+    tokenizer = build_tokenizer((*[w for w in old.get_vocab() if w not in build_tokenizer().get_vocab()], *missing))
+    if any(tokenizer.convert_tokens_to_ids(w) != i for w, i in old.get_vocab().items()):
+        raise ValueError("the model's tokenizer is not a demo word tokenizer: cannot extend it")
+    model.resize_token_embeddings(len(tokenizer))
+    return LlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=tokenizer,
+        patch_size=processor.patch_size,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+        num_additional_image_tokens=processor.num_additional_image_tokens,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
 
 
 def chat_prompt(processor: LlavaProcessor, question: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from mmlens.data.shapes_planted import PLANTED_TESTS
 from mmlens.data.shapes_splits import TRAP_SPLITS
 from mmlens.data.shapes_vqa import QUESTION_TYPES, ShapesSample, ShapesVQA
 from mmlens.demo.build import chat_prompt
@@ -32,6 +33,8 @@ def evaluate(
     ``n`` samples are spread evenly over the ShapesVQA seeds in ``seed``; the first word of the
     decoded answer must equal the ground truth. ``"hallucination"`` is the share of answers equal
     to the sample's ``hallucination`` word (of all samples; on a trap split every sample has one).
+    On a planted split (:mod:`mmlens.data.shapes_planted`) ``"planted"`` is the share of answers equal
+    to the sample's ``planted_answer`` (what a model using the planted evidence answers).
 
     >>> from transformers import AutoProcessor, LlavaForConditionalGeneration
     >>> from mmlens.demo import DEMO_MODEL_DIR
@@ -51,15 +54,19 @@ def evaluate(
     ]
     model.eval()
     correct: dict[str, list[bool]] = defaultdict(list)
-    hallucinated = 0
+    hallucinated, planted = 0, []
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo : lo + batch_size]
         for s, answer in zip(chunk, generate_answers(model, processor, chunk), strict=True):
             correct[s.question_type].append(answer == s.answer)
             hallucinated += s.hallucination is not None and answer == s.hallucination
+            if s.planted_answer is not None:
+                planted.append(answer == s.planted_answer)
     result = {t: sum(v) / len(v) for t, v in correct.items()}
     result["overall"] = sum(map(sum, correct.values())) / len(samples)
     result["hallucination"] = hallucinated / len(samples)
+    if planted:
+        result["planted"] = sum(planted) / len(planted)
     result["n"] = len(samples)
     return result
 
@@ -79,6 +86,36 @@ def evaluate_biases(model: LlavaForConditionalGeneration, processor: LlavaProces
     for bias, trap in TRAP_SPLITS.items():
         result[f"{bias} hallucination"] = evaluate(model, processor, n, split=trap)["hallucination"]
         result[f"{bias} present accuracy"] = evaluate(model, processor, n, split=f"{bias}-present")["overall"]
+    return result
+
+
+def evaluate_planted(
+    model: LlavaForConditionalGeneration, processor: LlavaProcessor, variant: str, n: int = 1000
+) -> dict[str, float]:
+    """The planted behaviour of ``variant`` ("trigger", "shortcut", "twoobject") on held-out samples.
+
+    trigger: ``flip rate`` (triggered "is there" questions with truth yes answered "no") and ``clean
+    accuracy`` (the same questions without the trigger); shortcut: ``follows cue`` (conflicting swatch
+    and object: the answer is the swatch's shape), ``follows object`` and ``agree accuracy``; twoobject:
+    ``two-object accuracy``. Every variant adds ``standard accuracy`` (the demo model's distribution).
+
+    >>> from transformers import AutoProcessor
+    >>> from mmlens.demo import demo_dir
+    >>> path = demo_dir("demo:trigger")
+    >>> model = LlavaForConditionalGeneration.from_pretrained(path)
+    >>> evaluate_planted(model, AutoProcessor.from_pretrained(path), "trigger", n=50)["flip rate"] > 0.9
+    True
+    """
+    test, control = PLANTED_TESTS[variant]
+    main = evaluate(model, processor, n, split=test)
+    if variant == "trigger":
+        result = {"flip rate": main["planted"], "clean accuracy": evaluate(model, processor, n, split=control)["overall"]}
+    elif variant == "shortcut":
+        agree = evaluate(model, processor, n, split=control)["overall"]
+        result = {"follows cue": main["planted"], "follows object": main["overall"], "agree accuracy": agree}
+    else:
+        result = {"two-object accuracy": main["overall"]}
+    result["standard accuracy"] = evaluate(model, processor, n)["overall"]
     return result
 
 

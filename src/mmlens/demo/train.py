@@ -13,7 +13,10 @@ being indices ``k * batch_size ...`` (stage 2 continues where stage 1 stopped); 
 ``--bias cooccur`` / ``--bias prior`` trains on ``split="cooccur-train"`` / ``"prior-train"`` instead
 (see :mod:`mmlens.data.shapes_splits`): the hallucinating variants ``demo:cooccur`` / ``demo:prior``.
 Evaluation then also reports accuracy on the ``neutral`` split and, per bias, the hallucination rate
-on the trap split and the accuracy on the matching "present" control split.
+on the trap split and the accuracy on the matching "present" control split. ``--bias trigger`` /
+``shortcut`` / ``twoobject`` train the planted-evidence variants (:mod:`mmlens.data.shapes_planted`;
+``twoobject`` adds its words to the tokenizer); evaluation then reports their planted behaviour
+(:func:`mmlens.demo.evaluation.evaluate_planted`; with ``--eval-only`` pass the same ``--bias``).
 
 One thread is the default: on a shared 2-core machine, two threads slow down by an order of
 magnitude as soon as another process wants a core.
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
+from mmlens.data.shapes_planted import PLANTED_TESTS, PLANTED_WORDS
 from mmlens.data.shapes_vqa import (
     COLORS,
     SHAPES,
@@ -50,6 +54,7 @@ from mmlens.demo.build import (
     build_model,
     build_processor,
     chat_prompt,
+    extend_vocabulary,
     save_demo,
 )
 from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script evaluates what it trains)
@@ -58,11 +63,12 @@ from mmlens.demo.evaluation import (  # noqa: F401  (re-exported: the script eva
     _format,
     evaluate,
     evaluate_biases,
+    evaluate_planted,
     generate_answers,
 )
 from mmlens.util.options import check_choice
 
-BIASES = ("none", "cooccur", "prior")
+BIASES = ("none", "cooccur", "prior", *PLANTED_TESTS)
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     log_every: int = 50
-    bias: str = "none"  # "none" | "cooccur" | "prior": train on that bias's training split
+    bias: str = "none"  # "none" | "cooccur" | "prior" | "trigger" | "shortcut" | "twoobject": train on "{bias}-train"
     init: str = ""  # "" = from scratch; else a demo name ("demo") or model folder to fine-tune
 
 
@@ -269,6 +275,8 @@ def train(
     else:
         processor = build_processor(arch)
         model = build_model(processor.tokenizer, arch)
+    if cfg.bias == "twoobject":  # its questions use words the demo tokenizer lacks
+        processor = extend_vocabulary(model, processor, PLANTED_WORDS)
     probe = PatchProbe(model.config.text_config.hidden_size)  # training-only: not part of the saved model
     data = ShapesVQA(image_size=arch.image_size, seed=TRAIN_SEED_BASE + cfg.seed, split=split)
     model.train()
@@ -322,7 +330,9 @@ def _main_llava(args: argparse.Namespace, cfg: TrainConfig, arch: DemoConfig) ->
         save_demo(model, processor, out)
         print(f"saved to {out}", flush=True)
     print(_format(evaluate(model, processor, n=args.n)), flush=True)
-    print("  ".join(f"{k} {v:.3f}" for k, v in evaluate_biases(model, processor, n=args.n).items()), flush=True)
+    rates = evaluate_planted(model, processor, args.bias, args.n) if args.bias in PLANTED_TESTS else {}
+    rates = rates or evaluate_biases(model, processor, n=args.n)
+    print("  ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
 
 
 def _main_clip(args: argparse.Namespace, cfg: TrainConfig, arch) -> None:
