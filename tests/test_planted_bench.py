@@ -206,3 +206,16 @@ def test_two_part_model_evidence_scores_the_weakest_part(tmp_path):
     assert uniform["energy_in_mask@weakest"] == pytest.approx(16 / 1024)  # the smaller part's area share
     assert "pointing_game@weakest" not in uniform  # one peak cannot be in two parts
     assert res.meta["n_conflict"] == 1  # the larger part lies outside the object's box
+
+
+def test_planted_splits_run_through_the_benchmark_and_every_variant_is_shipped():
+    from mmlens.evaluation.planted import resolve_variants
+
+    assert [v.name for v in resolve_variants(None)][:3] == ["trigger", "shortcut", "twoobject"]
+    lm = subject_for("llava")
+    res = run_benchmark(lm, methods="saliency", split="trigger-flip", n=2, sanity_n=0, metrics="pointing_game")
+    assert res.meta["n_model_evidence"] == 2 and res.meta["n_conflict"] == 2
+    ds = ShapesVQA(image_size=32, split="trigger-flip")
+    share = np.mean([ds.sample(i).model_evidence.mean() for i in range(2)])
+    uniform = next(r for r in res.rows if r["method"] == "baseline:uniform")
+    assert uniform["pointing_game@model"] == pytest.approx(share)
