@@ -183,6 +183,17 @@ class BenchmarkResult:
                          "metrics": self.metrics, "rows": self.rows, "fractions": self.fractions,
                          "curves": self.curves, "randomisation": self.randomisation})
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
+        """The result saved by :meth:`to_json` (``null`` scores read back as NaN)."""
+        def nan(v: Any) -> Any:
+            return float("nan") if v is None else [nan(x) for x in v] if isinstance(v, list) else v
+
+        scores = {m["name"] for m in data["metrics"]}
+        rows = [{k: nan(v) if (k.split("@")[0].split(":")[0] in scores or k.endswith("_ci")) else v
+                 for k, v in r.items()} for r in data["rows"]]
+        return cls(rows, data["metrics"], data["curves"], data["fractions"], data["randomisation"], data["meta"])
+
     def to_json(self) -> str:
         return json.dumps(_nan_to_none(self.to_dict()), indent=2)
 

@@ -18,6 +18,7 @@ def _panels(result: Any, res: Any, reference: bool) -> list[tuple[str, bool]]:
     """(score key, higher is better) of one run's panels."""
     head = result.localisation()[0]
     keys = [(head, True)] if reference else [(head + "@model", True), (head + "@gap", True)]
+    keys += [(m + "@weakest", True) for m in result.localisation() if not reference]  # several evidence parts
     keys += [("road", True), ("randomisation", False)]
     return [(k, hib) for k, hib in keys if any(isinstance(r.get(k), float) and math.isfinite(r[k]) for r in res.rows)]
 

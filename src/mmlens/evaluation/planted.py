@@ -149,15 +149,29 @@ class PlantedResult:
         reference run, and the variant's own samples) and the ranking on the model's evidence."""
         out = []
         for name, res in self.variants.items():
+            conflicting = res.meta.get("n_conflict", 1) > 0  # else the two masks agree: the same ranking
             for metric in self.localisation():
-                key = metric + "@model"
-                if not any(key in r for r in res.rows):
-                    continue
-                row = {"variant": name, "metric": metric,
-                       "rho_reference": _rho(self.reference, metric, res, key) if self.reference else float("nan"),
-                       "rho_same_samples": _rho(res, metric, res, key)}
-                out.append(row)
+                for key in (metric + "@model", metric + "@weakest"):
+                    if not any(key in r for r in res.rows):
+                        continue
+                    same = _rho(res, metric, res, key) if conflicting or key.endswith("@weakest") else float("nan")
+                    out.append({"variant": name, "metric": key.replace("@model", ""),
+                                "rho_reference": _rho(self.reference, metric, res, key) if self.reference
+                                else float("nan"), "rho_same_samples": same})
         return out
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> PlantedResult:
+        """The suite saved in ``folder`` (its ``planted.json``), e.g. to redraw the figure or the tables."""
+        from mmlens.evaluation.benchmark_result import BenchmarkResult
+
+        try:
+            data = json.loads((Path(folder) / "planted.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise InputError(f"{folder}: no readable planted.json ({err.__class__.__name__}): pass the --out "
+                             "folder of a planted-suite run") from None
+        ref = BenchmarkResult.from_dict(data["reference"]) if data.get("reference") else None
+        return cls(ref, {k: BenchmarkResult.from_dict(v) for k, v in data["variants"].items()}, data["meta"])
 
     def verdicts(self, res: Any) -> dict[str, str]:
         """Per method: which evidence its map follows on conflicting samples, from the headline gap's 95%

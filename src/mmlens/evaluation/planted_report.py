@@ -69,7 +69,8 @@ def planted_markdown(result: Any) -> str:
         info = meta["variants"].get(name, {})
         what = f" ({info['split']}; the model reads {info['evidence']})" if info else ""
         lines += [f"## {name}: {res.meta['model']}{what}", "",
-                  f"{res.meta['n']} samples: {res.meta['n_localisation']} with one-object evidence, "
+                  f"{res.meta['n']} samples: {res.meta['n_localisation']} whose evidence is one object (or two: "
+                  "two-object questions), "
                   f"{res.meta.get('n_model_evidence', 0)} with a model-evidence mask, "
                   f"{res.meta.get('n_conflict', 0)} conflicting.", ""]
         lines += _table(result, res, verdicts=True) + [""]
