@@ -134,6 +134,7 @@ def test_rankings_spearman_and_verdicts():
     class Run:
         def __init__(self, rows):
             self.rows, self.metrics = rows, [{"name": "pointing_game", "category": "localisation"}]
+            self.meta = {"n_conflict": 3}
 
     def row(name, obj, model, gap_ci):
         return {"method": name, "kind": "method", "pointing_game": obj, "pointing_game@model": model,
@@ -145,6 +146,9 @@ def test_rankings_spearman_and_verdicts():
     result = PlantedResult(a, {"v": a}, {})
     assert result.spearman() == [{"variant": "v", "metric": "pointing_game", "rho_reference": pytest.approx(-1.0),
                                   "rho_same_samples": pytest.approx(-1.0)}]
+    assert _rho(a, "pointing_game", a, "pointing_game") == pytest.approx(1.0)
+    a.meta["n_conflict"] = 0  # the masks agree on every sample: the same-samples ranking is not a comparison
+    assert np.isnan(result.spearman()[0]["rho_same_samples"])
     assert result.verdicts(a) == {"a": "the object", "b": "unclear", "c": "model's evidence",
                                   "baseline:random": "(chance)"}
 
@@ -219,3 +223,16 @@ def test_planted_splits_run_through_the_benchmark_and_every_variant_is_shipped()
     share = np.mean([ds.sample(i).model_evidence.mean() for i in range(2)])
     uniform = next(r for r in res.rows if r["method"] == "baseline:uniform")
     assert uniform["pointing_game@model"] == pytest.approx(share)
+
+
+def test_a_saved_suite_loads_back_with_the_same_tables(tmp_path):
+    from mmlens.evaluation.planted import PlantedResult
+
+    lm = subject_for("llava")
+    path, _ = _data(tmp_path, n=2)
+    res = run_benchmark(lm, suite="planted", methods="gradcam", data=path, n=2, sanity_n=0,
+                        metrics="pointing_game,energy_in_mask", out=tmp_path / "out")
+    back = PlantedResult.load(tmp_path / "out")
+    assert back.to_markdown() == res.to_markdown() and back.to_csv() == res.to_csv()
+    with pytest.raises(InputError, match="no readable planted.json"):
+        PlantedResult.load(tmp_path)

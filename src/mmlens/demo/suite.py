@@ -26,7 +26,7 @@ PLANTED_VARIANTS: dict[str, PlantedVariant] = {v.name: v for v in (
                    "a 6x6 corner checker (the trigger) that flips 'is there ...?' to 'no'"),
     PlantedVariant("shortcut", "demo:shortcut", "shortcut-conflict",
                    "a corner colour swatch naming another shape than the object's"),
-    PlantedVariant("twoobject", "demo:twoobject", "twoobject", "both objects of a left-of / right-of question"),
+    PlantedVariant("twoobject", "demo:twoobject", "twoobject", "both objects of 'is the S1 the same color as the S2?'"),
     # no planted evidence: the demo recipe with a contrastively pretrained vision tower, object masks only
     PlantedVariant("clip-llava", "demo:clip-llava", "standard", "no planted evidence (object masks only)"),
 )}
