@@ -207,8 +207,9 @@ class BenchmarkResult:
         for row in self.rows:
             lines.append("| " + " | ".join((_ci_cell(row, k) if k in scores else _cell(_value(row, k)))
                                            .replace("|", "\\|") for k, _ in cols) + " |")
-        lines += ["", self._caption(markdown=True), "", "Metrics (↑ higher is better, ↓ lower is better; "
-                  "[low, high]: 95% bootstrap interval over samples, seeded):", ""]
+        lines += ["", self._caption(markdown=True), "", ("Metrics (↑ higher is better, ↓ lower is better; "
+                                                          "[low, high]: 95% bootstrap interval over samples, "
+                                                          "seeded):"), ""]
         for m in self.metrics:
             direction = "higher is better" if m["higher_is_better"] else "lower is better"
             degenerate = (f" Degenerate (all-zero / constant) map: {m['degenerate']}: {m['degenerate_note']}."

@@ -50,45 +50,45 @@ def planted_markdown(result: Any) -> str:
     """The suite's Markdown report."""
     meta = result.meta
     lines = ["# mmlens benchmark: planted-evidence suite", "",
-             "Attribution maps scored against the evidence each model *really* uses (planted by training), beside "
+             ("Attribution maps scored against the evidence each model *really* uses (planted by training), beside "
              "the object the question is about. Cells: mean [95% bootstrap interval over samples, seeded]. "
              f"n = {meta['n']} samples per run, seed {meta['seed']}; randomisation on the first "
-             f"{meta['sanity_n']}.", "",
+             f"{meta['sanity_n']}."), "",
              "- '(object)': against the object the question is about (samples whose evidence is one object);",
              "- '(model evidence)': against the pixels the model uses (the samples that define them);",
-             "- 'gap (model - object)': their difference on conflicting samples (some of the model's evidence lies "
-             "outside the object); > 0: the map follows what the model used, < 0: it keeps pointing at the object;",
-             "- '(weakest part of the model evidence)': when the model's evidence has several parts (both objects "
-             "of a two-object question), the score against the part the map covers least;",
-             "- 'map follows': the headline gap's 95% interval above 0 (model's evidence), below 0 (the object), "
-             "else unclear;",
-             "- ROAD: answer-probability drop when the map's top-k% pixels are removed with noisy linear imputation "
+             ("- 'gap (model - object)': their difference on conflicting samples (some of the model's evidence lies "
+             "outside the object); > 0: the map follows what the model used, < 0: it keeps pointing at the object;"),
+             ("- '(weakest part of the model evidence)': when the model's evidence has several parts (both objects "
+             "of a two-object question), the score against the part the map covers least;"),
+             ("- 'map follows': the headline gap's 95% interval above 0 (model's evidence), below 0 (the object), "
+             "else unclear;"),
+             ("- ROAD: answer-probability drop when the map's top-k% pixels are removed with noisy linear imputation "
              "minus the drop for a random k% (mean over k = 5, 10, 20%); randomisation: Spearman correlation with "
-             "the map of the cascade-randomised model (pass below 0.5).", ""]
+             "the map of the cascade-randomised model (pass below 0.5)."), ""]
     for name, res in result.variants.items():
         info = meta["variants"].get(name, {})
         what = f" ({info['split']}; the model reads {info['evidence']})" if info else ""
         lines += [f"## {name}: {res.meta['model']}{what}", "",
-                  f"{res.meta['n']} samples: {res.meta['n_localisation']} whose evidence is one object (or two: "
+                  (f"{res.meta['n']} samples: {res.meta['n_localisation']} whose evidence is one object (or two: "
                   "two-object questions), "
                   f"{res.meta.get('n_model_evidence', 0)} with a model-evidence mask, "
-                  f"{res.meta.get('n_conflict', 0)} conflicting.", ""]
+                  f"{res.meta.get('n_conflict', 0)} conflicting."), ""]
         lines += _table(result, res, verdicts=True) + [""]
     rho = result.spearman()
     if rho:
         lines += ["## Do the rankings agree?", "",
-                  "Spearman correlation between the method ranking (baselines left out) on object masks and the "
-                  "ranking on the model's evidence.", "",
-                  "| variant | metric | vs the reference ranking (ShapesVQA object masks) | vs object masks of the "
-                  "same samples |", "|---|---|---:|---:|"]
+                  ("Spearman correlation between the method ranking (baselines left out) on object masks and the "
+                  "ranking on the model's evidence."), "",
+                  ("| variant | metric | vs the reference ranking (ShapesVQA object masks) | vs object masks of the "
+                  "same samples |"), "|---|---|---:|---:|"]
         lines += [f"| {r['variant']} | {label(r['metric'])} | {_cell(r['rho_reference'])} | "
                   f"{_cell(r['rho_same_samples'])} |" for r in rho] + [""]
     if result.reference is not None:
         ref = result.reference
         lines += [f"## Reference: {ref.meta['model']} on {ref.meta['data_description']} (object masks)", ""]
         lines += _table(result, ref, verdicts=False) + [""]
-    lines += ["Each run's full table: `reference/results.md`, `VARIANT/results.md` next to this file; the leaderboard "
-              "figure: `leaderboard.png` / `leaderboard.svg`."]
+    lines += [("Each run's full table: `reference/results.md`, `VARIANT/results.md` next to this file; the leaderboard "
+              "figure: `leaderboard.png` / `leaderboard.svg`.")]
     if meta.get("command"):
         lines += ["", "Regenerate with:", "", "```", meta["command"], "```"]
     return "\n".join(lines) + "\n"
