@@ -18,6 +18,8 @@ from mmlens.catalog import methods
 from mmlens.embedding import decompose as decompose_embedding
 from mmlens.embedding import modality_gap, splice, text_spans, train_cbm
 from mmlens.errors import InputError, MMLensError, UnsupportedModelError
+from mmlens.evaluation.bootstrap import bootstrap_ci
+from mmlens.evaluation.planted import run_planted
 from mmlens.evaluation.pope import run_pope
 from mmlens.explain import explain
 from mmlens.hooks.tracing import Tracer, count_hooks
@@ -67,6 +69,7 @@ __all__ = [
     "__version__",
     "collect_activations",
     "ce_recovered",
+    "bootstrap_ci",
     "count_hooks",
     "decompose_embedding",
     "explain",
@@ -81,6 +84,7 @@ __all__ = [
     "probe_checkpoints",
     "methods",
     "modality_gap",
+    "run_planted",
     "run_pope",
     "run_dataset",
     "run_ce_recovered",

@@ -170,7 +170,11 @@ def run_benchmark(
     address: str | None = None,
     shard_size: int = 20,
     keep_shards: bool = False,
-) -> BenchmarkResult:
+    suite: str = "default",
+    variants: str | Sequence[str] | None = None,
+    split: str = "standard",
+    require_model_evidence: bool = False,
+) -> Any:
     """Score ``methods`` (``"all"`` attribution methods, or a list) and the three baselines on ``n`` samples.
 
     ``data``: a JSONL file (see :mod:`mmlens.evaluation.data_file`; its first ``n`` rows), else ShapesVQA with
@@ -185,7 +189,25 @@ def run_benchmark(
     ``out/.run`` (a temporary folder without ``out``), so a run stopped by a crash continues from its last
     complete shard when re-run with the same arguments; the shards are removed once the tables are written,
     unless ``keep_shards``.
+
+    ``suite="planted"``: every method on every planted-evidence demo variant (``variants``, default all shipped),
+    scored against the evidence each model really uses (:func:`mmlens.evaluation.planted.run_planted`; returns a
+    :class:`~mmlens.evaluation.planted.PlantedResult`). ``split``: the ShapesVQA split (default ``"standard"``);
+    ``require_model_evidence``: every sample must carry a ``model_evidence`` mask (data files: one error line
+    naming the file and row otherwise).
     """
+    from mmlens.evaluation.planted import check_suite
+
+    if check_suite(suite) == "planted":
+        from mmlens.evaluation.planted import run_planted
+
+        return run_planted(subject, methods=methods, n=n, seed=seed, variants=variants, data=data, metrics=metrics,
+                           out=out, sanity_n=sanity_n, method_options=method_options,
+                           metric_options=metric_options, baselines=baselines, show_progress=show_progress,
+                           command=command, engine=engine, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                           address=address, shard_size=shard_size, keep_shards=keep_shards)
+    if variants is not None:
+        raise InputError("variants are chosen only with suite='planted' (pass suite='planted' or drop variants)")
     from mmlens.evaluation.benchmark_job import BenchmarkJob, reduce_rows
     from mmlens.evaluation.data_file import read_data_file
     from mmlens.runs.engine import check_engine, run_dataset
@@ -206,7 +228,11 @@ def run_benchmark(
 
         check_address(address)
         import_ray()
-    data_file = read_data_file(data) if data is not None else None
+    if split != "standard":
+        from mmlens.data.shapes_splits import check_split
+
+        check_split(split)
+    data_file = read_data_file(data, model_evidence=require_model_evidence) if data is not None else None
     model = subject
     if isinstance(subject, str):
         from mmlens.model.loading import load
@@ -217,7 +243,7 @@ def run_benchmark(
         source: Any = DataFileSource(data_file, int(n))
         n = len(source)
     else:
-        source = ShapesSource(int(n), int(seed), shapes_image_size(subject))
+        source = ShapesSource(int(n), int(seed), shapes_image_size(subject), split)
     sanity_n = min(int(sanity_n), int(n))
     method_options = {m: {**_quiet(parse_method_spec(m)[0]), **parse_method_spec(m)[1],
                           **dict((method_options or {}).get(m, {}))} for m in method_names}
@@ -231,9 +257,10 @@ def run_benchmark(
             run = run_dataset(job, source, model if engine == "ray" else subject, folder, engine=engine,
                               shard_size=shard_size, seed=int(seed), show_progress=show_progress, replicas=replicas,
                               gpus_per_replica=gpus_per_replica, address=address)
-        stats, n_loc = reduce_rows(run.iter_rows(), job.methods())
+        counts: dict[str, int] = {}
+        stats, n_loc = reduce_rows(run.iter_rows(), job.methods(), boot_seed=int(seed), counts=counts)
         result = _finish(subject, stats, metric_list, metric_options, int(n), n_loc, sanity_n, int(seed),
-                         source.description, data, command, out)
+                         source.description, data, command, out, counts)
         if out is not None and not keep_shards:
             shutil.rmtree(folder, ignore_errors=True)
         return result
@@ -253,7 +280,8 @@ def _quiet(method: str) -> dict[str, Any]:
 
 def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[MetricInfo],
             metric_options: dict[str, dict[str, Any]], n: int, n_loc: int, sanity_n: int, seed: int,
-            description: str, data: Any, command: str | None, out: Any) -> BenchmarkResult:
+            description: str, data: Any, command: str | None, out: Any,
+            counts: dict[str, int] | None = None) -> BenchmarkResult:
     from mmlens.evaluation.metrics.deletion_insertion import curve_points
     from mmlens.evaluation.metrics.randomisation import (
         cascade_blocks,
@@ -269,6 +297,11 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
                                "n_sanity": st.sanity_checked if "randomisation" in names else sanity_n}
         for m in metric_list:
             row[m.name] = st.scores[m.name].mean if m.name in st.scores else float("nan")
+        for name in st.scores:  # scores against the model's evidence, gaps, metric extras (e.g. road:drop)
+            if name not in names:
+                row[name] = st.scores[name].mean
+        for name, boot in st.boots.items():
+            row[f"{name}_ci"] = list(boot.interval())
         row["nan_counts"] = {m.name: st.scores[m.name].nan for m in metric_list if m.name in st.scores}
         row["scored"] = {m.name: st.scores[m.name].count for m in metric_list if m.name in st.scores}
         if "randomisation" in names:
@@ -309,7 +342,10 @@ def _finish(subject: Subject, stats: list[MethodStats], metric_list: list[Metric
             "methods": [st.method for st in stats if st.kind == "method"],
             "baselines": [st.method for st in stats if st.kind == "baseline"],
             "target": "answer (teacher-forced ground truth; probability = exp of the summed log-probs)",
-            "randomisation_skipped": unread,
+            "randomisation_skipped": unread, "n_model_evidence": (counts or {}).get("model", 0),
+            "n_conflict": (counts or {}).get("conflict", 0),
+            "bootstrap": {"level": 0.95, "replicates": 1000, "seed": seed,
+                          "kind": "Poisson bootstrap over samples (percentile interval of the mean)"},
             "command": command, "versions": versions()}
     result = BenchmarkResult(rows, metric_meta, curves, fractions, randomisation, meta)
     if out is not None:

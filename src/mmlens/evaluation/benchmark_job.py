@@ -36,7 +36,37 @@ def _schema() -> Any:
     return pa.schema([("index", pa.int64()), ("event", pa.string()), ("method", pa.string()),
                       ("metric", pa.string()), ("score", pa.float64()), ("values", floats), ("fractions", floats),
                       ("passed", pa.bool_()), ("seconds", pa.float64()), ("object_evidence", pa.bool_()),
-                      ("error", pa.string())])
+                      ("model_evidence", pa.bool_()), ("conflict", pa.bool_()), ("error", pa.string())])
+
+
+#: ``sample.evidence`` values whose ``mask`` is one object or a few (not the whole image).
+OBJECT_EVIDENCE = ("object", "objects")
+#: Suffixes of the localisation scores against the model's evidence and of their gap to the object's score.
+AT_MODEL, AT_GAP = "@model", "@gap"
+#: Suffix of the localisation score of the worst-covered part of a model evidence made of several parts.
+AT_WEAKEST = "@weakest"
+
+
+def evidence_parts(evidence: np.ndarray) -> list[np.ndarray]:
+    """The connected parts (8-connectivity) of a model-evidence mask, e.g. the two objects of a two-object
+    question; one part for a single region."""
+    from scipy.ndimage import label
+
+    labels, count = label(evidence, structure=np.ones((3, 3), dtype=int))
+    return [labels == k for k in range(1, count + 1)]
+
+
+def model_evidence_of(sample: Any, mask: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """(the sample's ``model_evidence`` mask or None, whether it conflicts with the object's ``mask``: some of
+    the evidence the model uses lies outside the object)."""
+    evidence = getattr(sample, "model_evidence", None)
+    if evidence is None:
+        return None, False
+    evidence = np.asarray(evidence, dtype=bool)
+    if evidence.shape != mask.shape or not evidence.any():
+        raise InputError(f"model_evidence of shape {evidence.shape} with {int(evidence.sum())} pixels: pass a "
+                         f"non-empty boolean mask of the image's shape {mask.shape}")
+    return evidence, bool((evidence & ~mask).any())
 
 
 class BenchmarkJob(Job):
@@ -67,19 +97,27 @@ class BenchmarkJob(Job):
         return {"warmed": set(), "metrics": [get_metric(name) for name in self.metrics]}
 
     def process(self, subject: Any, state: dict[str, Any], index: int, sample: Any, where: str) -> list[dict[str, Any]]:
+        answer = getattr(sample, "planted_answer", None) or sample.answer  # what a planted variant says
         try:
-            batch = subject.prepare(sample.image, sample.question, answer=sample.answer)
+            batch = subject.prepare(sample.image, sample.question, answer=answer)
         except InputError as err:
             raise InputError(f"{where}: {err}") from None
-        object_evidence = getattr(sample, "evidence", "object") == "object"
-        rows = [_row(index, "sample", object_evidence=object_evidence)]
+        object_evidence = getattr(sample, "evidence", "object") in OBJECT_EVIDENCE
+        try:
+            evidence, conflict = model_evidence_of(sample, np.asarray(sample.mask, dtype=bool))
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
+        rows = [_row(index, "sample", object_evidence=object_evidence, model_evidence=evidence is not None,
+                     conflict=conflict and object_evidence)]
         seed = sample_seed(self.seed, index)
         for method, kind in self.methods():
-            rows += self._one(subject, batch, sample, index, method, kind, state, seed, object_evidence, where)
+            rows += self._one(subject, batch, sample, index, method, kind, state, seed, object_evidence, where,
+                              evidence, conflict)
         return rows
 
     def _one(self, subject: Any, batch: Any, sample: Any, index: int, method: str, kind: str, state: dict[str, Any],
-             seed: int, object_evidence: bool, where: str) -> list[dict[str, Any]]:
+             seed: int, object_evidence: bool, where: str, evidence: np.ndarray | None = None,
+             conflict: bool = False) -> list[dict[str, Any]]:
         from mmlens.explain import explain
 
         options = self.method_options.get(method, {})
@@ -109,15 +147,38 @@ class BenchmarkJob(Job):
         mask = np.asarray(sample.mask, dtype=bool)
         sanity = index < self.sanity_n
         for m in state["metrics"]:
-            if m.category == "localisation" and not object_evidence:
+            if m.category == "localisation":
+                rows += self._localise(subject, ex, heat, mask, evidence, object_evidence, conflict, m, method,
+                                       index, seed, where)
                 continue
             if m.category in SANITY_CATEGORIES and not sanity:
                 continue
-            rows.append(self._score(subject, ex, heat, mask, m, method, index, seed, where))
+            rows += self._score(subject, ex, heat, mask, m, method, index, seed, where)
+        return rows
+
+    def _localise(self, subject: Any, ex: Any, heat: np.ndarray, mask: np.ndarray, evidence: np.ndarray | None,
+                  object_evidence: bool, conflict: bool, m: MetricInfo, method: str, index: int, seed: int,
+                  where: str) -> list[dict[str, Any]]:
+        """A localisation metric against the object (object-evidence samples), against the model's evidence
+        (``name@model``, samples that define it) and their difference on conflicting samples (``name@gap``)."""
+        rows = self._score(subject, ex, heat, mask, m, method, index, seed, where) if object_evidence else []
+        if evidence is None:
+            return rows
+        at_model = self._score(subject, ex, heat, evidence, m, method, index, seed, where, m.name + AT_MODEL)
+        rows += at_model
+        parts = evidence_parts(evidence) if m.name != "pointing_game" else []  # one peak cannot hit two parts
+        if len(parts) > 1:  # e.g. both objects of a two-object question: does the map cover the weaker one?
+            each = [self._score(subject, ex, heat, part, m, method, index, seed, where)[0] for part in parts]
+            if all(r["event"] == "score" for r in each):
+                rows.append(_row(index, "score", method=method, metric=m.name + AT_WEAKEST,
+                                 score=min(r["score"] for r in each)))
+        if conflict and object_evidence and rows[0]["event"] == at_model[0]["event"] == "score":
+            rows.append(_row(index, "score", method=method, metric=m.name + AT_GAP,
+                             score=at_model[0]["score"] - rows[0]["score"]))
         return rows
 
     def _score(self, subject: Any, ex: Any, heat: np.ndarray, mask: np.ndarray, m: MetricInfo, method: str,
-               index: int, seed: int, where: str) -> dict[str, Any]:
+               index: int, seed: int, where: str, name: str | None = None) -> list[dict[str, Any]]:
         import inspect
 
         opts = dict(self.metric_options.get(m.name, {}))
@@ -130,13 +191,17 @@ class BenchmarkJob(Job):
             else:
                 result = m.fn(heat, mask, **opts)
         except Exception as err:  # noqa: BLE001 - counted and reported like a method failure
-            return _row(index, "failed", method=method, metric=m.name, error=_error(f"{where}, metric {m.name}", err))
-        row = _row(index, "score", method=method, metric=m.name, score=float(getattr(result, "score", result)))
+            return [_row(index, "failed", method=method, metric=m.name,
+                         error=_error(f"{where}, metric {m.name}", err))]
+        name = name or m.name
+        row = _row(index, "score", method=method, metric=name, score=float(getattr(result, "score", result)))
         if hasattr(result, "values") and isinstance(result.values, list):
             row["values"], row["fractions"] = [float(v) for v in result.values], [float(f) for f in result.fractions]
         if hasattr(result, "correlations"):
             row["values"], row["passed"] = [float(v) for v in result.correlations], bool(result.passed)
-        return row
+        extras = [_row(index, "score", method=method, metric=f"{name}:{key}", score=float(value))
+                  for key, value in (getattr(result, "extras", None) or {}).items()]
+        return [row, *extras]
 
 
 def _row(index: int, event: str, **fields: Any) -> dict[str, Any]:
@@ -147,14 +212,26 @@ def _error(where: str, err: BaseException) -> str:
     return f"{where}: {err.__class__.__name__}: {' '.join(str(err).split())[:300]}"
 
 
-def reduce_rows(rows: Iterable[dict[str, Any]], methods: list[tuple[str, str]]) -> tuple[list[MethodStats], int]:
-    """(stats per method, samples whose evidence is one object) from the run's rows, in sample order."""
+def reduce_rows(rows: Iterable[dict[str, Any]], methods: list[tuple[str, str]], boot_seed: int | None = None,
+                counts: dict[str, int] | None = None) -> tuple[list[MethodStats], int]:
+    """(stats per method, samples whose evidence is one object) from the run's rows, in sample order.
+
+    ``boot_seed``: also stream the bootstrap replicates of every score (:mod:`mmlens.evaluation.bootstrap`);
+    ``counts``: a dict that receives the numbers of samples with a model-evidence mask (``"model"``) and of
+    conflicting samples (``"conflict"``)."""
+    from mmlens.evaluation.bootstrap import sample_weights
+
     stats = {m: MethodStats(m, kind) for m, kind in methods}
     n_loc = 0
+    counts = counts if counts is not None else {}
+    counts.update(model=0, conflict=0)
+    weights: tuple[int, Any] = (-1, None)
     for row in rows:
         event = row["event"]
         if event == "sample":
             n_loc += int(bool(row["object_evidence"]))
+            counts["model"] += int(bool(row.get("model_evidence")))
+            counts["conflict"] += int(bool(row.get("conflict")))
             continue
         st = stats[row["method"]]
         if event == "failed":
@@ -165,6 +242,10 @@ def reduce_rows(rows: Iterable[dict[str, Any]], methods: list[tuple[str, str]]) 
         elif event == "score":
             name = row["metric"]
             st.score(name).add(row["score"])
+            if boot_seed is not None:
+                if weights[0] != row["index"]:
+                    weights = (row["index"], sample_weights(boot_seed, row["index"]))
+                st.boot(name).add(row["score"], weights[1])
             if row["fractions"] is not None:
                 st.curve(name).add(row["values"])
                 st.fractions.setdefault(name, list(row["fractions"]))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.evaluation.benchmark_notes import _REFERENCE_NOTES, _SAMPLES, _label
 from mmlens.results.explanation import jsonable
 
 OUTPUT_FILES = ("results.csv", "results.json", "results.md", "curves.png")
@@ -82,9 +83,15 @@ class MethodStats:
     first_error: str = ""
     sanity_passes: int = 0
     sanity_checked: int = 0
+    boots: dict[str, Any] = field(default_factory=dict)  # name -> BootstrapMean (when the run asked for CIs)
 
     def score(self, name: str) -> Mean:
         return self.scores.setdefault(name, Mean())
+
+    def boot(self, name: str) -> Any:
+        from mmlens.evaluation.bootstrap import BootstrapMean
+
+        return self.boots.setdefault(name, BootstrapMean())
 
     def curve(self, name: str) -> CurveMean:
         return self.curves.setdefault(name, CurveMean())
@@ -115,6 +122,9 @@ class BenchmarkResult:
         for m in self.metrics:
             arrow = "↑" if m["higher_is_better"] else "↓"
             cols.append((m["name"], f"{_label(m['name'])} {arrow}"))
+            for key in self.suffixed(m["name"]):
+                mark = "" if key.endswith(":random_drop") else "↑" if key.endswith(("@gap", ":drop")) else arrow
+                cols.append((key, f"{_label(key)} {mark}".rstrip()))
         if any(m["name"] == "randomisation" for m in self.metrics):
             cols.append(("sanity", "sanity check"))
         cols += [("seconds_per_explanation", "s / explanation"), ("n", "n")]
@@ -123,6 +133,18 @@ class BenchmarkResult:
         if any(r["failures"] for r in self.rows):
             cols.append(("failures", "failures"))
         return cols
+
+    def suffixed(self, name: str) -> list[str]:
+        """The row keys scored beside metric ``name``: against the model's evidence (``name@model``), the gap to
+        the object's score (``name@gap``), parts of the score (``road:drop``), when some row holds them."""
+        from mmlens.evaluation.benchmark_notes import SUFFIX_LABELS
+
+        keys = [name + suffix for suffix in SUFFIX_LABELS]
+        return [k for k in keys if any(k in r for r in self.rows)]
+
+    def score_keys(self) -> list[str]:
+        """Every score column: the metrics and their suffixed scores."""
+        return [k for m in self.metrics for k in (m["name"], *self.suffixed(m["name"]))]
 
     def table(self) -> Any:
         """A rich :class:`~rich.table.Table` of the results."""
@@ -140,7 +162,9 @@ class BenchmarkResult:
     def to_csv(self) -> str:
         keys = ["method", "kind", "n", "n_localisation", "n_sanity"]
         for m in self.metrics:
-            keys += [m["name"], f"{m['name']}_nan"]
+            keys += [m["name"], f"{m['name']}_ci_low", f"{m['name']}_ci_high", f"{m['name']}_nan"]
+            for key in self.suffixed(m["name"]):
+                keys += [key, f"{key}_ci_low", f"{key}_ci_high"]
             if m["name"] == "randomisation":
                 keys += ["randomisation_pass_rate", "sanity"]
         keys += ["seconds_per_explanation", "failures"]
@@ -149,13 +173,26 @@ class BenchmarkResult:
         writer.writeheader()
         for row in self.rows:
             nan = {f"{k}_nan": v for k, v in (row.get("nan_counts") or {}).items()}
-            writer.writerow({k: _csv_value({**row, **nan}.get(k)) for k in keys})
+            ci = {f"{k[:-3]}_ci_{side}": v for k, pair in row.items() if k.endswith("_ci")
+                  for side, v in zip(("low", "high"), pair)}
+            writer.writerow({k: _csv_value({**row, **nan, **ci}.get(k)) for k in keys})
         return buf.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"format": "mmlens.benchmark", "format_version": 1, "meta": self.meta,
                          "metrics": self.metrics, "rows": self.rows, "fractions": self.fractions,
                          "curves": self.curves, "randomisation": self.randomisation})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
+        """The result saved by :meth:`to_json` (``null`` scores read back as NaN)."""
+        def nan(v: Any) -> Any:
+            return float("nan") if v is None else [nan(x) for x in v] if isinstance(v, list) else v
+
+        scores = {m["name"] for m in data["metrics"]}
+        rows = [{k: nan(v) if (k.split("@")[0].split(":")[0] in scores or k.endswith("_ci")) else v
+                 for k, v in r.items()} for r in data["rows"]]
+        return cls(rows, data["metrics"], data["curves"], data["fractions"], data["randomisation"], data["meta"])
 
     def to_json(self) -> str:
         return json.dumps(_nan_to_none(self.to_dict()), indent=2)
@@ -166,9 +203,13 @@ class BenchmarkResult:
                  f"{self.meta['data_description']}; seed {self.meta['seed']}.", ""]
         lines.append("| " + " | ".join(h for _, h in cols) + " |")
         lines.append("|" + "|".join("---" if k in ("method", "sanity") else "---:" for k, _ in cols) + "|")
+        scores = set(self.score_keys())
         for row in self.rows:
-            lines.append("| " + " | ".join(_cell(_value(row, k)).replace("|", "\\|") for k, _ in cols) + " |")
-        lines += ["", self._caption(markdown=True), "", "Metrics (↑ higher is better, ↓ lower is better):", ""]
+            lines.append("| " + " | ".join((_ci_cell(row, k) if k in scores else _cell(_value(row, k)))
+                                           .replace("|", "\\|") for k, _ in cols) + " |")
+        lines += ["", self._caption(markdown=True), "", ("Metrics (↑ higher is better, ↓ lower is better; "
+                                                          "[low, high]: 95% bootstrap interval over samples, "
+                                                          "seeded):"), ""]
         for m in self.metrics:
             direction = "higher is better" if m["higher_is_better"] else "lower is better"
             degenerate = (f" Degenerate (all-zero / constant) map: {m['degenerate']}: {m['degenerate_note']}."
@@ -210,6 +251,11 @@ class BenchmarkResult:
         meta = self.meta
         parts = [f"n = {meta['n']} samples; localisation metrics on the {meta['n_localisation']} whose "
                  + "evidence is one object"]
+        if meta.get("n_model_evidence"):
+            parts.append(f"'(model evidence)' columns against the evidence the model uses, on the "
+                         f"{meta['n_model_evidence']} samples that define it; 'gap (model - object)' on the "
+                         f"{meta.get('n_conflict', 0)} conflicting ones (some of the model's evidence lies outside "
+                         "the object)")
         if meta.get("n_sanity"):
             parts.append(f"randomisation and max-sensitivity on the first {meta['n_sanity']}")
         text = "; ".join(parts) + "."
@@ -280,45 +326,6 @@ class BenchmarkResult:
         return [final for _, final in staged]
 
 
-_SAMPLES = {"all": "every sample", "object": "samples whose evidence is one object",
-            "sanity": "the first sanity_n samples"}
-_LABELS = {"pointing_game": "pointing game", "energy_in_mask": "energy in mask", "topk_iou": "top-k IoU",
-           "deletion": "deletion AUC", "insertion": "insertion AUC", "randomisation": "randomisation corr.",
-           "max_sensitivity": "max-sensitivity", "sparseness": "sparseness"}
-
-
-def _curve_note(mode: str) -> Any:
-    ref, ref_option = ("black", "black") if mode == "deletion" else ("blurred", "blur")
-
-    def note(opts: dict[str, Any], meta: dict[str, Any]) -> str:
-        unit, baseline = opts.get("order", "patch"), opts.get("baseline", "mean")
-        if unit == "pixel" and baseline == ref_option:
-            return f"as Petsiuk et al.: single pixels ranked by the map, {ref} baseline."
-        what = f"{opts.get('cells', 8)} x {opts.get('cells', 8)} patches" if unit == "patch" else "single pixels"
-        return (f"Petsiuk et al. rank single pixels and use a {ref} baseline; this run ranks {what} with the "
-                f"{baseline} baseline (order=pixel, baseline={ref_option} for the reference).")
-
-    return note
-
-
-_REFERENCE_NOTES = {
-    "pointing_game": lambda o, m: (
-        "Zhang et al. count a peak within 15 px (Euclidean) of the object on ~500 px images; this run uses "
-        + (f"tolerance_share={o['tolerance_share']}" if o.get("tolerance_share") is not None else
-           f"a tolerance of {o.get('tolerance', 0)} px") + " (tolerance_share=0.03 for the reference)."),
-    "deletion": _curve_note("deletion"),
-    "insertion": _curve_note("insertion"),
-    "max_sensitivity": lambda o, m: (
-        f"as Yeh et al., the maximum over {o.get('n', 5)} draws uniform in the L-inf ball of radius "
-        f"{o.get('radius', 4.0)} (0-255 units); unlike them, the change is divided by ||map||."),
-    "randomisation": lambda o, m: (
-        "Adebayo et al.'s cascade from the output down (unembedding, LM blocks, token embeddings, projector, "
-        "vision blocks, vision embedding); vision blocks the LM never reads are skipped"
-        + (f" ({', '.join(m['randomisation_skipped'])})" if m.get("randomisation_skipped") else "")
-        + "; norms keep their gains."),
-}
-
-
 def _value(row: dict[str, Any], key: str) -> Any:
     """The table cell of ``key``: NaN counts as ``"max-sensitivity 2/5"`` (NaN samples / scored + NaN)."""
     if key != "nan":
@@ -327,8 +334,13 @@ def _value(row: dict[str, Any], key: str) -> Any:
     return ", ".join(f"{_label(k)} {v}/{v + scored.get(k, 0)}" for k, v in counts.items() if v)
 
 
-def _label(name: str) -> str:
-    return _LABELS.get(name, name.replace("_", " "))
+def _ci_cell(row: dict[str, Any], key: str) -> str:
+    """``0.512 [0.481, 0.547]``: the mean and its bootstrap interval (the mean alone without one)."""
+    text = _cell(row.get(key))
+    ci = row.get(f"{key}_ci")
+    if ci and all(isinstance(v, float) and math.isfinite(v) for v in ci) and text not in ("", "n/a"):
+        return f"{text} [{_cell(ci[0])}, {_cell(ci[1])}]"
+    return text
 
 
 def _cell(value: Any) -> str:

@@ -10,7 +10,10 @@ One JSON object per line (blank lines are skipped)::
 - ``mask``: path to a PNG of the image's size, non-zero pixels = evidence; or ``box``: ``[x0, y0, x1, y1]`` in
   pixels with exclusive ends (``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``). Readers that need no
   evidence region (``read_data_file(path, regions=False)``, e.g. POPE's yes / no probes) accept rows
-  without one: their evidence is then the whole image.
+  without one: their evidence is then the whole image;
+- ``model_evidence`` (optional): the pixels the *model* uses for its answer (a PNG path or a box, as for
+  ``mask``), when that is known, e.g. a planted trigger. ``mmlens benchmark --suite planted --data FILE`` scores
+  maps against it and needs it on every row (``read_data_file(path, model_evidence=True)``).
 
 :func:`read_data_file` checks the whole file up front (every image and mask is decoded once) and raises a
 one-line :class:`~mmlens.errors.InputError` naming the file and the line; :class:`DataFile` then yields the
@@ -51,6 +54,7 @@ class DataSample:
     line: int
     evidence: str = "object"
     question_type: str = "user"
+    model_evidence: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class DataRow:
     answer: str
     mask: Path | None
     box: tuple[int, int, int, int] | None
+    model_mask: Path | None = None
+    model_box: tuple[int, int, int, int] | None = None
 
 
 class DataFile:
@@ -85,6 +91,8 @@ class DataFile:
             box, mask = (0, 0, w, h), np.ones((h, w), dtype=bool)
             return DataSample(image=image, question=row.question, answer=row.answer, mask=mask, box=box,
                               index=index, line=row.line, evidence="image")
+        model = (_open_mask(self.path, row.line, row.model_mask, (w, h)) if row.model_mask is not None else
+                 _box_mask(row.model_box, (w, h)) if row.model_box is not None else None)
         if row.mask is not None:
             mask = _open_mask(self.path, row.line, row.mask, (w, h))
             ys, xs = np.nonzero(mask)
@@ -92,10 +100,9 @@ class DataFile:
         else:
             assert row.box is not None
             box = row.box
-            mask = np.zeros((h, w), dtype=bool)
-            mask[box[1]:box[3], box[0]:box[2]] = True
+            mask = _box_mask(box, (w, h))
         return DataSample(image=image, question=row.question, answer=row.answer, mask=mask, box=box,
-                          index=index, line=row.line)
+                          index=index, line=row.line, model_evidence=model)
 
     def samples(self, n: int | None = None) -> Iterator[DataSample]:
         """The first ``n`` samples (all by default), loaded one at a time."""
@@ -106,10 +113,11 @@ class DataFile:
         return self.samples()
 
 
-def read_data_file(path: str | os.PathLike, regions: bool = True) -> DataFile:
+def read_data_file(path: str | os.PathLike, regions: bool = True, model_evidence: bool = False) -> DataFile:
     """Check every row of the JSONL data file ``path`` (see the module docstring) and return its rows.
 
-    ``regions=False``: a row may omit ``mask`` / ``box`` (its evidence is then the whole image)."""
+    ``regions=False``: a row may omit ``mask`` / ``box`` (its evidence is then the whole image).
+    ``model_evidence=True``: every row must carry ``model_evidence`` (scoring against the model's evidence)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"data file {str(path)!r} is a directory: pass the JSONL file inside it (one sample per "
@@ -125,7 +133,7 @@ def read_data_file(path: str | os.PathLike, regions: bool = True) -> DataFile:
     rows = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():
-            rows.append(_check_row(path, number, raw, regions))
+            rows.append(_check_row(path, number, raw, regions, model_evidence))
     if not rows:
         raise InputError(f"{path}: the file holds no rows: write one JSON object per line")
     return DataFile(path, rows)
@@ -135,7 +143,7 @@ def _fail(path: Path, line: int, message: str) -> InputError:
     return InputError(f"{path}, line {line}: {message}")
 
 
-def _check_row(path: Path, line: int, raw: str, regions: bool = True) -> DataRow:
+def _check_row(path: Path, line: int, raw: str, regions: bool = True, model_evidence: bool = False) -> DataRow:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -164,7 +172,34 @@ def _check_row(path: Path, line: int, raw: str, regions: bool = True) -> DataRow
         _open_mask(path, line, mask_path, image.size)
     elif "box" in obj:
         box = _check_box(path, line, obj["box"], image.size)
-    return DataRow(line, image_path, obj["question"].strip(), obj["answer"].strip(), mask_path, box)
+    model_mask, model_box = _model_evidence(path, line, obj, image.size, model_evidence)
+    return DataRow(line, image_path, obj["question"].strip(), obj["answer"].strip(), mask_path, box, model_mask,
+                   model_box)
+
+
+def _model_evidence(path: Path, line: int, obj: dict, size: tuple[int, int],
+                    required: bool) -> tuple[Path | None, tuple[int, int, int, int] | None]:
+    """The row's ``model_evidence``: a mask PNG path or a box (checked now), or neither."""
+    value = obj.get("model_evidence")
+    if value is None:
+        if required:
+            raise _fail(path, line, "no model_evidence: scoring against the model's evidence needs the pixels the "
+                                    "model uses on every row; add \"model_evidence\": \"masks/row.png\" (or a "
+                                    "[x0, y0, x1, y1] box), or run the default suite")
+        return None, None
+    if isinstance(value, list):
+        return None, _check_box(path, line, value, size)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, line, f"field 'model_evidence' must be a path to a PNG or a box, got {value!r}")
+    file = _resolve(path, value)
+    _open_mask(path, line, file, size)
+    return file, None
+
+
+def _box_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    return mask
 
 
 def _resolve(path: Path, name: str) -> Path:

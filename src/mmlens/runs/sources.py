@@ -60,12 +60,15 @@ class Source:
 
 
 class ShapesSource(Source):
-    def __init__(self, n: int, seed: int, image_size: int) -> None:
+    def __init__(self, n: int, seed: int, image_size: int, split: str = "standard") -> None:
         from mmlens.data.shapes_vqa import ShapesVQA
 
-        self.n, self.dataset = int(n), ShapesVQA(image_size=int(image_size), seed=int(seed))
-        self.description = f"{self.n} ShapesVQA samples ({int(image_size)} px)"
+        self.n, self.dataset = int(n), ShapesVQA(image_size=int(image_size), seed=int(seed), split=split)
+        named = "" if split == "standard" else f", split {split}"
+        self.description = f"{self.n} ShapesVQA samples ({int(image_size)} px{named})"
         self.spec = {"kind": "shapes", "seed": int(seed), "image_size": int(image_size), "n": self.n}
+        if split != "standard":
+            self.spec["split"] = split
 
     def __len__(self) -> int:
         return self.n

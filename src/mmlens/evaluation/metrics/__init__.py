@@ -6,6 +6,7 @@ from mmlens.evaluation.metrics import (  # noqa: F401  (importing registers each
     max_sensitivity,
     pointing_game,
     randomisation,
+    road,
     sparseness,
     topk_iou,
 )
