@@ -11,13 +11,14 @@ Recipe (all through ``python -m mmlens.demo.train --vision-tower demo:clip``):
    per-patch mask loss (pass ``--aux-weight 0``).
 
 The language model starts from ``--init`` (default the demo LLaVA's): it stands in for the
-pretrained LLM of a real LLaVA. Features are read as in LLaVA-1.5: the penultimate layer
-(``vision_feature_layer=-2``; the CLIP loss only trains the last layer's CLS output) with the
-``"default"`` strategy (CLS dropped, one token per patch).
+pretrained LLM of a real LLaVA. Features are read as in LLaVA-1.5: the penultimate layer (the CLIP
+loss only trains the last layer's CLS output) with the ``"default"`` strategy (CLS dropped, one token
+per patch). The tower's last layer is never read, so it is left out (``vision_feature_layer=-1`` of a
+tower one layer shorter: the same features, and the shipped model stays under 5 MB).
 
 >>> model, processor = build_clip_llava("demo:clip", "demo")
 >>> model.config.vision_feature_layer, processor.num_additional_image_tokens
-(-2, 1)
+(-1, 1)
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from transformers import (
 
 from mmlens.errors import InputError
 
-#: LLaVA-1.5's feature layer: the penultimate hidden state of the CLIP vision tower.
-FEATURE_LAYER = -2
+#: LLaVA-1.5's feature layer: the penultimate hidden state of the CLIP vision tower (the last layer of the
+#: tower as shipped, which leaves out the CLIP's final layer: nothing reads it).
+FEATURE_LAYER = -1
 
 
 def _folder(name: str) -> Path:
@@ -64,7 +66,7 @@ def build_clip_llava(vision_tower: str, language_model: str = "demo") -> tuple[L
     vision = clip.config.vision_config
     tokenizer = donor_processor.tokenizer
     config = LlavaConfig(
-        vision_config=vision.to_dict(),
+        vision_config={**vision.to_dict(), "num_hidden_layers": vision.num_hidden_layers - 1},
         text_config=donor.config.text_config.to_dict(),
         image_token_id=donor.config.image_token_id,
         image_seq_length=(vision.image_size // vision.patch_size) ** 2,
@@ -78,7 +80,8 @@ def build_clip_llava(vision_tower: str, language_model: str = "demo") -> tuple[L
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
     model.generation_config = donor.generation_config
-    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    kept = model.model.vision_tower.state_dict().keys()
+    model.model.vision_tower.load_state_dict({k: v for k, v in clip.vision_model.state_dict().items() if k in kept})
     model.model.language_model.load_state_dict(donor.model.language_model.state_dict())
     model.lm_head.load_state_dict(donor.lm_head.state_dict())
     model.model.vision_tower.requires_grad_(False)
