@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from mmlens.errors import InputError
 from mmlens.evaluation.benchmark_notes import _REFERENCE_NOTES, _SAMPLES, _label
 from mmlens.results.explanation import jsonable
+from mmlens.util.io import write_files_together
 
 OUTPUT_FILES = ("results.csv", "results.json", "results.md", "curves.png")
 
@@ -311,19 +311,7 @@ class BenchmarkResult:
             "results.md": lambda p: p.write_text(self.to_markdown(), encoding="utf-8"),
             "curves.png": lambda p: self.plot_curves().savefig(p, format="png", dpi=120),
         }
-        tag = uuid.uuid4().hex[:8]
-        staged: list[tuple[Path, Path]] = []
-        try:
-            for name, write in writers.items():
-                tmp = folder / f".{name}.{tag}.tmp"
-                staged.append((tmp, folder / name))
-                write(tmp)
-            for tmp, final in staged:
-                os.replace(tmp, final)
-        finally:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-        return [final for _, final in staged]
+        return write_files_together(folder, writers)
 
 
 def _value(row: dict[str, Any], key: str) -> Any:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 from mmlens.demo.suite import PLANTED_VARIANTS, PlantedVariant
 from mmlens.errors import InputError
+from mmlens.util.io import write_files_together
 
 #: Benchmark suites by name.
 SUITES = {"default": "one model on ShapesVQA object masks or a user data file",
@@ -221,18 +221,7 @@ class PlantedResult:
                    "planted.json": lambda p: p.write_text(self.to_json(), encoding="utf-8"),
                    "leaderboard.png": lambda p: fig.savefig(p, format="png", dpi=120),
                    "leaderboard.svg": lambda p: fig.savefig(p, format="svg")}
-        tag, staged = uuid.uuid4().hex[:8], []
-        try:
-            for name, write in writers.items():
-                tmp = folder / f".{name}.{tag}.tmp"
-                staged.append((tmp, folder / name))
-                write(tmp)
-            for tmp, final in staged:
-                os.replace(tmp, final)
-        finally:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-        return [final for _, final in staged]
+        return write_files_together(folder, writers)
 
 
 def method_scores(res: Any, key: str) -> dict[str, float]:

@@ -87,6 +87,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffixes: tupl
     return path
 
 
+def write_files_together(folder: str | Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
+    """Call each ``writers[name](tmp_path)`` in ``folder``, then rename all of them into place only once every
+    one succeeded: a failure leaves none of the files (old ones stay as they were).
+
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> [p.name for p in write_files_together(d, {"a.txt": lambda t: t.write_text("a")})]
+    ['a.txt']
+    """
+    import uuid
+
+    folder = Path(folder)
+    tag, staged = uuid.uuid4().hex[:8], []
+    try:
+        for name, write in writers.items():
+            tmp = folder / f".{name}.{tag}.tmp"
+            staged.append((tmp, folder / name))
+            write(tmp)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [final for _, final in staged]
+
+
 def save_plot_or_json(path: str | Path, to_dict: Callable[[], dict], plot: Callable[[], Any]) -> Path:
     """Write ``to_dict()`` as ``.json`` or the figure from ``plot()`` as ``.png``, atomically."""
 
