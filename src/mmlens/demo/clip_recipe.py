@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -293,12 +292,3 @@ def format_clip(result: dict[str, float]) -> str:
     """One line: retrieval and zero-shot accuracy."""
     return (f"held-out image->caption R@1 {result['r@1']:.3f} on {result['n']} images (100 candidates)  "
             f"zero-shot color {result['color']:.3f}  shape {result['shape']:.3f}")
-
-
-def save_clip(model: CLIPModel, processor: CLIPProcessor, out_dir: str | Path) -> Path:
-    """Save ``model`` (safetensors) and ``processor`` into ``out_dir``; return the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    return out

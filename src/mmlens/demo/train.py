@@ -388,7 +388,7 @@ def _main_clip(args: argparse.Namespace, cfg: TrainConfig, arch) -> None:
         start = time.time()
         model, processor = recipe.train_clip(cfg, arch)
         print(f"trained in {time.time() - start:.0f}s", flush=True)
-        recipe.save_clip(model, processor, out)
+        save_demo(model, processor, out)
         print(f"saved to {out}", flush=True)
     print(recipe.format_clip(recipe.evaluate_clip(model, processor, n=args.n)), flush=True)
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.evaluation.metrics._maps import image_and_map
 from mmlens.evaluation.registry import register_metric
 from mmlens.model.subject import Subject
 from mmlens.perturb.scoring import Evaluator, check_int
@@ -155,12 +156,7 @@ def perturbation_curve(
     if steps is not None:
         steps = check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
-    img_index = ex._image(image)
-    original = ex.images[img_index].convert("RGB")
-    heat = ex.image_map(target, img_index) if heat is None else np.asarray(heat)
-    if heat.shape != (original.height, original.width):
-        raise InputError(f"map shape {heat.shape} differs from the image's (H, W) = "
-                         f"{(original.height, original.width)}: pass a map over the image's pixels")
+    img_index, original, heat = image_and_map(ex, image, target, heat)
     if min(original.size) < cells:
         raise InputError(f"cells={cells} is larger than the image ({original.width}x{original.height}): pass fewer")
     arr, base = image_array(original), baseline_array(original, baseline)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.evaluation.metrics._maps import image_and_map
 from mmlens.evaluation.registry import register_metric
 from mmlens.model.subject import Subject
 from mmlens.results.explanation import Explanation, TargetKey
@@ -141,12 +142,7 @@ def road(subject: Subject, ex: Explanation, *, target: TargetKey = None, image: 
     if not (isinstance(noise, (int, float)) and noise >= 0):
         raise InputError(f"noise={noise!r}: pass a noise std >= 0 (share of the 0-255 range)")
     check_int("batch_size", batch_size, 1)
-    i = ex._image(image)
-    original = ex.images[i].convert("RGB")
-    heat = ex.image_map(target, i) if heat is None else np.asarray(heat)
-    if heat.shape != (original.height, original.width):
-        raise InputError(f"map shape {heat.shape} differs from the image's (H, W) = "
-                         f"{(original.height, original.width)}: pass a map over the image's pixels")
+    i, original, heat = image_and_map(ex, image, target, heat)
     arr = np.asarray(original, dtype=np.float64)
     ranked = pixel_rank(heat, seed)
     shuffled = np.random.default_rng([seed, 1]).permutation(heat.size).reshape(heat.shape)
