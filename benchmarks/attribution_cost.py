@@ -1,6 +1,7 @@
 """Cost of explaining every answer token on a mid-size random LLaVA, as ratios measured in one run.
 
     python -m benchmarks.attribution_cost [--layers 12 --hidden 768 --image-size 336 --answer-lens 10,100]
+    python -m benchmarks.attribution_cost --family qwen3_vl   # or gemma3: benchmarks.common.MID_MODELS
 
 Each measurement runs in a fresh subprocess with one intra-op thread (``--threads``; peak memory is then
 that of one job alone), once per answer length:
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks.common import image, median_time, mid_llava, peak_memory_mb
+from benchmarks.common import MID_MODELS, image, median_time, mid_model, peak_memory_mb
 
 MODES = ("forward", "attention", "forward_backward", "relevancy", "attention_x_gradient", "input_x_gradient",
          "ig_mmlens", "ig_captum", "ig_embeds")
@@ -42,7 +43,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device)
+    subject = mid_model(args.family, args.layers, args.hidden, args.image_size, device=args.device)
     answer = answer_words(args.answer_len)
     img = image(args.image_size)
     batch = subject.prepare(img, "what color is the shape?", answer=answer)
@@ -124,7 +125,7 @@ GRADIENT_GOALS = {10: 1.5, 100: 3.0}
 def report(results: dict, args: argparse.Namespace, length: int) -> None:
     r = results
     first = next(iter(r.values()))
-    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
+    print(f"\nmodel: random {args.family}, {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
           f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}, "
           f"{args.threads} thread(s), target_batch {args.target_batch or 'default'}")
     if {"forward", "attention"} <= set(r):
@@ -145,6 +146,7 @@ def report(results: dict, args: argparse.Namespace, length: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=sorted(MID_MODELS), default="llava", help="mid-size random model family")
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--image-size", type=int, default=336)
