@@ -114,8 +114,10 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     fn = fns[mode]
     fn()  # warm-up
     memory = peak_memory_mb(fn, args.device)
+    cpu_start = time.process_time()
     seconds = median_time(fn, repeats=args.repeats, warmup=0)
-    return {"mode": mode, "seconds": seconds, "peak_mb": memory, "seq_len": batch.seq_len,
+    cpu = (time.process_time() - cpu_start) / args.repeats  # steadier than wall time on a shared machine
+    return {"mode": mode, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": memory, "seq_len": batch.seq_len,
             "image_tokens": int(batch.image_positions().numel()), "answer_tokens": int(batch.answer_ids.numel())}
 
 
@@ -138,6 +140,10 @@ def report(results: dict, args: argparse.Namespace, length: int) -> None:
             m, fb = r[method], r["forward_backward"]
             print(f"{method} (all {length} answer tokens) / forward+backward: time {m['seconds'] / fb['seconds']:.2f}x"
                   f" (goal <= {goal or '-'}), peak memory {m['peak_mb'] / fb['peak_mb']:.2f}x (goal <= 1.5)")
+    for method, base in (("attention", "forward"), ("relevancy", "forward_backward"),
+                         ("attention_x_gradient", "forward_backward"), ("input_x_gradient", "forward_backward")):
+        if {method, base} <= set(r) and "cpu_seconds" in r[method]:
+            print(f"{method} / {base}: process CPU time {r[method]['cpu_seconds'] / r[base]['cpu_seconds']:.2f}x")
     for ref in ("ig_captum", "ig_embeds"):
         if {"ig_mmlens", ref} <= set(r):
             ratio = r["ig_mmlens"]["seconds"] / r[ref]["seconds"]

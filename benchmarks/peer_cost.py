@@ -9,7 +9,8 @@ Modes, each in a fresh subprocess with one intra-op thread (``--threads``), so e
 pays), ``mmlens`` (``mmlens.explain(..., method="relevancy")``, every answer token), ``chefer`` and
 ``lvlm_interpret`` (:mod:`benchmarks.peer_rules`: every layer's attention map and its gradient kept, the
 full ``N x N`` recursion; same numbers as mmlens within 1e-5, tests/test_peer_rules.py). Reported: each
-mode's median time and peak memory over what is alive before it, peer / mmlens, and each / forward+backward.
+mode's median wall time, its process CPU time per call (steadier than wall time on a shared machine: one
+thread), and peak memory over what is alive before it; peer / mmlens, and each / forward+backward.
 ``--repeats 0`` times the (single) memory-measuring call instead of separate repeats (for the long runs).
 """
 
@@ -66,11 +67,16 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     fn = fns[mode]
     for _ in range(args.warmup):
         fn()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     memory = peak_memory_mb(fn, args.device)
-    once = time.perf_counter() - start
-    seconds = median_time(fn, repeats=args.repeats, warmup=0) if args.repeats else once
-    return {"mode": mode, "seconds": seconds, "peak_mb": memory, "seq_len": batch.seq_len,
+    once, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    if args.repeats:
+        cpu_start = time.process_time()
+        seconds = median_time(fn, repeats=args.repeats, warmup=0)
+        cpu = (time.process_time() - cpu_start) / args.repeats
+    else:
+        seconds = once
+    return {"mode": mode, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": memory, "seq_len": batch.seq_len,
             "image_tokens": int(batch.image_positions().numel()), "answer_tokens": len(targets)}
 
 
@@ -82,14 +88,16 @@ def report(r: dict, args: argparse.Namespace) -> None:
     fb = r.get("forward_backward")
     for mode in [m for m in ("mmlens", *PEERS) if m in r]:
         m = r[mode]
-        line = f"{mode:15s} {m['seconds']:9.2f} s  +{m['peak_mb']:8.0f} MB"
+        line = f"{mode:15s} {m['seconds']:9.2f} s (CPU {m['cpu_seconds']:9.2f} s)  +{m['peak_mb']:8.0f} MB"
         if fb:
-            line += f"   vs forward+backward: time {m['seconds'] / fb['seconds']:6.2f}x, memory {m['peak_mb'] / fb['peak_mb']:5.2f}x"
+            line += (f"   vs forward+backward: time {m['seconds'] / fb['seconds']:6.2f}x (CPU "
+                     f"{m['cpu_seconds'] / fb['cpu_seconds']:6.2f}x), memory {m['peak_mb'] / fb['peak_mb']:5.2f}x")
         print(line)
     if "mmlens" in r:
         for peer in [p for p in PEERS if p in r]:
             p, m = r[peer], r["mmlens"]
-            print(f"{peer} / mmlens: time {p['seconds'] / m['seconds']:.2f}x, peak memory {p['peak_mb'] / m['peak_mb']:.2f}x")
+            print(f"{peer} / mmlens: time {p['seconds'] / m['seconds']:.2f}x (CPU {p['cpu_seconds'] / m['cpu_seconds']:.2f}x), "
+                  f"peak memory {p['peak_mb'] / m['peak_mb']:.2f}x")
 
 
 def main() -> None:
