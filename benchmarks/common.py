@@ -34,7 +34,8 @@ from mmlens.testing.tiny_configs import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS
 from mmlens.testing.tiny_recent import GEMMA3_CHAT_TEMPLATE
 from mmlens.testing.word_tokenizer import build_word_tokenizer
 
-WORDS = "what color is the shape object in image red green blue yellow circle square triangle a of".split()
+WORDS = ["what", "color", "is", "the", "shape", "object", "in", "image", "red", "green", "blue", "yellow", "circle",
+         "square", "triangle", "a", "of"]
 
 
 def mid_llava(layers: int = 12, hidden: int = 768, image_size: int = 336, patch: int = 14,

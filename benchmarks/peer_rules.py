@@ -50,30 +50,36 @@ def _require_eager(model: torch.nn.Module) -> None:
         raise ValueError("the peers' rules read eager attention: call model.set_attn_implementation('eager') first")
 
 
+def _forward_keeping_attention(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits, and every layer's attention probabilities kept by forward hooks with ``retain_grad``."""
+    kept: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
+        probs = output[1]
+        probs.retain_grad()
+        kept.append(probs)
+
+    handles = [m.register_forward_hook(keep) for m in attention_modules(model)]
+    try:
+        with torch.enable_grad():
+            logits = model(**inputs, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, kept
+
+
 def chefer_rows(model: torch.nn.Module, inputs: dict, targets: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Row ``q`` of Chefer et al.'s ``R`` for each target ``(q, token)``: one forward + one backward each.
     Returns ``(T, N)``."""
     _require_eager(model)
     rows = []
     for q, token in targets:
-        kept: list[torch.Tensor] = []
-
-        def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
-            probs = output[1]
-            probs.retain_grad()
-            kept.append(probs)
-
-        handles = [m.register_forward_hook(keep) for m in attention_modules(model)]
-        try:
-            with torch.enable_grad():
-                logits = model(**inputs, use_cache=False).logits
-        finally:
-            for h in handles:
-                h.remove()
+        logits, kept = _forward_keeping_attention(model, inputs)
         model.zero_grad()
         logits[0, q, token].backward()
         rows.append(_recursion(kept)[q].detach())
-        del kept, logits
+        del logits, kept
     return torch.stack(rows)
 
 

@@ -2,10 +2,10 @@
 each family's image-token count follows ``(image_size / 14)^2`` like the LLaVA one, and explaining works."""
 
 import pytest
-
-import mmlens
 from benchmarks.attribution_cost import answer_words
 from benchmarks.common import MID_MODELS, image, mid_model
+
+import mmlens
 
 
 @pytest.mark.parametrize("family", sorted(MID_MODELS))

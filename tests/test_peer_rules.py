@@ -3,9 +3,9 @@ give mmlens ``relevancy``'s numbers, so benchmarks/peer_cost.py compares the cos
 
 import pytest
 import torch
+from benchmarks.peer_rules import answer_targets, chefer_rows, lvlm_interpret_maps
 
 import mmlens
-from benchmarks.peer_rules import answer_targets, chefer_rows, lvlm_interpret_maps
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_models import tiny_images
 
