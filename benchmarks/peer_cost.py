@@ -2,7 +2,7 @@
 LLaVA and teacher-forced answer, as ratios measured in one run.
 
     python -m benchmarks.peer_cost [--layers 12 --hidden 768 --image-size 336 --answer-len 10 --repeats 3]
-    python -m benchmarks.peer_cost --image-size 756 --layers 8 --repeats 0     # 2,916 image tokens
+    python -m benchmarks.peer_cost --image-size 756 --layers 4 --repeats 0 --warmup 0   # 2,916 image tokens
 
 Modes, each in a fresh subprocess with one intra-op thread (``--threads``), so each peak is one job alone:
 ``forward_backward`` (sdpa forward + backward of the whole answer's logits: the floor any gradient method
