@@ -46,8 +46,9 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     model = subject.model
     if mode in PEERS:
         model.set_attn_implementation("eager")  # as both peers run their model
-        if args.peer_params == "frozen":
+        if args.peer_params == "frozen":  # all but the token-embedding table, so that the graph still exists
             model.requires_grad_(False)
+            model.get_input_embeddings().requires_grad_(True)
 
     def forward_backward() -> None:
         logits = subject.forward(batch)
@@ -110,7 +111,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per measuring process")
     ap.add_argument("--peer-params", choices=("as_loaded", "frozen"), default="as_loaded",
-                    help="peers' model parameters as loaded (requires_grad, as their users run them) or frozen")
+                    help="peers' model parameters as loaded (requires_grad, as their users run them) or frozen (all "
+                         "but the token embeddings)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
