@@ -40,6 +40,7 @@ from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective
+from mmlens.util.options import check_int
 
 
 class AttentionCarry(Carry):
@@ -50,15 +51,48 @@ class AttentionCarry(Carry):
     def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def rows(self, layer: int, start: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        """Query rows ``start ..`` of layer ``l`` (``(heads, rows, N)``) when attention runs in row chunks
+        (``attention_chunk``); :meth:`done` follows the layer's last chunk. By default the chunks are joined
+        and handed to :meth:`layer`; subclasses reduce them one at a time."""
+        self._chunks = getattr(self, "_chunks", {})
+        self._chunks.setdefault(layer, []).append((a, grad))
+
+    def done(self, layer: int) -> None:
+        parts = self._chunks.pop(layer)
+        self.layer(layer, torch.cat([a for a, _ in parts], 1), torch.cat([g for _, g in parts], 1))
+
+
+#: float32 bytes of one ``heads x rows x positions`` block (per target of a batched backward) in the row-chunked
+#: attention backward; several such blocks are alive at once. A layer whose probabilities fit is not chunked.
+ATTENTION_CHUNK_BYTES = 32 * 2**20
+
+
+def attention_chunk_rows(value: int | None, subject: Subject, batch: Batch, targets_per_backward: int = 1) -> int | None:
+    """Query rows per chunk of the row-chunked attention (:mod:`mmlens.hooks.attention_chunks`): ``value``
+    (an int >= 1), or for ``None`` as many as fit :data:`ATTENTION_CHUNK_BYTES`, and ``None`` (eager attention,
+    which keeps every layer's ``heads x N x N`` probabilities for backward) when a whole layer fits.
+
+    >>> attention_chunk_rows(64, None, None)
+    64
+    """
+    if value is not None:
+        return check_int("attention_chunk", value, why=" (query rows per recomputed attention chunk)")
+    per_row = targets_per_backward * subject.n_heads * batch.seq_len * 4
+    rows = max(1, ATTENTION_CHUNK_BYTES // per_row)
+    return None if rows >= batch.seq_len else rows
+
 
 def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
                         carry: AttentionCarry, seeds: torch.Tensor, objective: str = "log_prob",
-                        target_batch: int | None = None) -> torch.Tensor:
+                        target_batch: int | None = None, attention_chunk: int | None = None) -> torch.Tensor:
     """Forward once; then one batched backward per ``target_batch`` targets, in which ``carry`` gets
     ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
-    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
+    backward reaches it, or with row chunks (:func:`attention_chunk_rows`) ``rows(l, start, A[:, rows],
+    grad[:, rows])`` per chunk and ``done(l)``. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
+    chunk = attention_chunk_rows(attention_chunk, subject, batch, size)
     for target in targets:
         if target.needs_foil_forward:
             raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, which "
@@ -80,8 +114,20 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
 
         return reduce
 
+    def read_rows(layer: int) -> tuple[Callable[[int, torch.Tensor, torch.Tensor], None], Callable[[], None]]:
+        def on_chunk(start: int, p: torch.Tensor, g: torch.Tensor) -> None:
+            carry.rows(layer, start, p[0], g[0])
+
+        def on_done() -> None:
+            reached.append(layer)
+            carry.done(layer)
+
+        return on_chunk, on_done
+
     out = []
-    with gradient_mode(subject, eager=True):
+    # chunked layers recompute their own probabilities: the rest of the model keeps its sdpa / eager attention
+    impl = subject.model.config.get_text_config()._attn_implementation
+    with gradient_mode(subject, eager=chunk is None or impl not in ("eager", "sdpa")):
         emitted: list[torch.Tensor] = []
 
         def emit(t: torch.Tensor) -> torch.Tensor:
@@ -92,7 +138,11 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
         with subject.trace() as tr:
             tr.edit(input_point(subject), emit)
             for layer in layers:
-                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
+                if chunk is None:
+                    tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer),
+                                         detach=False)
+                else:
+                    tr.recompute_attention(f"lm.blocks.{layer}.attn.weights", chunk, *read_rows(layer))
             logits = subject.forward(batch)
         parts = list(chunks(len(targets), size))
         for c, part in enumerate(parts):
@@ -130,9 +180,11 @@ def attention_x_gradient(
     layers: int | Sequence[int] | None = None,
     objective: str = "log_prob",
     target_batch: int | None = None,
+    attention_chunk: int | None = None,
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
-    target's query positions ``q``."""
+    target's query positions ``q``. ``attention_chunk``: query rows per recomputed attention chunk (long
+    sequences; default: from a memory budget, see :func:`attention_chunk_rows`)."""
     subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
@@ -140,7 +192,8 @@ def attention_x_gradient(
     for t, i in enumerate(index):
         weights[t, i] = 1.0 / len(i)
     carry = _AttentionTimesGradient(rows, batch.seq_len)
-    scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch)
+    scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch,
+                                 attention_chunk)
     return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
 
 
@@ -148,16 +201,28 @@ class _AttentionTimesGradient(AttentionCarry):
     """Sum over layers of ``w @ mean_heads(relu(A[:, rows] * grad[:, rows]))`` (``w``: this target's row weights)."""
 
     def __init__(self, rows: torch.Tensor, n: int) -> None:
-        self.rows, self.shape = rows, (n,)
+        self.query_rows, self.shape = rows, (n,)
 
     def start(self, seed: torch.Tensor) -> None:
         self.w, self.total = seed, None
 
     def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
-        q = self.rows.to(a.device)
+        q = self.query_rows.to(a.device)
         contrib = (a[:, q].float() * grad[:, q].float()).clamp_min(0).mean(0)  # (R, N)
         term = self.w.to(contrib.device) @ contrib
         self.total = term if self.total is None else self.total + term
+
+    def rows(self, layer: int, start: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        inside = (self.query_rows >= start) & (self.query_rows < start + a.shape[1])
+        if not bool(inside.any()):
+            return
+        q = (self.query_rows[inside] - start).to(a.device)
+        contrib = (a[:, q].float() * grad[:, q].float()).clamp_min(0).mean(0)  # (rows of the chunk, N)
+        term = self.w[inside].to(contrib.device) @ contrib
+        self.total = term if self.total is None else self.total + term
+
+    def done(self, layer: int) -> None:
+        pass
 
     def finish(self) -> torch.Tensor:
         return self.total
@@ -224,7 +289,7 @@ def relevancy_rows(b_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequenc
     summary="generic attention-model relevancy (Chefer et al. 2021) of the language model, read at the target's rows",
 )
 def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
-              target_batch: int | None = None) -> MethodOutput:
+              target_batch: int | None = None, attention_chunk: int | None = None) -> MethodOutput:
     """Chefer et al. (ICCV 2021) relevancy over the LM's self-attention: ``R = I``; for each layer ``l``
     (first to last) ``R <- R + B_l R`` with ``B_l = mean_heads(relu(dtarget/dA_l * A_l))``. Score of position
     ``k`` = ``(R - I)[q, k]`` averaged over the target's query positions ``q`` (``- I`` drops each query's
@@ -232,14 +297,15 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
 
     The target is the tokens' summed logit by default (``objective``), as in the reference code.
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
-    the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
+    the order backward delivers the ``B_l`` (see :class:`RowRecursion`). ``attention_chunk``: query rows per
+    recomputed attention chunk (long sequences; default: from a memory budget, see :func:`attention_chunk_rows`).
     """
     subject.require_language_model()
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])
     deltas = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
-                                 target_batch)  # (T, R, N)
+                                 target_batch, attention_chunk)  # (T, R, N)
     scores = torch.stack([deltas[t, :k].mean(0) for t, k in enumerate(counts)])
     return MethodOutput(scores, extras={"query_positions": rows.tolist()})
 
@@ -254,9 +320,31 @@ class _Relevancy(AttentionCarry):
 
     def start(self, seed: torch.Tensor) -> None:
         self.s, self.d, self.next, self.pending = seed, torch.zeros_like(seed), self.n_layers - 1, {}
+        self.parts: dict[int, list[torch.Tensor]] = {}
 
     def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
         self.pending[layer] = (grad.float() * a.float()).clamp_min(0).mean(0)
+        self._fold()
+
+    def rows(self, layer: int, start: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        """Rows ``start ..`` of ``B_l``: folded in at once when every later layer has been (``(S + d) @ B_l`` is
+        a sum over row blocks of ``B_l``), else kept until :meth:`done` (out of order: held whole)."""
+        m = (grad.float() * a.float()).clamp_min(0).mean(0)  # (rows, N)
+        if layer != self.next:
+            self.parts.setdefault(layer, []).append(m)
+            return
+        rows = slice(start, start + m.shape[0])
+        term = (self.s.to(m.device)[:, rows] + self.d.to(m.device)[:, rows]) @ m
+        self.acc = term if start == 0 else self.acc + term
+
+    def done(self, layer: int) -> None:
+        if layer in self.parts:
+            self.pending[layer] = torch.cat(self.parts.pop(layer), 0)
+        else:
+            self.d, self.next = self.d.to(self.acc.device) + self.acc, self.next - 1
+        self._fold()
+
+    def _fold(self) -> None:
         while self.next in self.pending:
             m = self.pending.pop(self.next)
             s, d = self.s.to(m.device), self.d.to(m.device)

@@ -32,6 +32,7 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from mmlens.errors import InputError
+from mmlens.hooks.attention_chunks import RowChunks, row_chunked_attention
 
 IMPLEMENTATION = "mmlens"
 
@@ -53,6 +54,8 @@ class AttentionTap:
         self.original_impl = module.config._attn_implementation or "eager"
         self.weight_callbacks: list[tuple[torch.Tensor | None, WeightsCallback]] = []
         self.mask_edits: list[MaskEdit] = []
+        #: run this module's attention in query-row chunks recomputed in backward (hooks.attention_chunks)
+        self.row_chunks: RowChunks | None = None
         #: (absolute position of query 0, of key 0) for the current call, read from the KV cache
         self.offsets: tuple[int, int] | None = None
         self._handle: Any = None
@@ -177,16 +180,29 @@ class AttentionCall:
 
     def probs(self, local: torch.Tensor) -> torch.Tensor:
         """Float32 probabilities of query rows ``local`` (batch, heads, rows, keys)."""
-        n_heads = self.query.shape[1]
         index = local.to(self.query.device)
-        q = self.query[:, :, index].float()
-        k = _expand_kv(self.key, n_heads).float()
+        return self.softmax(self.logits(index)[0], index)
+
+    def logits(self, index: torch.Tensor | slice, query: torch.Tensor | None = None,
+               key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Float32 logits of query rows ``index`` (softcapped, plus position bias and mask), and the softcap's
+        ``tanh`` (None without softcap: what backward needs). ``query`` / ``key`` default to the call's;
+        ``key`` may come already float32 with its heads repeated."""
+        query = self.query if query is None else query
+        key = self.key if key is None else key
+        q = query[:, :, index].float()
+        k = _expand_kv(key, query.shape[1]).float()
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        tanh = None
         if self.softcap is not None:
-            scores = torch.tanh(scores / self.softcap) * self.softcap
+            tanh = torch.tanh(scores / self.softcap)
+            scores = tanh * self.softcap
         if self.position_bias is not None:
-            scores = scores + _rows(self.position_bias.float(), index, self.query.shape[2])
-        scores = scores + self.additive_mask(torch.float32, index)
+            scores = scores + _rows(self.position_bias.float(), index, query.shape[2])
+        return scores + self.additive_mask(torch.float32, index), tanh
+
+    def softmax(self, scores: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+        """Probabilities from :meth:`logits` of query rows ``index``, with the attention sink if any."""
         if self.sinks is None:
             return torch.softmax(scores, dim=-1)
         sinks = self.sinks.float()
@@ -261,11 +277,15 @@ def mmlens_attention(module, query, key, value, attention_mask, scaling=None, dr
     tap: AttentionTap = module._mmlens_tap
     call = AttentionCall.of(module, query, key, attention_mask, scaling, kwargs, tap.offsets)
     mask = _apply_edits(tap, call)
-    fn = tap.original_function()
-    if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):
-        fn = tap.eager_function()  # flash / flex kernels take no dense mask: the module's eager for edited layers
-    out, weights = fn(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
-    call.mask = mask
+    if tap.row_chunks is not None:
+        call.mask = mask
+        out, weights = row_chunked_attention(call, value, tap.row_chunks), None
+    else:
+        fn = tap.original_function()
+        if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):
+            fn = tap.eager_function()  # flash / flex kernels take no dense mask: the module's eager for edited layers
+        out, weights = fn(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        call.mask = mask
     for rows, callback in tap.weight_callbacks:
         p = captured_probs(call, weights, rows)
         if p is not None:

@@ -52,14 +52,9 @@ from torch import nn
 
 from mmlens.errors import InputError
 from mmlens.hooks.attention import AttentionTap
+from mmlens.hooks.attention_chunks import ChunkReader, RowChunks
 from mmlens.hooks.points import HookPoint
-from mmlens.hooks.views import (
-    MethodPatch,
-    RowOrder,
-    block_diagonal,
-    flatten_features,
-    in_canonical_order,
-)
+from mmlens.hooks.views import MethodPatch, RowOrder, block_diagonal, flatten_features, in_canonical_order
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,7 +100,6 @@ class Tracer:
         self._orders: dict[int, torch.Tensor] = {}  # id(RowOrder) -> perm of the current forward
         self._closed = False
 
-    # -- context management -------------------------------------------------------------------------
     def __enter__(self) -> Tracer:
         return self
 
@@ -122,7 +116,6 @@ class Tracer:
             tap.remove()
         self._closed = True
 
-    # -- lookup ---------------------------------------------------------------------------------------
     def resolve(self, pattern: str) -> list[str]:
         """Names matching ``pattern`` (exact or glob, e.g. ``lm.blocks.*.resid_post``)."""
         if pattern in self.points:
@@ -146,7 +139,6 @@ class Tracer:
         """Every value captured at ``name`` (one per call of the module, e.g. per generation step)."""
         return self.captured.get(name, [])
 
-    # -- registration -----------------------------------------------------------------------------------
     def _perm(self, rows: RowOrder) -> Callable[[], torch.Tensor]:
         """Track ``rows``'s permutation of each forward (one pre-hook on its source per tracer)."""
         key = id(rows)
@@ -263,6 +255,15 @@ class Tracer:
                 self._tap(name).weight_callbacks.append((index, keep))
         return names
 
+    def recompute_attention(self, name: str, rows: int, on_chunk: ChunkReader, on_done: Callable[[], None]) -> None:
+        """Run LM attention point ``name``'s attention in chunks of ``rows`` query rows that keep no probabilities
+        for backward; backward recomputes each chunk and calls ``on_chunk(first row, P, dtarget/dP)``, then
+        ``on_done()`` (:mod:`mmlens.hooks.attention_chunks`)."""
+        point = self.points[self.resolve(name)[0]]
+        if point.kind != "attn_weights" or point.chunked or point.rows is not None:
+            raise InputError(f"{name!r} is not a language-model attention-weights point: recompute_attention needs one")
+        self._tap(name).row_chunks = RowChunks(rows, on_chunk, on_done)
+
     def _gather_chunks(self, name: str, rows: torch.Tensor | None, keep: Callable[[torch.Tensor], None]) -> None:
         """Collect every attention call of one module forward (one per chunk) and hand ``keep`` the
         block-diagonal matrix over all chunks, in canonical row order (its query ``rows`` if given)."""
@@ -292,8 +293,7 @@ class Tracer:
 
     def edit(self, pattern: str, fn: Edit) -> list[str]:
         """Replace the tensor at matching points with ``fn(tensor)``."""
-        names = self.resolve(pattern)
-        for name in names:
+        for name in (names := self.resolve(pattern)):
             self._hook(name, fn)
         return names
 
