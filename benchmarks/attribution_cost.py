@@ -42,9 +42,9 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device)
+    subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device, heads=args.heads, tiles=args.tiles)
     answer = answer_words(args.answer_len)
-    img = image(args.image_size)
+    img = image(args.image_size * round(args.tiles**0.5) if args.tiles else args.image_size)
     batch = subject.prepare(img, "what color is the shape?", answer=answer)
     steps = args.ig_steps
 
@@ -60,6 +60,8 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     def explain(method: str, **options) -> None:
         if args.target_batch is not None and method != "attention":
             options["target_batch"] = args.target_batch
+        if args.attention_chunk is not None and method in ("relevancy", "attention_x_gradient"):
+            options["attention_chunk"] = args.attention_chunk
         mmlens.explain(subject, img, batch.prompt, method=method, answer=answer, **options)
 
     def ig_captum() -> None:
@@ -124,7 +126,8 @@ GRADIENT_GOALS = {10: 1.5, 100: 3.0}
 def report(results: dict, args: argparse.Namespace, length: int) -> None:
     r = results
     first = next(iter(r.values()))
-    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
+    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {args.heads or max(2, args.hidden // 64)} heads, "
+          f"{'LLaVA-NeXT, base + %d tiles, ' % args.tiles if args.tiles else ''}{first['image_tokens']} image tokens, "
           f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}, "
           f"{args.threads} thread(s), target_batch {args.target_batch or 'default'}")
     if {"forward", "attention"} <= set(r):
@@ -148,6 +151,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--image-size", type=int, default=336)
+    ap.add_argument("--heads", type=int, default=None, help="LM attention heads (default: hidden / 64)")
+    ap.add_argument("--tiles", type=int, default=0, help="a LLaVA-NeXT: base image + this many tiles (4 = 2 x 2)")
+    ap.add_argument("--attention-chunk", type=int, default=None, help="attention_chunk for relevancy / attention x grad")
     ap.add_argument("--answer-lens", default="10", help="comma-separated answer lengths (tokens), e.g. 10,100")
     ap.add_argument("--answer-len", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ig-steps", type=int, default=16)
