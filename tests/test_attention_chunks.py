@@ -146,3 +146,22 @@ def test_chunked_taps_are_removed_also_on_errors():
                                        rel_module.row_seeds(targets, batch)[0][:, :1], attention_chunk=4)
     assert count_hooks(subject.model) == 0
     assert subject.model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_relevancy_chunks_fold_in_any_layer_order():
+    gen = torch.Generator().manual_seed(1)
+    n, heads, layers = 7, 3, 3
+    a = [torch.rand(heads, n, n, generator=gen) for _ in range(layers)]
+    g = [torch.randn(heads, n, n, generator=gen) for _ in range(layers)]
+    seed = torch.zeros(2, n)
+    seed[0, 5], seed[1, 6] = 1.0, 1.0
+    b = [(gi * ai).clamp_min(0).mean(0) for ai, gi in zip(a, g)]
+    expected = rel_module.relevancy_rows(b, [5, 6]) - torch.eye(n)[[5, 6]]
+    for order in ([2, 1, 0], [0, 2, 1], [1, 0, 2]):  # backward's order (last first), and layers arriving early
+        carry = rel_module._Relevancy(layers, n, 2)
+        carry.start(seed)
+        for layer in order:
+            for start in range(0, n, 3):
+                carry.rows(layer, start, a[layer][:, start:start + 3], g[layer][:, start:start + 3])
+            carry.done(layer)
+        torch.testing.assert_close(carry.finish(), expected, atol=1e-6, rtol=0)

@@ -16,10 +16,14 @@ higher-order terms of the recursion); ``attention_x_gradient`` keeps the log-pro
 methods. A contrast target is explained from the answer's forward only, so its foil must be one token
 (scored at the position it shares with the answer).
 
-Memory: eager attention itself keeps every layer's ``heads x N x N`` probabilities for backward (that is
-the floor for any method that differentiates attention); on top of it, ``attention_x_gradient`` keeps
-``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a time, per target of a chunk;
-the batched backward holds each layer's attention gradient once per target of the chunk.
+Memory: eager attention keeps every layer's ``heads x N x N`` probabilities for backward. Where one layer's
+probabilities exceed :data:`ATTENTION_CHUNK_BYTES` (long sequences: LLaVA-NeXT's 2,880 image tokens) the
+selected layers instead run :mod:`mmlens.hooks.attention_chunks`: attention in chunks of
+``attention_chunk`` query rows that keep nothing for backward, whose backward recomputes each chunk's
+probabilities and hands ``(A, grad)`` of those rows to the method's reduction (``rows x N`` per layer at a
+time; the rest of the model keeps its sdpa attention). Shorter sequences keep the eager path; there
+``attention_x_gradient`` keeps ``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a
+time, per target of a chunk, and the batched backward holds each layer's attention gradient once per target.
 
 >>> import mmlens                                                                      # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="relevancy")            # doctest: +SKIP

@@ -11,7 +11,9 @@ requested rows of the probabilities, in float32, exactly as transformers' eager 
 
 with grouped-query heads repeated, and sliding windows / causality taken from the mask (or built from
 ``sliding_window`` / ``is_causal`` when the implementation got no mask). Dropout is not applied (eval).
-Other layers run untouched, and no ``layers x heads x N x N`` stack ever exists.
+Other layers run untouched, and no ``layers x heads x N x N`` stack ever exists. A tap with ``row_chunks``
+(``Tracer.recompute_attention``) runs the layer's attention itself, in query-row chunks whose probabilities
+are recomputed in backward (:mod:`mmlens.hooks.attention_chunks`).
 
 Positions are absolute token indices. In a decode step with a KV cache the queries are the newest tokens
 and the keys may start later than 0 (sliding-window caches): a pre-hook on the module reads both offsets
