@@ -129,8 +129,9 @@ GRADIENT_GOALS = {10: 1.5, 100: 3.0}
 def report(results: dict, args: argparse.Namespace, length: int) -> None:
     r = results
     first = next(iter(r.values()))
+    tiles = f"LLaVA-NeXT, base + {args.tiles} tiles, " if args.tiles else ""
     print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {args.heads or max(2, args.hidden // 64)} heads, "
-          f"{'LLaVA-NeXT, base + %d tiles, ' % args.tiles if args.tiles else ''}{first['image_tokens']} image tokens, "
+          f"{tiles}{first['image_tokens']} image tokens, "
           f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}, "
           f"{args.threads} thread(s), target_batch {args.target_batch or 'default'}")
     if {"forward", "attention"} <= set(r):
