@@ -1,9 +1,9 @@
 """One adapter per model family; importing this package registers them all.
 
 Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
-``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match). Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
-cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
-cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
+``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match).
+``mllama`` (Llama 3.2 Vision) is the one family whose images are cross-attention keys, not sequence positions (its
+geometry has ``space="keys"``). Not covered yet (issue 16): video
 input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
 processor needs torchvision, which mmlens does not use).
 """
@@ -16,6 +16,7 @@ from mmlens.adapters import (  # noqa: F401
     llava,
     llava_next,
     llava_onevision,
+    mllama,
     paligemma,
     qwen2_vl,
     qwen3_vl,

@@ -22,9 +22,14 @@ Hook-point names (``i`` = block index) and what their tensors hold, the same in 
                                     resid_post / attn / attn.weights); *.blocks.{i}.attn.heads / .mlp.out: both towers
     joint.embed                     both towers' input embeddings in one tensor (rows: patches, caption, answer
                                     slot; adapters.joint_embedding): what gradient methods differentiate
+    xattn.states                    cross-attention families (Mllama, images never in the sequence): the vision
+                                    features every cross-attention block attends to, (batch, keys, d)
+    lm.blocks.{i}.xattn.out / .weights / .heads   block i's cross-attention (no attn.* there): output, probabilities
+                                    (batch, heads, queries, keys) and per-head outputs; keys = xattn.states rows
 
 Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for ``lm.*``
-(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
+(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``,
+the cross-attention keys for ``xattn.states``.
 
 ``projector.out`` is read where the model hands its image features to the LM (the output of
 ``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
@@ -53,13 +58,7 @@ from torch import nn
 from mmlens.errors import InputError
 from mmlens.hooks.attention import AttentionTap
 from mmlens.hooks.points import HookPoint
-from mmlens.hooks.views import (
-    MethodPatch,
-    RowOrder,
-    block_diagonal,
-    flatten_features,
-    in_canonical_order,
-)
+from mmlens.hooks.views import MethodPatch, RowOrder, as_keys, block_diagonal, flatten_features, in_canonical_order
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -166,6 +165,7 @@ class Tracer:
         point = self.points[name]
         if point.rows is not None:
             fn = in_canonical_order(fn, self._perm(point.rows))
+        fn = as_keys(fn) if point.flat_keys else fn
         if point.kind == "output":
 
             def out_hook(module: nn.Module, args: Any, output: Any) -> Any:

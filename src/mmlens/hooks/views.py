@@ -78,3 +78,13 @@ def in_canonical_order(fn: Callable[[torch.Tensor], Any], perm: Callable[[], tor
         return None if new is None else new.index_select(-2, p)
 
     return wrapped
+
+
+def as_keys(fn: Callable[[torch.Tensor], Any]) -> Callable:
+    """``fn`` seeing a ``(batch, ..., d)`` tensor as ``(batch, keys, d)`` (its edit reshaped back)."""
+
+    def wrapped(t: torch.Tensor) -> Any:
+        new = fn(t.reshape(t.shape[0], -1, t.shape[-1]))
+        return None if new is None else new.reshape(t.shape)
+
+    return wrapped

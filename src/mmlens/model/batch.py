@@ -41,17 +41,36 @@ class Batch:
     def answer_positions(self) -> torch.Tensor:
         return torch.arange(self.prompt_len, self.prompt_len + self.answer_ids.numel())
 
+    @property
+    def in_key_space(self) -> bool:
+        """True when the images enter through cross-attention keys, not sequence positions (see
+        :class:`~mmlens.model.geometry.ImageGeometry` ``space``)."""
+        return any(g.space == "keys" for g in self.geometry)
+
     def image_positions(self) -> torch.Tensor:
-        """Every image-token position of every image (separators included), sorted."""
+        """Every image-token position of every image (separators included), sorted; a one-line InputError when the
+        images are cross-attention keys (no sequence position holds them)."""
+        if self.in_key_space:
+            from mmlens.errors import InputError
+
+            raise InputError("this needs image tokens in the language model's sequence, and this model's images enter "
+                             "only through cross-attention keys: use attention, saliency, input_x_gradient, gradcam "
+                             "or a perturbation method (occlusion, rise, ...)")
         if not self.geometry:
             return torch.zeros(0, dtype=torch.long)
         return torch.cat([g.positions for g in self.geometry]).sort().values
 
+    def key_positions(self) -> torch.Tensor:
+        """Every cross-attention key of every image (separators included), sorted; empty for sequence images."""
+        keys = [g.positions for g in self.geometry if g.space == "keys"]
+        return torch.cat(keys).sort().values if keys else torch.zeros(0, dtype=torch.long)
+
     def text_positions(self) -> torch.Tensor:
         """Prompt positions that hold no image token (template, question)."""
         keep = torch.ones(self.prompt_len, dtype=torch.bool)
-        img = self.image_positions()
-        keep[img[img < self.prompt_len]] = False
+        if not self.in_key_space:
+            img = self.image_positions()
+            keep[img[img < self.prompt_len]] = False
         return torch.nonzero(keep).flatten()
 
     def to(self, device: torch.device | str) -> Batch:

@@ -47,6 +47,11 @@ class ImageGeometry:
 
     ``positions``: every placeholder position of this image (sorted), including ``separators``
     (e.g. LLaVA-NeXT newline tokens or a CLS token) that belong to no grid cell.
+
+    ``space``: what the positions index. ``"sequence"``: the language model's token sequence (image tokens are
+    sequence positions, every family but one). ``"keys"``: the keys of the LM's cross-attention layers (Mllama:
+    the images never enter the sequence; the LM cross-attends to the vision features, one key per patch of each
+    tile plus the tile's CLS and padding tiles as separators). Scores for a key-space geometry are indexed by key.
     """
 
     image_index: int
@@ -55,6 +60,7 @@ class ImageGeometry:
     grids: list[ImageGrid]
     separators: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     notes: dict = field(default_factory=dict)
+    space: str = "sequence"  # "sequence" | "keys"
 
     @property
     def n_tokens(self) -> int:

@@ -124,13 +124,15 @@ from mmlens.testing.tiny_configs import (
     tiny_prompt_words,
     tiny_tokenizer,
 )
+from mmlens.testing.tiny_mllama import BUILDERS as MLLAMA_BUILDERS
+from mmlens.testing.tiny_mllama import IMAGE_SIZES as MLLAMA_IMAGE_SIZES
 from mmlens.testing.tiny_recent import BUILDERS as RECENT_BUILDERS
 from mmlens.testing.tiny_recent import IMAGE_SIZES as RECENT_IMAGE_SIZES
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 __all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS)
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS, *MLLAMA_BUILDERS)
 #: Extra tiny subjects of a registered family with a different language model, built on request only (not
 #: in the family-parametrized suite): "paligemma2" = PaliGemma 2 (Gemma 2 LM: attention logit soft-capping,
 #: sliding-window layers, grouped-query attention); see :func:`_build_paligemma2`.
@@ -144,6 +146,7 @@ _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "paligemma": ((48, 40), (32, 32), (40, 56)),
     "paligemma2": ((48, 40), (32, 32), (40, 56)),
     **RECENT_IMAGE_SIZES,
+    **MLLAMA_IMAGE_SIZES,
 }
 
 def _check_family(family: str) -> None:
@@ -323,6 +326,7 @@ _BUILDERS = {
     "paligemma": _build_paligemma,
     "paligemma2": lambda: _build_paligemma(gemma2=True),
     **RECENT_BUILDERS,
+    **MLLAMA_BUILDERS,
 }
 
 
@@ -337,6 +341,7 @@ def tiny_model_and_processor(family: str, seed: int = 0) -> tuple[PreTrainedMode
         model, processor = _BUILDERS[family]()
     tok = processor.tokenizer
     eos = [tok.eos_token_id]
-    if "<|im_end|>" in tok.get_vocab():  # chat templates that end a turn with <|im_end|> stop there
-        eos.append(tok.convert_tokens_to_ids("<|im_end|>"))
+    for end in ("<|im_end|>", "<|eot_id|>"):  # chat templates that end a turn with this token stop there
+        if end in tok.get_vocab():
+            eos.append(tok.convert_tokens_to_ids(end))
     return finish_model(model, tok, eos), processor
