@@ -134,11 +134,13 @@ def build_explanation(
         raise RuntimeError(f"method {method!r} returned scores of shape {tuple(scores.shape)}, "
                            f"expected (n_targets, seq_len) = {(len(targets), batch.seq_len)}")
     geoms = batch.geometry
+    keys = key_scores(batch, out, method, len(targets))
+    image_scores = scores if keys is None else keys  # what geometry positions index (sequence or keys)
     if out.pixel_maps is not None:
         pixel = [[np.asarray(m, dtype=np.float32) for m in per_image] for per_image in out.pixel_maps]
     else:
-        pixel = [[g.heatmap(scores[t]).astype(np.float32) for g in geoms] for t in range(len(targets))]
-    grids = [[[m.numpy().astype(np.float32) for m in g.grid_maps(scores[t])] for g in geoms]
+        pixel = [[g.heatmap(image_scores[t]).astype(np.float32) for g in geoms] for t in range(len(targets))]
+    grids = [[[m.numpy().astype(np.float32) for m in g.grid_maps(image_scores[t])] for g in geoms]
              for t in range(len(targets))]
     ids = batch.input_ids[0].tolist()
     tok = subject.tokenizer
@@ -169,5 +171,30 @@ def build_explanation(
         answer=batch.answer or "",
         answer_tokens=[str(t) for t in tok.convert_ids_to_tokens(batch.answer_ids.tolist())],
         metadata=metadata,
-        extras=jsonable(out.extras),
+        extras=jsonable(out.extras if keys is None else {**out.extras, "key_scores": keys.tolist()}),
     )
+
+
+def key_scores(batch: Batch, out: MethodOutput, method: str, n_targets: int) -> torch.Tensor | None:
+    """Per-key scores ``(T, n_keys)`` for images that enter through cross-attention keys (None otherwise): the
+    method's own, or its pixel maps pooled onto each key's pixel box; a method with neither refuses in one line."""
+    if not batch.in_key_space:
+        return None
+    n_keys = int(batch.key_positions().max()) + 1
+    if out.key_scores is not None:
+        keys = torch.as_tensor(out.key_scores).detach().float().cpu()
+        if keys.shape != (n_targets, n_keys):
+            raise RuntimeError(f"method {method!r} returned key scores of shape {tuple(keys.shape)}, expected "
+                               f"{(n_targets, n_keys)}")
+        return keys
+    if out.pixel_maps is None:
+        raise InputError(f"method {method!r} scores the language model's sequence positions, and this model's images "
+                         "enter only through cross-attention keys, so it has no image map: use attention, saliency, "
+                         "input_x_gradient, gradcam, integrated_gradients or a perturbation method")
+    from mmlens.attribution.perturbation_masks import pool_to_positions
+
+    keys = torch.zeros(n_targets, n_keys)
+    for t in range(n_targets):
+        for g in batch.geometry:
+            pool_to_positions(g, np.asarray(out.pixel_maps[t][g.image_index]), keys[t])
+    return keys

@@ -171,7 +171,8 @@ def position_scores(batch: Batch, n_targets: int, pixel_maps: list[list[np.ndarr
     out = torch.zeros(n_targets, batch.seq_len)
     for t in range(n_targets):
         for geom in batch.geometry:
-            pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
+            if geom.space == "sequence":  # cross-attention keys: pooled by the explainer (explain.key_scores)
+                pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
         if word_scores is not None:
             for w, positions in enumerate(words):
                 out[t, positions] = float(word_scores[t, w])

@@ -134,6 +134,7 @@ def attention_x_gradient(
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
     target's query positions ``q``."""
     subject.require_language_model()
+    batch.require_sequence_images()  # self-attention over the sequence: no path to cross-attention keys
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
@@ -235,6 +236,7 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
     the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
     """
     subject.require_language_model()
+    batch.require_sequence_images()  # self-attention over the sequence: no path to cross-attention keys
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])

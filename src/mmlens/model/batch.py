@@ -47,15 +47,20 @@ class Batch:
         :class:`~mmlens.model.geometry.ImageGeometry` ``space``)."""
         return any(g.space == "keys" for g in self.geometry)
 
-    def image_positions(self) -> torch.Tensor:
-        """Every image-token position of every image (separators included), sorted; a one-line InputError when the
-        images are cross-attention keys (no sequence position holds them)."""
+    def require_sequence_images(self) -> None:
+        """One-line InputError when the images are cross-attention keys (no sequence position holds them): what a
+        method that reads or edits image tokens in the language model's sequence calls first."""
         if self.in_key_space:
             from mmlens.errors import InputError
 
             raise InputError("this needs image tokens in the language model's sequence, and this model's images enter "
-                             "only through cross-attention keys: use attention, saliency, input_x_gradient, gradcam "
-                             "or a perturbation method (occlusion, rise, ...)")
+                             "only through cross-attention keys: use attention, saliency, input_x_gradient, gradcam, "
+                             "integrated_gradients, smoothgrad or a perturbation method (occlusion, rise, ...)")
+
+    def image_positions(self) -> torch.Tensor:
+        """Every image-token position of every image (separators included), sorted (see
+        :meth:`require_sequence_images`)."""
+        self.require_sequence_images()
         if not self.geometry:
             return torch.zeros(0, dtype=torch.long)
         return torch.cat([g.positions for g in self.geometry]).sort().values
