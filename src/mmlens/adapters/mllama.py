@@ -11,7 +11,8 @@ each tile's patch grid is one :class:`ImageGrid` whose box is the tile's pixels 
 processor's aspect-preserving resize (padding right / bottom, so boxes may extend past the image); CLS keys and
 padding tiles are separators. The tile layout is read back from the image processor's own canvas functions.
 
-Hook points: ``xattn.states`` (the cross-attention states, what gradient methods differentiate),
+Hook points: ``vision.blocks.*`` are the tower's local layers then its gated global layers (rows: every tile's CLS +
+patches, padded to a multiple of 8 per tile), ``xattn.states`` (the cross-attention states, what gradient methods differentiate),
 ``lm.blocks.{i}.xattn.*`` on cross-attention blocks (``lm.blocks.{i}.attn.*`` on the others). Methods that need
 image tokens in the sequence refuse in one line (:meth:`mmlens.model.batch.Batch.image_positions`).
 """
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from torch import nn
 from transformers.models.mllama.image_processing_pil_mllama import (
     get_image_size_fit_to_canvas,
     get_optimal_tiled_canvas,
@@ -46,7 +48,8 @@ class MllamaAdapter(Adapter):
             lm_blocks=inner.language_model.layers,
             lm_norm=inner.language_model.norm,
             unembed=self.model.lm_head,
-            vision_blocks=vision.transformer.layers,  # the local layers (the gated global ones follow)
+            # the local layers, then the gated global ones (one list: vision.blocks.{0..local + global - 1})
+            vision_blocks=nn.ModuleList([*vision.transformer.layers, *vision.global_transformer.layers]),
             lm_cross_attn="cross_attn",
             cross_states=inner.multi_modal_projector,
         )

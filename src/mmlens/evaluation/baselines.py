@@ -92,7 +92,8 @@ def baseline_explanation(subject: Subject, batch: Batch, name: str, seed: int = 
             for i, img in enumerate(batch.images)]
     scores = torch.zeros(1, batch.seq_len)
     for geom, heat in zip(batch.geometry, maps):
-        pool_to_positions(geom, heat, scores[0])
+        if geom.space == "sequence":  # cross-attention keys: pooled by build_explanation
+            pool_to_positions(geom, heat, scores[0])
     out = MethodOutput(position_scores=scores, pixel_maps=[maps])
     spec = {"target": "answer", "answer": batch.answer_ids.tolist(), "max_new_tokens": None}
     return build_explanation(subject, batch, targets, out, PREFIX + key, {}, seed, spec)
