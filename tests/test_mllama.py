@@ -1,0 +1,290 @@
+"""Mllama (Llama 3.2 Vision): images enter through cross-attention keys, not sequence positions.
+
+Geometry over the keys (several tiles, padding, non-square images, several images per prompt), traced-forward
+parity, cross-attention capture and patching, every attribution method over the keys (or its one-line refusal),
+and the internals (logit lens, causal tracing, heads) working or refusing.
+"""
+
+import numpy as np
+import pytest
+import torch
+from conftest import subject_for
+from PIL import Image, ImageDraw
+from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
+
+import mmlens
+from mmlens import InputError
+from mmlens.attribution.attention import attention
+from mmlens.attribution.gradient import gradcam, input_x_gradient, saliency
+from mmlens.attribution.perturbation_masks import pool_to_positions
+from mmlens.hooks.tracing import count_hooks
+from mmlens.layer.attention_knockout import attention_knockout
+from mmlens.layer.causal_trace import causal_trace
+from mmlens.layer.heads import head_ablation, head_image_share
+from mmlens.layer.logit_lens import logit_lens
+from mmlens.model.targets import resolve_targets
+from mmlens.testing.tiny_models import tiny_images
+
+PROMPT = "what color is the cat ?"
+KEYS_PER_TILE, MAX_TILES = 17, 4  # 4 x 4 patches + CLS, up to 4 tiles (see mmlens.testing.tiny_mllama)
+REFUSED = {"attention_x_gradient", "relevancy", "rollout"}  # self-attention over the sequence only
+CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
+         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return subject_for("mllama")
+
+
+def _states(lm, batch, isolate: bool = False) -> torch.Tensor:
+    """The cross-attention states ``(keys, d)``; ``isolate``: vision attention zeroed, so each key sees only its
+    own patch's pixels."""
+    with torch.no_grad(), lm.trace() as tr:
+        if isolate:
+            tr.edit("vision.blocks.*.attn", torch.zeros_like)
+        tr.capture("xattn.states")
+        lm.forward(batch)
+    return tr["xattn.states"][0]
+
+
+def _eager(lm, batch):
+    impl = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = lm.model(**lm.model_inputs(batch), output_attentions=True, use_cache=False)
+    finally:
+        lm.model.set_attn_implementation(impl)
+    return out
+
+
+def test_geometry_is_over_the_keys_and_matches_the_processor(lm):
+    images = tiny_images("mllama", n=3)
+    assert any(i.width != i.height for i in images)
+    batch = lm.prepare(images, PROMPT)
+    states = _states(lm, batch)
+    assert states.shape[0] == len(images) * MAX_TILES * KEYS_PER_TILE == batch.key_positions().numel()
+    ratios = get_all_supported_aspect_ratios(MAX_TILES)
+    tiles = []
+    for i, geo in enumerate(batch.geometry):
+        assert geo.space == "keys" and geo.size == images[i].size
+        assert torch.equal(geo.positions, torch.arange(i * 68, (i + 1) * 68))
+        assert torch.equal(torch.cat([geo.grid_positions(), geo.separators]).sort().values, geo.positions)
+        rows, cols = geo.notes["tile_grid"]
+        assert len(geo.grids) == rows * cols == int(batch.inputs["aspect_ratio_mask"][0, i].sum())
+        assert (rows, cols) == tuple(ratios[int(batch.inputs["aspect_ratio_ids"][0, i]) - 1])
+        cls = geo.positions[::KEYS_PER_TILE]
+        assert torch.isin(cls, geo.separators).all()  # every tile's CLS (and every padding tile) is a separator
+        tiles.append(rows * cols)
+    assert sorted(tiles) == [2, 3, 4]  # 1x2, 3x1 (padded below), 2x2
+    with pytest.raises(InputError, match="cross-attention keys") as err:
+        batch.image_positions()
+    assert "\n" not in str(err.value)
+    assert torch.equal(batch.text_positions(), torch.arange(batch.prompt_len))  # <|image|> is a text token
+
+
+def _mark(image, box, frac=0.3):
+    x0, y0, x1, y1 = box
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * frac / 2, (y1 - y0) * frac / 2
+    out = image.copy()
+    ImageDraw.Draw(out).rectangle([round(cx - hw), round(cy - hh), round(cx + hw) - 1, round(cy + hh) - 1],
+                                  fill=(255, 0, 255))
+    return out, (cx - hw, cy - hh, cx + hw, cy + hh)
+
+
+def _intersects(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_marking_a_cell_moves_exactly_its_keys_with_several_images_and_tiles(lm):
+    """Paint a mark into one cell's original-pixel box of one image of a three-image prompt: the keys that move
+    are that cell's (a half-cell halo for the resize filter), in that image's key range, never a CLS / padding key."""
+    rng = np.random.default_rng(0)
+    images = tiny_images("mllama", n=3)
+    base = lm.prepare(images, PROMPT)
+    ref = _states(lm, base, isolate=True)
+    for i, geo in enumerate(base.geometry):
+        boxes = geo.position_boxes()
+        w, h = images[i].size
+        inside = [p for p, (b,) in boxes.items() if b[0] >= 0 and b[1] >= 0 and b[2] <= w and b[3] <= h]
+        for p in rng.choice(inside, size=2, replace=False):
+            cell = boxes[int(p)][0]
+            marked, mark = _mark(images[i], cell)
+            got = _states(lm, lm.prepare([*images[:i], marked, *images[i + 1:]], PROMPT), isolate=True)
+            moved = set(torch.nonzero((got - ref).abs().amax(-1) > 1e-4).flatten().tolist())
+            expected = set(geo.positions_at((mark[0] + mark[2]) / 2, (mark[1] + mark[3]) / 2))
+            cw, ch = cell[2] - cell[0], cell[3] - cell[1]
+            halo = (mark[0] - cw / 2, mark[1] - ch / 2, mark[2] + cw / 2, mark[3] + ch / 2)
+            allowed = {q for q, bs in boxes.items() if any(_intersects(b, halo) for b in bs)}
+            assert int(p) in expected <= moved <= allowed, (i, int(p), moved)
+            assert not moved & set(geo.separators.tolist())
+
+
+def test_heatmap_of_key_scores_lands_in_the_cells_box(lm):
+    image = tiny_images("mllama", n=2)[1]  # 40x100: 3x1 tiles, the last one half padding
+    geo = lm.prepare([image], PROMPT).geometry[0]
+    grid = geo.grids[1]
+    scores = torch.zeros(int(geo.positions.max()) + 1)
+    scores[int(grid.positions[1, 2])] = 1.0
+    heat = geo.heatmap(scores)
+    assert heat.shape == (image.height, image.width)
+    x0, y0, x1, y1 = grid.cell_box(1, 2)
+    ys, xs = np.unravel_index(np.argmax(heat), heat.shape)
+    assert x0 - 1 <= xs <= x1 + 1 and y0 - 1 <= ys <= y1 + 1
+
+
+def test_traced_forward_is_bit_identical_and_attention_equals_eager(lm):
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    plain = lm.forward(batch)
+    with torch.no_grad(), lm.trace() as tr:
+        tr.capture("xattn.states")
+        tr.capture("lm.blocks.*.resid_post")
+        tr.capture_attention("lm.blocks.*.weights")  # self- and cross-attention layers
+        traced = lm.forward(batch)
+    assert torch.equal(plain, traced)
+    eager = _eager(lm, batch)
+    torch.testing.assert_close(eager.logits, plain, atol=1e-5, rtol=0)
+    for layer, want in enumerate(eager.attentions):
+        kind = "xattn" if layer == 1 else "attn"
+        got = tr[f"lm.blocks.{layer}.{kind}.weights"]
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=0)
+    assert tr["lm.blocks.1.xattn.weights"].shape[-1] == batch.key_positions().numel() == 136
+    assert count_hooks(lm.model) == 0
+    with pytest.raises(RuntimeError, match="boom"), lm.trace() as tr:
+        tr.capture_attention("lm.blocks.1.xattn.weights")
+        tr.ablate("xattn.states", positions=[0, 1])
+        raise RuntimeError("boom")
+    assert count_hooks(lm.model) == 0
+
+
+def test_patching_cross_attention_states_transplants_the_image(lm):
+    """The images reach the text only through the cross-attention states: patching B's states into A's run gives
+    B's logits (same tile layout), and ablating them moves the logits."""
+    a, b = tiny_images("mllama", n=1, seed=0), tiny_images("mllama", n=1, seed=1)
+    batch_a, batch_b = (lm.prepare(x, PROMPT, answer="red cat") for x in (a, b))
+    states_b = _states(lm, batch_b)[None]
+    with torch.no_grad(), lm.trace() as tr:
+        tr.patch("xattn.states", states_b)
+        patched = lm.forward(batch_a)
+    logits_a, logits_b = lm.forward(batch_a), lm.forward(batch_b)
+    assert (logits_a - logits_b).abs().max() > 1e-3
+    torch.testing.assert_close(patched, logits_b, atol=1e-5, rtol=0)
+    with torch.no_grad(), lm.trace() as tr:
+        tr.ablate("xattn.states", positions=batch_a.geometry[0].grid_positions())
+        ablated = lm.forward(batch_a)
+    assert (ablated - logits_a)[0, batch_a.prompt_len:].abs().max() > 1e-4
+
+
+def test_attention_method_is_the_eager_cross_attention_to_the_keys(lm):
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    targets = resolve_targets(lm.tokenizer, batch, None)
+    out = attention(lm, batch, targets)
+    cross = _eager(lm, batch).attentions[1][0].float().mean(0)  # (queries, keys), heads averaged
+    for t, target in enumerate(targets):
+        torch.testing.assert_close(out.key_scores[t], cross[target.query_positions(batch)].mean(0), atol=1e-5, rtol=0)
+    assert out.extras["layers"] == [1]
+    with pytest.raises(InputError, match="pick layers from \\[1\\]"):
+        attention(lm, batch, targets, layers=[0, 2])
+
+
+def test_gradient_methods_are_autograd_over_the_cross_attention_states(lm):
+    """Reference: the model called with ``cross_attention_states=`` (no pixels, no mmlens hooks) and autograd."""
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    targets = resolve_targets(lm.tokenizer, batch, None)
+    x = _states(lm, batch)
+    inputs = {k: v for k, v in lm.model_inputs(batch).items() if k not in ("pixel_values", "aspect_ratio_ids",
+                                                                             "aspect_ratio_mask")}
+    outs = [fn(lm, batch, targets).key_scores for fn in (saliency, input_x_gradient, gradcam)]
+    for t, target in enumerate(targets):
+        leaf = x[None].clone().requires_grad_(True)
+        value = target.value(lm.model(**inputs, cross_attention_states=leaf, use_cache=False).logits, batch)
+        (g,) = torch.autograd.grad(value.sum(), leaf)
+        g = g[0]
+        assert g.abs().max() > 0
+        torch.testing.assert_close(outs[0][t], g.norm(dim=-1), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(outs[1][t], (g * x).sum(-1), atol=1e-6, rtol=1e-4)
+        for geo in batch.geometry:
+            pos = geo.positions
+            torch.testing.assert_close(outs[2][t, pos], torch.relu(x[pos] @ g[pos].mean(0)), atol=1e-6, rtol=1e-4)
+
+
+def test_integrated_gradients_over_the_keys_is_complete(lm):
+    ex = mmlens.explain(lm, tiny_images("mllama", n=1), PROMPT, method="integrated_gradients", answer="red cat",
+                        steps=32, target="answer")
+    keys = np.asarray(ex.extras["key_scores"])
+    assert abs(keys).max() > 0 and abs(ex.extras["convergence_delta"][0]) < 1e-3 * max(1.0, abs(keys.sum()))
+    with pytest.raises(InputError, match="modality='image'"):
+        mmlens.explain(lm, tiny_images("mllama", n=1), PROMPT, method="integrated_gradients", answer="red cat",
+                       modality="both", steps=2)
+
+
+@pytest.mark.parametrize("method", [m.name for m in mmlens.methods(kind="attribution")])
+def test_every_method_maps_the_keys_or_refuses_in_one_line(lm, method):
+    images = tiny_images("mllama", n=2)
+    if method in REFUSED:
+        with pytest.raises(InputError, match="cross-attention keys") as err:
+            mmlens.explain(lm, images, PROMPT, method=method, answer="red cat")
+        assert "\n" not in str(err.value)
+        assert count_hooks(lm.model) == 0
+        return
+    ex = mmlens.explain(lm, images, PROMPT, method=method, answer="red cat", **CHEAP.get(method, {}))
+    keys = torch.tensor(ex.extras["key_scores"])
+    assert keys.shape == (2, 2 * MAX_TILES * KEYS_PER_TILE) and keys.abs().max() > 0 and torch.isfinite(keys).all()
+    batch = lm.prepare(images, PROMPT, answer="red cat")
+    for t in range(2):
+        for i, (img, geo) in enumerate(zip(images, batch.geometry)):
+            heat = ex.image_map(t, image=i)
+            assert heat.shape == (img.height, img.width) and np.isfinite(heat).all()
+            if ex.metadata["method"] in ("occlusion", "rise", "kernel_shap", "lime", "mm_shap"):  # pooled pixel maps
+                want = torch.zeros(keys.shape[1])
+                pool_to_positions(geo, heat, want)
+                torch.testing.assert_close(keys[t, geo.grid_positions()], want[geo.grid_positions()])
+            else:
+                np.testing.assert_allclose(heat, geo.heatmap(keys[t]), atol=1e-6)
+            grid_map = ex.grid_maps[t][i][0]
+            np.testing.assert_allclose(grid_map, keys[t, geo.grids[0].positions].numpy(), atol=1e-6)
+    assert len(ex.text_scores(0)) == batch.prompt_len
+    assert count_hooks(lm.model) == 0
+
+
+def test_internals_work_or_refuse_in_one_line(lm):
+    images = tiny_images("mllama", n=1)
+    batch = lm.prepare(images, PROMPT, answer="red cat")
+    probs = lm.forward(batch)[0].float().softmax(-1)
+    lens = logit_lens(lm, batch, target="red")
+    torch.testing.assert_close(lens.values[-1], probs[:, batch.answer_ids[0]], atol=1e-6, rtol=1e-5)
+    with pytest.raises(InputError, match="cross-attention keys"):
+        lens.image_map(batch)
+    # causal tracing: noise on the cross-attention states; restoring the last layer everywhere gives p_clean back
+    last = lm.n_layers - 1
+    grid = causal_trace(lm, batch, positions={"all": torch.arange(batch.seq_len)}, layers=[last], noise_scale=5.0)
+    assert grid.meta["p_clean"] != pytest.approx(grid.meta["p_corrupt"], rel=1e-4)
+    assert float(grid.values[0, 0]) + grid.meta["p_corrupt"] == pytest.approx(grid.meta["p_clean"], rel=1e-4)
+    heads = head_ablation(lm, batch)  # layer 1: its cross-attention heads
+    assert heads.values.shape == (lm.n_layers, lm.n_heads) and heads.values[1].abs().max() > 0
+    for refuse in (lambda: head_image_share(lm, batch),
+                   lambda: attention_knockout(lm, batch),
+                   lambda: mmlens.explain(lm, images, PROMPT, method="rollout", answer="red cat")):
+        with pytest.raises(InputError) as err:
+            refuse()
+        assert "\n" not in str(err.value)
+    from mmlens.embedding.tower import Tower
+
+    with pytest.raises(InputError, match="cross-attention layers"):
+        Tower(lm.model, lm.processor, lm)
+    assert count_hooks(lm.model) == 0
+
+
+def test_generation_and_answer_rows_see_the_images(lm):
+    out = lm.generate(tiny_images("mllama", n=2), PROMPT, max_new_tokens=3)
+    mask = out.batch.inputs["cross_attention_mask"]
+    assert mask.shape[:2] == (1, out.batch.seq_len)
+    assert torch.equal(mask[0, out.batch.prompt_len:], mask[0, out.batch.prompt_len - 1].expand(mask.shape[1] -
+                                                                                               out.batch.prompt_len, -1, -1))
+    if out.token_ids.numel():  # teacher forcing reproduces the greedy tokens
+        logits = lm.forward(out.batch)[0, out.batch.prompt_len - 1: -1]
+        assert logits.argmax(-1).tolist() == out.token_ids.tolist()
+    blank = Image.new("RGB", (80, 40))
+    assert (lm.forward(lm.prepare([blank], PROMPT)) - lm.forward(lm.prepare(tiny_images("mllama"), PROMPT))).abs().max() > 1e-4
