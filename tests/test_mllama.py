@@ -288,3 +288,18 @@ def test_generation_and_answer_rows_see_the_images(lm):
         assert logits.argmax(-1).tolist() == out.token_ids.tolist()
     blank = Image.new("RGB", (80, 40))
     assert (lm.forward(lm.prepare([blank], PROMPT)) - lm.forward(lm.prepare(tiny_images("mllama"), PROMPT))).abs().max() > 1e-4
+
+
+def test_cross_attention_rows_during_cached_generation_equal_teacher_forcing(lm):
+    batch = lm.prepare(tiny_images("mllama", n=1), PROMPT)
+    row = batch.prompt_len + 1  # the second generated token's query
+    with lm.trace() as tr:
+        tr.capture_attention("lm.blocks.1.xattn.weights", rows=[row])
+        out = lm.model.generate(**lm.model_inputs(batch), max_new_tokens=3, do_sample=False)
+    (cached,) = tr.all("lm.blocks.1.xattn.weights")  # one decode step holds that row
+    full = lm.with_answer(batch, out[0, batch.prompt_len:].tolist())
+    with lm.trace() as tr:
+        tr.capture_attention("lm.blocks.1.xattn.weights", rows=[row])
+        lm.forward(full)
+    assert cached.shape == (1, lm.n_heads, 1, MAX_TILES * KEYS_PER_TILE)
+    torch.testing.assert_close(cached, tr["lm.blocks.1.xattn.weights"], atol=1e-6, rtol=0)
