@@ -17,6 +17,7 @@ from mmlens import InputError
 from mmlens.attribution.attention import attention
 from mmlens.attribution.gradient import gradcam, input_x_gradient, saliency
 from mmlens.attribution.perturbation_masks import pool_to_positions
+from mmlens.attribution.relevancy import attention_x_gradient
 from mmlens.hooks.tracing import count_hooks
 from mmlens.layer.attention_knockout import attention_knockout
 from mmlens.layer.causal_trace import causal_trace
@@ -27,7 +28,7 @@ from mmlens.testing.tiny_models import tiny_images
 
 PROMPT = "what color is the cat ?"
 KEYS_PER_TILE, MAX_TILES = 17, 4  # 4 x 4 patches + CLS, up to 4 tiles (see mmlens.testing.tiny_mllama)
-REFUSED = {"attention_x_gradient", "relevancy", "rollout"}  # self-attention over the sequence only
+REFUSED = {"relevancy", "rollout"}  # products of self-attention over the sequence only
 CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
          "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
 
@@ -210,6 +211,26 @@ def test_gradient_methods_are_autograd_over_the_cross_attention_states(lm):
             torch.testing.assert_close(outs[2][t, pos], torch.relu(x[pos] @ g[pos].mean(0)), atol=1e-6, rtol=1e-4)
 
 
+def test_attention_x_gradient_is_autograd_of_the_eager_cross_attention(lm):
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    targets = resolve_targets(lm.tokenizer, batch, None)
+    got = attention_x_gradient(lm, batch, targets, target_batch=2).key_scores
+    impl = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        for t, target in enumerate(targets):
+            out = lm.model(**lm.model_inputs(batch), output_attentions=True, use_cache=False)
+            a = out.attentions[1]  # the cross-attention layer: (1, heads, queries, keys)
+            (g,) = torch.autograd.grad(target.value(out.logits, batch).sum(), a)
+            q = target.query_positions(batch)
+            want = (a[0][:, q] * g[0][:, q]).clamp_min(0).mean(0).mean(0)
+            assert want.abs().max() > 0
+            torch.testing.assert_close(got[t], want.detach(), atol=1e-7, rtol=1e-4)
+    finally:
+        lm.model.set_attn_implementation(impl)
+    assert count_hooks(lm.model) == 0
+
+
 def test_integrated_gradients_over_the_keys_is_complete(lm):
     ex = mmlens.explain(lm, tiny_images("mllama", n=1), PROMPT, method="integrated_gradients", answer="red cat",
                         steps=32, target="answer")
@@ -279,15 +300,14 @@ def test_internals_work_or_refuse_in_one_line(lm):
 
 def test_generation_and_answer_rows_see_the_images(lm):
     out = lm.generate(tiny_images("mllama", n=2), PROMPT, max_new_tokens=3)
-    mask = out.batch.inputs["cross_attention_mask"]
+    mask, n = out.batch.inputs["cross_attention_mask"], out.batch.prompt_len
     assert mask.shape[:2] == (1, out.batch.seq_len)
-    assert torch.equal(mask[0, out.batch.prompt_len:], mask[0, out.batch.prompt_len - 1].expand(mask.shape[1] -
-                                                                                               out.batch.prompt_len, -1, -1))
+    assert torch.equal(mask[0, n:], mask[0, n - 1].expand(mask.shape[1] - n, -1, -1))  # answers see the images
     if out.token_ids.numel():  # teacher forcing reproduces the greedy tokens
         logits = lm.forward(out.batch)[0, out.batch.prompt_len - 1: -1]
         assert logits.argmax(-1).tolist() == out.token_ids.tolist()
-    blank = Image.new("RGB", (80, 40))
-    assert (lm.forward(lm.prepare([blank], PROMPT)) - lm.forward(lm.prepare(tiny_images("mllama"), PROMPT))).abs().max() > 1e-4
+    blank = lm.forward(lm.prepare([Image.new("RGB", (80, 40))], PROMPT))
+    assert (blank - lm.forward(lm.prepare(tiny_images("mllama"), PROMPT))).abs().max() > 1e-4
 
 
 def test_cross_attention_rows_during_cached_generation_equal_teacher_forcing(lm):

@@ -189,8 +189,9 @@ def key_scores(batch: Batch, out: MethodOutput, method: str, n_targets: int) -> 
         return keys
     if out.pixel_maps is None:
         raise InputError(f"method {method!r} scores the language model's sequence positions, and this model's images "
-                         "enter only through cross-attention keys, so it has no image map: use attention, saliency, "
-                         "input_x_gradient, gradcam, integrated_gradients or a perturbation method")
+                         "enter only through cross-attention keys, so it has no image map: use attention, "
+                         "attention_x_gradient, saliency, input_x_gradient, gradcam, integrated_gradients or a "
+                         "perturbation method")
     from mmlens.attribution.perturbation_masks import pool_to_positions
 
     keys = torch.zeros(n_targets, n_keys)

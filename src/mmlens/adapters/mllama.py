@@ -12,8 +12,8 @@ processor's aspect-preserving resize (padding right / bottom, so boxes may exten
 padding tiles are separators. The tile layout is read back from the image processor's own canvas functions.
 
 Hook points: ``vision.blocks.*`` are the tower's local layers then its gated global layers (rows: every tile's CLS +
-patches, padded to a multiple of 8 per tile), ``xattn.states`` (the cross-attention states, what gradient methods differentiate),
-``lm.blocks.{i}.xattn.*`` on cross-attention blocks (``lm.blocks.{i}.attn.*`` on the others). Methods that need
+patches, padded to a multiple of 8 per tile), ``xattn.states`` (the cross-attention states, what gradient methods
+differentiate), ``lm.blocks.{i}.xattn.*`` on cross-attention blocks (``lm.blocks.{i}.attn.*`` on the others). Methods that need
 image tokens in the sequence refuse in one line (:meth:`mmlens.model.batch.Batch.image_positions`).
 """
 

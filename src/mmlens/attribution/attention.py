@@ -77,16 +77,22 @@ def attention(
     return MethodOutput(scores, extras={"layers": layer_ids, "heads": head_ids, "query_positions": rows.tolist()})
 
 
+def cross_layers(subject: Subject, layer_ids: list[int]) -> list[int]:
+    """The layers of ``layer_ids`` that cross-attend to image keys (``lm.blocks.{i}.xattn.weights``); a one-line
+    InputError naming the model's cross-attention layers when there are none."""
+    cross = [int(n.split(".")[2]) for n in subject.hook_points("lm.blocks.") if n.endswith(".xattn.weights")]
+    found = [layer for layer in layer_ids if layer in cross]
+    if not found:
+        raise InputError(f"layers {layer_ids} have no cross-attention, the only path from this model's images to "
+                         f"the text: pick layers from {cross}")
+    return found
+
+
 def _cross_attention(subject: Subject, batch: Batch, layer_ids: list[int], head_ids: list[int], how: str,
                      rows: torch.Tensor, index: list[torch.Tensor]) -> MethodOutput:
     """:func:`attention` for images that enter through cross-attention (Mllama): the same reduction over the
     cross-attention probabilities (query rows -> image keys) of the selected layers that cross-attend."""
-    names = [f"lm.blocks.{layer}.xattn.weights" for layer in layer_ids]
-    names = [n for n in names if n in subject.hook_point_map()]
-    if not names:
-        cross = [int(n.split(".")[2]) for n in subject.hook_points("lm.blocks.") if n.endswith(".xattn.weights")]
-        raise InputError(f"layers {layer_ids} have no cross-attention, the only path from this model's images to "
-                         f"the text: pick layers from {cross}")
+    names = [f"lm.blocks.{layer}.xattn.weights" for layer in cross_layers(subject, layer_ids)]
     with torch.no_grad(), subject.trace() as tr:
         for name in names:
             tr.capture_attention(name, rows=rows, reduce=lambda w: _reduce(w, head_ids, how))

@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mmlens.attribution.attention import select_indices, target_rows
+from mmlens.attribution.attention import cross_layers, select_indices, target_rows
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
-from mmlens.attribution.gradient import gradient_mode, input_point
+from mmlens.attribution.gradient import gradient_mode, input_point, scores_output
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -53,10 +53,11 @@ class AttentionCarry(Carry):
 
 def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
                         carry: AttentionCarry, seeds: torch.Tensor, objective: str = "log_prob",
-                        target_batch: int | None = None) -> torch.Tensor:
+                        target_batch: int | None = None, kind: str = "attn") -> torch.Tensor:
     """Forward once; then one batched backward per ``target_batch`` targets, in which ``carry`` gets
     ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
-    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
+    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``. ``kind="xattn"``:
+    the layers' cross-attention probabilities (queries x image keys) instead of their self-attention."""
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
     for target in targets:
@@ -92,7 +93,7 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
         with subject.trace() as tr:
             tr.edit(input_point(subject), emit)
             for layer in layers:
-                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
+                tr.capture_attention(f"lm.blocks.{layer}.{kind}.weights", rows=None, reduce=capture(layer), detach=False)
             logits = subject.forward(batch)
         parts = list(chunks(len(targets), size))
         for c, part in enumerate(parts):
@@ -132,17 +133,24 @@ def attention_x_gradient(
     target_batch: int | None = None,
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
-    target's query positions ``q``."""
+    target's query positions ``q``. Images that enter through cross-attention (Mllama): ``k`` runs over the image
+    keys and ``A`` is the cross-attention of the selected layers that have one."""
     subject.require_language_model()
-    batch.require_sequence_images()  # self-attention over the sequence: no path to cross-attention keys
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
     for t, i in enumerate(index):
         weights[t, i] = 1.0 / len(i)
+    extras = {"layers": layer_ids, "query_positions": rows.tolist()}
+    if batch.in_key_space:
+        extras["layers"] = layer_ids = cross_layers(subject, layer_ids)
+        carry = _AttentionTimesGradient(rows, int(batch.key_positions().max()) + 1)
+        scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch,
+                                     kind="xattn")
+        return scores_output(batch, scores / len(layer_ids), extras)
     carry = _AttentionTimesGradient(rows, batch.seq_len)
     scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch)
-    return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
+    return MethodOutput(scores / len(layer_ids), extras=extras)
 
 
 class _AttentionTimesGradient(AttentionCarry):

@@ -53,9 +53,10 @@ class Batch:
         if self.in_key_space:
             from mmlens.errors import InputError
 
-            raise InputError("this needs image tokens in the language model's sequence, and this model's images enter "
-                             "only through cross-attention keys: use attention, saliency, input_x_gradient, gradcam, "
-                             "integrated_gradients, smoothgrad or a perturbation method (occlusion, rise, ...)")
+            raise InputError("this needs image tokens in the language model's sequence, and this model's images "
+                             "enter only through cross-attention keys: use attention, attention_x_gradient, saliency, "
+                             "gradcam, input_x_gradient, integrated_gradients, smoothgrad or a perturbation method "
+                             "(occlusion, ...)")
 
     def image_positions(self) -> torch.Tensor:
         """Every image-token position of every image (separators included), sorted (see
