@@ -58,8 +58,9 @@ KEY_SPACE_SKIPS = {
                                                   "weights vs eager: test_mllama",
     "test_batched_input_gradient_methods_equal_the_per_target_loop": "references at lm.blocks.0.resid_pre; the "
                                                                     "gradients over xattn.states: test_mllama",
-    "test_batched_attention_gradient_methods_equal_the_per_target_loop": "relevancy refuses; attention_x_gradient "
-                                                                         "over the keys: test_mllama",
+    "test_batched_attention_gradient_methods_equal_the_per_target_loop": "sequence-only references; relevancy and "
+                                                                         "attention_x_gradient over the keys: "
+                                                                         "test_mllama",
     "test_cached_vision_integrated_gradients_equal_captum_on_the_full_model": "no get_image_features to cache; IG "
                                                                              "over the keys: test_mllama",
     "test_cached_vision_smoothgrad_equals_noise_tunnel_on_the_full_model": "no get_image_features to cache",

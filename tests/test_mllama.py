@@ -17,7 +17,7 @@ from mmlens import InputError
 from mmlens.attribution.attention import attention
 from mmlens.attribution.gradient import gradcam, input_x_gradient, saliency
 from mmlens.attribution.perturbation_masks import pool_to_positions
-from mmlens.attribution.relevancy import attention_x_gradient
+from mmlens.attribution.relevancy import attention_x_gradient, relevancy
 from mmlens.hooks.tracing import count_hooks
 from mmlens.layer.attention_knockout import attention_knockout
 from mmlens.layer.causal_trace import causal_trace
@@ -28,7 +28,7 @@ from mmlens.testing.tiny_models import tiny_images
 
 PROMPT = "what color is the cat ?"
 KEYS_PER_TILE, MAX_TILES = 17, 4  # 4 x 4 patches + CLS, up to 4 tiles (see mmlens.testing.tiny_mllama)
-REFUSED = {"relevancy", "rollout"}  # products of self-attention over the sequence only
+REFUSED = {"rollout"}  # a product of self-attention over the sequence only
 CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
          "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
 
@@ -226,6 +226,39 @@ def test_attention_x_gradient_is_autograd_of_the_eager_cross_attention(lm):
             want = (a[0][:, q] * g[0][:, q]).clamp_min(0).mean(0).mean(0)
             assert want.abs().max() > 0
             torch.testing.assert_close(got[t], want.detach(), atol=1e-7, rtol=1e-4)
+    finally:
+        lm.model.set_attn_implementation(impl)
+    assert count_hooks(lm.model) == 0
+
+
+def test_relevancy_follows_chefers_bimodal_rules_on_the_full_matrices(lm):
+    """Reference: every layer's eager attention and its autograd gradient, the full ``N x N`` / ``N x K`` recursion
+    in float64 (self-attention: ``R <- R + B R``; cross-attention: ``R_ti += norm(R_tt)^T B``)."""
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    targets = resolve_targets(lm.tokenizer, batch, None)
+    got = relevancy(lm, batch, targets, target_batch=2)
+    impl = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        for t, target in enumerate(targets):
+            out = lm.model(**lm.model_inputs(batch), output_attentions=True, use_cache=False)
+            grads = torch.autograd.grad(target.value(out.logits, batch, "logit").sum(), out.attentions)
+            n = batch.seq_len
+            r_tt, r_ti = torch.eye(n, dtype=torch.float64), torch.zeros(n, 136, dtype=torch.float64)
+            for a, g in zip(out.attentions, grads):
+                b = (a[0] * g[0]).clamp_min(0).mean(0).double()
+                if b.shape[-1] == n:
+                    r_tt, r_ti = r_tt + b @ r_tt, r_ti + b @ r_ti
+                else:
+                    hat = r_tt - torch.eye(n, dtype=torch.float64)
+                    total = hat.sum(-1, keepdim=True)
+                    norm = hat / torch.where(total > 0, total, torch.ones_like(total)) + torch.eye(n, dtype=torch.float64)
+                    r_ti = r_ti + norm.T @ b
+            q = target.query_positions(batch)
+            assert r_ti[q].abs().max() > 0
+            torch.testing.assert_close(got.key_scores[t].double(), r_ti[q].mean(0), atol=1e-7, rtol=1e-4)
+            want_text = (r_tt - torch.eye(n, dtype=torch.float64))[q].mean(0)
+            torch.testing.assert_close(got.position_scores[t].double(), want_text, atol=1e-7, rtol=1e-4)
     finally:
         lm.model.set_attn_implementation(impl)
     assert count_hooks(lm.model) == 0

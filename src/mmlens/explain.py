@@ -189,7 +189,7 @@ def key_scores(batch: Batch, out: MethodOutput, method: str, n_targets: int) -> 
         return keys
     if out.pixel_maps is None:
         raise InputError(f"method {method!r} scores the language model's sequence positions, and this model's images "
-                         "enter only through cross-attention keys, so it has no image map: use attention, "
+                         "enter only through cross-attention keys, so it has no image map: use attention, relevancy, "
                          "attention_x_gradient, saliency, input_x_gradient, gradcam, integrated_gradients or a "
                          "perturbation method")
     from mmlens.attribution.perturbation_masks import pool_to_positions

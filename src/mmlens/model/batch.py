@@ -54,9 +54,9 @@ class Batch:
             from mmlens.errors import InputError
 
             raise InputError("this needs image tokens in the language model's sequence, and this model's images "
-                             "enter only through cross-attention keys: use attention, attention_x_gradient, saliency, "
-                             "gradcam, input_x_gradient, integrated_gradients, smoothgrad or a perturbation method "
-                             "(occlusion, ...)")
+                             "enter only through cross-attention keys: use attention, relevancy, attention_x_gradient, "
+                             "saliency, gradcam, input_x_gradient, integrated_gradients, smoothgrad or a perturbation "
+                             "method (occlusion, ...)")
 
     def image_positions(self) -> torch.Tensor:
         """Every image-token position of every image (separators included), sorted (see
