@@ -268,7 +268,8 @@ def test_integrated_gradients_over_the_keys_is_complete(lm):
     ex = mmlens.explain(lm, tiny_images("mllama", n=1), PROMPT, method="integrated_gradients", answer="red cat",
                         steps=32, target="answer")
     keys = np.asarray(ex.extras["key_scores"])
-    assert abs(keys).max() > 0 and abs(ex.extras["convergence_delta"][0]) < 1e-3 * max(1.0, abs(keys.sum()))
+    # the key attributions sum to f(image) - f(black image): Captum's convergence delta is 1% of that sum at most
+    assert abs(keys.sum()) > 1e-4 and abs(ex.extras["convergence_delta"][0]) < 0.01 * abs(keys.sum())
     with pytest.raises(InputError, match="modality='image'"):
         mmlens.explain(lm, tiny_images("mllama", n=1), PROMPT, method="integrated_gradients", answer="red cat",
                        modality="both", steps=2)
