@@ -357,3 +357,14 @@ def test_cross_attention_rows_during_cached_generation_equal_teacher_forcing(lm)
         lm.forward(full)
     assert cached.shape == (1, lm.n_heads, 1, MAX_TILES * KEYS_PER_TILE)
     torch.testing.assert_close(cached, tr["lm.blocks.1.xattn.weights"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".json"])
+def test_explanation_with_key_scores_saves_loads_and_renders(lm, tmp_path, suffix):
+    ex = mmlens.explain(lm, tiny_images("mllama", n=2), PROMPT, method="attention", answer="red cat")
+    got = mmlens.Explanation.load(ex.save(tmp_path / f"ex{suffix}"))
+    assert got.extras["key_scores"] == ex.extras["key_scores"]
+    for t in range(2):
+        for i in range(2):
+            np.testing.assert_allclose(got.image_map(t, image=i), ex.image_map(t, image=i), atol=1e-6)
+    assert "<img" in ex.save(tmp_path / "ex.html").read_text()
