@@ -80,7 +80,7 @@ KEY_SPACE_SKIPS = {
                                                              "keys: restoring the last layer, test_mllama",
     "test_causal_trace_forward_budget_and_batch_invariance": "column groups over image positions",
     "test_causal_trace_corrupting_with_another_image": "restores image positions",
-    "test_knockout_batched_rows_equal_single_runs": "refuses: knocks out edges to image tokens in the sequence",
+    "test_knockout_batched_rows_equal_single_runs": "blocks sequence edges to image tokens; image keys: test_mllama",
     "test_method_runs_on_every_family": "pooled map at sequence image positions; pooled keys: test_mllama",
     "test_contrast_in_every_family": "gradient summed over sequence image positions; contrast over keys: test_mllama",
     "test_forward_logits_and_image_token_count": "counts get_image_features rows; xattn.states rows: test_mllama",

@@ -320,7 +320,6 @@ def test_internals_work_or_refuse_in_one_line(lm):
     heads = head_ablation(lm, batch)  # layer 1: its cross-attention heads
     assert heads.values.shape == (lm.n_layers, lm.n_heads) and heads.values[1].abs().max() > 0
     for refuse in (lambda: head_image_share(lm, batch),
-                   lambda: attention_knockout(lm, batch),
                    lambda: mmlens.explain(lm, images, PROMPT, method="rollout", answer="red cat")):
         with pytest.raises(InputError) as err:
             refuse()
@@ -329,6 +328,31 @@ def test_internals_work_or_refuse_in_one_line(lm):
 
     with pytest.raises(InputError, match="cross-attention layers"):
         Tower(lm.model, lm.processor, lm)
+    assert count_hooks(lm.model) == 0
+
+
+def test_knockout_of_image_keys_cuts_the_cross_attention_at_those_queries(lm):
+    """Reference: plain transformers with a forward hook that zeroes the cross-attention output at the last rows."""
+    batch = lm.prepare(tiny_images("mllama", n=2), PROMPT, answer="red cat")
+    grid = attention_knockout(lm, batch, target="red")
+    target = resolve_targets(lm.tokenizer, batch, "red")[0]
+    q = target.query_positions(batch)
+    cross = lm.model.model.language_model.layers[1].cross_attn
+
+    def cut(module, args, out):
+        out[0][:, q] = 0
+        return out
+
+    handle = cross.register_forward_hook(cut)
+    try:
+        with torch.no_grad():
+            p_cut = float(target.value(lm.forward(batch), batch).exp())
+    finally:
+        handle.remove()
+    effect = grid.values[0, grid.col_labels.index("image -> last")]
+    assert abs(effect) > 1e-7  # float32 noise on p ~ 0.01 is ~1e-9
+    assert float(effect) == pytest.approx(p_cut - grid.meta["p_clean"], rel=1e-4, abs=1e-8)
+    assert torch.equal(torch.tensor(grid.extras["pairs"]["image -> last"][1]), batch.key_positions())
     assert count_hooks(lm.model) == 0
 
 
