@@ -5,6 +5,9 @@ parity, cross-attention capture and patching, every attribution method over the 
 and the internals (logit lens, causal tracing, heads) working or refusing.
 """
 
+import base64
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -392,3 +395,26 @@ def test_explanation_with_key_scores_saves_loads_and_renders(lm, tmp_path, suffi
         for i in range(2):
             np.testing.assert_allclose(got.image_map(t, image=i), ex.image_map(t, image=i), atol=1e-6)
     assert "<img" in ex.save(tmp_path / "ex.html").read_text()
+
+
+def test_web_panels_work_or_refuse_in_one_line(lm, tmp_path):
+    from mmlens.web import ask, heads, knockout, lens, trace
+    from mmlens.web import explain as explain_panel
+    from mmlens.web.render import result_grid_html
+    from mmlens.web.session import Context, Session
+
+    ctx = Context(lm, "tiny-mllama", str(tmp_path))
+    image = tiny_images("mllama")[0]
+    s = ask.generate(ctx, Session(image=image, image_code="image"), PROMPT, "red cat")
+    s, heat, _ = explain_panel.run(ctx, s, "attention", "answer", {}, 0.6)
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat.split('class="mm-layer"')[1]
+                                                               .split("base64,")[1].split('"')[0]))))
+    assert layer.shape == (image.height, image.width, 4)
+    result = lens.run(ctx, s, "")
+    assert lens.table_html(s, result).count("<tr>") == lm.n_layers + 1
+    assert "cross-attention keys" in lens.image_map_html(s, result, 0)
+    for grid in (trace.run(ctx, s, "resid", 3.0), knockout.run(ctx, s, 0)):
+        assert result_grid_html(grid).count("<td ") > 0
+    with pytest.raises(InputError, match="cross-attention keys"):
+        heads.run(ctx, s)
+    assert count_hooks(lm.model) == 0
