@@ -418,3 +418,47 @@ def test_web_panels_work_or_refuse_in_one_line(lm, tmp_path):
     with pytest.raises(InputError, match="cross-attention keys"):
         heads.run(ctx, s)
     assert count_hooks(lm.model) == 0
+
+
+@pytest.mark.slow
+def test_real_size_tiles_marking_moves_exactly_one_key():
+    """Llama 3.2 Vision's tile geometry (560 px tiles, 14 px patches: 1601 keys per tile, 6404 per image) on a
+    1-layer random model: a 4 px mark in a cell's centre moves that key and no other (no downscaling here)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    from mmlens.model.subject import Subject
+    from mmlens.testing.tiny_configs import special_ids, tiny_tokenizer
+    from mmlens.testing.tiny_mllama import MLLAMA_CHAT_TEMPLATE
+
+    specials = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|python_tag|>")
+    tok = tiny_tokenizer(specials, {"image_token": "<|image|>"}, MLLAMA_CHAT_TEMPLATE)
+    processor = MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 560, "width": 560},
+                                                                        max_image_tiles=4),
+                                tokenizer=tok, chat_template=MLLAMA_CHAT_TEMPLATE)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_global_layers": 1,
+              "attention_heads": 2, "image_size": 560, "patch_size": 14, "max_num_tiles": 4,
+              "intermediate_layers_indices": [0], "vision_output_dim": 64}
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "cross_attention_layers": [1],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, **special_ids(tok)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text,
+                                                            image_token_index=tok.image_token_id)).eval()
+    s = Subject(model, processor, model_id="mid-mllama")
+    rng = np.random.default_rng(0)
+    for size, tiles in (((1000, 600), (2, 2)), ((300, 900), (2, 1)), ((640, 480), (1, 2))):
+        img = Image.fromarray(rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8))
+        batch = s.prepare([img], PROMPT)
+        geo = batch.geometry[0]
+        assert geo.notes["tile_grid"] == tiles and batch.key_positions().numel() == 4 * 1601
+        ref = _states(s, batch, isolate=True)
+        boxes = geo.position_boxes()
+        inside = [p for p, (b,) in boxes.items() if b[2] <= size[0] and b[3] <= size[1]]
+        for p in rng.choice(inside, 2, replace=False):
+            x0, y0, x1, y1 = boxes[int(p)][0]
+            cx, cy = round((x0 + x1) / 2), round((y0 + y1) / 2)
+            marked = img.copy()
+            ImageDraw.Draw(marked).rectangle([cx - 2, cy - 2, cx + 1, cy + 1], fill=(255, 0, 255))
+            got = _states(s, s.prepare([marked], PROMPT), isolate=True)
+            assert torch.nonzero((got - ref).abs().amax(-1) > 1e-4).flatten().tolist() == [int(p)]
