@@ -328,9 +328,13 @@ def test_internals_work_or_refuse_in_one_line(lm):
             refuse()
         assert "\n" not in str(err.value)
     from mmlens.embedding.tower import Tower
+    from mmlens.inference.decoding import PAI, VCD, generate_with
 
     with pytest.raises(InputError, match="cross-attention layers"):
         Tower(lm.model, lm.processor, lm)
+    with pytest.raises(InputError, match="use vcd or steering"):
+        generate_with(lm, images, PROMPT, max_new_tokens=2, pai=PAI(alpha=0.5))
+    assert generate_with(lm, images, PROMPT, max_new_tokens=2, vcd=VCD(alpha=1.0, beta=0.1)).token_ids.numel() <= 2
     assert count_hooks(lm.model) == 0
 
 
