@@ -26,7 +26,7 @@ def image_only_processor(parent: type[ProcessorMixin]) -> type[ProcessorMixin]:
     __init__.__signature__ = inspect.Signature(params)  # what ProcessorMixin reads: sub-processors, saved kwargs
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if videos is not None:
+        if videos is not None and getattr(self, "video_processor", None) is None:  # mmlens.adapters.video sets one
             raise ValueError(f"{type(self).__name__} is image-only (video processors need torchvision)")
         return parent.validate_inputs(self, images=images, text=text, videos=videos, audio=audio, **kwargs)
 

@@ -61,6 +61,9 @@ def perturbed_inputs(
     rows = len(image_sets)
     if rows == 0:
         raise InputError("no image sets given: pass one list of images per perturbed row")
+    if batch.is_video:
+        raise InputError("perturbed rows of a video are not supported yet: use attention, relevancy or a gradient "
+                         "method on a video")
     _check_sizes(batch, image_sets)
     out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
     inputs = {k: v for k, v in out.items() if k in batch.inputs}

@@ -66,11 +66,19 @@ def explanation_html(ex: Explanation) -> str:
         cells = "".join(f"<td>{float(ex.position_scores[t, p]):.4g}</td>" for t in range(len(ex.labels)))
         rows.append(f"<tr><td>{esc(ex.tokens[p])}</td>{cells}</tr>")
     model = esc(str(ex.metadata.get("model_id", "")))
+    strips = ""
+    if ex.is_video:
+        from mmlens.results.video_strip import strip_png
+
+        strips = "".join(f'<p>frames over time: {esc(label)}</p><img alt="{esc(ex.method)} frame strip" '
+                         f'src="data:image/png;base64,{base64.b64encode(strip_png(ex, t)).decode("ascii")}"/>'
+                         for t, label in enumerate(ex.labels))
     return (
         '<div class="mmlens-explanation">'
         f"<p><b>{esc(ex.method)}</b> on <code>{model}</code><br>"
         f"prompt: {esc(ex.prompt)}<br>answer: {esc(ex.answer)}</p>"
         f'<img alt="{esc(ex.method)} heatmaps" src="data:image/png;base64,{img}"/>'
+        f"{strips}"
         f"<table><thead><tr><th>prompt token</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         "</div>"
     )

@@ -92,6 +92,11 @@ IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+#: LLaVA's template with a video slot (``<video>``), as LLaVA-OneVision's / LLaVA-NeXT-Video's real templates have
+LLAVA_VIDEO_CHAT_TEMPLATE = LLAVA_CHAT_TEMPLATE.replace(
+    "{% if item['type'] == 'image' %}<image>\n{% endif %}",
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'video' %}<video>\n{% endif %}")
+assert LLAVA_VIDEO_CHAT_TEMPLATE != LLAVA_CHAT_TEMPLATE
 
 
 def siglip_config(image_size: int = 32, patch_size: int = 8, **extra) -> SiglipVisionConfig:
@@ -102,12 +107,12 @@ def siglip_config(image_size: int = 32, patch_size: int = 8, **extra) -> SiglipV
 
 def build_llava_onevision():
     tok = tiny_tokenizer(("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"},
-                         LLAVA_CHAT_TEMPLATE)
+                         LLAVA_VIDEO_CHAT_TEMPLATE)
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
                                                       image_grid_pinpoints=_PINPOINTS)
     processor = image_only_processor(LlavaOnevisionProcessor)(
         image_processor=image_processor, tokenizer=tok, num_image_tokens=16, vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_1", chat_template=LLAVA_CHAT_TEMPLATE)
+        vision_aspect_ratio="anyres_max_1", chat_template=LLAVA_VIDEO_CHAT_TEMPLATE)
     text = llama_config(tok).to_dict() | {"model_type": "qwen2"}
     config = LlavaOnevisionConfig(vision_config=siglip_config(), text_config=text, image_token_index=tok.image_token_id,
                                   video_token_index=tok.video_token_id, vision_feature_select_strategy="full",

@@ -1,0 +1,164 @@
+"""Video input: frames -> the family's video tensors without torchvision, per-frame geometry, per-frame maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import subject_for
+from PIL import Image, ImageDraw
+
+import mmlens
+from mmlens import count_hooks
+from mmlens.adapters.base import video_families
+from mmlens.errors import InputError
+from mmlens.model.video import Video
+from mmlens.testing.tiny_models import FAMILIES, tiny_video
+from mmlens.util import limits
+
+VIDEO = [f for f in FAMILIES if f in video_families()]
+
+
+def test_the_video_families_are_the_ones_whose_transformers_class_takes_video():
+    assert set(VIDEO) >= {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"}
+    assert not {"llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm", "internvl"} & set(VIDEO)
+
+
+@pytest.fixture(params=VIDEO)
+def vfamily(request) -> str:
+    return request.param
+
+
+def _features(subject, batch):
+    """LM-input features at every position with vision attention zeroed: a token moves only when its own
+    patch(es) changed."""
+    with subject.trace() as tr:
+        tr.edit("vision.blocks.*.attn", torch.zeros_like)
+        tr.capture("lm.blocks.0.resid_pre")
+        subject.forward(batch)
+    return tr["lm.blocks.0.resid_pre"][0]
+
+
+def _mark(frame: Image.Image, box) -> tuple[Image.Image, tuple[float, float]]:
+    x0, y0, x1, y1 = box
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.15, (y1 - y0) * 0.15
+    out = frame.copy()
+    ImageDraw.Draw(out).rectangle([round(cx - hw), round(cy - hh), round(cx + hw) - 1, round(cy + hh) - 1],
+                                  fill=(255, 0, 255))
+    return out, (cx, cy)
+
+
+def test_marking_one_cell_of_one_frame_moves_exactly_that_cells_tokens(vfamily):
+    """3 non-square frames; a mark in one cell of frame k moves exactly the tokens the geometry gives for frame
+    k at that pixel (Qwen: a token shared with the other frame of its temporal pair), and nothing else (no token
+    of another temporal group, no separator)."""
+    subject = subject_for(vfamily)
+    video = tiny_video(vfamily, 3)
+    assert video.frames[0].width != video.frames[0].height
+    base = subject.prepare(video, "what is this?")
+    assert [g.frame for g in base.geometry] == [0, 1, 2] and [g.time for g in base.geometry] == [0.0, 0.5, 1.0]
+    ref = _features(subject, base)
+    everything = {int(p) for g in base.geometry for p in g.positions}
+    for k, (r, c) in [(0, (0, 0)), (1, (1, 1)), (2, (0, 1))]:
+        geo = base.geometry[k]
+        grid = geo.grids[0]
+        frames = list(video.frames)
+        frames[k], (x, y) = _mark(frames[k], grid.cell_box(r, c))
+        got = _features(subject, subject.prepare(Video(frames, video.fps), "what is this?"))
+        moved = {p for p in everything if (got[p] - ref[p]).abs().max() > 1e-4}
+        expected = set(geo.positions_at(x, y))
+        assert expected == {int(grid.positions[r, c])}
+        assert moved == expected, (vfamily, k, moved, expected)
+        # the token is listed by exactly the frames it reads
+        owners = [g.frame for g in base.geometry if int(grid.positions[r, c]) in g.positions.tolist()]
+        assert owners == list(grid.frames)
+    pairs = [g.grids[0].frames for g in base.geometry]
+    if vfamily.startswith("qwen"):  # temporal_patch_size 2: frames (0, 1) share tokens, frame 2 (padded) alone
+        assert pairs == [(0, 1), (0, 1), (2,)]
+    else:
+        assert pairs == [(0,), (1,), (2,)]
+
+
+def test_video_forward_is_the_plain_hf_forward_and_traced_is_bit_identical(vfamily):
+    subject = subject_for(vfamily)
+    batch = subject.prepare(tiny_video(vfamily, 4), "what is this?", answer="red")
+    inputs = subject.model_inputs(batch)
+    assert "pixel_values_videos" in inputs and "pixel_values" not in inputs
+    plain = subject.model(**inputs, use_cache=False).logits
+    with subject.trace() as tr:
+        tr.capture("*")
+        traced = subject.forward(batch)
+    assert torch.equal(plain, traced)
+    assert count_hooks(subject.model) == 0
+    # as many video tokens as the model's video features have rows
+    with torch.no_grad():
+        feats = subject.model.get_video_features(**{k: v for k, v in inputs.items() if k in (
+            "pixel_values_videos", "video_grid_thw")}).pooler_output
+    rows = sum(f.shape[0] for f in feats) if isinstance(feats, (list, tuple)) else feats.flatten(0, -2).shape[0]
+    assert rows == int((batch.input_ids == _video_token_id(subject)).sum())
+
+
+def _video_token_id(subject) -> int:
+    cfg = subject.model.config
+    return int(getattr(cfg, "video_token_id", None) or cfg.video_token_index)
+
+
+@pytest.mark.parametrize("method", ["attention", "saliency", "relevancy"])
+def test_methods_give_per_frame_maps_and_a_frame_curve(method, tmp_path):
+    subject = subject_for("qwen2_vl")
+    video = tiny_video("qwen2_vl", 3)
+    ex = mmlens.explain(subject, video, "what is this?", method=method, answer="red")
+    assert len(ex.images) == 3 and ex.metadata["video"]["frame_times"] == [0.0, 0.5, 1.0]
+    w, h = video.frames[0].size
+    assert all(ex.image_map(image=k).shape == (h, w) for k in range(3))
+    curve = ex.frame_curve()
+    row = ex.position_scores[0]
+    assert curve.shape == (3,)
+    for k in range(3):
+        assert curve[k] == pytest.approx(float(row[ex.image_positions[k]].sum()), rel=1e-6)  # no separators
+    assert curve[0] == curve[1]  # one token per two frames: the pair shares its score
+    path = ex.save_strip(tmp_path / "strip.png")
+    with Image.open(path) as strip:
+        assert strip.width > strip.height > 0
+    html = tmp_path / "r.html"
+    ex.save(html)
+    assert html.read_text().count("data:image/png;base64") == 2  # the heatmaps + the frame strip
+    assert count_hooks(subject.model) == 0
+
+
+def test_explanation_of_a_video_round_trips(tmp_path):
+    subject = subject_for("llava_onevision")
+    ex = mmlens.explain(subject, tiny_video("llava_onevision", 3), "what is this?", method="attention",
+                        answer="red")
+    back = mmlens.Explanation.load(ex.save(tmp_path / "v.safetensors"))
+    assert back.metadata["video"] == ex.metadata["video"]
+    assert (back.frame_curve() == ex.frame_curve()).all()
+    # the closing newline token is the last frame's separator and counts for no frame
+    newline = ex.image_positions[-1][-1]
+    assert all(newline not in p for p in ex.metadata["video"]["frame_positions"])
+    row = ex.position_scores[0]
+    assert ex.frame_curve()[-1] == pytest.approx(float(row[ex.image_positions[-1][:-1]].sum()), rel=1e-6)
+
+
+def test_perturbation_methods_refuse_video_in_one_line():
+    subject = subject_for("qwen2_vl")
+    with pytest.raises(InputError, match="video"):
+        mmlens.explain(subject, tiny_video("qwen2_vl", 2), "what is this?", method="occlusion", answer="red")
+
+
+def test_bad_video_inputs_get_one_line_each():
+    qwen = subject_for("qwen2_vl")
+    frame = tiny_video("qwen2_vl", 1).frames[0]
+    cases = {
+        "takes no video": (subject_for("llava"), Video([frame, frame])),
+        "no frames": (qwen, Video([])),
+        f"{limits.MAX_VIDEO_FRAMES}-frame limit": (qwen, Video([frame] * (limits.MAX_VIDEO_FRAMES + 1))),
+        "frames of one size": (qwen, Video([frame, frame.resize((56, 56))])),
+        "fps=": (qwen, Video([frame], fps=0)),
+    }
+    for needle, (subject, video) in cases.items():
+        with pytest.raises(InputError) as err:
+            subject.prepare(video, "what is this?")
+        message = str(err.value)
+        assert needle in message and "\n" not in message, message
+    with pytest.raises(InputError, match="qwen2_vl"):  # the refusal names the families with video
+        subject_for("llava").prepare(Video([frame]), "what is this?")
