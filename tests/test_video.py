@@ -162,3 +162,57 @@ def test_bad_video_inputs_get_one_line_each():
         assert needle in message and "\n" not in message, message
     with pytest.raises(InputError, match="qwen2_vl"):  # the refusal names the families with video
         subject_for("llava").prepare(Video([frame]), "what is this?")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_qwen_video_of_one_still_frame_is_that_image_for_the_vision_tower(family):
+    """An image is a still video to Qwen (its patches hold the frame twice): a video of two copies of a frame
+    must give the vision tower the image's exact pixel patches and features; a video (a, b) holds a in the
+    first temporal slot of every patch and b in the second."""
+    subject = subject_for(family)
+    a, b = tiny_video(family, 2).frames
+    still = subject.prepare(Video([a, a]), "what is this?").inputs
+    image = subject.prepare([a], "what is this?").inputs
+    assert torch.equal(still["pixel_values_videos"], image["pixel_values"])
+    assert torch.equal(still["video_grid_thw"], image["image_grid_thw"])
+    model = subject.model
+    with torch.no_grad():
+        v = model.get_video_features(pixel_values_videos=still["pixel_values_videos"],
+                                     video_grid_thw=still["video_grid_thw"]).pooler_output[0]
+        i = model.get_image_features(pixel_values=image["pixel_values"],
+                                     image_grid_thw=image["image_grid_thw"]).pooler_output[0]
+    assert torch.equal(v, i)
+    pair = subject.prepare(Video([a, b]), "what is this?").inputs["pixel_values_videos"]
+    p = subject.model.config.vision_config.patch_size
+    slots = pair.reshape(pair.shape[0], 3, 2, p, p)
+    only_b = subject.prepare([b], "what is this?").inputs["pixel_values"].reshape(pair.shape[0], 3, 2, p, p)
+    assert torch.equal(slots[:, :, 0], image["pixel_values"].reshape(pair.shape[0], 3, 2, p, p)[:, :, 0])
+    assert torch.equal(slots[:, :, 1], only_b[:, :, 0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next_video"])
+def test_cli_explains_a_gif_from_a_saved_model(tmp_path, family):
+    """Saved and reloaded through mmlens.load (the processor falls back to image-only without torchvision), the
+    model still takes the video; the CLI writes the strip, and a family without video exits 2 in one line."""
+    from typer.testing import CliRunner
+
+    from mmlens.cli import app
+    from mmlens.testing.tiny_models import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor(family)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    frames = list(tiny_video(family, 3).frames)
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=250, loop=0)
+    loaded = Video.load(tmp_path / "clip.gif")
+    assert loaded.n_frames == 3 and loaded.fps == pytest.approx(4.0)
+    runner = CliRunner()
+    out = tmp_path / "strip.png"
+    result = runner.invoke(app, ["explain", str(tmp_path / "clip.gif"), "what is this?", "--model", str(tmp_path / "m"),
+                                 "--answer", "red", "--method", "attention", "--video", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as strip:
+        assert strip.width > strip.height
+    result = runner.invoke(app, ["explain", str(tmp_path / "clip.gif"), "what is this?", "--model", "demo",
+                                 "--answer", "red", "--video", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "takes no video" in result.output and not (tmp_path / "x.png").exists()

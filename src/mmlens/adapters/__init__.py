@@ -4,8 +4,8 @@ Shared helpers (not families): ``base`` (the contract), ``image_only`` (processo
 ``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match). Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
 cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
 cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
-input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
-processor needs torchvision, which mmlens does not use).
+input for the other families (their transformers classes take no video). Video (Qwen2/2.5/3-VL, LLaVA-OneVision,
+LLaVA-NeXT-Video): ``video`` (frames through the family's PIL image processor, no torchvision).
 """
 
 from mmlens.adapters import (  # noqa: F401
@@ -15,6 +15,7 @@ from mmlens.adapters import (  # noqa: F401
     internvl,
     llava,
     llava_next,
+    llava_next_video,
     llava_onevision,
     paligemma,
     qwen2_vl,

@@ -81,16 +81,17 @@ class FrameVideoProcessor:
         return pv[:, 0] if pv.ndim == 5 else pv  # anyres processors: tile 0 is the base image
 
 
-def call_with_frames(processor: Any, layout: str, frames: list[Image.Image], fps: float,
-                     text: str, **kwargs: Any) -> dict[str, torch.Tensor]:
-    """``processor(text=text, videos=[frames])`` with :class:`FrameVideoProcessor` as its video processor for
-    this call (the processor's own one, if any, is put back afterwards)."""
-    stand_in = FrameVideoProcessor(processor.image_processor, layout, fps)
+def call_with_frames(processor: Any, layout: str, frames: list[Image.Image], fps: float, text: str,
+                     image_processor: Any = None) -> dict[str, torch.Tensor]:
+    """``processor(text=text, videos=[frames])`` with :class:`FrameVideoProcessor` (around ``image_processor``,
+    default the processor's own) as its video processor for this call (the processor's own video processor, if
+    any, is put back afterwards)."""
+    stand_in = FrameVideoProcessor(image_processor or processor.image_processor, layout, fps)
     missing = object()
     previous = processor.__dict__.get("video_processor", missing)
     processor.video_processor = stand_in
     try:
-        out = processor(text=text, videos=[np.stack([np.asarray(f) for f in frames])], return_tensors="pt", **kwargs)
+        out = processor(text=text, videos=[np.stack([np.asarray(f) for f in frames])], return_tensors="pt")
     except ValueError as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise InputError(f"the processor rejected this video/prompt ({first}): pass frames of a usual size and a "

@@ -9,6 +9,10 @@ more than one tile's worth of features are bilinearly shrunk, as ``anyres_max_9`
     - 40x80 -> 2x1 tiles -> 8x4 (ratio sqrt(2) > 1.1: shrunk to 5x2) -> 16 + 5*3 = 31.
     The processor is :func:`mmlens.adapters.image_only.image_only_processor` of ``LlavaOnevisionProcessor``.
 
+llava_next_video (LLaVA-NeXT's CLIP 32 px / patch 8 tower, pinpoints and image layout: 34, 56, 70 tokens for the
+three sizes; videos: each frame shortest edge 32 + centre crop 32, 4x4 patches average-pooled to 2x2 = 4 tokens per
+frame, no newline). The processor is :class:`mmlens.adapters.llava_next_video.ImageOnlyLlavaNextVideoProcessor`.
+
 gemma3 (SigLIP 48 px / patch 8 = 6x6 patches, average-pooled 2x2 to ``mm_tokens_per_image=9`` = 3x3 tokens;
 Gemma 3 LM: layer 0 sliding window 8, 4 query / 2 kv heads, bidirectional attention inside each image block)
     Pan & scan on (min crop 16 px, at most 3 crops, from aspect 1.2): 80x40 -> whole image + 2 crops = 27 tokens,
@@ -53,6 +57,9 @@ from transformers import (
     InternVLForConditionalGeneration,
     InternVLProcessor,
     InternVLVisionConfig,
+    LlavaNextImageProcessorPil,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -69,6 +76,7 @@ from transformers import (
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from mmlens.adapters.image_only import image_only_processor
+from mmlens.adapters.llava_next_video import ImageOnlyLlavaNextVideoProcessor
 from mmlens.adapters.smolvlm import ImageOnlySmolVLMProcessor
 from mmlens.testing.tiny_configs import (
     HEADS,
@@ -76,6 +84,7 @@ from mmlens.testing.tiny_configs import (
     LAYERS,
     QWEN_CHAT_TEMPLATE,
     QWEN_SPECIALS,
+    clip_vision_config,
     llama_config,
     special_ids,
     tiny_tokenizer,
@@ -83,6 +92,7 @@ from mmlens.testing.tiny_configs import (
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
+    "llava_next_video": ((80, 24), (40, 80), (72, 56)),
     "llava_onevision": ((80, 24), (40, 80), (72, 56)),
     "gemma3": ((80, 40), (40, 100), (48, 48)),
     "idefics3": ((80, 40), (40, 100), (48, 48)),
@@ -119,6 +129,24 @@ def build_llava_onevision():
                                   vision_feature_layer=-1, vision_aspect_ratio="anyres_max_1",
                                   image_grid_pinpoints=_PINPOINTS)
     return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def build_llava_next_video():
+    """LLaVA-NeXT's tiny CLIP tower + Llama with LLaVA-NeXT-Video's classes: images as LLaVA-NeXT, video frames
+    resized / centre-cropped to 32 px, 4x4 patches average-pooled to 2x2 = 4 tokens per frame."""
+    tok = tiny_tokenizer(("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"},
+                         LLAVA_VIDEO_CHAT_TEMPLATE)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=_PINPOINTS)
+    processor = ImageOnlyLlavaNextVideoProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_VIDEO_CHAT_TEMPLATE)
+    config = LlavaNextVideoConfig(vision_config=clip_vision_config(), text_config=llama_config(tok),
+                                  image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+                                  vision_feature_select_strategy="default", vision_feature_layer=-2,
+                                  image_grid_pinpoints=_PINPOINTS, spatial_pool_mode="average", spatial_pool_stride=2,
+                                  image_seq_length=16, video_seq_length=4)
+    return LlavaNextVideoForConditionalGeneration(config), processor
 
 
 GEMMA3_CHAT_TEMPLATE = (
@@ -228,6 +256,7 @@ def build_internvl():
 
 
 BUILDERS = {
+    "llava_next_video": build_llava_next_video,
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
     "idefics3": build_idefics3,
