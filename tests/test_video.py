@@ -216,3 +216,24 @@ def test_cli_explains_a_gif_from_a_saved_model(tmp_path, family):
     result = runner.invoke(app, ["explain", str(tmp_path / "clip.gif"), "what is this?", "--model", "demo",
                                  "--answer", "red", "--video", "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "takes no video" in result.output and not (tmp_path / "x.png").exists()
+
+
+def test_a_saved_video_processor_config_sizes_qwen_frames(tmp_path):
+    """Loaded without torchvision, the processor reads the saved video processor's per-frame pixel bounds: with
+    28x28 pixels per frame, each pair of frames becomes one merged token (the image bounds keep 84x56)."""
+    import json
+
+    from mmlens.testing.tiny_models import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor("qwen2_vl")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    video = tiny_video("qwen2_vl", 4)
+    default = mmlens.load(str(tmp_path)).prepare(video, "what is this?")
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"video_processor_type": "Qwen2VLVideoProcessor", "min_pixels": 28 * 28, "max_pixels": 28 * 28,
+         "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}))
+    small = mmlens.load(str(tmp_path)).prepare(video, "what is this?")
+    assert default.inputs["video_grid_thw"].tolist() == [[2, 4, 6]]  # the image bounds: 84x56 kept
+    assert small.inputs["video_grid_thw"].tolist() == [[2, 2, 2]]  # 28x28 per frame
+    assert [g.grids[0].shape for g in small.geometry] == [(1, 1)] * 4

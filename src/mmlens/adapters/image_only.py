@@ -60,4 +60,7 @@ def load_image_only(parent: type[ProcessorMixin], path: str, image_only: type[Pr
     kwargs.pop("trust_remote_code", None)
     processor = (image_only or image_only_processor(parent)).from_pretrained(path, backend="pil", **kwargs)
     processor._mmlens_notes = [f"using an image-only {parent.__name__}: {reason}"]
+    from mmlens.adapters.video import saved_video_settings
+
+    processor._mmlens_video_settings = saved_video_settings(path, **kwargs)  # video frames (adapters.video)
     return processor

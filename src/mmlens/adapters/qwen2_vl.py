@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.adapters.video import call_with_frames, qwen_video_geometry
+from mmlens.adapters.video import call_with_frames, qwen_video_geometry, saved_video_settings
 from mmlens.hooks.points import ModelParts
 from mmlens.hooks.views import RowOrder
 from mmlens.model.geometry import ImageGeometry, ImageGrid
@@ -45,6 +45,7 @@ class Qwen2VLAdapter(Adapter):
         kwargs.pop("trust_remote_code", None)
         processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
         processor._mmlens_notes = [f"using an image-only {cls.family} processor: {reason}"]
+        processor._mmlens_video_settings = saved_video_settings(path, **kwargs)  # video frames (adapters.video)
         return processor
 
     def parts(self) -> ModelParts:

@@ -14,9 +14,10 @@ Layouts (``layout``):
   the tile size; NeXT-Video: shortest edge + centre crop), one token per 2x2 pooled patch cell per frame.
 
 Differences from the torchvision video processors, said plainly: no frame sampling (the frames passed are the
-frames used), PIL resampling instead of torchvision's (pixel values may differ by interpolation rounding), and
-the image processor's size settings rather than a separate video size (real checkpoints may use fewer pixels
-per video frame than per image).
+frames used); PIL resampling instead of torchvision's (pixel values may differ by interpolation rounding); Qwen
+frames are sized by the video processor's per-frame pixel bounds (a loaded video processor's, or the saved
+``video_preprocessor_config.json``'s, else the image processor's), with no total-video pixel budget; the LLaVA
+layouts use the image processor's tile / crop size.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ class FrameVideoProcessor:
     >>> # FrameVideoProcessor(processor.image_processor, "qwen", fps=2.0)([frames_array])
     """
 
-    def __init__(self, image_processor: Any, layout: str, fps: float) -> None:
+    def __init__(self, image_processor: Any, layout: str, fps: float, size: dict | None = None) -> None:
         self.image_processor = image_processor
         self.layout = layout
         self.fps = float(fps)
+        self.size = size  # Qwen: the video processor's {"shortest_edge", "longest_edge"} pixel bounds per frame
         self.merge_size = int(getattr(image_processor, "merge_size", 2) or 2)
         self.temporal_patch_size = int(getattr(image_processor, "temporal_patch_size", 1) or 1)
         self.patch_size = getattr(image_processor, "patch_size", None)
@@ -62,7 +64,7 @@ class FrameVideoProcessor:
         return BatchFeature(data)
 
     def _qwen(self, frames: list[Image.Image]) -> tuple[torch.Tensor, list[int]]:
-        out = self.image_processor(images=frames, return_tensors="pt")
+        out = self.image_processor(images=frames, return_tensors="pt", **({"size": self.size} if self.size else {}))
         flat, thw = out["pixel_values"], out["image_grid_thw"]
         n = int(thw[0].prod())  # patches per frame
         tps, p = self.temporal_patch_size, int(self.patch_size)
@@ -86,7 +88,8 @@ def call_with_frames(processor: Any, layout: str, frames: list[Image.Image], fps
     """``processor(text=text, videos=[frames])`` with :class:`FrameVideoProcessor` (around ``image_processor``,
     default the processor's own) as its video processor for this call (the processor's own video processor, if
     any, is put back afterwards)."""
-    stand_in = FrameVideoProcessor(image_processor or processor.image_processor, layout, fps)
+    stand_in = FrameVideoProcessor(image_processor or processor.image_processor, layout, fps,
+                                   video_size(processor) if layout == "qwen" else None)
     missing = object()
     previous = processor.__dict__.get("video_processor", missing)
     processor.video_processor = stand_in
@@ -102,6 +105,37 @@ def call_with_frames(processor: Any, layout: str, frames: list[Image.Image], fps
         else:
             processor.video_processor = previous
     return {k: v for k, v in dict(out).items() if k != "video_metadata"}
+
+
+def video_size(processor: Any) -> dict | None:
+    """Per-frame pixel bounds ``{"shortest_edge", "longest_edge"}`` of the family's video processor: the loaded
+    one's (torchvision installed), else the saved ``video_preprocessor_config.json``'s (read by
+    :func:`saved_video_settings` at load time), else None (the image processor's bounds)."""
+    real = processor.__dict__.get("video_processor")
+    settings = dict(getattr(real, "size", None) or {}) if real is not None else \
+        getattr(processor, "_mmlens_video_settings", {}).get("size") or {}
+    if settings.get("min_pixels") or settings.get("max_pixels"):  # older configs
+        settings = {"shortest_edge": settings.get("min_pixels"), "longest_edge": settings.get("max_pixels")}
+    if settings.get("shortest_edge") and settings.get("longest_edge"):
+        return {"shortest_edge": int(settings["shortest_edge"]), "longest_edge": int(settings["longest_edge"])}
+    return None
+
+
+def saved_video_settings(path: str, **kwargs: Any) -> dict:
+    """The settings saved in ``path``'s video processor config (``{}`` when it has none), read without
+    torchvision; Qwen's ``min_pixels`` / ``max_pixels`` become ``size``."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    hub = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")}
+    try:
+        config, _ = BaseVideoProcessor.get_video_processor_dict(path, **hub)
+    except (OSError, ValueError, TypeError):
+        return {}
+    size = dict(config.get("size") or {})
+    for old, new in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if config.get(old):
+            size[new] = config[old]
+    return {"size": size} if size else {}
 
 
 def video_positions(input_ids: torch.Tensor, video_token_id: int, expected: int) -> torch.Tensor:

@@ -62,8 +62,8 @@ def perturbed_inputs(
     if rows == 0:
         raise InputError("no image sets given: pass one list of images per perturbed row")
     if batch.is_video:
-        raise InputError("perturbed rows of a video are not supported yet: use attention, relevancy or a gradient "
-                         "method on a video")
+        raise InputError("perturbed copies of a video's frames are not scored yet (perturbation methods, deletion / "
+                         "insertion and ROAD need them): explain a video with attention, relevancy or a gradient method")
     _check_sizes(batch, image_sets)
     out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
     inputs = {k: v for k, v in out.items() if k in batch.inputs}
