@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import subject_for
@@ -139,10 +140,27 @@ def test_explanation_of_a_video_round_trips(tmp_path):
     assert ex.frame_curve()[-1] == pytest.approx(float(row[ex.image_positions[-1][:-1]].sum()), rel=1e-6)
 
 
-def test_perturbation_methods_refuse_video_in_one_line():
-    subject = subject_for("qwen2_vl")
-    with pytest.raises(InputError, match="video"):
-        mmlens.explain(subject, tiny_video("qwen2_vl", 2), "what is this?", method="occlusion", answer="red")
+def test_perturbation_methods_perturb_each_frame(vfamily):
+    """RISE masks every frame on its own (one video per perturbed row): per-frame maps that differ between the
+    two frames of a Qwen token pair, and a shared token's score is the mean of its frames' pooled maps."""
+    subject = subject_for(vfamily)
+    video = tiny_video(vfamily, 3)
+    ex = mmlens.explain(subject, video, "what is this?", method="rise", answer="red", n_masks=16)
+    maps = [ex.image_map(image=k) for k in range(3)]
+    assert all(m.shape == (video.frames[0].height, video.frames[0].width) and np.isfinite(m).all() for m in maps)
+    assert not np.array_equal(maps[0], maps[1])
+    assert count_hooks(subject.model) == 0
+    from mmlens.attribution.perturbation_masks import pool_to_positions
+
+    batch = subject.prepare(video, "what is this?", answer="red")
+    pooled = []
+    for k in (0, 1):
+        row = torch.zeros(batch.seq_len)
+        pool_to_positions(batch.geometry[k], maps[k], row)
+        pooled.append(row)
+    p = int(batch.geometry[0].grids[0].positions[0, 0])
+    expected = (pooled[0][p] + pooled[1][p]) / 2 if vfamily.startswith("qwen") else pooled[0][p]
+    assert float(ex.position_scores[0, p]) == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
 
 
 def test_bad_video_inputs_get_one_line_each():

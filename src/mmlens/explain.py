@@ -72,9 +72,6 @@ def explain(
     _check_options(info, options)
     check_option_ranges({**options, "max_new_tokens": max_new_tokens})
     subject.require(info.tier)
-    if isinstance(images, Video) and info.tier == "black-box":
-        raise InputError(f"method {method!r} perturbs images and does not perturb video frames yet: use attention, "
-                         "rollout, relevancy or a gradient method on a video")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r}: pass an integer")
     if answer is None:
