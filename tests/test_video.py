@@ -117,6 +117,8 @@ def test_methods_give_per_frame_maps_and_a_frame_curve(method, tmp_path):
     for k in range(3):
         assert curve[k] == pytest.approx(float(row[ex.image_positions[k]].sum()), rel=1e-6)  # no separators
     assert curve[0] == curve[1]  # one token per two frames: the pair shares its score
+    fig = ex.plot()  # one panel per frame (at most MAX_STRIP_FRAMES of a long video)
+    assert len([a for a in fig.axes if a.get_title()]) == 3
     path = ex.save_strip(tmp_path / "strip.png")
     with Image.open(path) as strip:
         assert strip.width > strip.height > 0
@@ -172,6 +174,7 @@ def test_bad_video_inputs_get_one_line_each():
         f"{limits.MAX_VIDEO_FRAMES}-frame limit": (qwen, Video([frame] * (limits.MAX_VIDEO_FRAMES + 1))),
         "frames of one size": (qwen, Video([frame, frame.resize((56, 56))])),
         "fps=": (qwen, Video([frame], fps=0)),
+        "list of frames": (qwen, Video("clip.gif")),
     }
     for needle, (subject, video) in cases.items():
         with pytest.raises(InputError) as err:

@@ -95,6 +95,9 @@ class Subject:
         ``<match>`` becomes the prompt's zero-shot class among them (see :func:`mmlens.zero_shot`)."""
         self._check_text("prompt", prompt)
         if isinstance(images, Video):
+            if candidates is not None:
+                raise InputError("candidates (zero-shot classes among captions) take an image, not a video: leave "
+                                 "candidates out")
             batch = self._prepare_video(images, prompt)
             return self.with_answer(batch, answer) if answer is not None else batch
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]

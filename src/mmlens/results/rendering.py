@@ -26,7 +26,14 @@ def plot(ex: Explanation, new_figure: Callable[..., Any], target: TargetKey, ax:
     from mmlens.viz.overlay import overlay
 
     targets = range(len(ex.labels)) if target is None else [ex._index(target)]
-    images = range(len(ex.images)) if image is None else [ex._image(image)]
+    if image is not None:
+        images = [ex._image(image)]
+    elif ex.is_video:  # at most the strip's frames, evenly spaced (a long video would make a huge figure)
+        from mmlens.results.video_strip import shown_frames
+
+        images = shown_frames(len(ex.images))
+    else:
+        images = range(len(ex.images))
     panels = [(t, i) for t in targets for i in images]
     if ax is not None:
         if len(panels) != 1:
@@ -41,7 +48,8 @@ def plot(ex: Explanation, new_figure: Callable[..., Any], target: TargetKey, ax:
     for a, (t, i) in zip(axes, panels):
         mappable = overlay(ex.images[i], ex.pixel_maps[t][i], a, alpha=alpha, cmap=cmap)
         fig.colorbar(mappable, ax=a, fraction=0.046, pad=0.04)
-        title = f"{ex.method}: {ex.labels[t]!r}" + (f" (image {i})" if len(ex.images) > 1 else "")
+        which = "frame" if ex.is_video else "image"
+        title = f"{ex.method}: {ex.labels[t]!r}" + (f" ({which} {i})" if len(ex.images) > 1 else "")
         a.set_title(_no_mathtext(title), fontsize=9)
     for a in axes[len(panels):]:
         a.axis("off")

@@ -30,6 +30,15 @@ def frame_curve(ex: Explanation, target: TargetKey = None) -> np.ndarray:
     return np.array([float(row[list(p)].sum()) if len(p) else 0.0 for p in groups], dtype=np.float64)
 
 
+def shown_frames(n: int) -> list[int]:
+    """The frames a strip (or a video's plot) draws: all of them, or :data:`MAX_STRIP_FRAMES` evenly spaced.
+
+    >>> shown_frames(3), shown_frames(31)[:4], len(shown_frames(200))
+    ([0, 1, 2], [0, 2, 4, 6], 16)
+    """
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, MAX_STRIP_FRAMES))})
+
+
 def strip_png(ex: Explanation, target: TargetKey = None, dpi: int = 100, cmap: str = "jet") -> bytes:
     """PNG bytes of the strip for ``target`` (None = the first)."""
     from matplotlib.figure import Figure
@@ -42,8 +51,7 @@ def strip_png(ex: Explanation, target: TargetKey = None, dpi: int = 100, cmap: s
         raise InputError("this explanation is of images, not a video: use plot() / save('x.png')")
     t = ex._index(target)
     times = list(video["frame_times"])
-    n = len(ex.images)
-    shown = sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, MAX_STRIP_FRAMES))})
+    shown = shown_frames(len(ex.images))
     maps = [ex.pixel_maps[t][k] for k in shown]
     finite = np.concatenate([m[np.isfinite(m)].ravel() for m in maps])
     scale = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
