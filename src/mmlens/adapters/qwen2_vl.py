@@ -27,6 +27,8 @@ class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     supports_video = True
+    #: the frame layout of :mod:`mmlens.adapters.video` (Qwen3-VL: "qwen3")
+    video_layout = "qwen"
 
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
@@ -77,7 +79,7 @@ class Qwen2VLAdapter(Adapter):
 
     def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
         """Two frames per token (``temporal_patch_size``), see :mod:`mmlens.adapters.video`."""
-        return call_with_frames(self.processor, "qwen", frames, fps, text)
+        return call_with_frames(self.processor, self.video_layout, frames, fps, text)
 
     def video_geometry(self, inputs: dict[str, torch.Tensor], frames: list[Image.Image],
                        fps: float) -> list[ImageGeometry]:

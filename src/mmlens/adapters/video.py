@@ -7,8 +7,8 @@ call, so the placeholder expansion, timestamps and ``mm_token_type_ids`` are tra
 
 Layouts (``layout``):
 
-- ``"qwen"`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): each frame resized like an image (multiples of ``patch *
-  merge``), then ``temporal_patch_size`` (2) consecutive frames per token: ``video_grid_thw = (ceil(T / 2), h,
+- ``"qwen"`` (Qwen2-VL, Qwen2.5-VL) / ``"qwen3"`` (Qwen3-VL): each frame resized like an image (multiples of
+  ``patch * merge``; Qwen3-VL: one pixel budget for all frames together, :func:`qwen3_frame_size`), then ``temporal_patch_size`` (2) consecutive frames per token: ``video_grid_thw = (ceil(T / 2), h,
   w)``, an odd last frame repeated (as HF does). So one video token reads a cell of *two* frames.
 - ``"pooled"`` (LLaVA-OneVision, LLaVA-NeXT-Video): each frame is the family's base image (OneVision: squashed to
   the tile size; NeXT-Video: shortest edge + centre crop), one token per 2x2 pooled patch cell per frame.
@@ -52,7 +52,7 @@ class FrameVideoProcessor:
 
     def __call__(self, videos: Any, **kwargs: Any) -> BatchFeature:
         clips = [[Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in v] for v in make_batched_videos(videos)]
-        if self.layout == "qwen":
+        if self.layout in ("qwen", "qwen3"):
             parts = [self._qwen(frames) for frames in clips]
             data = {"pixel_values_videos": torch.cat([p for p, _ in parts]),
                     "video_grid_thw": torch.tensor([g for _, g in parts], dtype=torch.long)}
@@ -64,7 +64,15 @@ class FrameVideoProcessor:
         return BatchFeature(data)
 
     def _qwen(self, frames: list[Image.Image]) -> tuple[torch.Tensor, list[int]]:
-        out = self.image_processor(images=frames, return_tensors="pt", **({"size": self.size} if self.size else {}))
+        size = self.size
+        if self.layout == "qwen3":  # one pixel budget for the whole video: resize first, then keep that size
+            bounds = size or dict(self.image_processor.size)
+            h, w = qwen3_frame_size(len(frames), frames[0].height, frames[0].width, self.temporal_patch_size,
+                                    int(self.patch_size) * self.merge_size, int(bounds["shortest_edge"]),
+                                    int(bounds["longest_edge"]))
+            frames = [f.resize((w, h), Image.Resampling.BICUBIC) for f in frames]
+            size = {"shortest_edge": h * w, "longest_edge": h * w}
+        out = self.image_processor(images=frames, return_tensors="pt", **({"size": size} if size else {}))
         flat, thw = out["pixel_values"], out["image_grid_thw"]
         n = int(thw[0].prod())  # patches per frame
         tps, p = self.temporal_patch_size, int(self.patch_size)
@@ -83,13 +91,35 @@ class FrameVideoProcessor:
         return pv[:, 0] if pv.ndim == 5 else pv  # anyres processors: tile 0 is the base image
 
 
+def qwen3_frame_size(n_frames: int, height: int, width: int, temporal: int, factor: int, min_pixels: int,
+                     max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's video frame size ``(h, w)``: multiples of ``factor`` near the frame's, with the pixels of all the
+    (temporally padded) frames together inside ``[min_pixels, max_pixels]`` (as Qwen3-VL's video processor).
+
+    >>> qwen3_frame_size(4, 64, 96, 2, 32, 4096, 16384)
+    (32, 64)
+    """
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    t = max(temporal, round(n_frames / temporal) * temporal)
+    if t * h * w > max_pixels:
+        beta = math.sqrt(n_frames * height * width / max_pixels)
+        h, w = max(factor, math.floor(height / beta / factor) * factor), max(factor, math.floor(width / beta / factor) * factor)
+    elif t * h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (n_frames * height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
 def call_with_frames(processor: Any, layout: str, frames: list[Image.Image], fps: float, text: str,
                      image_processor: Any = None) -> dict[str, torch.Tensor]:
     """``processor(text=text, videos=[frames])`` with :class:`FrameVideoProcessor` (around ``image_processor``,
     default the processor's own) as its video processor for this call (the processor's own video processor, if
     any, is put back afterwards)."""
     stand_in = FrameVideoProcessor(image_processor or processor.image_processor, layout, fps,
-                                   video_size(processor) if layout == "qwen" else None)
+                                   video_size(processor) if layout.startswith("qwen") else None)
     missing = object()
     previous = processor.__dict__.get("video_processor", missing)
     processor.video_processor = stand_in

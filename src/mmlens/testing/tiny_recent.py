@@ -31,6 +31,8 @@ smolvlm: the same sizes, layout and token counts as idefics3, with SmolVLM's cla
 qwen3_vl (``Qwen2VLImageProcessorPil`` with 16 px patches, merge 2: images resized to multiples of 32 px; vision
 tower with learned 4x4 position embeddings (interpolated), DeepStack from vision block 0 into LM block 0)
     96x64 -> grid_thw (1, 4, 6) -> 2x3 = 6 tokens; 64x128 -> (1, 8, 4) -> 4x2 = 8; 64x64 -> 2x2 = 4.
+    Videos: at most 32*32*64 pixels for all frames together (Qwen3-VL's video budget), so 3-4 frames of 96x64 keep
+    their size: grid_thw (2, 4, 6), 2x3 tokens per pair of frames.
 
 internvl (InternVL vision 32 px / patch 8 + CLS (dropped), pixel shuffle 0.5 -> 2x2 = 4 tokens per tile; Qwen2 LM;
 ``GotOcr2ImageProcessorPil`` tiles of 32 px, 1..4 tiles, thumbnail when more than one)
@@ -219,6 +221,8 @@ def build_qwen3_vl():
                                                temporal_patch_size=2)
     processor = image_only_processor(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                                        chat_template=QWEN_CHAT_TEMPLATE)
+    # video pixel bounds (for all frames together), as a saved video_preprocessor_config.json would give them
+    processor._mmlens_video_settings = {"size": {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}}
     text = {"vocab_size": len(tok), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
             "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
             "head_dim": HIDDEN // HEADS, "max_position_embeddings": 512,
