@@ -25,8 +25,8 @@ from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.images import ImageLike
 from mmlens.model.subject import Subject
-from mmlens.model.video import Video
 from mmlens.model.targets import Target, resolve_targets
+from mmlens.model.video import Video
 from mmlens.results.explanation import Explanation, jsonable
 from mmlens.util.limits import check_option_ranges
 

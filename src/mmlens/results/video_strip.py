@@ -36,7 +36,7 @@ def shown_frames(n: int) -> list[int]:
     >>> shown_frames(3), shown_frames(31)[:4], len(shown_frames(200))
     ([0, 1, 2], [0, 2, 4, 6], 16)
     """
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, MAX_STRIP_FRAMES))})
+    return sorted({round(float(i)) for i in np.linspace(0, n - 1, min(n, MAX_STRIP_FRAMES))})
 
 
 def strip_png(ex: Explanation, target: TargetKey = None, dpi: int = 100, cmap: str = "jet") -> bytes:
