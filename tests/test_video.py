@@ -287,3 +287,38 @@ def test_generation_signals_keep_a_video_a_video():
     grounded = mmlens.generate_explained(subject, video, "what is this?", max_new_tokens=3)
     assert grounded.answer == plain.text
     assert count_hooks(subject.model) == 0
+
+
+def test_projector_out_and_the_feature_cache_see_video_features(vfamily):
+    """``projector.out`` on a video is the video features, one row per video token, as the LM receives them;
+    the feature cache computes them once for repeated forwards."""
+    from mmlens.model.feature_cache import cached_image_features
+
+    subject = subject_for(vfamily)
+    batch = subject.prepare(tiny_video(vfamily, 3), "what is this?", answer="red")
+    video = batch.image_positions()
+    with subject.trace() as tr:
+        tr.capture("projector.out")
+        tr.capture("lm.blocks.0.resid_pre")
+        subject.forward(batch)
+    assert torch.equal(tr["projector.out"], tr["lm.blocks.0.resid_pre"][0, video])
+    with cached_image_features(subject) as counts:
+        first, second = subject.forward(batch), subject.forward(batch)
+    assert counts == {"computed": 1, "reused": 1} and torch.equal(first, second)
+    assert count_hooks(subject.model) == 0
+
+
+def test_a_projector_edit_applies_once_to_a_video():
+    """Qwen3-VL's get_video_features calls get_image_features: an additive edit at projector.out must still be
+    added once."""
+    subject = subject_for("qwen3_vl")
+    batch = subject.prepare(tiny_video("qwen3_vl", 2), "what is this?")
+    with subject.trace() as tr:
+        tr.capture("projector.out")
+        subject.forward(batch)
+    plain = tr["projector.out"]
+    with subject.trace() as tr:
+        tr.edit("projector.out", lambda t: t + 1.0)
+        tr.capture("lm.blocks.0.resid_pre")
+        subject.forward(batch)
+    assert torch.allclose(tr["lm.blocks.0.resid_pre"][0, batch.image_positions()], plain + 1.0)
