@@ -26,13 +26,14 @@ from mmlens.model.batch import Batch
 from mmlens.model.images import ImageLike
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, resolve_targets
+from mmlens.model.video import Video
 from mmlens.results.explanation import Explanation, jsonable
 from mmlens.util.limits import check_option_ranges
 
 
 def explain(
     subject: Subject,
-    images: ImageLike | Sequence[ImageLike],
+    images: ImageLike | Sequence[ImageLike] | Video,
     prompt: str,
     method: str = "relevancy",
     target: str | tuple[str, str] | None = None,
@@ -55,6 +56,9 @@ def explain(
     ``candidates`` (other captions) the answer is the caption's zero-shot class among them, so the default
     ``log_prob`` objective explains why it won (its softmax log-probability over all the captions' similarities;
     :func:`mmlens.zero_shot` gives the classes' probabilities).
+
+    Video (:class:`mmlens.Video`, families with video input): the explanation's images are the frames, with
+    one map per frame, ``ex.frame_curve()`` (per-frame importance) and ``ex.save_strip("strip.png")``.
 
     >>> ex = mmlens.explain(lm, "cat.png", "what is on the mat?", method="integrated_gradients",
     ...                     steps=16)                                                # doctest: +SKIP
@@ -86,6 +90,14 @@ def explain(
     spec = {"target": target, "answer": answer, "max_new_tokens": max_new_tokens if answer is None else None,
             **({"candidates": list(candidates)} if candidates is not None else {})}
     return build_explanation(subject, batch, targets, out, method, options, seed, spec)
+
+
+def video_metadata(batch: Batch) -> dict[str, Any]:
+    """What an explanation of a video records: its rate, each frame's time, the frames each frame's tokens read,
+    and each frame's token positions without separators (what :meth:`Explanation.frame_curve` sums)."""
+    return {"fps": batch.video_fps, "frame_times": [g.time for g in batch.geometry],
+            "token_frames": [list(g.grids[0].frames) if g.grids else [g.frame] for g in batch.geometry],
+            "frame_positions": [g.grid_positions().tolist() for g in batch.geometry]}
 
 
 def _check_options(info: MethodInfo, options: dict[str, Any]) -> None:
@@ -154,6 +166,7 @@ def build_explanation(
         "dtype": str(next(subject.model.parameters()).dtype).replace("torch.", ""),
         "versions": versions(),
         **({"image_notes": list(batch.conversions)} if batch.conversions else {}),
+        **({"video": video_metadata(batch)} if batch.is_video else {}),
     }
     return Explanation(
         method=method,

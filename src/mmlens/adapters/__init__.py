@@ -3,9 +3,9 @@
 Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
 ``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match).
 ``mllama`` (Llama 3.2 Vision) is the one family whose images are cross-attention keys, not sequence positions (its
-geometry has ``space="keys"``). Not covered yet (issue 16): video
-input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
-processor needs torchvision, which mmlens does not use).
+geometry has ``space="keys"``). Not covered yet (issue 16): video input for the other families (their transformers
+classes take no video). Video (Qwen2/2.5/3-VL, LLaVA-OneVision, LLaVA-NeXT-Video): ``video`` (frames through the
+family's PIL image processor, no torchvision).
 """
 
 from mmlens.adapters import (  # noqa: F401
@@ -15,6 +15,7 @@ from mmlens.adapters import (  # noqa: F401
     internvl,
     llava,
     llava_next,
+    llava_next_video,
     llava_onevision,
     mllama,
     paligemma,

@@ -110,7 +110,7 @@ def embedding_function(
 
 def _image_variant(subject: Subject, batch: Batch, images: list[Image.Image]) -> torch.Tensor:
     """LM input embeddings ``(1, P, D)`` at ``batch``'s image positions when its images are replaced."""
-    other = subject.prepare(images, batch.prompt)
+    other = subject.prepare(batch.visual_input(images), batch.prompt)
     pos = batch.key_positions() if batch.in_key_space else batch.image_positions()
     if not torch.equal(other.key_positions() if other.in_key_space else other.image_positions(), pos):
         raise RuntimeError("the baseline images got a different image-token layout than the originals")

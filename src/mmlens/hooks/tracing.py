@@ -58,7 +58,7 @@ from torch import nn
 from mmlens.errors import InputError
 from mmlens.hooks.attention import AttentionTap
 from mmlens.hooks.points import HookPoint
-from mmlens.hooks.views import MethodPatch, RowOrder, as_keys, block_diagonal, flatten_features, in_canonical_order
+from mmlens.hooks.views import MethodPatch, RowOrder, as_keys, block_diagonal, features_patch, in_canonical_order
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -185,19 +185,12 @@ class Tracer:
 
             in_hook._mmlens = True  # type: ignore[attr-defined]
             self._handles.append(point.module.register_forward_pre_hook(in_hook, with_kwargs=True))
-        elif point.kind == "image_features":
-            original = point.module.get_image_features
-
-            def features(*args: Any, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                flat, restore = flatten_features(out.pooler_output)
-                new = fn(flat)
-                if new is not None:
-                    out.pooler_output = restore(new)
-                return out
-
-            features._mmlens = True  # type: ignore[attr-defined]
-            self._handles.append(MethodPatch(point.module, "get_image_features", features))
+        elif point.kind == "image_features":  # a video's features too (get_video_features), where the family has them
+            busy = [False]
+            for method in ("get_image_features", "get_video_features"):
+                if hasattr(point.module, method):
+                    patch = features_patch(getattr(point.module, method), fn, busy)
+                    self._handles.append(MethodPatch(point.module, method, patch))
         else:
             raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
 

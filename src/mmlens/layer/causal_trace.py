@@ -56,7 +56,7 @@ def _corrupted(subject: Subject, batch: Batch, corrupt: str, corrupt_with: Any) 
         images = corrupt_with if isinstance(corrupt_with, (list, tuple)) else [corrupt_with]
         other = subject.prepare(images, batch.prompt, answer=batch.answer_ids.tolist())
     else:
-        other = subject.prepare(batch.images, str(corrupt_with), answer=batch.answer_ids.tolist())
+        other = subject.prepare(batch.visual_input(), str(corrupt_with), answer=batch.answer_ids.tolist())
     if other.seq_len != batch.seq_len or other.prompt_len != batch.prompt_len:
         raise InputError(f"the corrupted {corrupt} gives {other.seq_len} tokens, the clean input {batch.seq_len}: "
                          f"pass a {corrupt} of the same size / token length")

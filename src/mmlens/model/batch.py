@@ -28,6 +28,22 @@ class Batch:
     answer: str | None = None
     answer_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     conversions: list[str] = field(default_factory=list)
+    #: frames per second when ``images`` are the frames of one :class:`~mmlens.model.video.Video` (else None)
+    video_fps: float | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.video_fps is not None
+
+    def visual_input(self, images: list[Image.Image] | None = None) -> Any:
+        """``images`` (default: this batch's) in the form :meth:`Subject.prepare` takes for this batch: the
+        frames of a :class:`~mmlens.model.video.Video` at this batch's rate, or the image list."""
+        images = list(self.images if images is None else images)
+        if self.video_fps is None:
+            return images
+        from mmlens.model.video import Video
+
+        return Video(images, self.video_fps)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -59,12 +75,13 @@ class Batch:
                              "method (occlusion, ...)")
 
     def image_positions(self) -> torch.Tensor:
-        """Every image-token position of every image (separators included), sorted (see
-        :meth:`require_sequence_images`)."""
+        """Every image-token position of every image (separators included), sorted, each once (video frames
+        that share tokens, e.g. Qwen2-VL's two frames per token, list them once); see
+        :meth:`require_sequence_images`."""
         self.require_sequence_images()
         if not self.geometry:
             return torch.zeros(0, dtype=torch.long)
-        return torch.cat([g.positions for g in self.geometry]).sort().values
+        return torch.unique(torch.cat([g.positions for g in self.geometry]))
 
     def key_positions(self) -> torch.Tensor:
         """Every cross-attention key of every image (separators included), sorted; empty for sequence images."""

@@ -130,7 +130,7 @@ from mmlens.testing.tiny_recent import BUILDERS as RECENT_BUILDERS
 from mmlens.testing.tiny_recent import IMAGE_SIZES as RECENT_IMAGE_SIZES
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
-__all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
+__all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_video", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS, *MLLAMA_BUILDERS)
 #: Extra tiny subjects of a registered family with a different language model, built on request only (not
@@ -175,6 +175,14 @@ def tiny_images(family: str, n: int = 1, seed: int = 0) -> list[Image.Image]:
         arr += rng.normal(0.0, 8.0, size=arr.shape)
         images.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB"))
     return images
+
+
+def tiny_video(family: str, n_frames: int = 3, fps: float = 2.0, seed: int = 0):
+    """A :class:`~mmlens.Video` of ``n_frames`` different frames of ``family``'s first (non-square) image size."""
+    from mmlens.model.video import Video
+
+    size = _IMAGE_SIZES[family][0]
+    return Video([img.resize(size) for img in tiny_images(family, n_frames, seed=seed)], fps=fps)
 
 
 def tiny_prompt(
