@@ -320,9 +320,14 @@ def test_internals_work_or_refuse_in_one_line(lm):
     grid = causal_trace(lm, batch, positions={"all": torch.arange(batch.seq_len)}, layers=[last], noise_scale=5.0)
     assert grid.meta["p_clean"] != pytest.approx(grid.meta["p_corrupt"], rel=1e-4)
     assert float(grid.values[0, 0]) + grid.meta["p_corrupt"] == pytest.approx(grid.meta["p_clean"], rel=1e-4)
+    from mmlens.neuron.scores import neuron_scores
+    from mmlens.token.pruning import pruning_curve
+
+    neurons = neuron_scores(lm, batch)  # MLP neurons of every block, cross-attention blocks included
+    assert neurons.scores.shape[0] == lm.n_layers and neurons.scores[1].abs().max() > 0
     heads = head_ablation(lm, batch)  # layer 1: its cross-attention heads
     assert heads.values.shape == (lm.n_layers, lm.n_heads) and heads.values[1].abs().max() > 0
-    for refuse in (lambda: head_image_share(lm, batch),
+    for refuse in (lambda: head_image_share(lm, batch), lambda: pruning_curve(lm, batch),
                    lambda: mmlens.explain(lm, images, PROMPT, method="rollout", answer="red cat")):
         with pytest.raises(InputError) as err:
             refuse()
