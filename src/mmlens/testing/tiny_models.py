@@ -70,6 +70,9 @@ paligemma (SigLIP 32x32, patch 8, no CLS; ``SiglipImageProcessorPil`` resizes to
     The processor adds 1024 ``<locXXXX>`` + 128 ``<segXXX>`` tokens to the tokenizer, so ``len(tokenizer)``
     (= model vocab) is ~1.2k.
 
+mllama (:mod:`mmlens.testing.tiny_mllama`): no image tokens in the sequence (one ``<|image|>`` text token per
+image); the language model cross-attends to 17 keys per 32 px tile (4 x 4 patches + CLS), 4 tile slots per image.
+
 paligemma2 (a variant in ``VARIANTS``, not ``FAMILIES``: same tower, processor and layout as paligemma)
     Gemma 2 language model as in PaliGemma 2: attention logits soft-capped at 50, final logits at 30, layer 0
     a sliding-window layer (window 8), 4 query heads over 2 key/value heads, eager attention.
