@@ -8,6 +8,7 @@ from conftest import subject_for
 
 import mmlens
 from mmlens import InputError, count_hooks
+from mmlens.attribution import attention_backward as backward_module
 from mmlens.attribution import relevancy as rel_module
 from mmlens.attribution.gradient import eager_attention
 from mmlens.attribution.relevancy import attention_chunk_rows, attention_x_gradient, relevancy
@@ -79,6 +80,12 @@ def test_chunked_attention_gradient_methods_equal_eager_references(family):
     targets = resolve_targets(subject.tokenizer, batch, None) + resolve_targets(subject.tokenizer, batch, "answer")
     n = batch.seq_len
     assert attention_chunk_rows(None, subject, batch) is None  # short: eager attention by default
+    if batch.in_key_space:  # Mllama: images are cross-attention keys of a short text sequence; no chunks there
+        for fn in (attention_x_gradient, relevancy):
+            chunked = fn(subject, batch, targets, attention_chunk=3, target_batch=2)
+            torch.testing.assert_close(chunked.key_scores, fn(subject, batch, targets, target_batch=2).key_scores,
+                                       atol=0, rtol=0)
+        return
     # 3 rows per chunk: several chunks per layer; target_batch=2: the chunks' backward runs batched over targets
     axg = attention_x_gradient(subject, batch, targets, attention_chunk=3, target_batch=2).position_scores
     rel = relevancy(subject, batch, targets, attention_chunk=3, target_batch=2).position_scores
@@ -114,7 +121,7 @@ def test_chunked_path_saves_no_attention_matrix_for_backward(method, monkeypatch
     assert saved_matrices(subject, batch, method) >= subject.n_layers  # eager: every layer's probabilities
     assert saved_matrices(subject, batch, method, attention_chunk=4) == 0
     # the default chunks once a layer's probabilities exceed the budget (here: 3 rows' worth)
-    monkeypatch.setattr(rel_module, "ATTENTION_CHUNK_BYTES", 3 * subject.n_heads * batch.seq_len * 4)
+    monkeypatch.setattr(backward_module, "ATTENTION_CHUNK_BYTES", 3 * subject.n_heads * batch.seq_len * 4)
     assert attention_chunk_rows(None, subject, batch) == 3
     assert attention_chunk_rows(None, subject, batch, targets_per_backward=2) == 1
     calls = []
