@@ -112,6 +112,16 @@ class Adapter:
         """One processor call for several rows (one image list and one prompt text each)."""
         return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
 
+    #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
+    #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
+    #: None (tiles or crops not re-implemented: pixel-level methods refuse)
+    pixel_layout: ClassVar[str | None] = None
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(height, width)`` the image processor resizes a ``height x width`` image to, where the family has
+        its own rule (None: the generic rule of :func:`mmlens.model.pixels.generic_resize_size`)."""
+        return None
+
     #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
     dual_encoder: ClassVar[bool] = False
     #: the hook point whose tensor gradient methods differentiate: the input embeddings of the whole sequence

@@ -58,6 +58,7 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
+    pixel_layout = None  # any-resolution tiles: not in the differentiable pixel pipeline
 
     def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
         """(rows, cols, original-pixel box) of the unpadded high-resolution grid of one image."""

@@ -24,6 +24,15 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
+    pixel_layout = "patches"
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int]:
+        """Qwen's ``smart_resize``: multiples of patch x merge inside the processor's pixel budget."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        ip = self.processor.image_processor
+        return tuple(smart_resize(height, width, factor=ip.patch_size * ip.merge_size,  # type: ignore[return-value]
+                                  min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge))
 
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:

@@ -28,6 +28,7 @@ from mmlens.model.geometry import ImageGrid
 class SiglipAdapter(DualEncoderAdapter):
     family = "siglip"
     model_types = ("siglip",)
+    pixel_layout = "stack"
     model_class = "SiglipModel"
 
     def parts(self) -> ModelParts:
@@ -75,6 +76,7 @@ class SiglipAdapter(DualEncoderAdapter):
 class Siglip2Adapter(SiglipAdapter):
     family = "siglip2"
     model_types = ("siglip2",)
+    pixel_layout = None  # aspect-preserving patch grid: not in the differentiable pixel pipeline
     model_class = "Siglip2Model"
 
     def processor_kwargs(self) -> dict[str, Any]:
