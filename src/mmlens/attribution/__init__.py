@@ -9,6 +9,7 @@ from mmlens.attribution import (  # noqa: F401  (each module registers its metho
     captum_gradients,
     gradient,
     lime,
+    pixel_gradients,
     perturbation,
     perturbation_shap,
     relevancy,
