@@ -8,6 +8,7 @@ the pipeline; IG is complete up to its reported delta and equals Captum's own In
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_resize_is_pillow_bit_for_bit(filter_name: str, code: int) -> None:
 
 def test_resize_backward_is_the_float_resize() -> None:
     x = torch.rand(3, 9, 13, dtype=torch.float64) * 255
-    smooth = lambda t: resize(t, (5, 17), "bicubic", exact=False)  # noqa: E731
+    smooth = lambda t: resize(t, (5, 17), "bicubic", exact=False)
     assert torch.autograd.gradcheck(smooth, (x.clone().requires_grad_(True),))
     g = torch.randn(3, 5, 17, dtype=torch.float64)
     xe = x.clone().requires_grad_(True)

@@ -31,6 +31,7 @@ from mmlens.inference.tuned_lens import TunedLens, lens_kl, train_tuned_lens
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
+from mmlens.model.pixels import PixelPipeline, check_pixels
 from mmlens.model.subject import Subject
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
@@ -56,6 +57,7 @@ __all__ = [
     "InputError",
     "MMLensError",
     "PAI",
+    "PixelPipeline",
     "Steering",
     "SteeringVector",
     "SparseAutoencoder",
@@ -69,6 +71,7 @@ __all__ = [
     "__version__",
     "collect_activations",
     "ce_recovered",
+    "check_pixels",
     "bootstrap_ci",
     "count_hooks",
     "decompose_embedding",
