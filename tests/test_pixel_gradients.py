@@ -163,6 +163,8 @@ def test_pixel_smoothgrad_is_seeded_and_refusals_are_one_line() -> None:
     with pytest.raises(InputError, match="exact=") as err:
         mmlens.explain(lm, image, "what color ?", method="pixel_saliency", answer="red", exact="yes")
     assert "\n" not in str(err.value)
-    with pytest.raises(InputError, match="token-level") as err:
-        mmlens.explain(tiny_subject("llava_next"), image, "what color ?", method="pixel_saliency", answer="red")
-    assert "\n" not in str(err.value)
+    unclaimed = [f for f in FAMILIES if _subject(f).adapter.pixel_layout is None]
+    for family in unclaimed[:1]:  # a family whose processor layout the pipeline does not re-implement
+        with pytest.raises(InputError, match="token-level") as err:
+            mmlens.explain(tiny_subject(family), image, "what color ?", method="pixel_saliency", answer="red")
+        assert "\n" not in str(err.value)

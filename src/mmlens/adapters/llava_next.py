@@ -58,7 +58,7 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
-    pixel_layout = None  # any-resolution tiles: not in the differentiable pixel pipeline
+    pixel_layout = "tiles"  # base view + any-resolution tiles (see mmlens.model.pixels)
 
     def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
         """(rows, cols, original-pixel box) of the unpadded high-resolution grid of one image."""

@@ -6,7 +6,8 @@ Generic: the steps and their settings are read from the image processor itself (
 ``merge_size``); the adapter says only what is family-specific: its :attr:`~mmlens.adapters.base.Adapter.
 pixel_layout` (``"stack"``: one ``(3, H, W)`` array per image; ``"patches"``: rows of merged patches; None:
 tiles or crops this copy does not re-implement, so pixel-level methods refuse) and, where the size rule is
-its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`. Resizing is Pillow's, bit-exact in the forward
+its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`; ``"tiles"``: any-resolution tiles from the
+processor's ``image_grid_pinpoints`` after a base view of the whole image. Resizing is Pillow's, bit-exact in the forward
 (:mod:`mmlens.model.pil_resize`); :func:`check_pixels` measures ``max |ours - processor|`` on a batch and
 refuses above :data:`TOLERANCE`.
 
@@ -30,11 +31,11 @@ from PIL import Image
 
 from mmlens.errors import InputError
 from mmlens.model.batch import Batch
-from mmlens.model.pil_resize import resize
+from mmlens.model.pil_resize import resize, round_uint8
 
 #: largest ``max |ours - processor|`` on the normalised pixel values a pixel-level method accepts
 TOLERANCE = 1e-4
-LAYOUTS = ("stack", "patches")
+LAYOUTS = ("stack", "patches", "tiles")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
@@ -111,15 +112,17 @@ class PixelPipeline:
         own = self.adapter.pixel_resize(height, width)
         return own if own is not None else generic_resize_size(self.ip, height, width)
 
-    def one(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
-        """One image ``(H, W, 3)`` -> ``(3, h, w)`` normalised, before patching / padding."""
+    def front(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
+        """``(H, W, 3)`` -> ``(3, H, W)`` on the 0..255 scale (rounded to 8 bits, straight-through, if ``exact``)."""
         if image.ndim != 3 or image.shape[-1] != 3:
             raise InputError(f"image tensor of shape {tuple(image.shape)}: pass (H, W, 3)")
         x = image.double().permute(2, 0, 1) * (255.0 / scale)
+        return round_uint8(x) if exact else x
+
+    def finish(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """The processor's per-view steps on ``(3, H, W)``: resize, centre crop, rescale, normalise."""
         if _get(self.ip, "do_resize", False):
             x = resize(x, self.resized(*x.shape[-2:]), _get(self.ip, "resample", 2), exact)
-        elif exact:
-            x = x + (x.detach().clamp(0, 255).round() - x.detach())
         if _get(self.ip, "do_center_crop", False):
             crop = self.ip.crop_size
             x = center_crop(x, int(crop.height), int(crop.width))
@@ -131,7 +134,38 @@ class PixelPipeline:
             x = (x - mean) / std
         return x
 
+    def one(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
+        """One image ``(H, W, 3)`` -> ``(3, h, w)`` normalised, before patching / padding."""
+        return self.finish(self.front(image, exact, scale), exact)
+
+    def tiles(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
+        """Any-resolution tiles ``(1 + n, 3, h, w)``: the whole image resized to the base size, then the image
+        resized into the best ``image_grid_pinpoints`` resolution (aspect kept, centred, zero padding) cut into
+        square tiles row-major; each view then goes through :meth:`finish`."""
+        from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+        from transformers.image_utils import ChannelDimension
+
+        x = self.front(image, exact, scale)
+        resample = _get(self.ip, "resample", 2)
+        size, crop = self.ip.size, _get(self.ip, "crop_size")
+        base = (size.height, size.width) if _get(size, "height") else (size.shortest_edge, size.shortest_edge)
+        tile = int(crop.height if crop is not None and _get(crop, "height") else base[0])
+        h, w = x.shape[-2:]
+        best = select_best_resolution((h, w), self.ip.image_grid_pinpoints)
+        inner = get_patch_output_size(np.zeros((3, h, w), np.uint8), best, input_data_format=ChannelDimension.FIRST)
+        canvas = resize(x, inner, resample, exact)
+        top, r_y = divmod(best[0] - inner[0], 2)
+        left, r_x = divmod(best[1] - inner[1], 2)
+        canvas = F.pad(canvas, (left, left + r_x, top, top + r_y))
+        views = [resize(x, base, resample, exact)]
+        views += [canvas[:, i:i + tile, j:j + tile] for i in range(0, best[0], tile) for j in range(0, best[1], tile)]
+        return torch.stack([self.finish(v, exact) for v in views])
+
     def __call__(self, images: Sequence[torch.Tensor], exact: bool = True, scale: float = 255.0) -> torch.Tensor:
+        if self.layout == "tiles":  # (images, most tiles, 3, h, w): fewer tiles padded with zeros
+            stacks = [self.tiles(img, exact, scale) for img in images]
+            most = max(len(t) for t in stacks)
+            return torch.stack([F.pad(t, (0, 0, 0, 0, 0, 0, 0, most - len(t))) for t in stacks])
         views = [self.one(img, exact, scale) for img in images]
         if self.layout == "patches":
             return torch.cat([self.patchify(v) for v in views])
