@@ -114,7 +114,7 @@ class Adapter:
 
     #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
     #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
-    #: "tiles" (a base view + any-resolution tiles), None (tiles or crops not re-implemented: pixel-level methods refuse)
+    #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), None (tiles or crops not re-implemented: pixel-level methods refuse)
     pixel_layout: ClassVar[str | None] = None
 
     def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:

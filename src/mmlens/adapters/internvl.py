@@ -29,6 +29,7 @@ from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
 class InternVLAdapter(Adapter):
     family = "internvl"
     model_types = ("internvl",)
+    pixel_layout = "grid_tiles"  # crop_to_patches: a grid of tiles + thumbnail (see mmlens.model.pixels)
     model_class = "InternVLForConditionalGeneration"
 
     @classmethod

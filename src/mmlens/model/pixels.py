@@ -7,7 +7,8 @@ Generic: the steps and their settings are read from the image processor itself (
 pixel_layout` (``"stack"``: one ``(3, H, W)`` array per image; ``"patches"``: rows of merged patches; None:
 tiles or crops this copy does not re-implement, so pixel-level methods refuse) and, where the size rule is
 its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`; ``"tiles"``: any-resolution tiles from the
-processor's ``image_grid_pinpoints`` after a base view of the whole image. Resizing is Pillow's, bit-exact in the forward
+processor's ``image_grid_pinpoints`` after a base view of the whole image; ``"grid_tiles"``: the image resized
+onto the best grid of ``size`` tiles, plus a thumbnail. Resizing is Pillow's, bit-exact in the forward
 (:mod:`mmlens.model.pil_resize`); :func:`check_pixels` measures ``max |ours - processor|`` on a batch and
 refuses above :data:`TOLERANCE`.
 
@@ -35,7 +36,7 @@ from mmlens.model.pil_resize import resize, round_uint8
 
 #: largest ``max |ours - processor|`` on the normalised pixel values a pixel-level method accepts
 TOLERANCE = 1e-4
-LAYOUTS = ("stack", "patches", "tiles")
+LAYOUTS = ("stack", "patches", "tiles", "grid_tiles")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
@@ -119,9 +120,9 @@ class PixelPipeline:
         x = image.double().permute(2, 0, 1) * (255.0 / scale)
         return round_uint8(x) if exact else x
 
-    def finish(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, exact: bool = True, resize_view: bool = True) -> torch.Tensor:
         """The processor's per-view steps on ``(3, H, W)``: resize, centre crop, rescale, normalise."""
-        if _get(self.ip, "do_resize", False):
+        if resize_view and _get(self.ip, "do_resize", False):
             x = resize(x, self.resized(*x.shape[-2:]), _get(self.ip, "resample", 2), exact)
         if _get(self.ip, "do_center_crop", False):
             crop = self.ip.crop_size
@@ -161,11 +162,29 @@ class PixelPipeline:
         views += [canvas[:, i:i + tile, j:j + tile] for i in range(0, best[0], tile) for j in range(0, best[1], tile)]
         return torch.stack([self.finish(v, exact) for v in views])
 
+    def grid_tiles(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
+        """Tiles on the best ``cols x rows`` canvas of ``size`` tiles (``min_patches`` .. ``max_patches``): the
+        image resized onto the canvas and cut row-major, then a thumbnail of the whole image when there are
+        several tiles; each tile rescaled and normalised ``(n, 3, h, w)``."""
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+        x = self.front(image, exact, scale)
+        resample = _get(self.ip, "resample", 2)
+        th, tw = int(self.ip.size.height), int(self.ip.size.width)
+        cols, rows = get_optimal_tiled_canvas(tuple(x.shape[-2:]), (th, tw), self.ip.min_patches, self.ip.max_patches)
+        canvas = resize(x, (th * rows, tw * cols), resample, exact)
+        views = [canvas[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(rows) for c in range(cols)]
+        if len(views) > 1:
+            views.append(resize(x, (th, tw), resample, exact))
+        return torch.stack([self.finish(v, exact, resize_view=False) for v in views])
+
     def __call__(self, images: Sequence[torch.Tensor], exact: bool = True, scale: float = 255.0) -> torch.Tensor:
         if self.layout == "tiles":  # (images, most tiles, 3, h, w): fewer tiles padded with zeros
             stacks = [self.tiles(img, exact, scale) for img in images]
             most = max(len(t) for t in stacks)
             return torch.stack([F.pad(t, (0, 0, 0, 0, 0, 0, 0, most - len(t))) for t in stacks])
+        if self.layout == "grid_tiles":
+            return torch.cat([self.grid_tiles(img, exact, scale) for img in images])
         views = [self.one(img, exact, scale) for img in images]
         if self.layout == "patches":
             return torch.cat([self.patchify(v) for v in views])
