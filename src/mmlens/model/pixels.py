@@ -36,6 +36,8 @@ from mmlens.model.pil_resize import resize, round_uint8
 
 #: largest ``max |ours - processor|`` on the normalised pixel values a pixel-level method accepts
 TOLERANCE = 1e-4
+PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
+                "pan_and_scan_min_ratio_to_activate")
 LAYOUTS = ("stack", "patches", "tiles", "grid_tiles")
 
 
@@ -162,6 +164,17 @@ class PixelPipeline:
         views += [canvas[:, i:i + tile, j:j + tile] for i in range(0, best[0], tile) for j in range(0, best[1], tile)]
         return torch.stack([self.finish(v, exact) for v in views])
 
+    def pan_and_scan(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> list[torch.Tensor]:
+        """The image, then the crops of the image processor's own ``pan_and_scan`` (run on the tensor) when its
+        ``do_pan_and_scan`` is on (settings from the adapter's processor keywords, else the image processor)."""
+        x = self.front(image, exact, scale)
+        given = self.adapter.processor_kwargs()
+        opts = {k: given.get(k, getattr(self.ip, k, None)) for k in PAN_AND_SCAN}
+        crops = []
+        if opts.pop("do_pan_and_scan") and hasattr(self.ip, "pan_and_scan"):
+            crops = self.ip.pan_and_scan(image=x, **opts)
+        return [self.finish(v, exact) for v in [x, *crops]]
+
     def grid_tiles(self, image: torch.Tensor, exact: bool = True, scale: float = 255.0) -> torch.Tensor:
         """Tiles on the best ``cols x rows`` canvas of ``size`` tiles (``min_patches`` .. ``max_patches``): the
         image resized onto the canvas and cut row-major, then a thumbnail of the whole image when there are
@@ -185,7 +198,7 @@ class PixelPipeline:
             return torch.stack([F.pad(t, (0, 0, 0, 0, 0, 0, 0, most - len(t))) for t in stacks])
         if self.layout == "grid_tiles":
             return torch.cat([self.grid_tiles(img, exact, scale) for img in images])
-        views = [self.one(img, exact, scale) for img in images]
+        views = [v for img in images for v in self.pan_and_scan(img, exact, scale)]
         if self.layout == "patches":
             return torch.cat([self.patchify(v) for v in views])
         if _get(self.ip, "do_pad", False):  # transformers pads bottom / right with zeros to the largest image
