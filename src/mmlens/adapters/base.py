@@ -114,8 +114,14 @@ class Adapter:
 
     #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
     #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
-    #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), None (tiles or crops not re-implemented: pixel-level methods refuse)
+    #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), "views"
+    #: (the adapter's :meth:`pixel_views`, padded into one row), None (tiles or crops not re-implemented: pixel-level methods refuse)
     pixel_layout: ClassVar[str | None] = None
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
+        """For ``pixel_layout = "views"``: the processor's views (tiles, a global image) of one ``(3, H, W)``
+        image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
+        raise NotImplementedError
 
     def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:
         """``(height, width)`` the image processor resizes a ``height x width`` image to, where the family has

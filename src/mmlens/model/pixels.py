@@ -8,7 +8,8 @@ pixel_layout` (``"stack"``: one ``(3, H, W)`` array per image; ``"patches"``: ro
 tiles or crops this copy does not re-implement, so pixel-level methods refuse) and, where the size rule is
 its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`; ``"tiles"``: any-resolution tiles from the
 processor's ``image_grid_pinpoints`` after a base view of the whole image; ``"grid_tiles"``: the image resized
-onto the best grid of ``size`` tiles, plus a thumbnail. Resizing is Pillow's, bit-exact in the forward
+onto the best grid of ``size`` tiles, plus a thumbnail; ``"views"``: views the adapter cuts
+(:meth:`~mmlens.adapters.base.Adapter.pixel_views`, e.g. tiles and a global image), padded into one row. Resizing is Pillow's, bit-exact in the forward
 (:mod:`mmlens.model.pil_resize`); :func:`check_pixels` measures ``max |ours - processor|`` on a batch and
 refuses above :data:`TOLERANCE`.
 
@@ -38,7 +39,7 @@ from mmlens.model.pil_resize import resize, round_uint8
 TOLERANCE = 1e-4
 PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
                 "pan_and_scan_min_ratio_to_activate")
-LAYOUTS = ("stack", "patches", "tiles", "grid_tiles")
+LAYOUTS = ("stack", "patches", "tiles", "grid_tiles", "views")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
@@ -196,6 +197,12 @@ class PixelPipeline:
             stacks = [self.tiles(img, exact, scale) for img in images]
             most = max(len(t) for t in stacks)
             return torch.stack([F.pad(t, (0, 0, 0, 0, 0, 0, 0, most - len(t))) for t in stacks])
+        if self.layout == "views":  # (1, views, 3, h, w): the adapter's views, zero-padded bottom / right
+            resample = _get(self.ip, "resample", 2)
+            views = [self.finish(v, exact, resize_view=False) for img in images for v in
+                     self.adapter.pixel_views(self.front(img, exact, scale), lambda t, s: resize(t, s, resample, exact))]
+            h, w = max(v.shape[-2] for v in views), max(v.shape[-1] for v in views)
+            return torch.stack([F.pad(v, (0, w - v.shape[-1], 0, h - v.shape[-2])) for v in views])[None]
         if self.layout == "grid_tiles":
             return torch.cat([self.grid_tiles(img, exact, scale) for img in images])
         views = [v for img in images for v in self.pan_and_scan(img, exact, scale)]
