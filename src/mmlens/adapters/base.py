@@ -114,6 +114,7 @@ class Adapter:
 
     #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
     #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
+    #: "padded_patches" (patch rows padded to max_num_patches),
     #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), "views"
     #: (the adapter's :meth:`pixel_views`, padded into one row), None (tiles or crops not re-implemented: pixel-level methods refuse)
     pixel_layout: ClassVar[str | None] = None

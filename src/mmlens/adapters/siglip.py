@@ -76,7 +76,14 @@ class SiglipAdapter(DualEncoderAdapter):
 class Siglip2Adapter(SiglipAdapter):
     family = "siglip2"
     model_types = ("siglip2",)
-    pixel_layout = None  # aspect-preserving patch grid: not in the differentiable pixel pipeline
+    pixel_layout = "padded_patches"  # see mmlens.model.pixels
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int]:
+        """NaFlex: the patch grid that keeps the aspect ratio within ``max_num_patches``."""
+        from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+
+        ip = self.processor.image_processor
+        return get_image_size_for_max_num_patches(height, width, ip.patch_size, ip.max_num_patches)
     model_class = "Siglip2Model"
 
     def processor_kwargs(self) -> dict[str, Any]:

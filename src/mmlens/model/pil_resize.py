@@ -6,7 +6,8 @@ installed Pillow once per shape), each a convolution with the filter stretched b
 (antialiasing), with coefficients rounded to 22-bit fixed point and every pass's output rounded to uint8.
 :func:`resize` reproduces that: the forward value equals Pillow's output exactly (``exact=True``) and the
 backward is the gradient of the same passes in floating point (a straight-through estimator for the rounding:
-round in the forward, identity in the backward). ``exact=False`` gives the smooth float resize (no rounding).
+round in the forward, identity in the backward). ``exact=False`` gives the float resize (each pass clipped to
+0..255 as Pillow clips it, no rounding).
 
 >>> import numpy as np, torch
 >>> from PIL import Image
@@ -108,7 +109,7 @@ def _pass(x: torch.Tensor, out_size: int, name: str, exact: bool, dim: int) -> t
         return x
     weights, fixed = coefficients(in_size, out_size, name)
     xt = x.transpose(dim, -1)
-    smooth = xt @ weights.to(x.device, x.dtype).T
+    smooth = (xt @ weights.to(x.device, x.dtype).T).clamp(0, 255)  # Pillow clips each pass to 0..255
     if exact:
         with torch.no_grad():
             acc = xt.detach().round().double() @ fixed.to(x.device).T + float(1 << (PRECISION_BITS - 1))

@@ -5,7 +5,8 @@ Generic: the steps and their settings are read from the image processor itself (
 ``image_mean`` / ``image_std``, ``do_pad``, and for flat patch rows ``patch_size`` / ``temporal_patch_size`` /
 ``merge_size``); the adapter says only what is family-specific: its :attr:`~mmlens.adapters.base.Adapter.
 pixel_layout` (``"stack"``: one ``(3, H, W)`` array per image; ``"patches"``: rows of merged patches; None:
-tiles or crops this copy does not re-implement, so pixel-level methods refuse) and, where the size rule is
+``"padded_patches"``: patch rows padded to ``max_num_patches``; None: tiles or crops this copy does not
+re-implement, so pixel-level methods refuse) and, where the size rule is
 its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`; ``"tiles"``: any-resolution tiles from the
 processor's ``image_grid_pinpoints`` after a base view of the whole image; ``"grid_tiles"``: the image resized
 onto the best grid of ``size`` tiles, plus a thumbnail; ``"views"``: views the adapter cuts
@@ -39,7 +40,7 @@ from mmlens.model.pil_resize import resize, round_uint8
 TOLERANCE = 1e-4
 PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
                 "pan_and_scan_min_ratio_to_activate")
-LAYOUTS = ("stack", "patches", "tiles", "grid_tiles", "views")
+LAYOUTS = ("stack", "patches", "padded_patches", "tiles", "grid_tiles", "views")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
@@ -208,6 +209,11 @@ class PixelPipeline:
         views = [v for img in images for v in self.pan_and_scan(img, exact, scale)]
         if self.layout == "patches":
             return torch.cat([self.patchify(v) for v in views])
+        if self.layout == "padded_patches":  # (images, max_num_patches, patch * patch * C), zero rows after
+            ps, most = int(self.ip.patch_size), int(self.ip.max_num_patches)
+            rows = [v.reshape(v.shape[0], v.shape[1] // ps, ps, v.shape[2] // ps, ps).permute(1, 3, 2, 4, 0)
+                    .reshape(-1, ps * ps * v.shape[0]) for v in views]
+            return torch.stack([F.pad(r, (0, 0, 0, most - r.shape[0])) for r in rows])
         if _get(self.ip, "do_pad", False):  # transformers pads bottom / right with zeros to the largest image
             h = max(v.shape[-2] for v in views)
             w = max(v.shape[-1] for v in views)
