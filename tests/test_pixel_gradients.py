@@ -142,12 +142,15 @@ def test_pixel_ig_completeness_and_captum() -> None:
     np.testing.assert_allclose(ex.pixel_maps[0][0], attr[0].sum(-1).numpy(), rtol=1e-3, atol=1e-6)
 
 
-def test_pixel_smoothgrad_is_seeded_and_refusals_are_one_line() -> None:
+def test_pixel_smoothgrad_is_seeded_and_refusals_are_one_line(tmp_path) -> None:
     lm = tiny_subject("paligemma")
     image = _noise_image(44, 36)
     a = mmlens.explain(lm, image, "what color ?", method="pixel_smoothgrad", answer="red", nt_samples=3, seed=1)
     b = mmlens.explain(lm, image, "what color ?", method="pixel_smoothgrad", answer="red", nt_samples=3, seed=1)
     np.testing.assert_array_equal(a.pixel_maps[0][0], b.pixel_maps[0][0])
+    loaded = mmlens.Explanation.load(a.save(tmp_path / "sg.safetensors"))  # full-resolution maps survive a save
+    np.testing.assert_array_equal(loaded.pixel_maps[0][0], a.pixel_maps[0][0])
+    assert "<" in a.save(tmp_path / "sg.html").read_text()[:200]
     assert a.pixel_maps[0][0].shape == (36, 44) and float(a.pixel_maps[0][0].min()) >= 0
     with pytest.raises(InputError, match="exact=") as err:
         mmlens.explain(lm, image, "what color ?", method="pixel_saliency", answer="red", exact="yes")
