@@ -4,7 +4,8 @@ normalise, patching; its forward equals the processor's ``pixel_values``, checke
 
 Each method returns a full-resolution map per image (``pixel_maps``: channels summed), and per-token scores
 pooled over each token's pixel box, so the faithfulness metrics read them as they read token-level maps.
-Families whose processor tiles or crops (LLaVA-NeXT, InternVL, ...) refuse with one line.
+Every family's processor is reproduced (tiles, crops and patch rows included); an input whose
+``pixel_values`` the copy does not reproduce within 1e-4 is refused with one line naming the difference.
 
 >>> import mmlens                                                                    # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="pixel_integrated_gradients", steps=16)  # doctest: +SKIP
@@ -24,6 +25,7 @@ from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.attribution.perturbation_masks import position_scores
 from mmlens.catalog import register_method
+from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.images import blurred
 from mmlens.model.pixels import PixelPipeline, check_pixels, image_tensor
@@ -77,8 +79,6 @@ def _setup(subject: Subject, batch: Batch, targets: list[Target], objective: str
     check_objective(objective)
     check_target_batch(target_batch)
     if not isinstance(exact, bool):
-        from mmlens.errors import InputError
-
         raise InputError(f"exact={exact!r}: pass True (8-bit rounding as the processor) or False (smooth copy)")
     f, images = pixel_function(subject, batch, targets, objective, exact)
     return f, images, resolve_target_batch(target_batch, subject, batch)
