@@ -42,7 +42,8 @@ def cell(subject: mmlens.Subject, family: str, method: str) -> str:
     except mmlens.InputError as err:
         return f"refused: {str(err).splitlines()[0]}"
     maps = np.stack([ex.image_map(t) for t in range(len(ex.targets))])
-    ok = np.isfinite(maps).all() and np.abs(ex.position_scores).max() > 0
+    scores = np.asarray(ex.extras.get("key_scores", ex.position_scores))  # key scores: cross-attention images
+    ok = np.isfinite(maps).all() and np.abs(scores).max() > 0
     if not ok or mmlens.count_hooks(subject.model):
         raise AssertionError(f"{method} on {family}: empty or non-finite map, or hooks left")
     return "yes"

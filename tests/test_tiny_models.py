@@ -26,6 +26,7 @@ from mmlens.testing.tiny_models import (
 EXPECTED_TOKENS_PER_IMAGE = {
     "llava": [16, 16, 16],
     "llava_next": [34, 56, 70],
+    "llava_next_video": [34, 56, 70],
     "qwen2_vl": [6, 8, 4],
     "qwen2_5_vl": [6, 8, 4],
     "paligemma": [16, 16, 16],

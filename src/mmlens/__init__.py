@@ -33,6 +33,7 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.pixels import PixelPipeline, check_pixels
 from mmlens.model.subject import Subject
+from mmlens.model.video import Video
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
 from mmlens.results.explanation import Explanation
@@ -62,6 +63,7 @@ __all__ = [
     "SteeringVector",
     "SparseAutoencoder",
     "Subject",
+    "Video",
     "TracInResult",
     "Tracer",
     "TunedLens",

@@ -1,11 +1,11 @@
 """One adapter per model family; importing this package registers them all.
 
 Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
-``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match). Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
-cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
-cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
-input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
-processor needs torchvision, which mmlens does not use).
+``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match).
+``mllama`` (Llama 3.2 Vision) is the one family whose images are cross-attention keys, not sequence positions (its
+geometry has ``space="keys"``). Not covered yet (issue 16): video input for the other families (their transformers
+classes take no video). Video (Qwen2/2.5/3-VL, LLaVA-OneVision, LLaVA-NeXT-Video): ``video`` (frames through the
+family's PIL image processor, no torchvision).
 """
 
 from mmlens.adapters import (  # noqa: F401
@@ -15,7 +15,9 @@ from mmlens.adapters import (  # noqa: F401
     internvl,
     llava,
     llava_next,
+    llava_next_video,
     llava_onevision,
+    mllama,
     paligemma,
     qwen2_vl,
     qwen3_vl,

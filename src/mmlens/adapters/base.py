@@ -30,6 +30,11 @@ def supported_families() -> list[str]:
     return sorted({cls.family for cls in ADAPTERS.values()})
 
 
+def video_families() -> list[str]:
+    """Families that take video (frames) input."""
+    return sorted({cls.family for cls in ADAPTERS.values() if cls.supports_video})
+
+
 def adapter_for(model_or_config: Any) -> type[Adapter]:
     """The adapter class for a model's (or config's) ``model_type``."""
     config = getattr(model_or_config, "config", model_or_config)
@@ -182,6 +187,36 @@ class Adapter:
         """``inputs`` that score the caption against other ``candidates`` (zero-shot classes): dual encoders."""
         raise InputError(f"candidates (zero-shot classes among captions) need an image-text dual encoder, and this "
                          f"{self.family} model has no text tower aligned with its images: leave candidates out")
+
+    # -- video --------------------------------------------------------------------------------------------
+    #: True for families whose transformers class takes video; they implement the three methods below (see
+    #: :mod:`mmlens.adapters.video`)
+    supports_video: ClassVar[bool] = False
+
+    def require_video(self) -> None:
+        """One-line InputError when this family takes no video."""
+        if not self.supports_video:
+            raise InputError(f"the {self.family} model takes no video: pass images, or load a model of a family with "
+                             f"video input ({', '.join(video_families())})")
+
+    def video_prompt_text(self, prompt: str) -> str:
+        """The chat template with one video slot + ``prompt``."""
+        self.require_video()
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        for owner in (self.processor, self.tokenizer):
+            if getattr(owner, "chat_template", None):
+                return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        raise InputError(f"the {self.family} processor has no chat template: pass a processor with `chat_template` set")
+
+    def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
+        """Model inputs for ``text`` (one video slot) with ``frames`` (RGB, one size) at ``fps``."""
+        self.require_video()
+        raise NotImplementedError
+
+    def video_geometry(self, inputs: dict[str, torch.Tensor], frames: list[Image.Image],
+                       fps: float) -> list[ImageGeometry]:
+        """One :class:`ImageGeometry` per frame (``frame``, ``time`` set; grids name their frames)."""
+        raise NotImplementedError
 
     # -- geometry -----------------------------------------------------------------------------------------
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:

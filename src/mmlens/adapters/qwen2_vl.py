@@ -1,4 +1,5 @@
-"""Qwen2-VL and Qwen2.5-VL: dynamic resolution, 2x2 patch merge, several images per prompt.
+"""Qwen2-VL and Qwen2.5-VL: dynamic resolution, 2x2 patch merge, several images per prompt;
+videos (frames) with two frames per token (:mod:`mmlens.adapters.video`).
 
 Each image is resized (no crop) to multiples of ``patch * merge`` pixels; ``image_grid_thw[i] = (t, h, w)``
 counts patches, and the image gets ``t * h * w / merge^2`` tokens, row-major over the merged
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
+from mmlens.adapters.video import call_with_frames, qwen_video_geometry, saved_video_settings
 from mmlens.hooks.points import ModelParts
 from mmlens.hooks.views import RowOrder
 from mmlens.model.geometry import ImageGeometry, ImageGrid
@@ -24,6 +26,9 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
+    supports_video = True
+    #: the frame layout of :mod:`mmlens.adapters.video` (Qwen3-VL: "qwen3")
+    video_layout = "qwen"
     pixel_layout = "patches"
 
     def pixel_resize(self, height: int, width: int) -> tuple[int, int]:
@@ -51,6 +56,7 @@ class Qwen2VLAdapter(Adapter):
         kwargs.pop("trust_remote_code", None)
         processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
         processor._mmlens_notes = [f"using an image-only {cls.family} processor: {reason}"]
+        processor._mmlens_video_settings = saved_video_settings(path, **kwargs)  # video frames (adapters.video)
         return processor
 
     def parts(self) -> ModelParts:
@@ -79,6 +85,15 @@ class Qwen2VLAdapter(Adapter):
             grids = [ImageGrid(frame, box, kind="image") for frame in pos.reshape(t, rows, cols)]
             out.append(ImageGeometry(i, img.size, pos, grids, notes={"grid_thw": tuple(thw[i])}))
         return out
+
+    def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
+        """Two frames per token (``temporal_patch_size``), see :mod:`mmlens.adapters.video`."""
+        return call_with_frames(self.processor, self.video_layout, frames, fps, text)
+
+    def video_geometry(self, inputs: dict[str, torch.Tensor], frames: list[Image.Image],
+                       fps: float) -> list[ImageGeometry]:
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        return qwen_video_geometry(inputs, frames, fps, int(self.model.config.video_token_id), merge)
 
 
 @register_adapter

@@ -28,6 +28,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
     model_class = "Qwen3VLForConditionalGeneration"
+    video_layout = "qwen3"  # one pixel budget for all of a video's frames
 
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:

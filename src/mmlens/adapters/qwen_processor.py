@@ -75,7 +75,7 @@ class _ImageOnlyQwenMixin:
         return [self.video_token_id] if self.video_token_id is not None else []
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if videos is not None:
+        if videos is not None and getattr(self, "video_processor", None) is None:  # mmlens.adapters.video sets one
             raise ValueError(
                 f"{type(self).__name__} is image-only (video processors need torchvision); pass images, not videos."
             )

@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mmlens.attribution.attention import select_indices, target_rows
+from mmlens.attribution.attention import cross_layers, select_indices, target_rows
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
-from mmlens.attribution.gradient import gradient_mode, input_point
+from mmlens.attribution.gradient import gradient_mode, input_point, scores_output
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -53,10 +53,14 @@ class AttentionCarry(Carry):
 
 def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
                         carry: AttentionCarry, seeds: torch.Tensor, objective: str = "log_prob",
-                        target_batch: int | None = None) -> torch.Tensor:
+                        target_batch: int | None = None, kind: str = "attn",
+                        emit_at: str | None = None) -> torch.Tensor:
     """Forward once; then one batched backward per ``target_batch`` targets, in which ``carry`` gets
     ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
-    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
+    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``. ``kind="xattn"``:
+    the layers' cross-attention probabilities (queries x image keys) instead of their self-attention; ``"any"``:
+    whichever each layer has. ``emit_at``: the hook point whose gradient comes last (default the input point),
+    where the carried state leaves the backward."""
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
     for target in targets:
@@ -90,9 +94,13 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
             return x
 
         with subject.trace() as tr:
-            tr.edit(input_point(subject), emit)
+            tr.edit(emit_at or input_point(subject), emit)
             for layer in layers:
-                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
+                name = f"lm.blocks.{layer}.{kind}.weights"
+                if kind == "any":
+                    name = f"lm.blocks.{layer}.attn.weights"
+                    name = name if name in subject.hook_point_map() else f"lm.blocks.{layer}.xattn.weights"
+                tr.capture_attention(name, rows=None, reduce=capture(layer), detach=False)
             logits = subject.forward(batch)
         parts = list(chunks(len(targets), size))
         for c, part in enumerate(parts):
@@ -132,16 +140,24 @@ def attention_x_gradient(
     target_batch: int | None = None,
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
-    target's query positions ``q``."""
+    target's query positions ``q``. Images that enter through cross-attention (Mllama): ``k`` runs over the image
+    keys and ``A`` is the cross-attention of the selected layers that have one."""
     subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
     for t, i in enumerate(index):
         weights[t, i] = 1.0 / len(i)
+    extras = {"layers": layer_ids, "query_positions": rows.tolist()}
+    if batch.in_key_space:
+        extras["layers"] = layer_ids = cross_layers(subject, layer_ids)
+        carry = _AttentionTimesGradient(rows, int(batch.key_positions().max()) + 1)
+        scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch,
+                                     kind="xattn")
+        return scores_output(batch, scores / len(layer_ids), extras)
     carry = _AttentionTimesGradient(rows, batch.seq_len)
     scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch)
-    return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
+    return MethodOutput(scores / len(layer_ids), extras=extras)
 
 
 class _AttentionTimesGradient(AttentionCarry):
@@ -232,9 +248,12 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
 
     The target is the tokens' summed logit by default (``objective``), as in the reference code.
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
-    the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
+    the order backward delivers the ``B_l`` (see :class:`RowRecursion`). Images that enter through cross-attention
+    (Mllama): Chefer et al.'s bi-modal rules, scores over the image keys (:func:`_cross_relevancy`).
     """
     subject.require_language_model()
+    if batch.in_key_space:
+        return _cross_relevancy(subject, batch, targets, objective, target_batch)
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])
@@ -267,3 +286,64 @@ class _Relevancy(AttentionCarry):
         if self.next != -1:
             raise RuntimeError(f"relevancy recursion stopped at layer {self.next}: its gradient never arrived")
         return self.d
+
+
+# -- relevancy with cross-attention (Mllama) ---------------------------------------------------------------------
+
+
+def _cross_relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str,
+                     target_batch: int | None) -> MethodOutput:
+    """Chefer et al.'s bi-modal rules (ICCV 2021, eqs. 6-7 and 10) for a decoder whose text tokens self-attend and
+    cross-attend to image keys that attend to nothing in the LM: ``R_tt = I``, ``R_ti = 0``; a self-attention
+    layer ``R_tt <- R_tt + B R_tt``, ``R_ti <- R_ti + B R_ti``; a cross-attention layer ``R_ti <- R_ti + norm(R_tt)^T
+    B`` (``norm``: the residual-normalised ``R_tt``, rows of ``R_tt - I`` summing to 1, plus ``I``; ``R_ii = I``, so
+    eq. 11 adds nothing). ``B = mean_heads(relu(dtarget/dA * A))``. Key scores: ``R_ti`` at the target's query rows;
+    text scores ``(R_tt - I)`` there, as :func:`relevancy` gives them."""
+    n, k = batch.seq_len, int(batch.key_positions().max()) + 1
+    kinds = ["attn" if f"lm.blocks.{i}.attn.weights" in subject.hook_point_map() else "xattn"
+             for i in range(subject.n_layers)]
+    rows, _ = target_rows(targets, batch)
+    seeds, counts = row_seeds(targets, batch)
+    carry = _CrossRelevancy(kinds, n, k, seeds.shape[1])
+    out = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
+                              target_batch, kind="any", emit_at="lm.blocks.0.resid_pre")  # (T, R, N + K)
+    scores = torch.stack([out[t, :c].mean(0) for t, c in enumerate(counts)])
+    return MethodOutput(scores[:, :n], extras={"query_positions": rows.tolist()}, key_scores=scores[:, n:])
+
+
+def _residual_normalised(r: torch.Tensor) -> torch.Tensor:
+    """Chefer et al.'s ``handle_residual``: rows of ``R - I`` scaled to sum to 1 (zero rows stay zero), plus ``I``."""
+    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device)
+    hat = r - eye
+    total = hat.sum(-1, keepdim=True)
+    return hat / torch.where(total > 0, total, torch.ones_like(total)) + eye
+
+
+class _CrossRelevancy(AttentionCarry):
+    """:func:`_cross_relevancy`'s recursion: the layers' ``B`` are kept as backward delivers them (text x text and
+    text x keys: no image tokens in the sequence, so small), and folded first to last at the end."""
+
+    def __init__(self, kinds: list[str], n: int, k: int, r: int) -> None:
+        self.kinds, self.n, self.shape = kinds, n, (r, n + k)
+
+    def start(self, seed: torch.Tensor) -> None:
+        self.s, self.b = seed, {}
+
+    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        self.b[layer] = (grad.float() * a.float()).clamp_min(0).mean(0)
+
+    def finish(self) -> torch.Tensor:
+        if len(self.b) != len(self.kinds):
+            raise RuntimeError(f"relevancy got the gradients of layers {sorted(self.b)} of {len(self.kinds)}")
+        first = self.b[0]
+        r_tt = torch.eye(self.n, dtype=first.dtype, device=first.device)
+        r_ti = first.new_zeros(self.n, self.shape[1] - self.n)
+        for layer, kind in enumerate(self.kinds):
+            b = self.b[layer]
+            if kind == "attn":
+                r_tt, r_ti = r_tt + b @ r_tt, r_ti + b @ r_ti
+            else:
+                r_ti = r_ti + _residual_normalised(r_tt).T @ b
+        s = self.s.to(r_tt.device)
+        eye = torch.eye(self.n, dtype=r_tt.dtype, device=r_tt.device)
+        return torch.cat([s @ (r_tt - eye), s @ r_ti], dim=-1)

@@ -55,6 +55,7 @@ class AttentionTap:
         self.mask_edits: list[MaskEdit] = []
         #: (absolute position of query 0, of key 0) for the current call, read from the KV cache
         self.offsets: tuple[int, int] | None = None
+        self.cross = False  # a cross-attention module (offsets are not a KV cache's)
         self._handle: Any = None
 
     def install(self) -> None:
@@ -79,6 +80,11 @@ class AttentionTap:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         layer = getattr(module, "layer_idx", None)
+        if "cross_attention_states" in kwargs:  # cross-attention: keys are the image keys 0..K-1, queries the tokens
+            seen = int(cache.get_seq_length(0)) if cache is not None and hidden is not None else 0
+            self.offsets = (max(seen - int(hidden.shape[-2]), 0) if seen else 0, 0)  # layer 0 ran this step already
+            self.cross = True
+            return
         if cache is None or hidden is None or layer is None or not hasattr(cache, "get_mask_sizes"):
             return
         past = int(cache.get_seq_length(layer))
@@ -260,6 +266,7 @@ def mmlens_attention(module, query, key, value, attention_mask, scaling=None, dr
     """The ``"mmlens"`` attention implementation: original call + capture / edge edits."""
     tap: AttentionTap = module._mmlens_tap
     call = AttentionCall.of(module, query, key, attention_mask, scaling, kwargs, tap.offsets)
+    call.from_cache = call.from_cache and not tap.cross
     mask = _apply_edits(tap, call)
     fn = tap.original_function()
     if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):

@@ -22,9 +22,14 @@ Hook-point names (``i`` = block index) and what their tensors hold, the same in 
                                     resid_post / attn / attn.weights); *.blocks.{i}.attn.heads / .mlp.out: both towers
     joint.embed                     both towers' input embeddings in one tensor (rows: patches, caption, answer
                                     slot; adapters.joint_embedding): what gradient methods differentiate
+    xattn.states                    cross-attention families (Mllama, images never in the sequence): the vision
+                                    features every cross-attention block attends to, (batch, keys, d)
+    lm.blocks.{i}.xattn.out / .weights / .heads   block i's cross-attention (no attn.* there): output, probabilities
+                                    (batch, heads, queries, keys) and per-head outputs; keys = xattn.states rows
 
 Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for ``lm.*``
-(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
+(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``,
+the cross-attention keys for ``xattn.states``.
 
 ``projector.out`` is read where the model hands its image features to the LM (the output of
 ``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
@@ -53,13 +58,7 @@ from torch import nn
 from mmlens.errors import InputError
 from mmlens.hooks.attention import AttentionTap
 from mmlens.hooks.points import HookPoint
-from mmlens.hooks.views import (
-    MethodPatch,
-    RowOrder,
-    block_diagonal,
-    flatten_features,
-    in_canonical_order,
-)
+from mmlens.hooks.views import MethodPatch, RowOrder, as_keys, block_diagonal, features_patch, in_canonical_order
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -166,6 +165,7 @@ class Tracer:
         point = self.points[name]
         if point.rows is not None:
             fn = in_canonical_order(fn, self._perm(point.rows))
+        fn = as_keys(fn) if point.flat_keys else fn
         if point.kind == "output":
 
             def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -185,19 +185,12 @@ class Tracer:
 
             in_hook._mmlens = True  # type: ignore[attr-defined]
             self._handles.append(point.module.register_forward_pre_hook(in_hook, with_kwargs=True))
-        elif point.kind == "image_features":
-            original = point.module.get_image_features
-
-            def features(*args: Any, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                flat, restore = flatten_features(out.pooler_output)
-                new = fn(flat)
-                if new is not None:
-                    out.pooler_output = restore(new)
-                return out
-
-            features._mmlens = True  # type: ignore[attr-defined]
-            self._handles.append(MethodPatch(point.module, "get_image_features", features))
+        elif point.kind == "image_features":  # a video's features too (get_video_features), where the family has them
+            busy = [False]
+            for method in ("get_image_features", "get_video_features"):
+                if hasattr(point.module, method):
+                    patch = features_patch(getattr(point.module, method), fn, busy)
+                    self._handles.append(MethodPatch(point.module, method, patch))
         else:
             raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
 
