@@ -121,11 +121,12 @@ class Adapter:
     #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
     #: "padded_patches" (patch rows padded to max_num_patches),
     #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), "views"
-    #: (the adapter's :meth:`pixel_views`, padded into one row), None (tiles or crops not re-implemented: pixel-level methods refuse)
+    #: (the adapter's :meth:`pixel_views`, padded into one row), "image_tiles" (its views as each image's tiles),
+    #: None (tiles or crops not re-implemented: pixel-level methods refuse)
     pixel_layout: ClassVar[str | None] = None
 
     def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
-        """For ``pixel_layout = "views"``: the processor's views (tiles, a global image) of one ``(3, H, W)``
+        """For ``pixel_layout = "views"`` / ``"image_tiles"``: the processor's views (tiles, a global image) of one ``(3, H, W)``
         image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
         raise NotImplementedError
 

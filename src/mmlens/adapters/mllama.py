@@ -40,6 +40,20 @@ class MllamaAdapter(Adapter):
     model_types = ("mllama",)
     model_class = "MllamaForConditionalGeneration"
     input_point: ClassVar[str] = "xattn.states"
+    pixel_layout = "image_tiles"  # each image's tiles, padded to max_image_tiles (see mmlens.model.pixels)
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
+        """The image resized into its tile canvas (size and tile grid from the image processor's own resize
+        run on an empty image), padded bottom / right with black, cut into tiles row-major."""
+        import numpy as np
+
+        ip = self.processor.image_processor
+        empty, (rows, cols) = ip.resize(np.zeros((1, *x.shape[-2:]), dtype=np.uint8), size=ip.size,
+                                        max_image_tiles=ip.max_image_tiles, resample=ip.resample)
+        x = resize_to(x, empty.shape[-2:])
+        th, tw = int(ip.size.height), int(ip.size.width)
+        x = torch.nn.functional.pad(x, (0, cols * tw - x.shape[-1], 0, rows * th - x.shape[-2]))
+        return [x[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(rows) for c in range(cols)]
 
     def parts(self) -> ModelParts:
         inner = self.model.model

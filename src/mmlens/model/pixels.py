@@ -2,17 +2,22 @@
 
 Generic: the steps and their settings are read from the image processor itself (``do_resize`` / ``size`` /
 ``resample``, ``do_center_crop`` / ``crop_size``, ``do_rescale`` / ``rescale_factor``, ``do_normalize`` /
-``image_mean`` / ``image_std``, ``do_pad``, and for flat patch rows ``patch_size`` / ``temporal_patch_size`` /
-``merge_size``); the adapter says only what is family-specific: its :attr:`~mmlens.adapters.base.Adapter.
-pixel_layout` (``"stack"``: one ``(3, H, W)`` array per image; ``"patches"``: rows of merged patches; None:
-``"padded_patches"``: patch rows padded to ``max_num_patches``; None: tiles or crops this copy does not
-re-implement, so pixel-level methods refuse) and, where the size rule is
-its own, :meth:`~mmlens.adapters.base.Adapter.pixel_resize`; ``"tiles"``: any-resolution tiles from the
-processor's ``image_grid_pinpoints`` after a base view of the whole image; ``"grid_tiles"``: the image resized
-onto the best grid of ``size`` tiles, plus a thumbnail; ``"views"``: views the adapter cuts
-(:meth:`~mmlens.adapters.base.Adapter.pixel_views`, e.g. tiles and a global image), padded into one row. Resizing is Pillow's, bit-exact in the forward
-(:mod:`mmlens.model.pil_resize`); :func:`check_pixels` measures ``max |ours - processor|`` on a batch and
-refuses above :data:`TOLERANCE`.
+``image_mean`` / ``image_std``, ``do_pad``, pan & scan, ``image_grid_pinpoints``, ``min_patches`` /
+``max_patches``, and for patch rows ``patch_size`` / ``temporal_patch_size`` / ``merge_size`` /
+``max_num_patches``). The adapter says only what is family-specific: its
+:attr:`~mmlens.adapters.base.Adapter.pixel_layout`, and where needed its own resize rule
+(:meth:`~mmlens.adapters.base.Adapter.pixel_resize`) or views (:meth:`~mmlens.adapters.base.Adapter.pixel_views`):
+
+- ``"stack"``: one ``(3, H, W)`` array per image (resize, centre crop, normalise; pan & scan crops follow it);
+- ``"patches"``: rows of merged patches; ``"padded_patches"``: patch rows padded to ``max_num_patches``;
+- ``"tiles"``: a base view, then any-resolution tiles from ``image_grid_pinpoints``;
+- ``"grid_tiles"``: the image resized onto the best grid of ``size`` tiles, plus a thumbnail;
+- ``"views"``: the adapter's views (tiles, a global image) padded into one row; ``"image_tiles"``: the
+  adapter's tiles of each image, padded to ``max_image_tiles``;
+- None: not re-implemented, so pixel-level methods refuse.
+
+Resizing is Pillow's, bit-exact in the forward (:mod:`mmlens.model.pil_resize`); :func:`check_pixels` measures
+``max |ours - processor|`` on a batch and refuses above :data:`TOLERANCE`.
 
 >>> from mmlens.testing import tiny_subject                                     # doctest: +SKIP
 >>> lm = tiny_subject("llava"); batch = lm.prepare(image, "what is this?")      # doctest: +SKIP
@@ -40,7 +45,7 @@ from mmlens.model.pil_resize import resize, round_uint8
 TOLERANCE = 1e-4
 PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
                 "pan_and_scan_min_ratio_to_activate")
-LAYOUTS = ("stack", "patches", "padded_patches", "tiles", "grid_tiles", "views")
+LAYOUTS = ("stack", "patches", "padded_patches", "tiles", "grid_tiles", "views", "image_tiles")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
@@ -204,6 +209,11 @@ class PixelPipeline:
                      self.adapter.pixel_views(self.front(img, exact, scale), lambda t, s: resize(t, s, resample, exact))]
             h, w = max(v.shape[-2] for v in views), max(v.shape[-1] for v in views)
             return torch.stack([F.pad(v, (0, w - v.shape[-1], 0, h - v.shape[-2])) for v in views])[None]
+        if self.layout == "image_tiles":  # (1, images, max_image_tiles, 3, h, w): zero tiles after each image's
+            resample, most = _get(self.ip, "resample", 2), int(self.ip.max_image_tiles)
+            stacks = [torch.stack([self.finish(v, exact, resize_view=False) for v in self.adapter.pixel_views(
+                self.front(img, exact, scale), lambda t, s: resize(t, s, resample, exact))]) for img in images]
+            return torch.stack([F.pad(t, (0, 0, 0, 0, 0, 0, 0, most - len(t))) for t in stacks])[None]
         if self.layout == "grid_tiles":
             return torch.cat([self.grid_tiles(img, exact, scale) for img in images])
         views = [v for img in images for v in self.pan_and_scan(img, exact, scale)]
