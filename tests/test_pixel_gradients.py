@@ -161,6 +161,11 @@ def test_pixel_smoothgrad_is_seeded_and_refusals_are_one_line(tmp_path) -> None:
     with pytest.raises(InputError, match=r"differs from the processor by 0\.01") as err:
         check_pixels(PixelPipeline(lm), batch)
     assert "\n" not in str(err.value)
+    frames = [_noise_image(56, 56, 1)] * 2  # videos: refused (frames go through the video processor)
+    with pytest.raises(InputError, match="still images") as err:
+        mmlens.explain(tiny_subject("qwen2_vl"), mmlens.Video(frames, fps=1.0), "what color ?",
+                       method="pixel_saliency", answer="red")
+    assert "\n" not in str(err.value)
     lm.adapter.pixel_layout = None  # a family that declares no pixel layout refuses before any forward
     with pytest.raises(InputError, match="token-level") as err:
         mmlens.explain(lm, image, "what color ?", method="pixel_saliency", answer="red")

@@ -249,7 +249,8 @@ def check_pixels(pipe: PixelPipeline, batch: Batch, exact: bool = True) -> float
     or the difference passes :data:`TOLERANCE` (the pixel-level methods then refuse this family / image)."""
     want = batch.inputs.get("pixel_values")
     if want is None:
-        raise InputError("this batch has no pixel_values: pixel-level methods need the processor's pixel tensor")
+        raise InputError("this input has no image pixel_values (a video?): pixel-level methods take still images; "
+                         "use a token-level method (saliency, integrated_gradients, smoothgrad) for videos")
     with torch.no_grad():
         ours = pipe([image_tensor(img) for img in batch.images], exact)
     if tuple(ours.shape) != tuple(want.shape):
