@@ -24,6 +24,7 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
+    tower_layout = "merge_windows"
 
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
