@@ -12,4 +12,5 @@ from mmlens.attribution import (  # noqa: F401  (each module registers its metho
     perturbation,
     perturbation_shap,
     relevancy,
+    vision_gradcam,
 )
