@@ -61,6 +61,15 @@ def vision_gradcam(subject: Subject, batch: Batch, targets: list[Target], object
                    layer: int | None = None, target_batch: int | None = None) -> MethodOutput:
     """Grad-CAM on vision block ``layer``'s output (default: the feature block, see the module doc). The target
     is the answer tokens' summed logit by default (``objective``), as in Grad-CAM's class score."""
+    rows, geometry, block = vision_gradcam_rows(subject, batch, targets, objective, layer, target_batch)
+    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
+                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+
+
+def vision_gradcam_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
+                        layer: int | None = None, target_batch: int | None = None
+                        ) -> tuple[torch.Tensor, TowerGeometry, int]:
+    """:func:`vision_gradcam`'s per-row scores ``(T, n_rows)``, the tower geometry and the block read."""
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
     with gradient_mode(subject):
@@ -81,6 +90,4 @@ def vision_gradcam(subject: Subject, batch: Batch, targets: list[Target], object
             (g,) = batched_grad(torch.stack([values[t] for t in part]), a, retain_graph=c < len(parts) - 1)
             scores.append(tower_cam(a, g, geometry))
         del g
-    rows = torch.cat(scores)
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return torch.cat(scores), geometry, block

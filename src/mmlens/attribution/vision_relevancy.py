@@ -118,6 +118,14 @@ def _hook(fn: Callable[[int, torch.Tensor, torch.Tensor], None], layer: int, bat
 def vision_relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
                      target_batch: int | None = None) -> MethodOutput:
     """Relevancy of each vision-tower patch (see the module doc); the target is the summed logit by default."""
+    rows, geometry, block = vision_relevancy_rows(subject, batch, targets, objective, target_batch)
+    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
+                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+
+
+def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
+                          target_batch: int | None = None) -> tuple[torch.Tensor, TowerGeometry, int]:
+    """:func:`vision_relevancy`'s per-row relevancies ``(T, n_rows)``, the tower geometry and the feature block."""
     check_objective(objective)
     dual = subject.adapter.dual_encoder
     if dual and subject.adapter.embedding_parts().pooling != "cls":
@@ -174,6 +182,4 @@ def vision_relevancy(subject: Subject, batch: Batch, targets: list[Target], obje
         for c, part in enumerate(parts):
             chunk = torch.stack([values[t] for t in part])
             out.append(carried_backward(chunk, emitted[0], carry, seeds[list(part)], retain_graph=c < len(parts) - 1))
-    rows = torch.cat(out).cpu()
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return torch.cat(out).cpu(), geometry, block
