@@ -163,7 +163,7 @@ def _eager_relevancy(subject, batch, target, geometry, block, dual):
         for m in b[n_lm:]:
             r = r + m.reshape(tiles, size, size)[t] @ r
         out.append(v[t] @ r)
-    return start, torch.cat(out)
+    return start, torch.cat(out).detach()
 
 
 def _sharpened(family):

@@ -32,6 +32,7 @@ from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.subject import Subject
+from mmlens.model.tower_geometry import TowerGeometry, tower_geometry
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
 from mmlens.results.explanation import Explanation
@@ -60,6 +61,7 @@ __all__ = [
     "SteeringVector",
     "SparseAutoencoder",
     "Subject",
+    "TowerGeometry",
     "TracInResult",
     "Tracer",
     "TunedLens",
@@ -96,6 +98,7 @@ __all__ = [
     "serve",
     "splice",
     "text_spans",
+    "tower_geometry",
     "train_cbm",
     "train_sae",
     "steering_vector",

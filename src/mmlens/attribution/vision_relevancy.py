@@ -129,8 +129,8 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
     check_objective(objective)
     dual = subject.adapter.dual_encoder
     if dual and subject.adapter.embedding_parts().pooling != "cls":
-        raise InputError(f"vision_relevancy seeds a dual encoder at its pooled CLS row, and this {subject.family} "
-                         "tower pools with an attention head instead: use vision_gradcam or gradcam")
+        raise InputError("vision_relevancy seeds a dual encoder at its pooled CLS row, and this tower pools with an "
+                         "attention head instead: use vision_gradcam or gradcam")
     for target in targets:
         if target.needs_foil_forward:
             raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, "
@@ -172,9 +172,9 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
             raise InputError(f"the {subject.family} vision tower's attention cannot be captured (block {missing[0]}): "
                              "use vision_gradcam or relevancy")
         if not all(reaches(values, [seen["vision", k] for k in range(block + 1)])):
-            raise InputError(f"the {subject.family} vision tower attends in several chunks per block here (one per "
-                             "image or window), which vision_relevancy cannot differentiate: explain one image, or "
-                             "use vision_gradcam")
+            raise InputError("this vision tower attends in several chunks per block (one call per image or window), "
+                             "whose attention vision_relevancy cannot differentiate: use vision_gradcam, or one image "
+                             "with a tower that attends per image")
         a = run.outputs[block]
         geometry = block_geometry(subject, batch, a)
         carry.setup(block, geometry, (a.shape[0], a.shape[1]) if a.ndim == 3 else (1, a.shape[0]))
