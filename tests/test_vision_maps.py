@@ -12,6 +12,8 @@ from mmlens.attribution.gradient import eager_attention
 from mmlens.attribution.tower_pass import block_geometry
 from mmlens.attribution.vision_gradcam import vision_gradcam_rows
 from mmlens.attribution.vision_relevancy import vision_relevancy_rows
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.tracing import Tracer
 from mmlens.model.targets import resolve_targets
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_subject
@@ -127,43 +129,57 @@ def test_vision_gradcam_equals_an_autograd_reference(family):
 
 def _eager_relevancy(subject, batch, target, geometry, block, dual):
     """Chefer et al.'s rule with full matrices in forward order: R_lm over the LM, the image tokens' (R - I) rows
-    split over their patches (CLS seed for CLIP), times R_tower over blocks 0..block."""
+    split over their patches (CLS seed for CLIP), times R_tower over blocks 0..block, with every block's B as one
+    (rows x rows) matrix: tiles block-diagonal; chunked towers' calls block-diagonal in held order, permuted to
+    canonical order."""
     n_lm = 0 if dual else subject.n_layers
-    with torch.enable_grad(), eager_attention(subject.model), subject.trace() as tr:
-        for layer in range(n_lm):
-            tr.capture_attention(f"lm.blocks.{layer}.attn.weights", detach=False)
-        for layer in range(block + 1):
-            tr.capture_attention(f"vision.blocks.{layer}.attn.weights", detach=False)
-        logits = subject.forward(batch)
+    hook_points = subject.hook_point_map()
+    extra = {f"v{k}": HookPoint(hook_points[f"vision.blocks.{k}.attn.weights"].module, "attn_weights")
+             for k in range(block + 1)}
+    order = hook_points["vision.blocks.0.attn.weights"].rows
+    perm = []
+    handle = order.source.register_forward_pre_hook(lambda m, a, kw: perm.append(order.order(a, kw)),
+                                                    with_kwargs=True) if order is not None else None
+    try:
+        with torch.enable_grad(), eager_attention(subject.model), Tracer({**hook_points, **extra}) as tr:
+            for layer in range(n_lm):
+                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", detach=False)
+            for k in range(block + 1):
+                tr.capture_attention(f"v{k}", detach=False)
+            logits = subject.forward(batch)
+    finally:
+        if handle is not None:
+            handle.remove()
     lm_w = [tr.captured[f"lm.blocks.{i}.attn.weights"][0] for i in range(n_lm)]
-    v_w = [tr.captured[f"vision.blocks.{i}.attn.weights"][0] for i in range(block + 1)]
-    grads = torch.autograd.grad(target.value(logits, batch, "logit").sum(), lm_w + v_w)
-    b = [(g.float() * w.float()).clamp_min(0).mean(-3) for g, w in zip(grads, lm_w + v_w)]
-    tiles = geometry.n_rows // v_w[0].shape[-1]
+    v_w = [tr.captured[f"v{k}"] for k in range(block + 1)]  # per block: one call per tile batch or chunk
+    flat = lm_w + [w for calls in v_w for w in calls]
+    grads = list(torch.autograd.grad(target.value(logits, batch, "logit").sum(), flat))
+    b = [(g.float() * w.float()).clamp_min(0).mean(-3) for g, w in zip(grads, flat)]
+    lm_b, v_b = b[:n_lm], b[n_lm:]
     if dual:
         v = torch.zeros(geometry.n_rows)
         v[0] = 1.0
     else:
         n = batch.seq_len
         r = torch.eye(n)
-        for m in b[:n_lm]:
+        for m in lm_b:
             r = r + m[0] @ r
-        q = target.query_positions(batch)
-        lm = (r - torch.eye(n))[q].mean(0)
+        lm = (r - torch.eye(n))[target.query_positions(batch)].mean(0)
         v = torch.zeros(geometry.n_rows)
         for j, tok in enumerate(geometry.token_of.tolist()):
             if tok >= 0:
                 v[j] = lm[tok] / int((geometry.token_of == tok).sum())
-    start = v.clone()
-    v = v.reshape(tiles, -1)
-    size = v.shape[1]
-    out = []
-    for t in range(tiles):
-        r = torch.eye(size)
-        for m in b[n_lm:]:
-            r = r + m.reshape(tiles, size, size)[t] @ r
-        out.append(v[t] @ r)
-    return start, torch.cat(out).detach()
+    start = v.detach().clone()
+    r = torch.eye(geometry.n_rows)
+    i = 0
+    for calls in v_w:
+        full = torch.block_diag(*[t for m in v_b[i:i + len(calls)] for t in m])
+        i += len(calls)
+        if perm:
+            inv = torch.argsort(perm[0])
+            full = full[inv][:, inv]
+        r = r + full @ r
+    return start, (v @ r).detach()
 
 
 def _sharpened(family):
@@ -178,12 +194,16 @@ def _sharpened(family):
     return subject
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llava_next", "internvl", "clip"])
-def test_vision_relevancy_equals_an_eager_reference(family):
-    """One batched carried backward == full-matrix recursion per target (merge windows, tiles, pixel shuffle,
-    CLS-seeded CLIP)."""
+@pytest.mark.parametrize("family,n_images", [("llava", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 1), ("llava_next", 1),
+                                             ("internvl", 1), ("clip", 1)])
+def test_vision_relevancy_equals_an_eager_reference(family, n_images):
+    """One batched carried backward == full-matrix recursion per target (merge windows with one attention call per
+    image, Qwen2.5-VL's windows in held order, tiles, pixel shuffle, CLS-seeded CLIP)."""
     subject = _sharpened(family)
-    batch = _batch(subject, family)
+    if family in DUAL_FAMILIES:
+        batch = _batch(subject, family)
+    else:
+        batch = subject.prepare(tiny_images(family, n=n_images), "what color is the cat ?", answer="red cat")
     targets = resolve_targets(subject.tokenizer, batch, None)
     rows, geometry, block = vision_relevancy_rows(subject, batch, targets)
     assert mmlens.count_hooks(subject.model) == 0
@@ -216,11 +236,10 @@ def test_vision_maps_are_non_negative_image_shaped_and_leave_no_hooks(family, me
     assert mmlens.count_hooks(subject.model) == 0
 
 
-def test_vision_relevancy_refuses_a_windowed_tower_in_one_line():
-    subject = subject_for("qwen2_5_vl")
-    with pytest.raises(mmlens.InputError, match="several chunks per block"):
-        mmlens.explain(subject, tiny_images("qwen2_5_vl", n=1), "what color is the cat ?", method="vision_relevancy",
-                       answer="red cat")
+def test_vision_relevancy_refuses_attention_pooled_dual_encoders_in_one_line():
+    subject = _subject("siglip2")
+    with pytest.raises(mmlens.InputError, match="pools with an attention head"):
+        mmlens.explain(subject, tiny_images("llava", n=1), "a red cat", method="vision_relevancy")
     assert mmlens.count_hooks(subject.model) == 0
 
 

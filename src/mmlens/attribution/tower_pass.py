@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from mmlens.errors import InputError
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.tracing import Tracer
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.tower_geometry import TowerGeometry, tower_geometry
@@ -49,10 +51,11 @@ class TowerPass:
 
 
 def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] | None = None,
-                  embed_edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TowerPass:
+                  embed_edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  points: dict[str, HookPoint] | None = None) -> TowerPass:
     """Forward ``batch`` (inside :func:`~mmlens.attribution.gradient.gradient_mode`) with the tower in the graph.
     ``extra(tracer)`` adds captures to the same trace; ``embed_edit`` maps the patch-embedding leaf (e.g. through
-    a carried backward's emitting identity)."""
+    a carried backward's emitting identity); ``points``: hook points added to the subject's for this trace."""
     parts = subject.adapter.parts()
     if not parts.vision_blocks or parts.vision_embed is None:
         raise InputError(f"this {subject.family} model names no vision tower blocks: use an LM-side method "
@@ -72,7 +75,8 @@ def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] |
 
         return keep
 
-    with subject.trace() as tr:
+    subject.require("activations")
+    with Tracer({**subject.hook_point_map(), **(points or {})}, subject.adapter.trace_patches()) as tr:
         tr.edit("vision.embed", leaf)
         for i in range(len(parts.vision_blocks)):
             tr.edit(f"vision.blocks.{i}.resid_post", keeper(i))

@@ -12,6 +12,9 @@
 All of it comes out of one forward (eager attention) and one batched backward per ``target_batch`` targets
 (:mod:`mmlens.attribution.batched`): backward reaches every LM layer before any tower layer (the tower feeds the
 LM), so the carried state folds the LM layers, starts ``v`` at the first tower layer and folds the tower's.
+Towers that attend in chunks (Qwen: one attention call per image; Qwen2.5-VL's windowed blocks, one per window,
+on rows held in window order) are read call by call: each call's ``B`` acts on its rows in held order, and ``v``
+is permuted to and from that order around it.
 Qwen3-VL's DeepStack features (intermediate tower blocks added inside the LM) are not followed: relevance enters
 the tower at its output only.
 
@@ -33,6 +36,8 @@ from mmlens.attribution.relevancy import row_seeds
 from mmlens.attribution.tower_pass import block_geometry, pixel_maps, reaches, tower_forward
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
+from mmlens.hooks.points import HookPoint
+from mmlens.hooks.views import RowOrder
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective
@@ -50,6 +55,9 @@ class _TowerRelevancy(Carry):
 
     def __init__(self, n_lm: int, dual: bool) -> None:
         self.n_lm, self.dual = n_lm, dual
+        #: chunked towers: each layer's chunk sizes in call order, and held row i = canonical row ``perm[i]``
+        self.chunks: dict[int, list[int]] = {}
+        self.perm: torch.Tensor | None = None
         self.block = -1
         self.geometry: TowerGeometry | None = None
         self.tiles: tuple[int, int] = (1, 0)
@@ -63,7 +71,7 @@ class _TowerRelevancy(Carry):
 
     def start(self, seed: torch.Tensor) -> None:
         self.s, self.d, self.next, self.pending = seed, torch.zeros_like(seed), self.n_lm - 1, {}
-        self.v, self.v_next, self.v_pending = None, self.block, {}
+        self.v, self.v_next, self.v_pending, self.parts = None, self.block, {}, {}
 
     def lm_layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
         self.pending[layer] = _b(a, grad)
@@ -82,13 +90,34 @@ class _TowerRelevancy(Carry):
         return (lm[self.index.to(device)] * self.share.to(device)).reshape(self.tiles)
 
     def vision_layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
-        if layer > self.block:
-            return
-        self.v_pending[layer] = _b(a, grad).reshape(self.tiles[0], self.tiles[1], self.tiles[1])
+        if layer <= self.block:
+            self.v_pending[layer] = _b(a, grad).reshape(self.tiles[0], self.tiles[1], self.tiles[1])
+            self._fold()
+
+    def vision_chunk(self, layer: int, index: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        """One attention call of a tower that attends in chunks (held row order, see :attr:`perm`); the layer is
+        folded once all its chunks have arrived."""
+        if layer <= self.block:
+            self.parts.setdefault(layer, {})[index] = _b(a, grad)[0]
+            if len(self.parts[layer]) == len(self.chunks[layer]):
+                self.v_pending[layer] = self.parts.pop(layer)
+                self._fold()
+
+    def _fold(self) -> None:
         while self.v_next in self.v_pending:
             m = self.v_pending.pop(self.v_next)
-            v = self._seed_rows(m.device) if self.v is None else self.v.to(m.device)
-            self.v = v + (v[:, None, :] @ m)[:, 0]
+            if isinstance(m, dict):  # chunks: block-diagonal in held order
+                device = m[0].device
+                v = self._seed_rows(device) if self.v is None else self.v.to(device)
+                flat = v.reshape(-1)
+                held = flat if self.perm is None else flat[self.perm.to(device)]
+                pieces = torch.split(held, self.chunks[self.v_next])
+                held = torch.cat([p + p @ m[i] for i, p in enumerate(pieces)])
+                flat = held if self.perm is None else held[torch.argsort(self.perm).to(device)]
+                self.v = flat.reshape(v.shape)
+            else:
+                v = self._seed_rows(m.device) if self.v is None else self.v.to(m.device)
+                self.v = v + (v[:, None, :] @ m)[:, 0]
             self.v_next -= 1
 
     def finish(self) -> torch.Tensor:
@@ -98,7 +127,7 @@ class _TowerRelevancy(Carry):
 
 
 def _hook(fn: Callable[[int, torch.Tensor, torch.Tensor], None], layer: int, batch_axis: bool,
-          seen: dict[tuple[str, int], torch.Tensor], kind: str) -> Callable[[torch.Tensor], None]:
+          seen: dict[tuple[str, int], Any], kind: str) -> Callable[[torch.Tensor], None]:
     def reduce(w: torch.Tensor) -> None:
         if not w.requires_grad:
             raise RuntimeError(f"{kind} layer {layer}'s attention probabilities are not in the autograd graph")
@@ -145,7 +174,7 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         seeds, counts = row_seeds(targets, batch)
         seeds = seeds / torch.tensor(counts, dtype=seeds.dtype)[:, None, None]
     emitted: list[torch.Tensor] = []
-    seen: dict[tuple[str, int], torch.Tensor] = {}
+    seen: dict[tuple[str, int], Any] = {}
 
     def emit(x: torch.Tensor) -> torch.Tensor:
         carry.shape = (x.shape[:-1].numel(),)
@@ -153,28 +182,61 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         emitted.append(z)
         return y
 
+    # towers that attend in chunks (Qwen: one call per image / window) are read call by call, in held row order
+    hook_points = subject.hook_point_map()
+    calls: dict[str, HookPoint] = {}
+    rows_order: list[RowOrder] = []
+    for layer in range(n_vision):
+        point = hook_points[f"vision.blocks.{layer}.attn.weights"]
+        if point.chunked or point.rows is not None:
+            calls[f"vision.blocks.{layer}.attn.calls"] = HookPoint(point.module, "attn_weights")
+            rows_order += [point.rows] if point.rows is not None and not rows_order else []
+
+    def chunk_hook(layer: int) -> Callable[[torch.Tensor], None]:
+        def reduce(w: torch.Tensor) -> None:
+            index = len(carry.chunks.setdefault(layer, []))
+            carry.chunks[layer].append(int(w.shape[-1]))
+            seen.setdefault(("vision", layer), []).append(w)
+            a = w.detach()
+            w.register_hook(lambda g: carry.vision_chunk(layer, index, a, g))
+
+        return reduce
+
     def extra(tr: Any) -> None:
         for layer in range(n_lm):
             tr.capture_attention(f"lm.blocks.{layer}.attn.weights", reduce=_hook(carry.lm_layer, layer, True, seen, "lm"),
                                  detach=False)
         for layer in range(n_vision):
-            tr.capture_attention(f"vision.blocks.{layer}.attn.weights", detach=False,
-                                 reduce=_hook(carry.vision_layer, layer, False, seen, "vision"))
+            if f"vision.blocks.{layer}.attn.calls" in calls:
+                tr.capture_attention(f"vision.blocks.{layer}.attn.calls", detach=False, reduce=chunk_hook(layer))
+            else:
+                tr.capture_attention(f"vision.blocks.{layer}.attn.weights", detach=False,
+                                     reduce=_hook(carry.vision_layer, layer, False, seen, "vision"))
 
+    def record_order(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        carry.perm = rows_order[0].order(args, kwargs).cpu()
+
+    record_order._mmlens = True  # type: ignore[attr-defined]
     size = resolve_target_batch(target_batch, subject, batch)
     out = []
     with gradient_mode(subject, eager=True):
-        run = tower_forward(subject, batch, extra, embed_edit=emit)
+        handle = rows_order[0].source.register_forward_pre_hook(record_order, with_kwargs=True) if rows_order else None
+        try:
+            run = tower_forward(subject, batch, extra, embed_edit=emit, points=calls)
+        finally:
+            if handle is not None:
+                handle.remove()
         values = [t.value(run.logits, batch, objective).sum() for t in targets]
         block = run.feature_block(values)
         missing = [k for k in range(block + 1) if ("vision", k) not in seen]
         if missing:
             raise InputError(f"the {subject.family} vision tower's attention cannot be captured (block {missing[0]}): "
                              "use vision_gradcam or relevancy")
-        if not all(reaches(values, [seen["vision", k] for k in range(block + 1)])):
-            raise InputError("this vision tower attends in several chunks per block (one call per image or window), "
-                             "whose attention vision_relevancy cannot differentiate: use vision_gradcam, or one image "
-                             "with a tower that attends per image")
+        ws = [w for k in range(block + 1) for w in (seen["vision", k] if isinstance(seen["vision", k], list)
+                                                     else [seen["vision", k]])]
+        if not all(reaches(values, ws)):
+            raise InputError(f"the {subject.family} vision tower's attention probabilities are not the ones its forward "
+                             "used: use vision_gradcam or relevancy")
         a = run.outputs[block]
         geometry = block_geometry(subject, batch, a)
         carry.setup(block, geometry, (a.shape[0], a.shape[1]) if a.ndim == 3 else (1, a.shape[0]))
