@@ -21,10 +21,13 @@ The tower's rows are the ``vision.*`` hook points' rows (:mod:`mmlens.hooks.trac
 
 Which LM token a patch feeds (``token_of``) is the LM cell of the same grid holding the patch's centre.
 
->>> from mmlens.testing import tiny_subject                                     # doctest: +SKIP
->>> s = tiny_subject("qwen2_vl"); b = s.prepare(img, "what is this?")            # doctest: +SKIP
->>> tower_geometry(s.adapter, b.geometry, (24,)).images[0].grids[0].shape        # doctest: +SKIP
-(4, 6)
+>>> from mmlens.testing import tiny_subject
+>>> from mmlens.testing.tiny_models import tiny_images
+>>> s = tiny_subject("qwen2_vl"); b = s.prepare(tiny_images("qwen2_vl"), "what is this?")
+>>> tg = tower_geometry(s.adapter, b.geometry, (24,))      # 24 patch rows, one 2x3 grid of LM tokens
+>>> tg.images[0].grids[0].shape, tg.token_of[:5].tolist() == [int(b.geometry[0].positions[0])] * 4 + [
+...     int(b.geometry[0].positions[1])]
+((4, 6), True)
 """
 
 from __future__ import annotations
