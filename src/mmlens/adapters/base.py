@@ -117,6 +117,11 @@ class Adapter:
         """One processor call for several rows (one image list and one prompt text each)."""
         return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
 
+    #: how the vision tower's output patches map onto the LM's image grids (see :mod:`mmlens.model.tower_geometry`):
+    #: ``"tiles"`` (tower tile k = grid k, CLS first if any, each grid cell a square block of patches: identity,
+    #: pixel shuffle, average pooling), ``"merge_windows"`` (one flat row list, grouped by merge window),
+    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions)
+    tower_layout: ClassVar[str] = "tiles"
     #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
     dual_encoder: ClassVar[bool] = False
     #: the hook point whose tensor gradient methods differentiate: the input embeddings of the whole sequence
