@@ -23,6 +23,8 @@ METHODS = {
     "gradcam": {},
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"nt_samples": 2},
+    "vision_gradcam": {},
+    "vision_relevancy": {},
 }
 
 

@@ -33,6 +33,7 @@ from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
 from mmlens.model.pixels import PixelPipeline, check_pixels
 from mmlens.model.subject import Subject
+from mmlens.model.tower_geometry import TowerGeometry, tower_geometry
 from mmlens.model.video import Video
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
@@ -64,6 +65,7 @@ __all__ = [
     "SparseAutoencoder",
     "Subject",
     "Video",
+    "TowerGeometry",
     "TracInResult",
     "Tracer",
     "TunedLens",
@@ -101,6 +103,7 @@ __all__ = [
     "serve",
     "splice",
     "text_spans",
+    "tower_geometry",
     "train_cbm",
     "train_sae",
     "steering_vector",

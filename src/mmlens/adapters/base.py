@@ -117,6 +117,12 @@ class Adapter:
         """One processor call for several rows (one image list and one prompt text each)."""
         return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
 
+    #: how the vision tower's output patches map onto the LM's image grids (see :mod:`mmlens.model.tower_geometry`):
+    #: ``"tiles"`` (tower tile k = grid k, CLS first if any, each grid cell a square block of patches: identity,
+    #: pixel shuffle, average pooling), ``"merge_windows"`` (one flat row list, grouped by merge window),
+    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions)
+    tower_layout: ClassVar[str] = "tiles"
+
     #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
     #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
     #: "padded_patches" (patch rows padded to max_num_patches),
@@ -126,8 +132,8 @@ class Adapter:
     pixel_layout: ClassVar[str | None] = None
 
     def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
-        """For ``pixel_layout = "views"`` / ``"image_tiles"``: the processor's views (tiles, a global image) of one ``(3, H, W)``
-        image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
+        """For ``pixel_layout = "views"`` / ``"image_tiles"``: the processor's views (tiles, a global image) of one
+        ``(3, H, W)`` image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
         raise NotImplementedError
 
     def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:

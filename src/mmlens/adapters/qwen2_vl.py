@@ -29,6 +29,7 @@ class Qwen2VLAdapter(Adapter):
     supports_video = True
     #: the frame layout of :mod:`mmlens.adapters.video` (Qwen3-VL: "qwen3")
     video_layout = "qwen"
+    tower_layout = "merge_windows"
     pixel_layout = "patches"
 
     def pixel_resize(self, height: int, width: int) -> tuple[int, int]:

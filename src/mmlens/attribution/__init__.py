@@ -13,4 +13,6 @@ from mmlens.attribution import (  # noqa: F401  (each module registers its metho
     perturbation,
     perturbation_shap,
     relevancy,
+    vision_gradcam,
+    vision_relevancy,
 )
