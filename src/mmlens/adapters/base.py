@@ -60,9 +60,20 @@ class Adapter:
         self.model = model
         self.processor = processor
 
+    #: the transformers processor class of families whose saved processor also needs a video processor (which
+    #: needs torchvision): without one, :meth:`load_processor` builds its image-only subclass
+    processor_class: ClassVar[type | None] = None
+    #: that image-only subclass where the generic one (:func:`mmlens.adapters.image_only.image_only_processor`)
+    #: needs changes
+    image_only_class: ClassVar[type | None] = None
+
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
         """The family's processor from a local folder or hub id (PIL image processors: no torchvision)."""
+        if cls.processor_class is not None:
+            from mmlens.adapters.image_only import load_image_only
+
+            return load_image_only(cls.processor_class, path, cls.image_only_class, **kwargs)
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path, **kwargs)
