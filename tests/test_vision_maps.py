@@ -124,10 +124,13 @@ def test_vision_gradcam_equals_an_autograd_reference(family):
         others = torch.ones(rows.shape[1], dtype=torch.bool)
         others[image_rows] = False
         assert (rows[t, others] == 0).all()  # CLS rows score 0
-    positions = geometry.to_positions(rows, batch.seq_len)  # each LM image token: the mean of the rows feeding it
+    # each LM image token (cross-attention families: each key) gets the mean of the rows feeding it
+    n = int(batch.key_positions().max()) + 1 if batch.in_key_space else batch.seq_len
+    positions = geometry.to_positions(rows, n)
     for tok in batch.geometry[0].grid_positions().tolist():
         fed = geometry.token_of == tok
         assert int(fed.sum()) >= 1 and torch.allclose(positions[:, tok], rows[:, fed].mean(1))
+        assert not batch.in_key_space or int(fed.sum()) == 1  # one tower row per key
     assert mmlens.count_hooks(subject.model) == 0
 
 

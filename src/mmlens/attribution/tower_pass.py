@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmlens.attribution.output import MethodOutput
 from mmlens.errors import InputError
 from mmlens.hooks.points import HookPoint
 from mmlens.hooks.tracing import Tracer
@@ -58,8 +59,8 @@ def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] |
     a carried backward's emitting identity); ``points``: hook points added to the subject's for this trace."""
     parts = subject.adapter.parts()
     if not parts.vision_blocks or parts.vision_embed is None:
-        raise InputError(f"this {subject.family} model names no vision tower blocks: use an LM-side method "
-                         "(gradcam, relevancy)")
+        raise InputError(f"this {subject.family} model names no vision tower blocks or patch embeddings: use an "
+                         "LM-side method (gradcam, relevancy)")
     embeds: list[torch.Tensor] = []
     outputs: list[list[torch.Tensor]] = [[] for _ in parts.vision_blocks]
 
@@ -112,3 +113,14 @@ def block_geometry(subject: Subject, batch: Batch, output: torch.Tensor) -> Towe
 def pixel_maps(geometry: TowerGeometry, scores: torch.Tensor) -> list[list[np.ndarray]]:
     """``pixel_maps[t][i]``: target ``t``'s per-row ``scores`` over image ``i``'s original pixels."""
     return [[g.heatmap(scores[t]).astype(np.float32) for g in geometry.images] for t in range(scores.shape[0])]
+
+
+def tower_output(batch: Batch, geometry: TowerGeometry, scores: torch.Tensor, block: int) -> MethodOutput:
+    """A vision-tower map's :class:`MethodOutput` from per-row ``scores`` ``(T, n_rows)``: pixel maps, and each LM
+    image token's mean over the rows feeding it (cross-attention families: each key's row score as ``key_scores``,
+    the sequence positions 0)."""
+    extras = {"tower_block": block, "tower_rows": geometry.n_rows}
+    if batch.in_key_space:
+        keys = geometry.to_positions(scores, int(batch.key_positions().max()) + 1)
+        return MethodOutput(torch.zeros(scores.shape[0], batch.seq_len), pixel_maps(geometry, scores), extras, keys)
+    return MethodOutput(geometry.to_positions(scores, batch.seq_len), pixel_maps(geometry, scores), extras=extras)

@@ -23,7 +23,7 @@ import torch
 from mmlens.attribution.batched import batched_grad, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.tower_pass import block_geometry, pixel_maps, tower_forward
+from mmlens.attribution.tower_pass import block_geometry, tower_output, tower_forward
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
@@ -62,8 +62,7 @@ def vision_gradcam(subject: Subject, batch: Batch, targets: list[Target], object
     """Grad-CAM on vision block ``layer``'s output (default: the feature block, see the module doc). The target
     is the answer tokens' summed logit by default (``objective``), as in Grad-CAM's class score."""
     rows, geometry, block = vision_gradcam_rows(subject, batch, targets, objective, layer, target_batch)
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return tower_output(batch, geometry, rows, block)
 
 
 def vision_gradcam_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",

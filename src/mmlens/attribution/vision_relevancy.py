@@ -33,7 +33,7 @@ from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.attribution.relevancy import row_seeds
-from mmlens.attribution.tower_pass import block_geometry, pixel_maps, reaches, tower_forward
+from mmlens.attribution.tower_pass import block_geometry, tower_output, reaches, tower_forward
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.hooks.points import HookPoint
@@ -148,8 +148,7 @@ def vision_relevancy(subject: Subject, batch: Batch, targets: list[Target], obje
                      target_batch: int | None = None) -> MethodOutput:
     """Relevancy of each vision-tower patch (see the module doc); the target is the summed logit by default."""
     rows, geometry, block = vision_relevancy_rows(subject, batch, targets, objective, target_batch)
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return tower_output(batch, geometry, rows, block)
 
 
 def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
