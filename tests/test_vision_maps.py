@@ -278,3 +278,31 @@ def test_vision_gradcam_layer_option_is_checked():
         mmlens.explain(subject, tiny_images("llava", n=1), "what color is the cat ?", method="vision_gradcam",
                        answer="red cat", layer=1)
     assert mmlens.count_hooks(subject.model) == 0
+
+
+def test_cross_attention_keys_read_exactly_their_tower_rows():
+    """Mllama's tower layout ``"keys"``: each cross-attention key (the projector over the last global block's row,
+    concatenated with intermediate local features) depends on exactly one row of the feature block, the one
+    ``token_of`` maps to it; padding rows (17 keys per tile, 24 rows) feed no key. Two images: tile offsets."""
+    subject = subject_for("mllama")
+    batch = subject.prepare(tiny_images("mllama", n=2), "what color is the cat ?", answer="red cat")
+    _, geometry, block = vision_gradcam_rows(subject, batch, resolve_targets(subject.tokenizer, batch, None))
+    kept = []
+    parts = subject.adapter.parts()
+    hooks = [parts.vision_blocks[block].register_forward_hook(lambda m, a, out: kept.append(out)),
+             parts.cross_states.register_forward_hook(lambda m, a, out: kept.append(out))]
+    try:
+        with torch.enable_grad():
+            subject.forward(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    a, states = kept[0], kept[1].reshape(-1, kept[1].shape[-1])
+    n_keys = int(batch.key_positions().max()) + 1
+    assert states.shape[0] == n_keys and geometry.n_rows == a.shape[:-1].numel() > n_keys
+    for key in (0, 1, 16, 17, 40, 4 * 17 + 5, n_keys - 1):  # CLS, patches, second tile, second image, last key
+        (g,) = torch.autograd.grad(states[key].sum(), a, retain_graph=True)
+        moved = torch.nonzero(g.reshape(-1, g.shape[-1]).abs().amax(-1)).flatten().tolist()
+        assert moved == torch.nonzero(geometry.token_of == key).flatten().tolist() and len(moved) == 1, (key, moved)
+    assert (geometry.token_of >= 0).sum() == n_keys
+    assert mmlens.count_hooks(subject.model) == 0

@@ -40,7 +40,7 @@ from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
 from mmlens.attribution.relevancy import _CrossRelevancy, row_seeds
-from mmlens.attribution.tower_pass import block_geometry, tower_output, reaches, tower_forward
+from mmlens.attribution.tower_pass import block_geometry, reaches, tower_forward, tower_output
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.hooks.points import HookPoint
@@ -57,8 +57,9 @@ def _b(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class _TowerRelevancy(Carry):
-    """Per target: the LM recursion (``d <- d + (s + d) B_l``, last layer first), then ``v`` (the LM image-token
-    relevance split over the tower rows, or the CLS seed) folded through the tower blocks, last first."""
+    """Per target: the LM recursion (``d <- d + (s + d) B_l``, last layer first; with ``cross``: the bi-modal
+    rule's layers kept and folded first to last), then ``v`` (the LM image-token or key relevance split over the
+    tower rows, or the CLS seed) folded through the tower blocks, last first."""
 
     def __init__(self, n_lm: int, dual: bool, cross: _CrossRelevancy | None = None) -> None:
         self.n_lm, self.dual, self.cross = n_lm, dual, cross  # cross: the LM part over cross-attention keys

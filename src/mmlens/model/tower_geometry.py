@@ -53,7 +53,8 @@ LAYOUTS = ("tiles", "merge_windows", "anyres", "joint", "keys")
 @dataclass
 class TowerGeometry:
     """Per image, an :class:`ImageGeometry` whose positions are tower rows (so ``heatmap`` maps per-row scores
-    to pixels), and per tower row the LM sequence position it feeds (``token_of``, -1: none)."""
+    to pixels), and per tower row the LM sequence position it feeds (``token_of``, -1: none; layout ``"keys"``:
+    the cross-attention key it is)."""
 
     images: list[ImageGeometry]
     token_of: torch.Tensor  # (n_rows,) long
