@@ -124,10 +124,13 @@ def test_vision_gradcam_equals_an_autograd_reference(family):
         others = torch.ones(rows.shape[1], dtype=torch.bool)
         others[image_rows] = False
         assert (rows[t, others] == 0).all()  # CLS rows score 0
-    positions = geometry.to_positions(rows, batch.seq_len)  # each LM image token: the mean of the rows feeding it
+    # each LM image token (cross-attention families: each key) gets the mean of the rows feeding it
+    n = int(batch.key_positions().max()) + 1 if batch.in_key_space else batch.seq_len
+    positions = geometry.to_positions(rows, n)
     for tok in batch.geometry[0].grid_positions().tolist():
         fed = geometry.token_of == tok
         assert int(fed.sum()) >= 1 and torch.allclose(positions[:, tok], rows[:, fed].mean(1))
+        assert not batch.in_key_space or int(fed.sum()) == 1  # one tower row per key
     assert mmlens.count_hooks(subject.model) == 0
 
 
@@ -138,6 +141,9 @@ def _eager_relevancy(subject, batch, target, geometry, block, dual):
     canonical order."""
     n_lm = 0 if dual else subject.n_layers
     hook_points = subject.hook_point_map()
+    # cross-attention families (Mllama): each LM layer has self- or cross-attention
+    lm_names = [f"lm.blocks.{i}.attn.weights" if f"lm.blocks.{i}.attn.weights" in hook_points
+                else f"lm.blocks.{i}.xattn.weights" for i in range(n_lm)]
     extra = {f"v{k}": HookPoint(hook_points[f"vision.blocks.{k}.attn.weights"].module, "attn_weights")
              for k in range(block + 1)}
     order = hook_points["vision.blocks.0.attn.weights"].rows
@@ -146,15 +152,15 @@ def _eager_relevancy(subject, batch, target, geometry, block, dual):
                                                     with_kwargs=True) if order is not None else None
     try:
         with torch.enable_grad(), eager_attention(subject.model), Tracer({**hook_points, **extra}) as tr:
-            for layer in range(n_lm):
-                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", detach=False)
+            for name in lm_names:
+                tr.capture_attention(name, detach=False)
             for k in range(block + 1):
                 tr.capture_attention(f"v{k}", detach=False)
             logits = subject.forward(batch)
     finally:
         if handle is not None:
             handle.remove()
-    lm_w = [tr.captured[f"lm.blocks.{i}.attn.weights"][0] for i in range(n_lm)]
+    lm_w = [tr.captured[name][0] for name in lm_names]
     v_w = [tr.captured[f"v{k}"] for k in range(block + 1)]  # per block: one call per tile batch or chunk
     flat = lm_w + [w for calls in v_w for w in calls]
     grads = list(torch.autograd.grad(target.value(logits, batch, "logit").sum(), flat))
@@ -163,6 +169,20 @@ def _eager_relevancy(subject, batch, target, geometry, block, dual):
     if dual:
         v = torch.zeros(geometry.n_rows)
         v[0] = 1.0
+    elif batch.in_key_space:  # Chefer et al.'s bi-modal rules: R_tt, R_ti; key k is tower row token_of^-1(k)
+        n, n_keys = batch.seq_len, int(batch.key_positions().max()) + 1
+        r_tt, r_ti = torch.eye(n), torch.zeros(n, n_keys)
+        for name, m in zip(lm_names, lm_b):
+            if ".xattn." in name:
+                hat = r_tt - torch.eye(n)
+                total = hat.sum(1, keepdim=True)
+                r_ti = r_ti + (hat / torch.where(total > 0, total, torch.ones_like(total)) + torch.eye(n)).T @ m[0]
+            else:
+                r_tt, r_ti = r_tt + m[0] @ r_tt, r_ti + m[0] @ r_ti
+        keys = r_ti[target.query_positions(batch)].mean(0)
+        v = torch.zeros(geometry.n_rows)
+        fed = geometry.token_of >= 0
+        v[fed] = keys[geometry.token_of[fed]]
     else:
         n = batch.seq_len
         r = torch.eye(n)
@@ -187,7 +207,7 @@ def _eager_relevancy(subject, batch, target, geometry, block, dual):
 
 
 def _sharpened(family):
-    """A fresh tiny subject whose vision blocks' weight matrices are scaled by 4, so the tower's share of the
+    """A fresh tiny subject whose vision blocks' weight matrices are scaled by 4 (gates opened), so the tower's share of the
     relevancy (tiny with random weights) is well above float32 rounding of the LM share it adds to."""
     subject = tiny_dual_subject(family) if family in DUAL_FAMILIES else tiny_subject(family)
     with torch.no_grad():
@@ -195,14 +215,19 @@ def _sharpened(family):
             for name, p in block.named_parameters():
                 if name.endswith("weight") and p.ndim == 2:
                     p.mul_(4.0)
+                elif name.startswith("gate_"):  # gated blocks (Mllama's global layers; tanh gates ~0 at init)
+                    p.fill_(1.0)
+        if subject.adapter.parts().lm_cross_attn:  # images reach the logits through one gated cross-attention
+            subject.adapter.parts().unembed.weight.mul_(100.0)  # layer: target gradients (hence B) are ~100x smaller
     return subject
 
 
 @pytest.mark.parametrize("family,n_images", [("llava", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 1), ("llava_next", 1),
-                                             ("internvl", 1), ("clip", 1)])
+                                             ("internvl", 1), ("clip", 1), ("mllama", 2)])
 def test_vision_relevancy_equals_an_eager_reference(family, n_images):
     """One batched carried backward == full-matrix recursion per target (merge windows with one attention call per
-    image, Qwen2.5-VL's windows in held order, tiles, pixel shuffle, CLS-seeded CLIP)."""
+    image, Qwen2.5-VL's windows in held order, tiles, pixel shuffle, CLS-seeded CLIP, Mllama's cross-attention keys
+    = tower rows, several images' tiles with their padding rows)."""
     subject = _sharpened(family)
     if family in DUAL_FAMILIES:
         batch = _batch(subject, family)
@@ -252,4 +277,32 @@ def test_vision_gradcam_layer_option_is_checked():
     with pytest.raises(mmlens.InputError, match="does not reach the target"):
         mmlens.explain(subject, tiny_images("llava", n=1), "what color is the cat ?", method="vision_gradcam",
                        answer="red cat", layer=1)
+    assert mmlens.count_hooks(subject.model) == 0
+
+
+def test_cross_attention_keys_read_exactly_their_tower_rows():
+    """Mllama's tower layout ``"keys"``: each cross-attention key (the projector over the last global block's row,
+    concatenated with intermediate local features) depends on exactly one row of the feature block, the one
+    ``token_of`` maps to it; padding rows (17 keys per tile, 24 rows) feed no key. Two images: tile offsets."""
+    subject = subject_for("mllama")
+    batch = subject.prepare(tiny_images("mllama", n=2), "what color is the cat ?", answer="red cat")
+    _, geometry, block = vision_gradcam_rows(subject, batch, resolve_targets(subject.tokenizer, batch, None))
+    kept = []
+    parts = subject.adapter.parts()
+    hooks = [parts.vision_blocks[block].register_forward_hook(lambda m, a, out: kept.append(out)),
+             parts.cross_states.register_forward_hook(lambda m, a, out: kept.append(out))]
+    try:
+        with torch.enable_grad():
+            subject.forward(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    a, states = kept[0], kept[1].reshape(-1, kept[1].shape[-1])
+    n_keys = int(batch.key_positions().max()) + 1
+    assert states.shape[0] == n_keys and geometry.n_rows == a.shape[:-1].numel() > n_keys
+    for key in (0, 1, 16, 17, 40, 4 * 17 + 5, n_keys - 1):  # CLS, patches, second tile, second image, last key
+        (g,) = torch.autograd.grad(states[key].sum(), a, retain_graph=True)
+        moved = torch.nonzero(g.reshape(-1, g.shape[-1]).abs().amax(-1)).flatten().tolist()
+        assert moved == torch.nonzero(geometry.token_of == key).flatten().tolist() and len(moved) == 1, (key, moved)
+    assert (geometry.token_of >= 0).sum() == n_keys
     assert mmlens.count_hooks(subject.model) == 0

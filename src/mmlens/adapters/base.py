@@ -131,7 +131,8 @@ class Adapter:
     #: how the vision tower's output patches map onto the LM's image grids (see :mod:`mmlens.model.tower_geometry`):
     #: ``"tiles"`` (tower tile k = grid k, CLS first if any, each grid cell a square block of patches: identity,
     #: pixel shuffle, average pooling), ``"merge_windows"`` (one flat row list, grouped by merge window),
-    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions)
+    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions),
+    #: ``"keys"`` (cross-attention families: tower rows are the LM's cross-attention keys, see ``keys_per_tile``)
     tower_layout: ClassVar[str] = "tiles"
 
     #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:

@@ -1,11 +1,14 @@
 """One forward whose vision tower is in the autograd graph, for the vision-tower maps (``vision_gradcam``,
 ``vision_relevancy``).
 
-The tower's patch embeddings (``vision.embed``) become a leaf that requires grad (parameters stay frozen), every
+The tower's patch embeddings (``vision.embed``; Mllama: its ``layernorm_pre`` output) become a leaf that requires
+grad (parameters stay frozen), every
 vision block's output is kept inside the graph (``vision.blocks.{i}.resid_post``, canonical row order), and the
 *feature block* is the last block whose output the target reaches: the block the projector reads (LLaVA's
 ``vision_feature_layer = -2`` is the second-to-last; blocks after it run but feed nothing). Its output's rows
-map to pixels through :mod:`mmlens.model.tower_geometry`.
+map to pixels through :mod:`mmlens.model.tower_geometry`. Cross-attention families (Mllama): the feature block
+is the last global layer, whose rows (with intermediate local layers' features concatenated) the projector maps
+one to one onto the cross-attention keys; the maps come out as ``key_scores`` (:func:`tower_output`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmlens.attribution.output import MethodOutput
 from mmlens.errors import InputError
 from mmlens.hooks.points import HookPoint
 from mmlens.hooks.tracing import Tracer
@@ -51,22 +55,21 @@ class TowerPass:
 
 
 def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] | None = None,
-                  embed_edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   points: dict[str, HookPoint] | None = None) -> TowerPass:
     """Forward ``batch`` (inside :func:`~mmlens.attribution.gradient.gradient_mode`) with the tower in the graph.
-    ``extra(tracer)`` adds captures to the same trace; ``embed_edit`` maps the patch-embedding leaf (e.g. through
-    a carried backward's emitting identity); ``points``: hook points added to the subject's for this trace."""
+    ``extra(tracer)`` adds captures / edits to the same trace (e.g. a carried backward's emitting identity);
+    ``points``: hook points added to the subject's for this trace."""
     parts = subject.adapter.parts()
     if not parts.vision_blocks or parts.vision_embed is None:
-        raise InputError(f"this {subject.family} model names no vision tower blocks: use an LM-side method "
-                         "(gradcam, relevancy)")
+        raise InputError(f"this {subject.family} model names no vision tower blocks or patch embeddings: use an "
+                         "LM-side method (gradcam, relevancy)")
     embeds: list[torch.Tensor] = []
     outputs: list[list[torch.Tensor]] = [[] for _ in parts.vision_blocks]
 
     def leaf(t: torch.Tensor) -> torch.Tensor:
         x = t.detach().requires_grad_(True)
         embeds.append(x)
-        return embed_edit(x) if embed_edit is not None else x
+        return x
 
     def keeper(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def keep(t: torch.Tensor) -> torch.Tensor:
@@ -112,3 +115,14 @@ def block_geometry(subject: Subject, batch: Batch, output: torch.Tensor) -> Towe
 def pixel_maps(geometry: TowerGeometry, scores: torch.Tensor) -> list[list[np.ndarray]]:
     """``pixel_maps[t][i]``: target ``t``'s per-row ``scores`` over image ``i``'s original pixels."""
     return [[g.heatmap(scores[t]).astype(np.float32) for g in geometry.images] for t in range(scores.shape[0])]
+
+
+def tower_output(batch: Batch, geometry: TowerGeometry, scores: torch.Tensor, block: int) -> MethodOutput:
+    """A vision-tower map's :class:`MethodOutput` from per-row ``scores`` ``(T, n_rows)``: pixel maps, and each LM
+    image token's mean over the rows feeding it (cross-attention families: each key's row score as ``key_scores``,
+    the sequence positions 0)."""
+    extras = {"tower_block": block, "tower_rows": geometry.n_rows}
+    if batch.in_key_space:
+        keys = geometry.to_positions(scores, int(batch.key_positions().max()) + 1)
+        return MethodOutput(torch.zeros(scores.shape[0], batch.seq_len), pixel_maps(geometry, scores), extras, keys)
+    return MethodOutput(geometry.to_positions(scores, batch.seq_len), pixel_maps(geometry, scores), extras=extras)

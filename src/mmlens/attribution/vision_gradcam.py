@@ -9,6 +9,11 @@ image's patch rows (CLS and padding rows left out), score ``relu(sum_c w_c A[p, 
 the original pixels by :mod:`mmlens.model.tower_geometry` (several tiles covering a pixel are averaged).
 ``position_scores``: each LM image token gets the mean of the patches that feed it.
 
+Cross-attention families (Mllama): ``A`` is the last *global* layer's output, the block the keys read (each key is
+the projection of that block's row concatenated with the same row of some intermediate local layers, e.g. Llama 3.2
+Vision's layers 3, 7, 15, 23, 30; Grad-CAM follows the last block only, as ViT Grad-CAM does). Its rows are the keys
+one to one (tile padding rows left out), so the map comes out as ``key_scores`` (sequence positions score 0).
+
 Unlike ``gradcam`` (the LM side, over the projector's output tokens), this reads the tower at its own
 resolution, before any merge / pixel shuffle / pooling.
 
@@ -23,7 +28,7 @@ import torch
 from mmlens.attribution.batched import batched_grad, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.tower_pass import block_geometry, pixel_maps, tower_forward
+from mmlens.attribution.tower_pass import block_geometry, tower_forward, tower_output
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
@@ -62,8 +67,7 @@ def vision_gradcam(subject: Subject, batch: Batch, targets: list[Target], object
     """Grad-CAM on vision block ``layer``'s output (default: the feature block, see the module doc). The target
     is the answer tokens' summed logit by default (``objective``), as in Grad-CAM's class score."""
     rows, geometry, block = vision_gradcam_rows(subject, batch, targets, objective, layer, target_batch)
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return tower_output(batch, geometry, rows, block)
 
 
 def vision_gradcam_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",

@@ -18,6 +18,13 @@ is permuted to and from that order around it.
 Qwen3-VL's DeepStack features (intermediate tower blocks added inside the LM) are not followed: relevance enters
 the tower at its output only.
 
+Cross-attention families (Mllama: the images are the LM's cross-attention keys, one per tower row): step 1 is
+``relevancy``'s bi-modal rule (Chefer et al. eqs. 6-7, 10: ``R_ti`` at the target's query rows, the key scores of
+``relevancy``), step 2 is the identity (key ``k`` is the projection of its own tower row), step 3 as above over the
+local then global layers, which attend across all tiles of an image (and their padding rows). As in eq. 10 with the
+tower's ``R_ii``, but unnormalised like the other families' step 3. Mllama's keys also read intermediate local
+layers' outputs (concatenated features); that path is not followed: relevance enters at the last global layer.
+
 >>> import mmlens                                                                       # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="vision_relevancy")      # doctest: +SKIP
 """
@@ -32,8 +39,8 @@ import torch
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.relevancy import row_seeds
-from mmlens.attribution.tower_pass import block_geometry, pixel_maps, reaches, tower_forward
+from mmlens.attribution.relevancy import _CrossRelevancy, row_seeds
+from mmlens.attribution.tower_pass import block_geometry, reaches, tower_forward, tower_output
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.hooks.points import HookPoint
@@ -50,11 +57,12 @@ def _b(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class _TowerRelevancy(Carry):
-    """Per target: the LM recursion (``d <- d + (s + d) B_l``, last layer first), then ``v`` (the LM image-token
-    relevance split over the tower rows, or the CLS seed) folded through the tower blocks, last first."""
+    """Per target: the LM recursion (``d <- d + (s + d) B_l``, last layer first; with ``cross``: the bi-modal
+    rule's layers kept and folded first to last), then ``v`` (the LM image-token or key relevance split over the
+    tower rows, or the CLS seed) folded through the tower blocks, last first."""
 
-    def __init__(self, n_lm: int, dual: bool) -> None:
-        self.n_lm, self.dual = n_lm, dual
+    def __init__(self, n_lm: int, dual: bool, cross: _CrossRelevancy | None = None) -> None:
+        self.n_lm, self.dual, self.cross = n_lm, dual, cross  # cross: the LM part over cross-attention keys
         #: chunked towers: each layer's chunk sizes in call order, and held row i = canonical row ``perm[i]``
         self.chunks: dict[int, list[int]] = {}
         self.perm: torch.Tensor | None = None
@@ -71,9 +79,15 @@ class _TowerRelevancy(Carry):
 
     def start(self, seed: torch.Tensor) -> None:
         self.s, self.d, self.next, self.pending = seed, torch.zeros_like(seed), self.n_lm - 1, {}
+        if self.cross is not None:
+            self.cross.start(seed)
         self.v, self.v_next, self.v_pending, self.parts = None, self.block, {}, {}
 
     def lm_layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.cross is not None:  # kept, folded first to last once every LM layer has arrived
+            self.cross.layer(layer, a, grad)
+            self._fold()  # tower layers that arrived first (they need not feed the LM's first layers) waited
+            return
         self.pending[layer] = _b(a, grad)
         while self.next in self.pending:
             m = self.pending.pop(self.next)
@@ -82,6 +96,9 @@ class _TowerRelevancy(Carry):
             self.next -= 1
 
     def _seed_rows(self, device: torch.device) -> torch.Tensor:
+        if self.cross is not None:  # R_ti at the query rows (seeds / their count: the sum is the mean): per key
+            keys = self.cross.finish()[:, self.cross.n:].sum(0).to(device)
+            return (keys[self.index.to(device)] * self.share.to(device)).reshape(self.tiles)
         if self.next != -1:
             raise RuntimeError(f"tower relevancy started before LM layer {self.next}'s gradient arrived")
         if self.dual:  # the pooled CLS row of the (single) tile
@@ -103,8 +120,11 @@ class _TowerRelevancy(Carry):
                 self.v_pending[layer] = self.parts.pop(layer)
                 self._fold()
 
+    def _lm_done(self) -> bool:
+        return len(self.cross.b) == len(self.cross.kinds) if self.cross is not None else self.next == -1
+
     def _fold(self) -> None:
-        while self.v_next in self.v_pending:
+        while self.v_next in self.v_pending and (self.v is not None or self.cross is None or self._lm_done()):
             m = self.v_pending.pop(self.v_next)
             if isinstance(m, dict):  # chunks: block-diagonal in held order
                 device = m[0].device
@@ -148,8 +168,7 @@ def vision_relevancy(subject: Subject, batch: Batch, targets: list[Target], obje
                      target_batch: int | None = None) -> MethodOutput:
     """Relevancy of each vision-tower patch (see the module doc); the target is the summed logit by default."""
     rows, geometry, block = vision_relevancy_rows(subject, batch, targets, objective, target_batch)
-    return MethodOutput(geometry.to_positions(rows, batch.seq_len), pixel_maps(geometry, rows),
-                        extras={"tower_block": block, "tower_rows": geometry.n_rows})
+    return tower_output(batch, geometry, rows, block)
 
 
 def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
@@ -166,15 +185,29 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
                              "which vision_relevancy cannot explain (it reads one forward's attention): pass a "
                              "one-token foil, or use vision_gradcam")
     n_lm = 0 if dual else subject.n_layers
-    n_vision = len(subject.adapter.parts().vision_blocks or [])
-    carry = _TowerRelevancy(n_lm, dual)
+    tower_blocks = subject.adapter.parts().vision_blocks or []
+    n_vision = len(tower_blocks)
+    hook_points = subject.hook_point_map()
+    # cross-attention families: each LM layer's self- or cross-attention (``relevancy``'s bi-modal rule)
+    lm_points = [f"lm.blocks.{i}.attn.weights" if f"lm.blocks.{i}.attn.weights" in hook_points
+                 else f"lm.blocks.{i}.xattn.weights" for i in range(n_lm)]
+    cross = None
+    if batch.in_key_space:
+        cross = _CrossRelevancy([p.split(".")[3] for p in lm_points], batch.seq_len,
+                                int(batch.key_positions().max()) + 1, row_seeds(targets, batch)[0].shape[1])
+    carry = _TowerRelevancy(n_lm, dual, cross)
     if dual:
         seeds = torch.ones(len(targets), 1)
     else:
         seeds, counts = row_seeds(targets, batch)
         seeds = seeds / torch.tensor(counts, dtype=seeds.dtype)[:, None, None]
     emitted: list[torch.Tensor] = []
+    lm_leaves: list[torch.Tensor] = []
     seen: dict[tuple[str, int], Any] = {}
+
+    def lm_leaf(x: torch.Tensor) -> torch.Tensor:
+        lm_leaves.append(x.detach().requires_grad_(True))
+        return lm_leaves[-1]
 
     def emit(x: torch.Tensor) -> torch.Tensor:
         carry.shape = (x.shape[:-1].numel(),)
@@ -182,9 +215,10 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         emitted.append(z)
         return y
 
-    # towers that attend in chunks (Qwen: one call per image / window) are read call by call, in held row order
-    hook_points = subject.hook_point_map()
-    calls: dict[str, HookPoint] = {}
+    # the carried state leaves the backward at the first block's input (the rows of every block's output: a tower
+    # may pad its patch embeddings); towers that attend in chunks (Qwen: one call per image / window) are read call
+    # by call, in held row order
+    calls: dict[str, HookPoint] = {"vision.tower_in": HookPoint(tower_blocks[0], "input")} if n_vision else {}
     rows_order: list[RowOrder] = []
     for layer in range(n_vision):
         point = hook_points[f"vision.blocks.{layer}.attn.weights"]
@@ -203,9 +237,11 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         return reduce
 
     def extra(tr: Any) -> None:
+        tr.edit("vision.tower_in", emit)
+        if cross is not None:  # LM layers before the first cross-attention layer do not depend on the images:
+            tr.edit("lm.blocks.0.resid_pre", lm_leaf)  # a leaf there puts them in the graph
         for layer in range(n_lm):
-            tr.capture_attention(f"lm.blocks.{layer}.attn.weights", reduce=_hook(carry.lm_layer, layer, True, seen, "lm"),
-                                 detach=False)
+            tr.capture_attention(lm_points[layer], reduce=_hook(carry.lm_layer, layer, True, seen, "lm"), detach=False)
         for layer in range(n_vision):
             if f"vision.blocks.{layer}.attn.calls" in calls:
                 tr.capture_attention(f"vision.blocks.{layer}.attn.calls", detach=False, reduce=chunk_hook(layer))
@@ -222,7 +258,7 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
     with gradient_mode(subject, eager=True):
         handle = rows_order[0].source.register_forward_pre_hook(record_order, with_kwargs=True) if rows_order else None
         try:
-            run = tower_forward(subject, batch, extra, embed_edit=emit, points=calls)
+            run = tower_forward(subject, batch, extra, points=calls)
         finally:
             if handle is not None:
                 handle.remove()
@@ -243,5 +279,6 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         parts = list(chunks(len(targets), size))
         for c, part in enumerate(parts):
             chunk = torch.stack([values[t] for t in part])
-            out.append(carried_backward(chunk, emitted[0], carry, seeds[list(part)], retain_graph=c < len(parts) - 1))
+            out.append(carried_backward(chunk, emitted[0], carry, seeds[list(part)], retain_graph=c < len(parts) - 1,
+                                        also=tuple(lm_leaves)))
     return torch.cat(out).cpu(), geometry, block

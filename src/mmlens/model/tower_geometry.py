@@ -18,6 +18,12 @@ The tower's rows are the ``vision.*`` hook points' rows (:mod:`mmlens.hooks.trac
   (the adapter's ``notes["tile_canvas"]``: tile rows, columns and the frame's pixel box, padding included) whose
   unpadded part is the LM's tile grid (LLaVA-NeXT, LLaVA-OneVision; patches of the padding feed no token).
 - ``"joint"``: dual encoders: tower row ``j`` = joint-sequence position ``j`` (CLS / padding are separators).
+- ``"keys"``: cross-attention families (geometry ``space == "keys"``, Mllama): every tower row of a tile *is* one
+  cross-attention key (the projector maps rows to keys one to one), so the tower geometry is the key geometry
+  re-indexed: key ``k = tile * P + j`` (``P`` = the adapter's ``keys_per_tile()``) is row ``tile * S + j``, where
+  ``S >= P`` is the tower's rows per tile (rows ``P..S-1`` pad each tile, e.g. to a multiple of 8) and ``tile``
+  counts every image's tiles, padding tiles included. ``token_of`` is then the *key* each row feeds (CLS rows
+  included: the LM reads them too), so ``to_positions(scores, n_keys)`` gives per-key scores.
 
 Which LM token a patch feeds (``token_of``) is the LM cell of the same grid holding the patch's centre.
 
@@ -41,13 +47,14 @@ import torch
 from mmlens.errors import UnsupportedModelError
 from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
 
-LAYOUTS = ("tiles", "merge_windows", "anyres", "joint")
+LAYOUTS = ("tiles", "merge_windows", "anyres", "joint", "keys")
 
 
 @dataclass
 class TowerGeometry:
     """Per image, an :class:`ImageGeometry` whose positions are tower rows (so ``heatmap`` maps per-row scores
-    to pixels), and per tower row the LM sequence position it feeds (``token_of``, -1: none)."""
+    to pixels), and per tower row the LM sequence position it feeds (``token_of``, -1: none; layout ``"keys"``:
+    the cross-attention key it is)."""
 
     images: list[ImageGeometry]
     token_of: torch.Tensor  # (n_rows,) long
@@ -89,6 +96,8 @@ def tower_geometry(adapter: Any, geometry: list[ImageGeometry], shape: tuple[int
         rows = torch.cat([g.grid_positions() for g in geometry])
         token_of[rows] = rows
         return TowerGeometry(images, token_of, n_rows)
+    if layout == "keys":
+        return _key_rows(adapter, geometry, shape)
     builder = _Builder(shape, n_rows, adapter.family)
     for g in geometry:
         grids: list[ImageGrid] = []
@@ -189,3 +198,26 @@ def _sub(box: Box, rows: int, cols: int, i: int, j: int) -> Box:
     x0, y0, x1, y1 = box
     w, h = (x1 - x0) / cols, (y1 - y0) / rows
     return (x0 + j * w, y0 + i * h, x0 + (j + 1) * w, y0 + (i + 1) * h)
+
+
+def _key_rows(adapter: Any, geometry: list[ImageGeometry], shape: tuple[int, ...]) -> TowerGeometry:
+    """The ``"keys"`` layout (module doc): key geometry re-indexed from keys to tower rows."""
+    n_rows, per = math.prod(shape), int(adapter.keys_per_tile())
+    n_keys = max(int(g.positions.max()) + 1 for g in geometry)
+    tiles, spare = divmod(n_keys, per)
+    S = n_rows // tiles if tiles else 0
+    if spare or not tiles or S * tiles != n_rows or S < per:
+        raise UnsupportedModelError(f"the {adapter.family} vision tower's output {tuple(shape)} does not hold "
+                                    f"{n_keys} cross-attention keys in tiles of {per}: vision-tower maps cannot "
+                                    "place its patches")
+
+    def row(keys: torch.Tensor) -> torch.Tensor:
+        return keys // per * S + keys % per
+
+    keys = torch.arange(n_keys)
+    token_of = torch.full((n_rows,), -1, dtype=torch.long)
+    token_of[row(keys)] = keys
+    images = [ImageGeometry(g.image_index, g.size, row(g.positions),
+                            [ImageGrid(row(t.positions), t.box, t.kind) for t in g.grids], row(g.separators),
+                            dict(g.notes)) for g in geometry]
+    return TowerGeometry(images, token_of, n_rows)
