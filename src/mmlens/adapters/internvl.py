@@ -32,7 +32,6 @@ class InternVLAdapter(Adapter):
     model_class = "InternVLForConditionalGeneration"
     processor_class = InternVLProcessor
 
-
     def parts(self) -> ModelParts:
         inner = self.model.model
         tower = inner.vision_tower

@@ -32,7 +32,6 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     processor_class = LlavaOnevisionProcessor
     supports_video = True
 
-
     def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
         """Each frame squashed to the base tile, see :mod:`mmlens.adapters.video`."""
         return call_with_frames(self.processor, "pooled", frames, fps, text)

@@ -32,7 +32,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     image_only_class = None  # the generic image-only subclass
     video_layout = "qwen3"  # one pixel budget for all of a video's frames
 
-
     def trace_patches(self) -> list[Any]:
         return [(self.model.model.language_model, "_deepstack_process", _rows_broadcast)]
 
