@@ -29,7 +29,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- family-support:start -->", "<!-- family-support:end -->"
 #: option values that keep the sampling methods quick on tiny models (the defaults are for real use)
 CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
-         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
+         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16},
+         "pixel_integrated_gradients": {"steps": 4}, "pixel_smoothgrad": {"nt_samples": 2}}
 
 
 def cell(subject: mmlens.Subject, family: str, method: str) -> str:

@@ -12,6 +12,7 @@ from conftest import subject_for
 from PIL import Image, ImageDraw
 from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
 
+import mmlens
 from mmlens import InputError
 from mmlens.hooks.tracing import count_hooks
 from mmlens.testing.tiny_models import tiny_images
@@ -234,3 +235,11 @@ def test_real_size_tiles_marking_moves_exactly_one_key():
             ImageDraw.Draw(marked).rectangle([cx - 2, cy - 2, cx + 1, cy + 1], fill=(255, 0, 255))
             got = _states(s, s.prepare([marked], PROMPT), isolate=True)
             assert torch.nonzero((got - ref).abs().amax(-1) > 1e-4).flatten().tolist() == [int(p)]
+    # vision-tower maps at this geometry: 1601 keys per tile held in 1608 tower rows (padded to a multiple of 8)
+    with torch.no_grad():  # open the zero-initialised cross-attention gate so that the image reaches the logits
+        model.model.language_model.layers[1].cross_attn_attn_gate.fill_(0.5)
+    ex = mmlens.explain(s, [img], PROMPT, method="vision_gradcam", answer="red cat")
+    keys = torch.tensor(ex.extras["key_scores"])
+    assert ex.extras["tower_rows"] == 4 * 1608 and keys.shape[1] == 4 * 1601 and keys.max() > 0
+    np.testing.assert_allclose(ex.image_map(0), batch.geometry[0].heatmap(keys[0]), atol=1e-6)
+    assert count_hooks(model) == 0

@@ -27,7 +27,10 @@ from mmlens.testing.tiny_models import tiny_images
 
 REFUSED = {"rollout"}  # a product of self-attention over the sequence only
 CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
-         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
+         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16},
+         "pixel_integrated_gradients": {"steps": 4}, "pixel_smoothgrad": {"nt_samples": 2}}
+PIXEL_MAPS = ("occlusion", "rise", "kernel_shap", "lime", "mm_shap", "pixel_saliency", "pixel_integrated_gradients",
+              "pixel_smoothgrad")  # methods whose maps are on pixels, pooled onto the keys
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def test_every_method_maps_the_keys_or_refuses_in_one_line(lm, method):
         for i, (img, geo) in enumerate(zip(images, batch.geometry)):
             heat = ex.image_map(t, image=i)
             assert heat.shape == (img.height, img.width) and np.isfinite(heat).all()
-            if ex.metadata["method"] in ("occlusion", "rise", "kernel_shap", "lime", "mm_shap"):  # pooled pixel maps
+            if ex.metadata["method"] in PIXEL_MAPS:  # pooled pixel maps
                 want = torch.zeros(keys.shape[1])
                 pool_to_positions(geo, heat, want)
                 torch.testing.assert_close(keys[t, geo.grid_positions()], want[geo.grid_positions()])

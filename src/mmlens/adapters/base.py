@@ -60,9 +60,20 @@ class Adapter:
         self.model = model
         self.processor = processor
 
+    #: the transformers processor class of families whose saved processor also needs a video processor (which
+    #: needs torchvision): without one, :meth:`load_processor` builds its image-only subclass
+    processor_class: ClassVar[type | None] = None
+    #: that image-only subclass where the generic one (:func:`mmlens.adapters.image_only.image_only_processor`)
+    #: needs changes
+    image_only_class: ClassVar[type | None] = None
+
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
         """The family's processor from a local folder or hub id (PIL image processors: no torchvision)."""
+        if cls.processor_class is not None:
+            from mmlens.adapters.image_only import load_image_only
+
+            return load_image_only(cls.processor_class, path, cls.image_only_class, **kwargs)
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path, **kwargs)
@@ -116,6 +127,31 @@ class Adapter:
     def rows_inputs(self, image_sets: list[list[Image.Image]], texts: list[str]) -> dict[str, torch.Tensor]:
         """One processor call for several rows (one image list and one prompt text each)."""
         return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
+
+    #: how the vision tower's output patches map onto the LM's image grids (see :mod:`mmlens.model.tower_geometry`):
+    #: ``"tiles"`` (tower tile k = grid k, CLS first if any, each grid cell a square block of patches: identity,
+    #: pixel shuffle, average pooling), ``"merge_windows"`` (one flat row list, grouped by merge window),
+    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions),
+    #: ``"keys"`` (cross-attention families: tower rows are the LM's cross-attention keys, see ``keys_per_tile``)
+    tower_layout: ClassVar[str] = "tiles"
+
+    #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
+    #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
+    #: "padded_patches" (patch rows padded to max_num_patches),
+    #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), "views"
+    #: (the adapter's :meth:`pixel_views`, padded into one row), "image_tiles" (its views as each image's tiles),
+    #: None (tiles or crops not re-implemented: pixel-level methods refuse)
+    pixel_layout: ClassVar[str | None] = None
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
+        """For ``pixel_layout = "views"`` / ``"image_tiles"``: the processor's views (tiles, a global image) of one
+        ``(3, H, W)`` image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
+        raise NotImplementedError
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(height, width)`` the image processor resizes a ``height x width`` image to, where the family has
+        its own rule (None: the generic rule of :func:`mmlens.model.pixels.generic_resize_size`)."""
+        return None
 
     #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
     dual_encoder: ClassVar[bool] = False

@@ -19,7 +19,7 @@ from transformers import CLIPImageProcessorPil, LlavaNextVideoProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from mmlens.adapters.base import register_adapter
-from mmlens.adapters.image_only import image_only_processor, load_image_only
+from mmlens.adapters.image_only import image_only_processor
 from mmlens.adapters.llava import processed_box
 from mmlens.adapters.llava_next import LlavaNextAdapter
 from mmlens.adapters.video import call_with_frames, pooled_video_geometry
@@ -56,11 +56,9 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     family = "llava_next_video"
     model_types = ("llava_next_video",)
     model_class = "LlavaNextVideoForConditionalGeneration"
+    processor_class = LlavaNextVideoProcessor
+    image_only_class = ImageOnlyLlavaNextVideoProcessor
     supports_video = True
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        return load_image_only(LlavaNextVideoProcessor, path, ImageOnlyLlavaNextVideoProcessor, **kwargs)
 
     def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
         """Frames cropped like the family's video processor; the processor expands ``<video>``."""

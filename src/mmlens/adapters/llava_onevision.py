@@ -15,9 +15,9 @@ import math
 
 import torch
 from PIL import Image
+from transformers import LlavaOnevisionProcessor
 
 from mmlens.adapters.base import register_adapter
-from mmlens.adapters.image_only import load_image_only
 from mmlens.adapters.llava_next import LlavaNextAdapter
 from mmlens.adapters.video import call_with_frames, pooled_video_geometry
 from mmlens.errors import UnsupportedModelError
@@ -29,13 +29,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
+    processor_class = LlavaOnevisionProcessor
     supports_video = True
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs):
-        from transformers import LlavaOnevisionProcessor
-
-        return load_image_only(LlavaOnevisionProcessor, path, **kwargs)
 
     def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
         """Each frame squashed to the base tile, see :mod:`mmlens.adapters.video`."""

@@ -11,8 +11,11 @@ each tile's patch grid is one :class:`ImageGrid` whose box is the tile's pixels 
 processor's aspect-preserving resize (padding right / bottom, so boxes may extend past the image); CLS keys and
 padding tiles are separators. The tile layout is read back from the image processor's own canvas functions.
 
-Hook points: ``vision.blocks.*`` are the tower's local layers then its gated global layers (rows: every tile's CLS +
-patches, padded to a multiple of 8 per tile), ``xattn.states`` (the cross-attention states, what gradient methods
+Hook points: ``vision.embed`` is the tower's ``layernorm_pre`` output (patch + CLS embeddings with the tile and
+position embeddings added, ``(images, tiles, P, d)``: one row per key), ``vision.blocks.*`` are the tower's local
+layers then its gated global layers (rows: every tile's CLS + patches, padded to a multiple of 8 per tile, all tiles
+of an image in one sequence; ``tower_layout = "keys"``: row ``(i * max_num_tiles + t) * S + j`` feeds key
+``(i * max_num_tiles + t) * P + j``, :mod:`mmlens.model.tower_geometry`), ``xattn.states`` (the cross-attention states, what gradient methods
 differentiate), ``lm.blocks.{i}.xattn.*`` on cross-attention blocks (``lm.blocks.{i}.attn.*`` on the others). Methods that need
 image tokens in the sequence refuse in one line (:meth:`mmlens.model.batch.Batch.image_positions`).
 """
@@ -40,6 +43,21 @@ class MllamaAdapter(Adapter):
     model_types = ("mllama",)
     model_class = "MllamaForConditionalGeneration"
     input_point: ClassVar[str] = "xattn.states"
+    pixel_layout = "image_tiles"  # each image's tiles, padded to max_image_tiles (see mmlens.model.pixels)
+    tower_layout = "keys"
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
+        """The image resized into its tile canvas (size and tile grid from the image processor's own resize
+        run on an empty image), padded bottom / right with black, cut into tiles row-major."""
+        import numpy as np
+
+        ip = self.processor.image_processor
+        empty, (rows, cols) = ip.resize(np.zeros((1, *x.shape[-2:]), dtype=np.uint8), size=ip.size,
+                                        max_image_tiles=ip.max_image_tiles, resample=ip.resample)
+        x = resize_to(x, empty.shape[-2:])
+        th, tw = int(ip.size.height), int(ip.size.width)
+        x = torch.nn.functional.pad(x, (0, cols * tw - x.shape[-1], 0, rows * th - x.shape[-2]))
+        return [x[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(rows) for c in range(cols)]
 
     def parts(self) -> ModelParts:
         inner = self.model.model
@@ -50,6 +68,7 @@ class MllamaAdapter(Adapter):
             unembed=self.model.lm_head,
             # the local layers, then the gated global ones (one list: vision.blocks.{0..local + global - 1})
             vision_blocks=nn.ModuleList([*vision.transformer.layers, *vision.global_transformer.layers]),
+            vision_embed=vision.layernorm_pre,
             lm_cross_attn="cross_attn",
             cross_states=inner.multi_modal_projector,
         )

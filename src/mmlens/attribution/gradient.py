@@ -220,6 +220,7 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: st
     positions is family-specific (a CLS token dropped, LLaVA-NeXT tiles and unpadding, Qwen2-VL's 2x2 merge),
     while the LM's image positions already carry each family's geometry, so this works unchanged for every
     family and its scores map onto pixels through the same ``geometry.heatmap`` as every other method.
+    ``vision_gradcam`` (:mod:`mmlens.attribution.vision_gradcam`) reads the tower's own block instead.
     """
 
     def cam(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
