@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
-from benchmarks.common import MID_MODELS, image, median_time, mid_model, peak_memory_mb
+from benchmarks.common import MID_MODELS, image, median_time, mid_llava, mid_model, peak_memory_mb
 
 MODES = ("forward", "attention", "forward_backward", "relevancy", "attention_x_gradient", "input_x_gradient",
          "ig_mmlens", "ig_captum", "ig_embeds")
@@ -43,9 +44,15 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    subject = mid_model(args.family, args.layers, args.hidden, args.image_size, device=args.device)
+    if args.family == "llava":
+        subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device, heads=args.heads,
+                            tiles=args.tiles)
+    elif args.heads or args.tiles:
+        raise SystemExit("--heads / --tiles are options of the llava family's model")
+    else:
+        subject = mid_model(args.family, args.layers, args.hidden, args.image_size, device=args.device)
     answer = answer_words(args.answer_len)
-    img = image(args.image_size)
+    img = image(args.image_size * round(args.tiles**0.5) if args.tiles else args.image_size)
     batch = subject.prepare(img, "what color is the shape?", answer=answer)
     steps = args.ig_steps
 
@@ -61,6 +68,8 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     def explain(method: str, **options) -> None:
         if args.target_batch is not None and method != "attention":
             options["target_batch"] = args.target_batch
+        if args.attention_chunk is not None and method in ("relevancy", "attention_x_gradient"):
+            options["attention_chunk"] = args.attention_chunk
         mmlens.explain(subject, img, batch.prompt, method=method, answer=answer, **options)
 
     def ig_captum() -> None:
@@ -113,10 +122,11 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     }
     fn = fns[mode]
     fn()  # warm-up
-    memory = peak_memory_mb(fn, args.device)
-    cpu_start = time.process_time()
-    seconds = median_time(fn, repeats=args.repeats, warmup=0)
-    cpu = (time.process_time() - cpu_start) / args.repeats  # steadier than wall time on a shared machine
+    started, cpu_start = time.perf_counter(), time.process_time()
+    memory = peak_memory_mb(fn, args.device)  # also the first timed run
+    times = [time.perf_counter() - started] + [median_time(fn, repeats=1, warmup=0) for _ in range(args.repeats - 1)]
+    cpu = (time.process_time() - cpu_start) / max(1, args.repeats)  # steadier than wall time on a shared machine
+    seconds = statistics.median(times)
     return {"mode": mode, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": memory, "seq_len": batch.seq_len,
             "image_tokens": int(batch.image_positions().numel()), "answer_tokens": int(batch.answer_ids.numel())}
 
@@ -127,7 +137,9 @@ GRADIENT_GOALS = {10: 1.5, 100: 3.0}
 def report(results: dict, args: argparse.Namespace, length: int) -> None:
     r = results
     first = next(iter(r.values()))
-    print(f"\nmodel: random {args.family}, {args.layers} layers, hidden {args.hidden}, {first['image_tokens']} image tokens, "
+    tiles = f"LLaVA-NeXT, base + {args.tiles} tiles, " if args.tiles else ""
+    print(f"\nmodel: random {args.family}, {args.layers} layers, hidden {args.hidden}, "
+          f"{args.heads or max(2, args.hidden // 64)} heads, {tiles}{first['image_tokens']} image tokens, "
           f"{first['seq_len']} positions, {first['answer_tokens']} answer tokens, {args.device}, "
           f"{args.threads} thread(s), target_batch {args.target_batch or 'default'}")
     if {"forward", "attention"} <= set(r):
@@ -156,6 +168,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--image-size", type=int, default=336)
+    ap.add_argument("--heads", type=int, default=None, help="LM attention heads (default: hidden / 64)")
+    ap.add_argument("--tiles", type=int, default=0, help="a LLaVA-NeXT: base image + this many tiles (4 = 2 x 2)")
+    ap.add_argument("--attention-chunk", type=int, default=None, help="attention_chunk for relevancy / attention x grad")
     ap.add_argument("--answer-lens", default="10", help="comma-separated answer lengths (tokens), e.g. 10,100")
     ap.add_argument("--answer-len", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ig-steps", type=int, default=16)

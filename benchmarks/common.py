@@ -20,6 +20,10 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
@@ -39,22 +43,35 @@ WORDS = ["what", "color", "is", "the", "shape", "object", "in", "image", "red", 
 
 
 def mid_llava(layers: int = 12, hidden: int = 768, image_size: int = 336, patch: int = 14,
-              dtype: torch.dtype = torch.float32, device: str = "cpu") -> mmlens.Subject:
-    """A random LLaVA: CLIP tower (``image_size / patch``)^2 image tokens (576 by default) + Llama LM."""
+              dtype: torch.dtype = torch.float32, device: str = "cpu", heads: int | None = None,
+              tiles: int = 0) -> mmlens.Subject:
+    """A random LLaVA: CLIP tower (``image_size / patch``)^2 image tokens (576 by default) + Llama LM with
+    ``heads`` heads (default ``hidden / 64``). ``tiles`` (a square: 4 = 2 x 2): a LLaVA-NeXT instead, whose
+    images of ``sqrt(tiles) * image_size`` px give a base image + ``tiles`` tiles of that many tokens each
+    (plus one newline token per tile row)."""
     tok = build_word_tokenizer(WORDS + [f"w{i}" for i in range(200)], ["<image>"])
+    heads = heads or max(2, hidden // 64)
     vision = CLIPVisionConfig(hidden_size=hidden // 2, intermediate_size=hidden * 2, num_hidden_layers=max(2, layers // 3),
                               num_attention_heads=max(2, hidden // 128), image_size=image_size, patch_size=patch)
     text = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 4 * 2 // 3, num_hidden_layers=layers,
-                       num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(2, hidden // 64),
+                       num_attention_heads=heads, num_key_value_heads=heads,
                        vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                      vision_feature_select_strategy="default", vision_feature_layer=-2)
+    grid = round(tiles**0.5)
+    if tiles and grid * grid != tiles:
+        raise ValueError(f"tiles={tiles}: pass a square number (4 = a 2 x 2 grid)")
+    next_ = {"image_grid_pinpoints": [[grid * image_size, grid * image_size]]} if tiles else {}
+    classes = ((LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor)
+               if tiles else (LlavaConfig, LlavaForConditionalGeneration, CLIPImageProcessorPil, LlavaProcessor))
+    config_cls, model_cls, image_processor_cls, processor_cls = classes
+    cfg = config_cls(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                     vision_feature_select_strategy="default", vision_feature_layer=-2, **next_)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(cfg).eval().to(dtype=dtype, device=device)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(ip, tok, patch_size=patch, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=tok.chat_template)
+    model = model_cls(cfg).eval().to(dtype=dtype, device=device)
+    ip = image_processor_cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                             **next_)
+    processor = processor_cls(ip, tok, patch_size=patch, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, chat_template=tok.chat_template)
     return mmlens.load(model, processor)
 
 

@@ -29,7 +29,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- family-support:start -->", "<!-- family-support:end -->"
 #: option values that keep the sampling methods quick on tiny models (the defaults are for real use)
 CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"nt_samples": 2}, "rise": {"n_masks": 16},
-         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16}}
+         "kernel_shap": {"n_samples": 16}, "lime": {"n_samples": 16}, "mm_shap": {"n_samples": 16},
+         "pixel_integrated_gradients": {"steps": 4}, "pixel_smoothgrad": {"nt_samples": 2}}
 
 
 def cell(subject: mmlens.Subject, family: str, method: str) -> str:
@@ -41,7 +42,8 @@ def cell(subject: mmlens.Subject, family: str, method: str) -> str:
     except mmlens.InputError as err:
         return f"refused: {str(err).splitlines()[0]}"
     maps = np.stack([ex.image_map(t) for t in range(len(ex.targets))])
-    ok = np.isfinite(maps).all() and np.abs(ex.position_scores).max() > 0
+    scores = np.asarray(ex.extras.get("key_scores", ex.position_scores))  # key scores: cross-attention images
+    ok = np.isfinite(maps).all() and np.abs(scores).max() > 0
     if not ok or mmlens.count_hooks(subject.model):
         raise AssertionError(f"{method} on {family}: empty or non-finite map, or hooks left")
     return "yes"

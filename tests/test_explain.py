@@ -23,6 +23,8 @@ METHODS = {
     "gradcam": {},
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"nt_samples": 2},
+    "vision_gradcam": {},
+    "vision_relevancy": {},
 }
 
 
@@ -262,6 +264,7 @@ def test_methods_catalog_lists_every_method_with_leaf_and_tier():
     names = {m.name for m in mmlens.methods()}
     assert set(METHODS) <= names
     assert {"logit_lens", "causal_trace", "attention_knockout", "neuron_scores", "token_pruning"} <= names
-    assert {m.name for m in mmlens.methods(kind="attribution")} == set(METHODS) | {"occlusion", "rise", "kernel_shap", "mm_shap", "lime"}
+    pixel = {"pixel_saliency", "pixel_integrated_gradients", "pixel_smoothgrad"}  # tests/test_pixel_gradients.py
+    assert {m.name for m in mmlens.methods(kind="attribution")} == set(METHODS) | {"occlusion", "rise", "kernel_shap", "mm_shap", "lime"} | pixel
     tiers = {m.name: m.tier for m in mmlens.methods()}
     assert tiers["attention"] == tiers["rollout"] == "attention" and tiers["relevancy"] == "gradient"

@@ -32,7 +32,7 @@ def test_positions_equal_placeholders_and_grids_multiply_out(subject, images):
 
 #: families that cut an image into several grids (tiles / crops + a whole-image grid), and the fewest grids one of
 #: the suite's images gets: the marking test below then covers several tiles per image
-SEVERAL_GRIDS = {"llava_next": 2, "llava_onevision": 2, "gemma3": 4, "idefics3": 3, "smolvlm": 3, "internvl": 3}
+SEVERAL_GRIDS = {"llava_next": 2, "llava_next_video": 2, "llava_onevision": 2, "gemma3": 4, "idefics3": 3, "smolvlm": 3, "internvl": 3}
 
 
 def test_tiling_families_give_the_suite_several_grids_per_image(subject, images):

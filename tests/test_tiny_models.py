@@ -12,7 +12,6 @@ from mmlens.adapters import adapter_for
 from mmlens.adapters.qwen_processor import (
     ImageOnlyQwen2_5_VLProcessor,
     ImageOnlyQwen2VLProcessor,
-    image_only_processor_from_pretrained,
 )
 from mmlens.testing.tiny_models import (
     FAMILIES,
@@ -26,6 +25,7 @@ from mmlens.testing.tiny_models import (
 EXPECTED_TOKENS_PER_IMAGE = {
     "llava": [16, 16, 16],
     "llava_next": [34, 56, 70],
+    "llava_next_video": [34, 56, 70],
     "qwen2_vl": [6, 8, 4],
     "qwen2_5_vl": [6, 8, 4],
     "paligemma": [16, 16, 16],
@@ -209,15 +209,16 @@ def test_qwen_multi_image_prompt(family):
 def test_qwen_image_only_processor_roundtrip(family, tmp_path):
     _, processor = _built(family)
     processor.save_pretrained(tmp_path)
-    loaded = image_only_processor_from_pretrained(str(tmp_path), family)
-    assert type(loaded) is type(processor)
+    loaded = adapter_for(_built(family)[0]).load_processor(str(tmp_path))
+    assert type(loaded) is type(processor) and loaded._mmlens_notes
     assert loaded.chat_template == processor.chat_template
     images = tiny_images(family, 2)
     a = processor(images=images, text=tiny_prompt(family, processor, 2), return_tensors="pt")
     b = loaded(images=images, text=tiny_prompt(family, loaded, 2), return_tensors="pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # kwargs other than loading options go to the image processor
-    small = image_only_processor_from_pretrained(str(tmp_path), family, max_pixels=28 * 28 * 4)
+    # options other than where to load from go to the image processor
+    small = adapter_for(_built(family)[0]).load_processor(str(tmp_path), size={"shortest_edge": 28 * 28 * 4,
+                                                                               "longest_edge": 28 * 28 * 4})
     c = small(images=images[:1], text=tiny_prompt(family, small, 1), return_tensors="pt")
     assert c["image_grid_thw"].prod(-1).item() // 4 <= 4
 
@@ -226,14 +227,11 @@ def test_qwen_image_only_processor_rejects_videos():
     _, processor = _built("qwen2_vl")
     with pytest.raises(ValueError, match="image-only"):
         processor(text="<|video_pad|>", videos=[tiny_images("qwen2_vl", 2)], return_tensors="pt")
-    with pytest.raises(ValueError, match="Unknown Qwen family"):
-        image_only_processor_from_pretrained("unused", "llava")
 
 
 def test_every_registered_family_has_a_tiny_model():
     """Tests parametrize over FAMILIES: a family registered without a tiny model would go untested."""
     from mmlens.adapters import supported_families
-
     from mmlens.testing.tiny_dual import DUAL_FAMILIES  # dual encoders: tests/test_dual_encoders.py
 
     assert sorted([*FAMILIES, *DUAL_FAMILIES]) == supported_families()

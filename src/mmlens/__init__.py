@@ -31,7 +31,10 @@ from mmlens.inference.tuned_lens import TunedLens, lens_kl, train_tuned_lens
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 from mmlens.model.loading import load
+from mmlens.model.pixels import PixelPipeline, check_pixels
 from mmlens.model.subject import Subject
+from mmlens.model.tower_geometry import TowerGeometry, tower_geometry
+from mmlens.model.video import Video
 from mmlens.model.zero_shot import ZeroShot, zero_shot
 from mmlens.neuron.sae import SparseAutoencoder, ce_recovered, generate_with_feature, load_sae, save_sae, train_sae
 from mmlens.results.explanation import Explanation
@@ -56,10 +59,13 @@ __all__ = [
     "InputError",
     "MMLensError",
     "PAI",
+    "PixelPipeline",
     "Steering",
     "SteeringVector",
     "SparseAutoencoder",
     "Subject",
+    "Video",
+    "TowerGeometry",
     "TracInResult",
     "Tracer",
     "TunedLens",
@@ -69,6 +75,7 @@ __all__ = [
     "__version__",
     "collect_activations",
     "ce_recovered",
+    "check_pixels",
     "bootstrap_ci",
     "count_hooks",
     "decompose_embedding",
@@ -96,6 +103,7 @@ __all__ = [
     "serve",
     "splice",
     "text_spans",
+    "tower_geometry",
     "train_cbm",
     "train_sae",
     "steering_vector",

@@ -212,8 +212,11 @@ def explain_cmd(
     answer: str | None = AnswerOpt,
     option: list[str] = typer.Option([], "--option", "-O", help="method option as key=value (repeatable), e.g. -O steps=32"),
     out: Path = typer.Option(Path("explanation.png"), "--out", "-o", help=".png, .html, .json or .safetensors"),
+    video: bool = typer.Option(False, "--video", help="IMAGE is a video: an animated GIF or a folder of frames "
+                               "(a .png --out is then the frame strip)"),
+    fps: float | None = typer.Option(None, "--fps", help="frames per second of --video (default: the GIF's, else 1)"),
 ) -> None:
-    """Explain which pixels and prompt words made each answer token."""
+    """Explain which pixels (of an image or of each video frame) and prompt words made each answer token."""
     import mmlens
     from mmlens.catalog import get_method
     from mmlens.errors import InputError
@@ -231,12 +234,14 @@ def explain_cmd(
     options = dict(_option(o) for o in option)
     _check_options(info, options)
     check_option_ranges(options)
-    _image(image)
+    if not video:
+        _image(image)
+    visual = mmlens.Video.load(image, fps) if video else image
     subject = mmlens.load(model)
-    ex = mmlens.explain(subject, image, prompt, method=method, target=target, answer=answer, **options)
+    ex = mmlens.explain(subject, visual, prompt, method=method, target=target, answer=answer, **options)
     console.print(f"answer: [bold]{escape(ex.answer)}[/]  targets: {escape(', '.join(ex.targets))}", highlight=False,
                   soft_wrap=True)
-    print(ex.save(out))
+    print(ex.save_strip(out) if video and out.suffix.lower() == ".png" else ex.save(out))
 
 
 def _option(text: str) -> tuple[str, Any]:

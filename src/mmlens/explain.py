@@ -26,13 +26,14 @@ from mmlens.model.batch import Batch
 from mmlens.model.images import ImageLike
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, resolve_targets
+from mmlens.model.video import Video
 from mmlens.results.explanation import Explanation, jsonable
 from mmlens.util.limits import check_option_ranges
 
 
 def explain(
     subject: Subject,
-    images: ImageLike | Sequence[ImageLike],
+    images: ImageLike | Sequence[ImageLike] | Video,
     prompt: str,
     method: str = "relevancy",
     target: str | tuple[str, str] | None = None,
@@ -55,6 +56,9 @@ def explain(
     ``candidates`` (other captions) the answer is the caption's zero-shot class among them, so the default
     ``log_prob`` objective explains why it won (its softmax log-probability over all the captions' similarities;
     :func:`mmlens.zero_shot` gives the classes' probabilities).
+
+    Video (:class:`mmlens.Video`, families with video input): the explanation's images are the frames, with
+    one map per frame, ``ex.frame_curve()`` (per-frame importance) and ``ex.save_strip("strip.png")``.
 
     >>> ex = mmlens.explain(lm, "cat.png", "what is on the mat?", method="integrated_gradients",
     ...                     steps=16)                                                # doctest: +SKIP
@@ -86,6 +90,14 @@ def explain(
     spec = {"target": target, "answer": answer, "max_new_tokens": max_new_tokens if answer is None else None,
             **({"candidates": list(candidates)} if candidates is not None else {})}
     return build_explanation(subject, batch, targets, out, method, options, seed, spec)
+
+
+def video_metadata(batch: Batch) -> dict[str, Any]:
+    """What an explanation of a video records: its rate, each frame's time, the frames each frame's tokens read,
+    and each frame's token positions without separators (what :meth:`Explanation.frame_curve` sums)."""
+    return {"fps": batch.video_fps, "frame_times": [g.time for g in batch.geometry],
+            "token_frames": [list(g.grids[0].frames) if g.grids else [g.frame] for g in batch.geometry],
+            "frame_positions": [g.grid_positions().tolist() for g in batch.geometry]}
 
 
 def _check_options(info: MethodInfo, options: dict[str, Any]) -> None:
@@ -134,11 +146,13 @@ def build_explanation(
         raise RuntimeError(f"method {method!r} returned scores of shape {tuple(scores.shape)}, "
                            f"expected (n_targets, seq_len) = {(len(targets), batch.seq_len)}")
     geoms = batch.geometry
+    keys = key_scores(batch, out, method, len(targets))
+    image_scores = scores if keys is None else keys  # what geometry positions index (sequence or keys)
     if out.pixel_maps is not None:
         pixel = [[np.asarray(m, dtype=np.float32) for m in per_image] for per_image in out.pixel_maps]
     else:
-        pixel = [[g.heatmap(scores[t]).astype(np.float32) for g in geoms] for t in range(len(targets))]
-    grids = [[[m.numpy().astype(np.float32) for m in g.grid_maps(scores[t])] for g in geoms]
+        pixel = [[g.heatmap(image_scores[t]).astype(np.float32) for g in geoms] for t in range(len(targets))]
+    grids = [[[m.numpy().astype(np.float32) for m in g.grid_maps(image_scores[t])] for g in geoms]
              for t in range(len(targets))]
     ids = batch.input_ids[0].tolist()
     tok = subject.tokenizer
@@ -152,6 +166,7 @@ def build_explanation(
         "dtype": str(next(subject.model.parameters()).dtype).replace("torch.", ""),
         "versions": versions(),
         **({"image_notes": list(batch.conversions)} if batch.conversions else {}),
+        **({"video": video_metadata(batch)} if batch.is_video else {}),
     }
     return Explanation(
         method=method,
@@ -169,5 +184,31 @@ def build_explanation(
         answer=batch.answer or "",
         answer_tokens=[str(t) for t in tok.convert_ids_to_tokens(batch.answer_ids.tolist())],
         metadata=metadata,
-        extras=jsonable(out.extras),
+        extras=jsonable(out.extras if keys is None else {**out.extras, "key_scores": keys.tolist()}),
     )
+
+
+def key_scores(batch: Batch, out: MethodOutput, method: str, n_targets: int) -> torch.Tensor | None:
+    """Per-key scores ``(T, n_keys)`` for images that enter through cross-attention keys (None otherwise): the
+    method's own, or its pixel maps pooled onto each key's pixel box; a method with neither refuses in one line."""
+    if not batch.in_key_space:
+        return None
+    n_keys = int(batch.key_positions().max()) + 1
+    if out.key_scores is not None:
+        keys = torch.as_tensor(out.key_scores).detach().float().cpu()
+        if keys.shape != (n_targets, n_keys):
+            raise RuntimeError(f"method {method!r} returned key scores of shape {tuple(keys.shape)}, expected "
+                               f"{(n_targets, n_keys)}")
+        return keys
+    if out.pixel_maps is None:
+        raise InputError(f"method {method!r} scores the language model's sequence positions, and this model's images "
+                         "enter only through cross-attention keys, so it has no image map: use attention, relevancy, "
+                         "attention_x_gradient, saliency, input_x_gradient, gradcam, integrated_gradients or a "
+                         "perturbation method")
+    from mmlens.attribution.perturbation_masks import pool_to_positions
+
+    keys = torch.zeros(n_targets, n_keys)
+    for t in range(n_targets):
+        for g in batch.geometry:
+            pool_to_positions(g, np.asarray(out.pixel_maps[t][g.image_index]), keys[t])
+    return keys

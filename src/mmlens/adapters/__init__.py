@@ -1,11 +1,12 @@
 """One adapter per model family; importing this package registers them all.
 
-Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor),
-``qwen_processor``, ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match). Not covered yet (issue 16): Mllama (Llama 3.2 Vision: image features enter through
-cross-attention layers, not as LM sequence positions: needs geometry over cross-attention keys, hook points on the
-cross-attention blocks, and methods that refuse in one line where "image positions" have no meaning) and video
-input (Qwen2/2.5/3-VL, LLaVA-OneVision: frames, a frame / time axis in the geometry; every transformers video
-processor needs torchvision, which mmlens does not use).
+Shared helpers (not families): ``base`` (the contract), ``image_only`` (processors without a video processor: an
+adapter names its transformers ``processor_class`` and ``Adapter.load_processor`` builds the image-only subclass
+when the full processor needs torchvision), ``qwen_processor`` (Qwen2/2.5-VL's image-only subclasses),
+``video`` (frames through the family's PIL image processor, no torchvision: Qwen2/2.5/3-VL, LLaVA-OneVision,
+LLaVA-NeXT-Video), ``dual_encoder`` (CLIP / SigLIP: no language model; the answer is the image-text match).
+``mllama`` (Llama 3.2 Vision) is the one family whose images are cross-attention keys, not sequence positions (its
+geometry has ``space="keys"``).
 """
 
 from mmlens.adapters import (  # noqa: F401
@@ -15,7 +16,9 @@ from mmlens.adapters import (  # noqa: F401
     internvl,
     llava,
     llava_next,
+    llava_next_video,
     llava_onevision,
+    mllama,
     paligemma,
     qwen2_vl,
     qwen3_vl,

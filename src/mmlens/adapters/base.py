@@ -30,6 +30,11 @@ def supported_families() -> list[str]:
     return sorted({cls.family for cls in ADAPTERS.values()})
 
 
+def video_families() -> list[str]:
+    """Families that take video (frames) input."""
+    return sorted({cls.family for cls in ADAPTERS.values() if cls.supports_video})
+
+
 def adapter_for(model_or_config: Any) -> type[Adapter]:
     """The adapter class for a model's (or config's) ``model_type``."""
     config = getattr(model_or_config, "config", model_or_config)
@@ -55,9 +60,20 @@ class Adapter:
         self.model = model
         self.processor = processor
 
+    #: the transformers processor class of families whose saved processor also needs a video processor (which
+    #: needs torchvision): without one, :meth:`load_processor` builds its image-only subclass
+    processor_class: ClassVar[type | None] = None
+    #: that image-only subclass where the generic one (:func:`mmlens.adapters.image_only.image_only_processor`)
+    #: needs changes
+    image_only_class: ClassVar[type | None] = None
+
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
         """The family's processor from a local folder or hub id (PIL image processors: no torchvision)."""
+        if cls.processor_class is not None:
+            from mmlens.adapters.image_only import load_image_only
+
+            return load_image_only(cls.processor_class, path, cls.image_only_class, **kwargs)
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path, **kwargs)
@@ -112,6 +128,31 @@ class Adapter:
         """One processor call for several rows (one image list and one prompt text each)."""
         return dict(self.processor(images=image_sets, text=texts, return_tensors="pt", **self.processor_kwargs()))
 
+    #: how the vision tower's output patches map onto the LM's image grids (see :mod:`mmlens.model.tower_geometry`):
+    #: ``"tiles"`` (tower tile k = grid k, CLS first if any, each grid cell a square block of patches: identity,
+    #: pixel shuffle, average pooling), ``"merge_windows"`` (one flat row list, grouped by merge window),
+    #: ``"anyres"`` (base tile + tiles stitched and unpadded), ``"joint"`` (dual encoders: rows = joint positions),
+    #: ``"keys"`` (cross-attention families: tower rows are the LM's cross-attention keys, see ``keys_per_tile``)
+    tower_layout: ClassVar[str] = "tiles"
+
+    #: how the image processor lays pixels out, for the differentiable copy in :mod:`mmlens.model.pixels`:
+    #: "stack" (resize / crop / normalise, one (3, H, W) array per image), "patches" (rows of merged patches),
+    #: "padded_patches" (patch rows padded to max_num_patches),
+    #: "tiles" (a base view + any-resolution tiles), "grid_tiles" (a grid of tiles + a thumbnail), "views"
+    #: (the adapter's :meth:`pixel_views`, padded into one row), "image_tiles" (its views as each image's tiles),
+    #: None (tiles or crops not re-implemented: pixel-level methods refuse)
+    pixel_layout: ClassVar[str | None] = None
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Any) -> list[torch.Tensor]:
+        """For ``pixel_layout = "views"`` / ``"image_tiles"``: the processor's views (tiles, a global image) of one
+        ``(3, H, W)`` image on the 0..255 scale, resized with the differentiable ``resize_to(t, (h, w))``."""
+        raise NotImplementedError
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(height, width)`` the image processor resizes a ``height x width`` image to, where the family has
+        its own rule (None: the generic rule of :func:`mmlens.model.pixels.generic_resize_size`)."""
+        return None
+
     #: True for adapters without a language model (CLIP, SigLIP): see :mod:`mmlens.adapters.dual_encoder`
     dual_encoder: ClassVar[bool] = False
     #: the hook point whose tensor gradient methods differentiate: the input embeddings of the whole sequence
@@ -165,6 +206,36 @@ class Adapter:
         """``inputs`` that score the caption against other ``candidates`` (zero-shot classes): dual encoders."""
         raise InputError(f"candidates (zero-shot classes among captions) need an image-text dual encoder, and this "
                          f"{self.family} model has no text tower aligned with its images: leave candidates out")
+
+    # -- video --------------------------------------------------------------------------------------------
+    #: True for families whose transformers class takes video; they implement the three methods below (see
+    #: :mod:`mmlens.adapters.video`)
+    supports_video: ClassVar[bool] = False
+
+    def require_video(self) -> None:
+        """One-line InputError when this family takes no video."""
+        if not self.supports_video:
+            raise InputError(f"the {self.family} model takes no video: pass images, or load a model of a family with "
+                             f"video input ({', '.join(video_families())})")
+
+    def video_prompt_text(self, prompt: str) -> str:
+        """The chat template with one video slot + ``prompt``."""
+        self.require_video()
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        for owner in (self.processor, self.tokenizer):
+            if getattr(owner, "chat_template", None):
+                return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        raise InputError(f"the {self.family} processor has no chat template: pass a processor with `chat_template` set")
+
+    def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
+        """Model inputs for ``text`` (one video slot) with ``frames`` (RGB, one size) at ``fps``."""
+        self.require_video()
+        raise NotImplementedError
+
+    def video_geometry(self, inputs: dict[str, torch.Tensor], frames: list[Image.Image],
+                       fps: float) -> list[ImageGeometry]:
+        """One :class:`ImageGeometry` per frame (``frame``, ``time`` set; grids name their frames)."""
+        raise NotImplementedError
 
     # -- geometry -----------------------------------------------------------------------------------------
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:

@@ -36,6 +36,7 @@ def tower_parts(model: Any, joint: torch.nn.Module) -> ModelParts:
 class ClipAdapter(DualEncoderAdapter):
     family = "clip"
     model_types = ("clip",)
+    pixel_layout = "stack"
     model_class = "CLIPModel"
 
     def parts(self) -> ModelParts:

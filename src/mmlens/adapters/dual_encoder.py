@@ -92,6 +92,7 @@ class DualEncoderAdapter(Adapter):
     lay out the vision tokens (``geometry`` / ``n_vision_tokens``)."""
 
     dual_encoder = True
+    tower_layout = "joint"
     input_point = "joint.embed"
 
     def __init__(self, model: nn.Module, processor: Any) -> None:

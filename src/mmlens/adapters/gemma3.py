@@ -31,6 +31,7 @@ _PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_
 class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
+    pixel_layout = "stack"  # the whole image, then its pan & scan crops (see mmlens.model.pixels)
     model_class = "Gemma3ForConditionalGeneration"
 
     def parts(self) -> ModelParts:

@@ -13,6 +13,7 @@ counts are read back from the image processor's own resize functions run on an e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,6 +61,28 @@ class Idefics3Adapter(Adapter):
         if rh <= tile and rw <= tile:
             return 0, 0, (rw, rh)
         return rh // tile, rw // tile, (rw, rh)
+
+    pixel_layout = "views"  # the views below, padded into one row (see mmlens.model.pixels)
+
+    def pixel_views(self, x: torch.Tensor, resize_to: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
+        """The image processor's views of ``x`` (``(3, H, W)``, 0..255): its resizes (sizes read from its own
+        resize functions run on an empty image) through the differentiable ``resize_to(t, (h, w))``, then the
+        row-major tiles and the global image."""
+        ip = self.processor.image_processor
+        tile = int(ip.max_image_size["longest_edge"])
+        empty = np.zeros((1, *x.shape[-2:]), dtype=np.uint8)
+        if ip.do_resize:
+            empty = ip.resize(empty, ip.size if isinstance(ip.size, SizeDict) else SizeDict(**ip.size))
+            x = resize_to(x, empty.shape[-2:])
+        if not ip.do_image_splitting:
+            return [resize_to(x, (tile, tile))]
+        x = resize_to(x, ip.resize_for_vision_encoder(empty, tile).shape[-2:])
+        h, w = x.shape[-2:]
+        if h <= tile and w <= tile:
+            return [x]
+        views = [x[:, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
+                 for r in range((h - tile) // tile + 1) for c in range((w - tile) // tile + 1)]
+        return [*views, resize_to(x, (tile, tile))]
 
     def geometry(self, inputs: dict[str, torch.Tensor], images: list[Image.Image]) -> list[ImageGeometry]:
         n = self.tokens_per_tile()

@@ -26,7 +26,7 @@ def image_only_processor(parent: type[ProcessorMixin]) -> type[ProcessorMixin]:
     __init__.__signature__ = inspect.Signature(params)  # what ProcessorMixin reads: sub-processors, saved kwargs
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if videos is not None:
+        if videos is not None and getattr(self, "video_processor", None) is None:  # mmlens.adapters.video sets one
             raise ValueError(f"{type(self).__name__} is image-only (video processors need torchvision)")
         return parent.validate_inputs(self, images=images, text=text, videos=videos, audio=audio, **kwargs)
 
@@ -60,4 +60,7 @@ def load_image_only(parent: type[ProcessorMixin], path: str, image_only: type[Pr
     kwargs.pop("trust_remote_code", None)
     processor = (image_only or image_only_processor(parent)).from_pretrained(path, backend="pil", **kwargs)
     processor._mmlens_notes = [f"using an image-only {parent.__name__}: {reason}"]
+    from mmlens.adapters.video import saved_video_settings
+
+    processor._mmlens_video_settings = saved_video_settings(path, **kwargs)  # video frames (adapters.video)
     return processor

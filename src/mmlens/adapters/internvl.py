@@ -12,14 +12,13 @@ the processor's effective image options.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from PIL import Image
+from transformers import InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.adapters.image_only import load_image_only
 from mmlens.errors import UnsupportedModelError
 from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
@@ -29,13 +28,9 @@ from mmlens.model.geometry import Box, ImageGeometry, ImageGrid
 class InternVLAdapter(Adapter):
     family = "internvl"
     model_types = ("internvl",)
+    pixel_layout = "grid_tiles"  # crop_to_patches: a grid of tiles + thumbnail (see mmlens.model.pixels)
     model_class = "InternVLForConditionalGeneration"
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        from transformers import InternVLProcessor
-
-        return load_image_only(InternVLProcessor, path, **kwargs)
+    processor_class = InternVLProcessor
 
     def parts(self) -> ModelParts:
         inner = self.model.model

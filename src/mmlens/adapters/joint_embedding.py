@@ -63,7 +63,7 @@ def embeddings_from(embed: nn.Module, value: torch.Tensor) -> Iterator[None]:
 def join(vision: torch.Tensor, text: torch.Tensor, tail: int) -> torch.Tensor:
     """``(rows, n_vision + n_text + tail, D)``: both towers' embeddings, zero-padded to the wider width."""
     d = max(vision.shape[-1], text.shape[-1])
-    pad = lambda x: nn.functional.pad(x, (0, d - x.shape[-1]))  # noqa: E731
+    pad = lambda x: nn.functional.pad(x, (0, d - x.shape[-1]))
     zeros = vision.new_zeros(vision.shape[0], tail, d)
     return torch.cat([pad(vision), pad(text.to(vision.dtype)), zeros], dim=1)
 

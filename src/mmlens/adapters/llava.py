@@ -94,6 +94,7 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
     model_class = "LlavaForConditionalGeneration"
+    pixel_layout = "stack"  # resize / centre crop / normalise (see mmlens.model.pixels)
 
     def parts(self) -> ModelParts:
         return tower_projector_lm_parts(self.model)

@@ -53,11 +53,24 @@ def tile_layout(size_wh: tuple[int, int], tile: int, patch: int, pinpoints: list
     return int(rows), int(cols), box
 
 
+def tile_canvas(size_wh: tuple[int, int], tile: int, pinpoints: list) -> tuple[int, int, Box]:
+    """(tile rows, tile columns, original-pixel box of the whole padded frame the tiles cut): where the vision
+    tower's tile patches lie, padding included (the processor's fit and centring, as :func:`tile_layout`)."""
+    w, h = size_wh
+    th, tw = select_best_resolution((h, w), pinpoints)
+    nh, nw = _fit((h, w), (th, tw))
+    paste_y, paste_x = (th - nh) // 2, (tw - nw) // 2
+    sy, sx = h / nh, w / nw
+    return th // tile, tw // tile, (-paste_x * sx, -paste_y * sy, (tw - paste_x) * sx, (th - paste_y) * sy)
+
+
 @register_adapter
 class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
+    tower_layout = "anyres"
+    pixel_layout = "tiles"  # base view + any-resolution tiles (see mmlens.model.pixels)
 
     def _tile_layout(self, size_wh: tuple[int, int]) -> tuple[int, int, Box]:
         """(rows, cols, original-pixel box) of the unpadded high-resolution grid of one image."""
@@ -79,5 +92,7 @@ class LlavaNextAdapter(LlavaAdapter):
                 ImageGrid(hi[:, :cols], box, kind="tiles"),
             ]
             out.append(ImageGeometry(i, img.size, pos, grids, separators=hi[:, cols],
-                                     notes={"tile_grid": (rows, cols)}))
+                                     notes={"tile_grid": (rows, cols), "tile_canvas": tile_canvas(
+                                         img.size, self.model.config.vision_config.image_size,
+                                         self.model.config.image_grid_pinpoints)}))
         return out

@@ -26,6 +26,7 @@ from mmlens.model.geometry import ImageGeometry
 class PaliGemmaAdapter(Adapter):
     family = "paligemma"
     model_types = ("paligemma",)
+    pixel_layout = "stack"
     model_class = "PaliGemmaForConditionalGeneration"
     answer_token_type = 1
 

@@ -1,4 +1,5 @@
-"""Qwen2-VL and Qwen2.5-VL: dynamic resolution, 2x2 patch merge, several images per prompt.
+"""Qwen2-VL and Qwen2.5-VL: dynamic resolution, 2x2 patch merge, several images per prompt;
+videos (frames) with two frames per token (:mod:`mmlens.adapters.video`).
 
 Each image is resized (no crop) to multiples of ``patch * merge`` pixels; ``image_grid_thw[i] = (t, h, w)``
 counts patches, and the image gets ``t * h * w / merge^2`` tokens, row-major over the merged
@@ -8,12 +9,14 @@ counts patches, and the image gets ``t * h * w / merge^2`` tokens, row-major ove
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import torch
 from PIL import Image
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 from mmlens.adapters.base import Adapter, register_adapter
+from mmlens.adapters.qwen_processor import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+from mmlens.adapters.video import call_with_frames, qwen_video_geometry
 from mmlens.hooks.points import ModelParts
 from mmlens.hooks.views import RowOrder
 from mmlens.model.geometry import ImageGeometry, ImageGrid
@@ -24,25 +27,21 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
+    processor_class = Qwen2VLProcessor
+    image_only_class = ImageOnlyQwen2VLProcessor
+    supports_video = True
+    #: the frame layout of :mod:`mmlens.adapters.video` (Qwen3-VL: "qwen3")
+    video_layout = "qwen"
+    tower_layout = "merge_windows"
+    pixel_layout = "patches"
 
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        """AutoProcessor; without torchvision (no video processor) an image-only processor, with a note."""
-        from transformers import AutoProcessor
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int]:
+        """Qwen's ``smart_resize``: multiples of patch x merge inside the processor's pixel budget."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        reason = "its saved processor has no image processor"
-        try:
-            processor = AutoProcessor.from_pretrained(path, **kwargs)
-            if hasattr(processor, "image_processor"):
-                return processor
-        except (ImportError, ValueError, TypeError, AttributeError) as err:  # no torchvision -> no video processor
-            reason = f"the full processor needs a video processor ({type(err).__name__})"
-        from mmlens.adapters.qwen_processor import image_only_processor_from_pretrained
-
-        kwargs.pop("trust_remote_code", None)
-        processor = image_only_processor_from_pretrained(path, cls.family, **kwargs)
-        processor._mmlens_notes = [f"using an image-only {cls.family} processor: {reason}"]
-        return processor
+        ip = self.processor.image_processor
+        return tuple(smart_resize(height, width, factor=ip.patch_size * ip.merge_size,  # type: ignore[return-value]
+                                  min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge))
 
     def parts(self) -> ModelParts:
         inner = self.model.model
@@ -71,12 +70,23 @@ class Qwen2VLAdapter(Adapter):
             out.append(ImageGeometry(i, img.size, pos, grids, notes={"grid_thw": tuple(thw[i])}))
         return out
 
+    def video_inputs(self, frames: list[Image.Image], fps: float, text: str) -> dict[str, torch.Tensor]:
+        """Two frames per token (``temporal_patch_size``), see :mod:`mmlens.adapters.video`."""
+        return call_with_frames(self.processor, self.video_layout, frames, fps, text)
+
+    def video_geometry(self, inputs: dict[str, torch.Tensor], frames: list[Image.Image],
+                       fps: float) -> list[ImageGeometry]:
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        return qwen_video_geometry(inputs, frames, fps, int(self.model.config.video_token_id), merge)
+
 
 @register_adapter
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     model_class = "Qwen2_5_VLForConditionalGeneration"
+    processor_class = Qwen2_5_VLProcessor
+    image_only_class = ImageOnlyQwen2_5_VLProcessor
 
     def parts(self) -> ModelParts:
         """As Qwen2-VL; the vision blocks run on patches in window order, shown in patch order."""

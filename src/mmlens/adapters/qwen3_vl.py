@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import Qwen3VLProcessor
 
 from mmlens.adapters.base import register_adapter
-from mmlens.adapters.image_only import load_image_only
 from mmlens.adapters.qwen2_vl import Qwen2VLAdapter
 
 
@@ -28,12 +28,9 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
     model_class = "Qwen3VLForConditionalGeneration"
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-
-        return load_image_only(Qwen3VLProcessor, path, **kwargs)
+    processor_class = Qwen3VLProcessor
+    image_only_class = None  # the generic image-only subclass
+    video_layout = "qwen3"  # one pixel budget for all of a video's frames
 
     def trace_patches(self) -> list[Any]:
         return [(self.model.model.language_model, "_deepstack_process", _rows_broadcast)]

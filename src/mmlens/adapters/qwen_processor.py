@@ -6,18 +6,13 @@ The subclasses here declare only ``image_processor`` and ``tokenizer`` (``Proces
 ``__init__`` signature), so they build with the PIL image processor (``Qwen2VLImageProcessorPil``) and otherwise
 run the parent's image code unchanged: ``<|image_pad|>`` is expanded to ``image_grid_thw[i].prod() // merge_size**2``
 copies per image (several images per prompt work), and ``mm_token_type_ids`` (needed by the model's M-RoPE) is
-returned. Videos are rejected with a clear error.
-
-``image_only_processor_from_pretrained(path_or_id, family)`` loads tokenizer + image processor (+ chat template)
-from a saved folder / hub id and builds the right image-only processor; use it when a real Qwen2-VL checkpoint is
-loaded on a machine without torchvision (``AutoProcessor.from_pretrained`` fails there).
+returned. Videos are rejected with a clear error unless :mod:`mmlens.adapters.video` attached its frame processor.
+The adapters name these classes as their ``image_only_class``, which ``Adapter.load_processor`` loads from a saved
+folder / hub id when ``AutoProcessor`` cannot build the full processor (no torchvision).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 from transformers.processing_utils import MultiModalData, ProcessorMixin
@@ -25,23 +20,8 @@ from transformers.processing_utils import MultiModalData, ProcessorMixin
 __all__ = [
     "ImageOnlyQwen2VLProcessor",
     "ImageOnlyQwen2_5_VLProcessor",
-    "image_only_processor_class",
-    "image_only_processor_from_pretrained",
-]
 
-#: keyword arguments of ``from_pretrained`` that concern *where* to load from; they go to every sub-loader.
-_HUB_KWARGS = frozenset(
-    {
-        "cache_dir",
-        "force_download",
-        "proxies",
-        "token",
-        "revision",
-        "local_files_only",
-        "subfolder",
-        "trust_remote_code",
-    }
-)
+]
 
 
 class _ImageOnlyQwenMixin:
@@ -75,7 +55,7 @@ class _ImageOnlyQwenMixin:
         return [self.video_token_id] if self.video_token_id is not None else []
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if videos is not None:
+        if videos is not None and getattr(self, "video_processor", None) is None:  # mmlens.adapters.video sets one
             raise ValueError(
                 f"{type(self).__name__} is image-only (video processors need torchvision); pass images, not videos."
             )
@@ -96,47 +76,3 @@ class ImageOnlyQwen2VLProcessor(_ImageOnlyQwenMixin, Qwen2VLProcessor):
 
 class ImageOnlyQwen2_5_VLProcessor(_ImageOnlyQwenMixin, Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` without a video processor (image processor + tokenizer only)."""
-
-
-_FAMILY_TO_CLASS: dict[str, type[ProcessorMixin]] = {
-    "qwen2_vl": ImageOnlyQwen2VLProcessor,
-    "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
-}
-
-
-def image_only_processor_class(family: str) -> type[ProcessorMixin]:
-    """The image-only processor class for ``family`` (``"qwen2_vl"`` or ``"qwen2_5_vl"``; a model_type such as
-    ``"qwen2-vl"`` or a processor class name such as ``"Qwen2_5_VLProcessor"`` is accepted too)."""
-    key = family.lower().replace("-", "_").replace(".", "_")
-    if key.endswith("processor"):
-        key = {"qwen2vlprocessor": "qwen2_vl", "qwen2_5_vlprocessor": "qwen2_5_vl"}.get(key, key)
-    if key not in _FAMILY_TO_CLASS:
-        raise ValueError(f"Unknown Qwen family {family!r}; expected one of {sorted(_FAMILY_TO_CLASS)}.")
-    return _FAMILY_TO_CLASS[key]
-
-
-def image_only_processor_from_pretrained(path_or_id: str, family: str, **kwargs: Any) -> ProcessorMixin:
-    """Load tokenizer + ``Qwen2VLImageProcessorPil`` (+ chat template) from ``path_or_id`` and build the image-only
-    processor for ``family`` (``"qwen2_vl"`` / ``"qwen2_5_vl"``).
-
-    ``kwargs``: loading options (``cache_dir``, ``revision``, ``local_files_only``, ``token``, ``subfolder``, ...)
-    go to every loader; ``chat_template`` overrides the saved one; anything else (e.g. ``min_pixels``,
-    ``max_pixels``) goes to the image processor.
-    """
-    cls = image_only_processor_class(family)
-    chat_template = kwargs.pop("chat_template", None)
-    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
-    image_kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
-
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **hub_kwargs)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path_or_id, **hub_kwargs, **image_kwargs)
-    if chat_template is None:
-        # Processor-level template (chat_template.jinja / chat_template.json), else the tokenizer's.
-        try:
-            processor_dict, _ = ProcessorMixin.get_processor_dict(path_or_id, **hub_kwargs)
-            chat_template = processor_dict.get("chat_template")
-        except (OSError, ValueError):
-            chat_template = None
-        if chat_template is None:
-            chat_template = getattr(tokenizer, "chat_template", None)
-    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)

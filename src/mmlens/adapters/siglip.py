@@ -28,6 +28,7 @@ from mmlens.model.geometry import ImageGrid
 class SiglipAdapter(DualEncoderAdapter):
     family = "siglip"
     model_types = ("siglip",)
+    pixel_layout = "stack"
     model_class = "SiglipModel"
 
     def parts(self) -> ModelParts:
@@ -75,6 +76,14 @@ class SiglipAdapter(DualEncoderAdapter):
 class Siglip2Adapter(SiglipAdapter):
     family = "siglip2"
     model_types = ("siglip2",)
+    pixel_layout = "padded_patches"  # see mmlens.model.pixels
+
+    def pixel_resize(self, height: int, width: int) -> tuple[int, int]:
+        """NaFlex: the patch grid that keeps the aspect ratio within ``max_num_patches``."""
+        from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+
+        ip = self.processor.image_processor
+        return get_image_size_for_max_num_patches(height, width, ip.patch_size, ip.max_num_patches)
     model_class = "Siglip2Model"
 
     def processor_kwargs(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from mmlens.adapters.base import register_adapter
 from mmlens.adapters.idefics3 import Idefics3Adapter
-from mmlens.adapters.image_only import image_only_processor, load_image_only
+from mmlens.adapters.image_only import image_only_processor
 
 
 class ImageOnlySmolVLMProcessor(image_only_processor(SmolVLMProcessor)):
@@ -38,7 +38,6 @@ class SmolVLMAdapter(Idefics3Adapter):
     family = "smolvlm"
     model_types = ("smolvlm",)
     model_class = "SmolVLMForConditionalGeneration"
+    processor_class = SmolVLMProcessor
+    image_only_class = ImageOnlySmolVLMProcessor
 
-    @classmethod
-    def load_processor(cls, path: str, **kwargs):
-        return load_image_only(SmolVLMProcessor, path, ImageOnlySmolVLMProcessor, **kwargs)

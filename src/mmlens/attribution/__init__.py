@@ -9,7 +9,10 @@ from mmlens.attribution import (  # noqa: F401  (each module registers its metho
     captum_gradients,
     gradient,
     lime,
+    pixel_gradients,
     perturbation,
     perturbation_shap,
     relevancy,
+    vision_gradcam,
+    vision_relevancy,
 )

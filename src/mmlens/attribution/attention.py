@@ -15,6 +15,7 @@ import torch
 
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
+from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target
@@ -55,13 +56,16 @@ def attention(
     """Score of position ``k`` for a target = ``agg_{layers, heads} A[q, k]``, averaged over the target's
     query positions ``q`` (the positions whose logits predict its tokens). ``aggregate`` ("mean" | "max")
     reduces the selected ``heads`` inside the hook, then the selected ``layers``. One forward pass for all
-    targets; only the query rows are computed.
+    targets; only the query rows are computed. Images that enter through cross-attention (Mllama): ``k`` runs
+    over the image keys and ``A`` is the cross-attention of the selected layers that have one.
     """
     subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     head_ids = select_indices("heads", heads, subject.n_heads)
     how = check_choice("aggregate", aggregate, ("mean", "max"))
     rows, index = target_rows(targets, batch)
+    if batch.in_key_space:
+        return _cross_attention(subject, batch, layer_ids, head_ids, how, rows, index)
     with torch.no_grad(), subject.trace() as tr:
         for layer in layer_ids:
             tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=rows,
@@ -71,6 +75,35 @@ def attention(
     per_row = stack.mean(0) if how == "mean" else stack.amax(0)
     scores = torch.stack([per_row[i].mean(0) for i in index])
     return MethodOutput(scores, extras={"layers": layer_ids, "heads": head_ids, "query_positions": rows.tolist()})
+
+
+def cross_layers(subject: Subject, layer_ids: list[int]) -> list[int]:
+    """The layers of ``layer_ids`` that cross-attend to image keys (``lm.blocks.{i}.xattn.weights``); a one-line
+    InputError naming the model's cross-attention layers when there are none."""
+    cross = [int(n.split(".")[2]) for n in subject.hook_points("lm.blocks.") if n.endswith(".xattn.weights")]
+    found = [layer for layer in layer_ids if layer in cross]
+    if not found:
+        raise InputError(f"layers {layer_ids} have no cross-attention, the only path from this model's images to "
+                         f"the text: pick layers from {cross}")
+    return found
+
+
+def _cross_attention(subject: Subject, batch: Batch, layer_ids: list[int], head_ids: list[int], how: str,
+                     rows: torch.Tensor, index: list[torch.Tensor]) -> MethodOutput:
+    """:func:`attention` for images that enter through cross-attention (Mllama): the same reduction over the
+    cross-attention probabilities (query rows -> image keys) of the selected layers that cross-attend."""
+    names = [f"lm.blocks.{layer}.xattn.weights" for layer in cross_layers(subject, layer_ids)]
+    with torch.no_grad(), subject.trace() as tr:
+        for name in names:
+            tr.capture_attention(name, rows=rows, reduce=lambda w: _reduce(w, head_ids, how))
+        subject.forward(batch)
+        stack = torch.stack([tr[name].cpu() for name in names])  # (L, R, keys)
+    per_row = stack.mean(0) if how == "mean" else stack.amax(0)
+    keys = torch.stack([per_row[i].mean(0) for i in index])
+    layers = [int(n.split(".")[2]) for n in names]
+    return MethodOutput(torch.zeros(len(index), batch.seq_len), key_scores=keys,
+                        extras={"layers": layers, "heads": head_ids, "query_positions": rows.tolist(),
+                                "cross_attention": True})
 
 
 # -- rollout -----------------------------------------------------------------------------------------------
@@ -121,6 +154,7 @@ def rollout(
     kept (``layers x N x N`` float32; heads are fused inside the hook, one layer at a time).
     """
     subject.require_language_model()
+    batch.require_sequence_images()  # rollout multiplies self-attention over the sequence: no image keys in it
     residual = check_float("residual", residual, 0.0, 1.0)
     how = check_choice("head_fusion", head_fusion, ("mean", "max"))
     heads = list(range(subject.n_heads))

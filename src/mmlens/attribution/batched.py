@@ -116,10 +116,11 @@ class Carry:
 
 
 def carried_backward(values: torch.Tensor, z: torch.Tensor, carry: Carry, seeds: torch.Tensor,
-                     retain_graph: bool) -> torch.Tensor:
+                     retain_graph: bool, also: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """Run one batched backward of ``values`` (``(k,)``) and return the state each target carried out
     (``(k, *carry.shape)``). ``seeds[j]`` is handed to ``carry.start`` for target ``j`` (one-hot mixing of
-    the seeds by the output gradient, which is exact)."""
+    the seeds by the output gradient, which is exact). ``also``: leaves the backward must reach too (so that
+    hooks on branches that do not lead to ``z`` fire); their gradients are dropped."""
 
     seeds = seeds.to(values.device)
 
@@ -128,7 +129,7 @@ def carried_backward(values: torch.Tensor, z: torch.Tensor, carry: Carry, seeds:
 
     handle = values.register_hook(seed)
     try:
-        (out,) = batched_grad(values, [z], retain_graph)
+        out = batched_grad(values, [z, *also], retain_graph)[0]
     finally:
         handle.remove()
     return out

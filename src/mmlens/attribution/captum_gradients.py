@@ -16,16 +16,18 @@ change; the numbers equal a Captum call per target on :func:`embedding_function`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 from PIL import Image
 
 from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
-from mmlens.attribution.gradient import gradient_mode, input_point
+from mmlens.attribution.gradient import gradient_mode, input_point, scores_output
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
-from mmlens.model.batch import Batch
+from mmlens.errors import InputError
+from mmlens.model.batch import Batch, repeat_inputs
 from mmlens.model.feature_cache import cached_image_features
 from mmlens.model.images import blurred
 from mmlens.model.subject import Subject
@@ -49,8 +51,14 @@ def input_embeddings(subject: Subject, batch: Batch) -> torch.Tensor:
 
 
 def attributed_positions(batch: Batch, modality: str) -> torch.Tensor:
-    """Image positions, prompt-text positions, or both (sorted)."""
+    """Image positions, prompt-text positions, or both (sorted); the image keys of the cross-attention states
+    where the images enter through cross-attention (then only ``modality="image"``: the text is another input)."""
     check_choice("modality", modality, MODALITIES)
+    if batch.in_key_space:
+        if modality != "image":
+            raise InputError(f"modality={modality!r}: this model's images enter through cross-attention keys and its "
+                             "text through the token sequence, two separate inputs: use modality='image'")
+        return batch.key_positions()
     image, text = batch.image_positions(), batch.text_positions()
     if modality == "image":
         return image
@@ -66,6 +74,10 @@ def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) ->
     pos = torch.as_tensor(positions, dtype=torch.long)
 
     def g(emb: torch.Tensor) -> torch.Tensor:
+        rows = batch  # cross-attention states (key space): the token rows must be k rows too
+        if batch.in_key_space and emb.shape[0] > 1:
+            rows = replace(batch, inputs=repeat_inputs(batch.inputs, emb.shape[0]))
+
         def put(t: torch.Tensor) -> torch.Tensor:
             out = t.detach().expand(emb.shape[0], -1, -1).clone()
             out[:, pos.to(out.device)] = emb.to(out.device, out.dtype)
@@ -73,7 +85,7 @@ def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) ->
 
         with subject.trace() as tr:
             tr.edit(input_point(subject), put)
-            return subject.forward(batch)
+            return subject.forward(rows)
 
     return g
 
@@ -98,9 +110,9 @@ def embedding_function(
 
 def _image_variant(subject: Subject, batch: Batch, images: list[Image.Image]) -> torch.Tensor:
     """LM input embeddings ``(1, P, D)`` at ``batch``'s image positions when its images are replaced."""
-    other = subject.prepare(images, batch.prompt)
-    pos = batch.image_positions()
-    if not torch.equal(other.image_positions(), pos):
+    other = subject.prepare(batch.visual_input(images), batch.prompt)
+    pos = batch.key_positions() if batch.in_key_space else batch.image_positions()
+    if not torch.equal(other.key_positions() if other.in_key_space else other.image_positions(), pos):
         raise RuntimeError("the baseline images got a different image-token layout than the originals")
     return input_embeddings(subject, other)[:, pos.to(subject.device)]
 
@@ -178,7 +190,7 @@ def baseline_embeddings(subject: Subject, batch: Batch, positions: torch.Tensor,
     if kind == "zero":
         return base
     positions = torch.as_tensor(positions, dtype=torch.long)
-    image_pos = batch.image_positions()
+    image_pos = batch.key_positions() if batch.in_key_space else batch.image_positions()
     is_image = torch.isin(positions, image_pos)
     if bool(is_image.any()):
         emb = _image_variant(subject, batch, _baseline_images(batch, kind, blur_radius))  # (1, P_img, D)
@@ -269,7 +281,8 @@ def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target],
                           modality: str, ibs: int, blur_radius: float | None, objective: str,
                           target_batch: int | None, rule: tuple[Callable, Callable]) -> MethodOutput:
     positions = attributed_positions(batch, modality)
-    x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
+    full = input_embeddings(subject, batch)
+    x = full[:, positions.to(subject.device)]
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
     step_sizes, alphas = rule[0](steps), rule[1](steps)
     spans = list(chunks(steps, ibs))
@@ -296,11 +309,11 @@ def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target],
         end_logits = embedding_logits(subject, batch, positions)(ends_in)
         ends = torch.stack([t.value(end_logits, batch, objective, foils[i](ends_in) if i in foils else None)
                             for i, t in enumerate(targets)], dim=1).double()  # (2, T)
-    scores = torch.zeros(len(targets), batch.seq_len)
+    scores = torch.zeros(len(targets), full.shape[1])
     scores[:, positions] = attr.float().cpu()
     # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
     deltas = [float(attr[t].sum() - (ends[0, t] - ends[1, t])) for t in range(len(targets))]
-    return MethodOutput(scores, extras={"convergence_delta": deltas, "positions": modality})
+    return scores_output(batch, scores, {"convergence_delta": deltas, "positions": modality})
 
 
 @register_method(
@@ -340,7 +353,8 @@ def smoothgrad(
 def _smoothgrad(subject: Subject, batch: Batch, targets: list[Target], nt_samples: int, stdevs: float,
                 modality: str, ibs: int, objective: str, target_batch: int | None) -> MethodOutput:
     positions = attributed_positions(batch, modality)
-    x = input_embeddings(subject, batch)[:, positions.to(subject.device)]
+    full = input_embeddings(subject, batch)
+    x = full[:, positions.to(subject.device)]
     sigma = stdevs * float(x.float().std())
     sizes = [len(r) for r in chunks(nt_samples, ibs)]
     total = torch.zeros(len(targets), *x.shape[1:], device=subject.device, dtype=x.dtype)
@@ -355,6 +369,6 @@ def _smoothgrad(subject: Subject, batch: Batch, targets: list[Target], nt_sample
 
     path_gradients(subject, batch, targets, positions, noisy(), fold, foil_logits(subject, batch, targets, positions),
                    objective, target_batch, sizes[0])
-    scores = torch.zeros(len(targets), batch.seq_len)
+    scores = torch.zeros(len(targets), full.shape[1])
     scores[:, positions] = (total / nt_samples).float().norm(dim=-1).cpu()
-    return MethodOutput(scores, extras={"noise_std": sigma, "positions": modality})
+    return scores_output(batch, scores, {"noise_std": sigma, "positions": modality})

@@ -41,8 +41,17 @@ INPUT = "lm.blocks.0.resid_pre"
 
 
 def input_point(subject: Subject) -> str:
-    """The hook point holding ``subject``'s input embeddings of the whole sequence (what gradients are taken of)."""
+    """The hook point holding ``subject``'s input embeddings of the whole sequence (what gradients are taken of);
+    for a model whose images are cross-attention keys (Mllama), the cross-attention states ``xattn.states``."""
     return subject.adapter.input_point
+
+
+def scores_output(batch: Batch, scores: torch.Tensor, extras: dict[str, Any] | None = None) -> MethodOutput:
+    """A method's ``(T, N)`` scores over the input point's rows: sequence positions, or the cross-attention keys
+    when the images enter through them (then the sequence scores are zeros and the keys carry the map)."""
+    if batch.in_key_space:
+        return MethodOutput(torch.zeros(scores.shape[0], batch.seq_len), extras=extras or {}, key_scores=scores)
+    return MethodOutput(scores, extras=extras or {})
 
 # -- model state for gradients ----------------------------------------------------------------------------
 
@@ -120,6 +129,8 @@ def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Te
     shared = batch.prompt_len + target.indices[0]
 
     def tie(t: torch.Tensor) -> torch.Tensor:
+        if batch.in_key_space:  # x: the cross-attention states, the same images for both sequences
+            return x.to(t.dtype)
         return torch.cat([x[:, :shared].to(t.dtype), t[:, shared:]], dim=1)
 
     with subject.trace() as tr:
@@ -175,7 +186,7 @@ def saliency(subject: Subject, batch: Batch, targets: list[Target], objective: s
              target_batch: int | None = None) -> MethodOutput:
     """Score of position ``p`` = ``|| d target / d e_p ||_2`` with ``e_p`` the LM input embedding at ``p``."""
     _, scores = input_gradients(subject, batch, targets, objective, target_batch, lambda x, g: g.norm(dim=-1).cpu())
-    return MethodOutput(scores)
+    return scores_output(batch, scores)
 
 
 @register_method(
@@ -188,7 +199,7 @@ def input_x_gradient(subject: Subject, batch: Batch, targets: list[Target], obje
                      target_batch: int | None = None) -> MethodOutput:
     """Score of position ``p`` = ``sum_d e_p[d] * d target / d e_p[d]`` (signed)."""
     _, scores = input_gradients(subject, batch, targets, objective, target_batch, lambda x, g: (g * x).sum(-1).cpu())
-    return MethodOutput(scores)
+    return scores_output(batch, scores)
 
 
 @register_method(
@@ -209,10 +220,11 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: st
     positions is family-specific (a CLS token dropped, LLaVA-NeXT tiles and unpadding, Qwen2-VL's 2x2 merge),
     while the LM's image positions already carry each family's geometry, so this works unchanged for every
     family and its scores map onto pixels through the same ``geometry.heatmap`` as every other method.
+    ``vision_gradcam`` (:mod:`mmlens.attribution.vision_gradcam`) reads the tower's own block instead.
     """
 
     def cam(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        scores = torch.zeros(g.shape[0], batch.seq_len)
+        scores = torch.zeros(g.shape[0], x.shape[0])  # x: (N, D), N = sequence positions or cross-attention keys
         for geom in batch.geometry:
             pos = geom.positions.to(x.device)
             weights = g[:, pos].mean(1)  # (k, D)
@@ -220,4 +232,4 @@ def gradcam(subject: Subject, batch: Batch, targets: list[Target], objective: st
         return scores
 
     _, scores = input_gradients(subject, batch, targets, objective, target_batch, cam)
-    return MethodOutput(scores)
+    return scores_output(batch, scores)

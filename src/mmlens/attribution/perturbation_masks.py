@@ -167,11 +167,19 @@ def pool_to_positions(geometry: ImageGeometry, pixel_map: np.ndarray, out: torch
 def position_scores(batch: Batch, n_targets: int, pixel_maps: list[list[np.ndarray]],
                     words: Sequence[torch.Tensor] = (), word_scores: torch.Tensor | None = None) -> torch.Tensor:
     """``(n_targets, seq_len)`` scores: each image-token position gets the mean of its image's pixel map over
-    the token's pixel box; each prompt word's token positions get that word's score."""
+    the token's pixel box (a video token that reads several frames: the mean over those frames); each prompt
+    word's token positions get that word's score."""
     out = torch.zeros(n_targets, batch.seq_len)
     for t in range(n_targets):
+        count = torch.zeros(batch.seq_len)
         for geom in batch.geometry:
-            pool_to_positions(geom, pixel_maps[t][geom.image_index], out[t])
+            if geom.space != "sequence":  # cross-attention keys: pooled by the explainer (explain.key_scores)
+                continue
+            part, cells = torch.zeros(batch.seq_len), geom.grid_positions()
+            pool_to_positions(geom, pixel_maps[t][geom.image_index], part)
+            out[t, cells] += part[cells]
+            count[cells] += 1
+        out[t] /= count.clamp_min(1)
         if word_scores is not None:
             for w, positions in enumerate(words):
                 out[t, positions] = float(word_scores[t, w])

@@ -16,10 +16,8 @@ higher-order terms of the recursion); ``attention_x_gradient`` keeps the log-pro
 methods. A contrast target is explained from the answer's forward only, so its foil must be one token
 (scored at the position it shares with the answer).
 
-Memory: eager attention itself keeps every layer's ``heads x N x N`` probabilities for backward (that is
-the floor for any method that differentiates attention); on top of it, ``attention_x_gradient`` keeps
-``rows x N`` per target and ``relevancy`` one ``N x N`` head-fused layer at a time, per target of a chunk;
-the batched backward holds each layer's attention gradient once per target of the chunk.
+Memory: see :mod:`mmlens.attribution.attention_backward` (long sequences recompute attention in row chunks,
+``attention_chunk``).
 
 >>> import mmlens                                                                      # doctest: +SKIP
 >>> ex = mmlens.explain(lm, "cat.png", "what is this?", method="relevancy")            # doctest: +SKIP
@@ -27,92 +25,24 @@ the batched backward holds each layer's attention gradient once per target of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from mmlens.attribution.attention import select_indices, target_rows
-from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
-from mmlens.attribution.gradient import gradient_mode, input_point
+from mmlens.attribution.attention import cross_layers, select_indices, target_rows
+from mmlens.attribution.attention_backward import (  # noqa: F401  (re-exported: their home before the split)
+    ATTENTION_CHUNK_BYTES,
+    AttentionCarry,
+    attention_chunk_rows,
+    attention_gradients,
+    row_seeds,
+)
+from mmlens.attribution.gradient import scores_output
 from mmlens.attribution.output import MethodOutput
 from mmlens.catalog import register_method
-from mmlens.errors import InputError
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective
-
-
-class AttentionCarry(Carry):
-    """Per-target state of an attention-gradient method (see :class:`~mmlens.attribution.batched.Carry`):
-    ``layer(l, A, grad)`` is called as backward reaches layer ``l`` (``A``, ``grad``: ``(heads, N, N)``, grad
-    as this target sees it)."""
-
-    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
-        raise NotImplementedError
-
-
-def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], layers: Sequence[int],
-                        carry: AttentionCarry, seeds: torch.Tensor, objective: str = "log_prob",
-                        target_batch: int | None = None) -> torch.Tensor:
-    """Forward once; then one batched backward per ``target_batch`` targets, in which ``carry`` gets
-    ``start(seeds[t])`` and ``layer(l, A, grad)`` for each selected layer (last first) as target ``t``'s
-    backward reaches it. Returns each target's ``carry.finish()``, ``(T, *carry.shape)``."""
-    check_objective(objective)
-    size = resolve_target_batch(target_batch, subject, batch)
-    for target in targets:
-        if target.needs_foil_forward:
-            raise InputError(f"contrast {target.label!r} has a foil of {len(target.contrast_ids or ())} tokens, which "
-                             "attention-gradient methods cannot explain (they read one forward's attention): pass a "
-                             "one-token foil, or use saliency, integrated_gradients or occlusion")
-    reached: list[int] = []
-
-    def capture(layer: int) -> Callable[[torch.Tensor], None]:
-        def reduce(w: torch.Tensor) -> None:
-            if not w.requires_grad:
-                raise RuntimeError(f"layer {layer}'s attention probabilities are not in the autograd graph")
-            a = w.detach()[0]
-
-            def on_backward(g: torch.Tensor) -> None:
-                reached.append(layer)
-                carry.layer(layer, a, g[0])
-
-            w.register_hook(on_backward)
-
-        return reduce
-
-    out = []
-    with gradient_mode(subject, eager=True):
-        emitted: list[torch.Tensor] = []
-
-        def emit(t: torch.Tensor) -> torch.Tensor:
-            x, z = carry.emit(t.detach().requires_grad_(True), torch.float32)
-            emitted.append(z)
-            return x
-
-        with subject.trace() as tr:
-            tr.edit(input_point(subject), emit)
-            for layer in layers:
-                tr.capture_attention(f"lm.blocks.{layer}.attn.weights", rows=None, reduce=capture(layer), detach=False)
-            logits = subject.forward(batch)
-        parts = list(chunks(len(targets), size))
-        for c, part in enumerate(parts):
-            reached.clear()
-            values = torch.stack([targets[t].value(logits, batch, objective).sum() for t in part])
-            out.append(carried_backward(values, emitted[0], carry, seeds[list(part)], retain_graph=c < len(parts) - 1))
-            if sorted(reached) != sorted(layers):  # e.g. probabilities recomputed beside the forward, not used by it
-                raise RuntimeError(f"attention gradients reached layers {sorted(reached)} of {sorted(layers)}")
-    return torch.cat(out).cpu()
-
-
-def row_seeds(targets: list[Target], batch: Batch) -> tuple[torch.Tensor, list[int]]:
-    """Per target, the one-hot rows of its query positions ``(T, R, N)`` (``R`` = the most query positions
-    of any target; a shorter target's extra rows are zero), and each target's number of rows."""
-    rows = [t.query_positions(batch) for t in targets]
-    seeds = torch.zeros(len(targets), max(len(r) for r in rows), batch.seq_len)
-    for t, r in enumerate(rows):
-        seeds[t, torch.arange(len(r)), r] = 1.0
-    return seeds, [len(r) for r in rows]
-
+from mmlens.model.targets import Target
 
 # -- attention x gradient ------------------------------------------------------------------------------------
 
@@ -130,34 +60,58 @@ def attention_x_gradient(
     layers: int | Sequence[int] | None = None,
     objective: str = "log_prob",
     target_batch: int | None = None,
+    attention_chunk: int | None = None,
 ) -> MethodOutput:
     """Score of position ``k`` = ``mean_{layers, heads} relu(A[q, k] * dtarget/dA[q, k])``, averaged over the
-    target's query positions ``q``."""
+    target's query positions ``q``. Images that enter through cross-attention (Mllama): ``k`` runs over the image
+    keys and ``A`` is the cross-attention of the selected layers that have one. ``attention_chunk``: query rows
+    per recomputed self-attention chunk (long sequences; default: from a memory budget, see
+    :func:`attention_chunk_rows`)."""
     subject.require_language_model()
     layer_ids = select_indices("layers", layers, subject.n_layers)
     rows, index = target_rows(targets, batch)
     weights = torch.zeros(len(targets), len(rows))  # target t's mean over its query rows, as weights on ``rows``
     for t, i in enumerate(index):
         weights[t, i] = 1.0 / len(i)
+    extras = {"layers": layer_ids, "query_positions": rows.tolist()}
+    if batch.in_key_space:
+        extras["layers"] = layer_ids = cross_layers(subject, layer_ids)
+        carry = _AttentionTimesGradient(rows, int(batch.key_positions().max()) + 1)
+        scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch,
+                                     kind="xattn")
+        return scores_output(batch, scores / len(layer_ids), extras)
     carry = _AttentionTimesGradient(rows, batch.seq_len)
-    scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch)
-    return MethodOutput(scores / len(layer_ids), extras={"layers": layer_ids, "query_positions": rows.tolist()})
+    scores = attention_gradients(subject, batch, targets, layer_ids, carry, weights, objective, target_batch,
+                                 attention_chunk=attention_chunk)
+    return MethodOutput(scores / len(layer_ids), extras=extras)
 
 
 class _AttentionTimesGradient(AttentionCarry):
     """Sum over layers of ``w @ mean_heads(relu(A[:, rows] * grad[:, rows]))`` (``w``: this target's row weights)."""
 
     def __init__(self, rows: torch.Tensor, n: int) -> None:
-        self.rows, self.shape = rows, (n,)
+        self.query_rows, self.shape = rows, (n,)
 
     def start(self, seed: torch.Tensor) -> None:
         self.w, self.total = seed, None
 
     def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
-        q = self.rows.to(a.device)
+        q = self.query_rows.to(a.device)
         contrib = (a[:, q].float() * grad[:, q].float()).clamp_min(0).mean(0)  # (R, N)
         term = self.w.to(contrib.device) @ contrib
         self.total = term if self.total is None else self.total + term
+
+    def rows(self, layer: int, start: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        inside = (self.query_rows >= start) & (self.query_rows < start + a.shape[1])
+        if not bool(inside.any()):
+            return
+        q = (self.query_rows[inside] - start).to(a.device)
+        contrib = (a[:, q].float() * grad[:, q].float()).clamp_min(0).mean(0)  # (rows of the chunk, N)
+        term = self.w[inside].to(contrib.device) @ contrib
+        self.total = term if self.total is None else self.total + term
+
+    def done(self, layer: int) -> None:
+        pass
 
     def finish(self) -> torch.Tensor:
         return self.total
@@ -224,7 +178,7 @@ def relevancy_rows(b_stack: Sequence[torch.Tensor], rows: torch.Tensor | Sequenc
     summary="generic attention-model relevancy (Chefer et al. 2021) of the language model, read at the target's rows",
 )
 def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str = "logit",
-              target_batch: int | None = None) -> MethodOutput:
+              target_batch: int | None = None, attention_chunk: int | None = None) -> MethodOutput:
     """Chefer et al. (ICCV 2021) relevancy over the LM's self-attention: ``R = I``; for each layer ``l``
     (first to last) ``R <- R + B_l R`` with ``B_l = mean_heads(relu(dtarget/dA_l * A_l))``. Score of position
     ``k`` = ``(R - I)[q, k]`` averaged over the target's query positions ``q`` (``- I`` drops each query's
@@ -232,14 +186,19 @@ def relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: 
 
     The target is the tokens' summed logit by default (``objective``), as in the reference code.
     Only the query rows of ``R`` are needed: they follow ``r <- r + r B_l`` from the last layer down, which is
-    the order backward delivers the ``B_l`` (see :class:`RowRecursion`).
+    the order backward delivers the ``B_l`` (see :class:`RowRecursion`). Images that enter through cross-attention
+    (Mllama): Chefer et al.'s bi-modal rules, scores over the image keys (:func:`_cross_relevancy`).
+    ``attention_chunk``: query rows per recomputed self-attention chunk (long sequences; default: from a memory
+    budget, see :func:`attention_chunk_rows`; not used with cross-attention, whose text sequences are short).
     """
     subject.require_language_model()
+    if batch.in_key_space:
+        return _cross_relevancy(subject, batch, targets, objective, target_batch)
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
     carry = _Relevancy(subject.n_layers, batch.seq_len, seeds.shape[1])
     deltas = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
-                                 target_batch)  # (T, R, N)
+                                 target_batch, attention_chunk=attention_chunk)  # (T, R, N)
     scores = torch.stack([deltas[t, :k].mean(0) for t, k in enumerate(counts)])
     return MethodOutput(scores, extras={"query_positions": rows.tolist()})
 
@@ -254,9 +213,31 @@ class _Relevancy(AttentionCarry):
 
     def start(self, seed: torch.Tensor) -> None:
         self.s, self.d, self.next, self.pending = seed, torch.zeros_like(seed), self.n_layers - 1, {}
+        self.parts: dict[int, list[torch.Tensor]] = {}
 
     def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
         self.pending[layer] = (grad.float() * a.float()).clamp_min(0).mean(0)
+        self._fold()
+
+    def rows(self, layer: int, start: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        """Rows ``start ..`` of ``B_l``: folded in at once when every later layer has been (``(S + d) @ B_l`` is
+        a sum over row blocks of ``B_l``), else kept until :meth:`done` (out of order: held whole)."""
+        m = (grad.float() * a.float()).clamp_min(0).mean(0)  # (rows, N)
+        if layer != self.next:
+            self.parts.setdefault(layer, []).append(m)
+            return
+        rows = slice(start, start + m.shape[0])
+        term = (self.s.to(m.device)[:, rows] + self.d.to(m.device)[:, rows]) @ m
+        self.acc = term if start == 0 else self.acc + term
+
+    def done(self, layer: int) -> None:
+        if layer in self.parts:
+            self.pending[layer] = torch.cat(self.parts.pop(layer), 0)
+        else:
+            self.d, self.next = self.d.to(self.acc.device) + self.acc, self.next - 1
+        self._fold()
+
+    def _fold(self) -> None:
         while self.next in self.pending:
             m = self.pending.pop(self.next)
             s, d = self.s.to(m.device), self.d.to(m.device)
@@ -267,3 +248,64 @@ class _Relevancy(AttentionCarry):
         if self.next != -1:
             raise RuntimeError(f"relevancy recursion stopped at layer {self.next}: its gradient never arrived")
         return self.d
+
+
+# -- relevancy with cross-attention (Mllama) ---------------------------------------------------------------------
+
+
+def _cross_relevancy(subject: Subject, batch: Batch, targets: list[Target], objective: str,
+                     target_batch: int | None) -> MethodOutput:
+    """Chefer et al.'s bi-modal rules (ICCV 2021, eqs. 6-7 and 10) for a decoder whose text tokens self-attend and
+    cross-attend to image keys that attend to nothing in the LM: ``R_tt = I``, ``R_ti = 0``; a self-attention
+    layer ``R_tt <- R_tt + B R_tt``, ``R_ti <- R_ti + B R_ti``; a cross-attention layer ``R_ti <- R_ti + norm(R_tt)^T
+    B`` (``norm``: the residual-normalised ``R_tt``, rows of ``R_tt - I`` summing to 1, plus ``I``; ``R_ii = I``, so
+    eq. 11 adds nothing). ``B = mean_heads(relu(dtarget/dA * A))``. Key scores: ``R_ti`` at the target's query rows;
+    text scores ``(R_tt - I)`` there, as :func:`relevancy` gives them."""
+    n, k = batch.seq_len, int(batch.key_positions().max()) + 1
+    kinds = ["attn" if f"lm.blocks.{i}.attn.weights" in subject.hook_point_map() else "xattn"
+             for i in range(subject.n_layers)]
+    rows, _ = target_rows(targets, batch)
+    seeds, counts = row_seeds(targets, batch)
+    carry = _CrossRelevancy(kinds, n, k, seeds.shape[1])
+    out = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
+                              target_batch, kind="any", emit_at="lm.blocks.0.resid_pre")  # (T, R, N + K)
+    scores = torch.stack([out[t, :c].mean(0) for t, c in enumerate(counts)])
+    return MethodOutput(scores[:, :n], extras={"query_positions": rows.tolist()}, key_scores=scores[:, n:])
+
+
+def _residual_normalised(r: torch.Tensor) -> torch.Tensor:
+    """Chefer et al.'s ``handle_residual``: rows of ``R - I`` scaled to sum to 1 (zero rows stay zero), plus ``I``."""
+    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device)
+    hat = r - eye
+    total = hat.sum(-1, keepdim=True)
+    return hat / torch.where(total > 0, total, torch.ones_like(total)) + eye
+
+
+class _CrossRelevancy(AttentionCarry):
+    """:func:`_cross_relevancy`'s recursion: the layers' ``B`` are kept as backward delivers them (text x text and
+    text x keys: no image tokens in the sequence, so small), and folded first to last at the end."""
+
+    def __init__(self, kinds: list[str], n: int, k: int, r: int) -> None:
+        self.kinds, self.n, self.shape = kinds, n, (r, n + k)
+
+    def start(self, seed: torch.Tensor) -> None:
+        self.s, self.b = seed, {}
+
+    def layer(self, layer: int, a: torch.Tensor, grad: torch.Tensor) -> None:
+        self.b[layer] = (grad.float() * a.float()).clamp_min(0).mean(0)
+
+    def finish(self) -> torch.Tensor:
+        if len(self.b) != len(self.kinds):
+            raise RuntimeError(f"relevancy got the gradients of layers {sorted(self.b)} of {len(self.kinds)}")
+        first = self.b[0]
+        r_tt = torch.eye(self.n, dtype=first.dtype, device=first.device)
+        r_ti = first.new_zeros(self.n, self.shape[1] - self.n)
+        for layer, kind in enumerate(self.kinds):
+            b = self.b[layer]
+            if kind == "attn":
+                r_tt, r_ti = r_tt + b @ r_tt, r_ti + b @ r_ti
+            else:
+                r_ti = r_ti + _residual_normalised(r_tt).T @ b
+        s = self.s.to(r_tt.device)
+        eye = torch.eye(self.n, dtype=r_tt.dtype, device=r_tt.device)
+        return torch.cat([s @ (r_tt - eye), s @ r_ti], dim=-1)

@@ -50,6 +50,10 @@ class Tower:
             self.parts = adapter.parts()
             if self.parts.vision_blocks is None:
                 raise InputError(f"{subject.model_id} names no vision tower: the embedding methods need one")
+            if self.parts.projector is None and self.parts.image_features is None:
+                raise InputError(f"{subject.model_id} hands its image features to cross-attention layers, not through "
+                                 "a projector into the token sequence, which the embedding methods read: use attention "
+                                 "or the gradient methods (they score the cross-attention keys)")
             self.blocks = self.parts.vision_blocks
         else:
             raise InputError(f"a bare {type(model).__name__} {_NOT_A_TOWER}")

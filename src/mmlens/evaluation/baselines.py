@@ -92,7 +92,8 @@ def baseline_explanation(subject: Subject, batch: Batch, name: str, seed: int = 
             for i, img in enumerate(batch.images)]
     scores = torch.zeros(1, batch.seq_len)
     for geom, heat in zip(batch.geometry, maps):
-        pool_to_positions(geom, heat, scores[0])
+        if geom.space == "sequence":  # cross-attention keys: pooled by build_explanation
+            pool_to_positions(geom, heat, scores[0])
     out = MethodOutput(position_scores=scores, pixel_maps=[maps])
     spec = {"target": "answer", "answer": batch.answer_ids.tolist(), "max_new_tokens": None}
     return build_explanation(subject, batch, targets, out, PREFIX + key, {}, seed, spec)
@@ -112,10 +113,17 @@ def answer_ids(subject: Subject, ex: Explanation) -> list[int]:
     return subject.adapter.answer_ids(subject.adapter.prompt_text(ex.prompt, len(ex.images)), ex.answer)
 
 
+def visual_input(ex: Explanation, images: Sequence[Image.Image] | None = None) -> Any:
+    """``images`` (default: ``ex``'s) as ``ex`` was explained: an image list, or the frames of a video."""
+    from mmlens.model.video import Video
+
+    frames = list(images) if images is not None else list(ex.images)
+    return Video(frames, float(ex.metadata["video"]["fps"])) if ex.is_video else frames
+
+
 def answer_batch(subject: Subject, ex: Explanation, images: Sequence[Image.Image] | None = None) -> Batch:
     """The teacher-forced batch of ``ex`` (its prompt and answer tokens) with ``images`` (default: its own)."""
-    return subject.prepare(list(images) if images is not None else list(ex.images), ex.prompt,
-                           answer=answer_ids(subject, ex))
+    return subject.prepare(visual_input(ex, images), ex.prompt, answer=answer_ids(subject, ex))
 
 
 def reexplain(subject: Subject, ex: Explanation, images: Sequence[Image.Image] | None = None) -> Explanation:
@@ -133,5 +141,4 @@ def reexplain(subject: Subject, ex: Explanation, images: Sequence[Image.Image] |
     if isinstance(target, list):
         target = tuple(target)
     options = dict(ex.metadata.get("options") or {})
-    return explain(subject, list(images) if images is not None else list(ex.images), ex.prompt,
-                   method=ex.method, target=target, answer=answer_ids(subject, ex), seed=seed, **options)
+    return explain(subject, visual_input(ex, images), ex.prompt, method=ex.method, target=target, answer=answer_ids(subject, ex), seed=seed, **options)

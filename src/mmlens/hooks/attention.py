@@ -11,7 +11,9 @@ requested rows of the probabilities, in float32, exactly as transformers' eager 
 
 with grouped-query heads repeated, and sliding windows / causality taken from the mask (or built from
 ``sliding_window`` / ``is_causal`` when the implementation got no mask). Dropout is not applied (eval).
-Other layers run untouched, and no ``layers x heads x N x N`` stack ever exists.
+Other layers run untouched, and no ``layers x heads x N x N`` stack ever exists. A tap with ``row_chunks``
+(``Tracer.recompute_attention``) runs the layer's attention itself, in query-row chunks whose probabilities
+are recomputed in backward (:mod:`mmlens.hooks.attention_chunks`).
 
 Positions are absolute token indices. In a decode step with a KV cache the queries are the newest tokens
 and the keys may start later than 0 (sliding-window caches): a pre-hook on the module reads both offsets
@@ -32,6 +34,7 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from mmlens.errors import InputError
+from mmlens.hooks.attention_chunks import RowChunks, row_chunked_attention
 
 IMPLEMENTATION = "mmlens"
 
@@ -53,8 +56,11 @@ class AttentionTap:
         self.original_impl = module.config._attn_implementation or "eager"
         self.weight_callbacks: list[tuple[torch.Tensor | None, WeightsCallback]] = []
         self.mask_edits: list[MaskEdit] = []
+        #: run this module's attention in query-row chunks recomputed in backward (hooks.attention_chunks)
+        self.row_chunks: RowChunks | None = None
         #: (absolute position of query 0, of key 0) for the current call, read from the KV cache
         self.offsets: tuple[int, int] | None = None
+        self.cross = False  # a cross-attention module (offsets are not a KV cache's)
         self._handle: Any = None
 
     def install(self) -> None:
@@ -79,6 +85,11 @@ class AttentionTap:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         layer = getattr(module, "layer_idx", None)
+        if "cross_attention_states" in kwargs:  # cross-attention: keys are the image keys 0..K-1, queries the tokens
+            seen = int(cache.get_seq_length(0)) if cache is not None and hidden is not None else 0
+            self.offsets = (max(seen - int(hidden.shape[-2]), 0) if seen else 0, 0)  # layer 0 ran this step already
+            self.cross = True
+            return
         if cache is None or hidden is None or layer is None or not hasattr(cache, "get_mask_sizes"):
             return
         past = int(cache.get_seq_length(layer))
@@ -177,16 +188,29 @@ class AttentionCall:
 
     def probs(self, local: torch.Tensor) -> torch.Tensor:
         """Float32 probabilities of query rows ``local`` (batch, heads, rows, keys)."""
-        n_heads = self.query.shape[1]
         index = local.to(self.query.device)
-        q = self.query[:, :, index].float()
-        k = _expand_kv(self.key, n_heads).float()
+        return self.softmax(self.logits(index)[0], index)
+
+    def logits(self, index: torch.Tensor | slice, query: torch.Tensor | None = None,
+               key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Float32 logits of query rows ``index`` (softcapped, plus position bias and mask), and the softcap's
+        ``tanh`` (None without softcap: what backward needs). ``query`` / ``key`` default to the call's;
+        ``key`` may come already float32 with its heads repeated."""
+        query = self.query if query is None else query
+        key = self.key if key is None else key
+        q = query[:, :, index].float()
+        k = _expand_kv(key, query.shape[1]).float()
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        tanh = None
         if self.softcap is not None:
-            scores = torch.tanh(scores / self.softcap) * self.softcap
+            tanh = torch.tanh(scores / self.softcap)
+            scores = tanh * self.softcap
         if self.position_bias is not None:
-            scores = scores + _rows(self.position_bias.float(), index, self.query.shape[2])
-        scores = scores + self.additive_mask(torch.float32, index)
+            scores = scores + _rows(self.position_bias.float(), index, query.shape[2])
+        return scores + self.additive_mask(torch.float32, index), tanh
+
+    def softmax(self, scores: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+        """Probabilities from :meth:`logits` of query rows ``index``, with the attention sink if any."""
         if self.sinks is None:
             return torch.softmax(scores, dim=-1)
         sinks = self.sinks.float()
@@ -260,12 +284,17 @@ def mmlens_attention(module, query, key, value, attention_mask, scaling=None, dr
     """The ``"mmlens"`` attention implementation: original call + capture / edge edits."""
     tap: AttentionTap = module._mmlens_tap
     call = AttentionCall.of(module, query, key, attention_mask, scaling, kwargs, tap.offsets)
+    call.from_cache = call.from_cache and not tap.cross
     mask = _apply_edits(tap, call)
-    fn = tap.original_function()
-    if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):
-        fn = tap.eager_function()  # flash / flex kernels take no dense mask: the module's eager for edited layers
-    out, weights = fn(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
-    call.mask = mask
+    if tap.row_chunks is not None:
+        call.mask = mask
+        out, weights = row_chunked_attention(call, value, tap.row_chunks), None
+    else:
+        fn = tap.original_function()
+        if mask is not attention_mask and tap.original_impl not in ("eager", "sdpa"):
+            fn = tap.eager_function()  # flash / flex kernels take no dense mask: the module's eager for edited layers
+        out, weights = fn(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        call.mask = mask
     for rows, callback in tap.weight_callbacks:
         p = captured_probs(call, weights, rows)
         if p is not None:

@@ -28,12 +28,15 @@ class HookPoint:
 
     ``chunked``: attention that may run in several calls per forward (gathered block-diagonally).
     ``rows``: the module holds its rows permuted; captures and edits see them in canonical order.
+    ``flat_keys``: the module's output is ``(batch, ..., d)`` (Mllama's projector: images x tiles x patches);
+    captures and edits see it as ``(batch, keys, d)``, one row per cross-attention key.
     """
 
     module: nn.Module
     kind: str
     chunked: bool = False
     rows: RowOrder | None = None
+    flat_keys: bool = False
 
 
 @dataclass
@@ -64,6 +67,11 @@ class ModelParts:
     tower_mlp: str | None = None  # MLP of the towers' blocks (``*.mlp.out``)
     #: dual encoders: the joint sequence's input embeddings, both towers' in one tensor (``joint.embed``)
     joint_embed: nn.Module | None = None
+    #: cross-attention families (Mllama): the LM blocks' cross-attention attribute (blocks that have it get
+    #: ``lm.blocks.{i}.xattn.*`` points, blocks without ``lm_attn`` no ``attn.*`` points) and the module whose
+    #: output is the cross-attention states every such block attends to (``xattn.states``)
+    lm_cross_attn: str | None = None
+    cross_states: nn.Module | None = None
 
     def mlp_down(self, layer: int) -> nn.Module:
         """LM block ``layer``'s MLP down projection (its input is ``lm.blocks.{layer}.mlp.act``: the neurons)."""
@@ -94,13 +102,18 @@ class ModelParts:
             points["projector.out"] = HookPoint(self.image_features, "image_features")
         elif self.projector is not None:
             points["projector.out"] = HookPoint(self.projector, "output")
+        if self.cross_states is not None:
+            points["xattn.states"] = HookPoint(self.cross_states, "output", flat_keys=True)
         for i, block in enumerate(self.lm_blocks):
-            attn, mlp = getattr(block, self.lm_attn), getattr(block, self.lm_mlp)
+            mlp = getattr(block, self.lm_mlp)
             points[f"lm.blocks.{i}.resid_pre"] = HookPoint(block, "input")
             points[f"lm.blocks.{i}.resid_post"] = HookPoint(block, "output")
-            points[f"lm.blocks.{i}.attn.out"] = HookPoint(attn, "output")
-            points[f"lm.blocks.{i}.attn.weights"] = HookPoint(attn, "attn_weights")
-            points[f"lm.blocks.{i}.attn.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
+            for kind in ("attn", "xattn"):
+                attn = getattr(block, self.lm_attn if kind == "attn" else self.lm_cross_attn or "", None)
+                if attn is not None:
+                    points[f"lm.blocks.{i}.{kind}.out"] = HookPoint(attn, "output")
+                    points[f"lm.blocks.{i}.{kind}.weights"] = HookPoint(attn, "attn_weights")
+                    points[f"lm.blocks.{i}.{kind}.heads"] = HookPoint(getattr(attn, self.attn_out_proj), "input")
             points[f"lm.blocks.{i}.mlp.act"] = HookPoint(getattr(mlp, self.mlp_down_proj), "input")
             points[f"lm.blocks.{i}.mlp.out"] = HookPoint(mlp, "output")
         if self.lm_norm is not None:
@@ -120,7 +133,7 @@ class ModelParts:
 
 
 #: hook points whose tensors have no per-position rows of the LM sequence
-_UNSUPPORTED = re.compile(r"(^vision\.|^text\.|\.attn\.weights$)")
+_UNSUPPORTED = re.compile(r"(^vision\.|^text\.|^xattn\.|\.x?attn\.weights$)")
 
 
 def compact_names(names: list[str]) -> str:

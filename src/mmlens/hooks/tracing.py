@@ -22,9 +22,14 @@ Hook-point names (``i`` = block index) and what their tensors hold, the same in 
                                     resid_post / attn / attn.weights); *.blocks.{i}.attn.heads / .mlp.out: both towers
     joint.embed                     both towers' input embeddings in one tensor (rows: patches, caption, answer
                                     slot; adapters.joint_embedding): what gradient methods differentiate
+    xattn.states                    cross-attention families (Mllama, images never in the sequence): the vision
+                                    features every cross-attention block attends to, (batch, keys, d)
+    lm.blocks.{i}.xattn.out / .weights / .heads   block i's cross-attention (no attn.* there): output, probabilities
+                                    (batch, heads, queries, keys) and per-head outputs; keys = xattn.states rows
 
 Positions (``positions=`` of ablate / patch / add) index the second-to-last axis: the LM sequence for ``lm.*``
-(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``.
+(the joint sequence for ``joint.embed``), the image-token rows for ``projector.out``, the patch rows for ``vision.*``,
+the cross-attention keys for ``xattn.states``.
 
 ``projector.out`` is read where the model hands its image features to the LM (the output of
 ``get_image_features``: LLaVA-NeXT's tiles already stitched, unpadded and joined by newline rows;
@@ -52,14 +57,9 @@ from torch import nn
 
 from mmlens.errors import InputError
 from mmlens.hooks.attention import AttentionTap
+from mmlens.hooks.attention_chunks import ChunkReader, RowChunks
 from mmlens.hooks.points import HookPoint
-from mmlens.hooks.views import (
-    MethodPatch,
-    RowOrder,
-    block_diagonal,
-    flatten_features,
-    in_canonical_order,
-)
+from mmlens.hooks.views import MethodPatch, RowOrder, as_keys, block_diagonal, features_patch, in_canonical_order
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,7 +105,6 @@ class Tracer:
         self._orders: dict[int, torch.Tensor] = {}  # id(RowOrder) -> perm of the current forward
         self._closed = False
 
-    # -- context management -------------------------------------------------------------------------
     def __enter__(self) -> Tracer:
         return self
 
@@ -122,7 +121,6 @@ class Tracer:
             tap.remove()
         self._closed = True
 
-    # -- lookup ---------------------------------------------------------------------------------------
     def resolve(self, pattern: str) -> list[str]:
         """Names matching ``pattern`` (exact or glob, e.g. ``lm.blocks.*.resid_post``)."""
         if pattern in self.points:
@@ -146,7 +144,6 @@ class Tracer:
         """Every value captured at ``name`` (one per call of the module, e.g. per generation step)."""
         return self.captured.get(name, [])
 
-    # -- registration -----------------------------------------------------------------------------------
     def _perm(self, rows: RowOrder) -> Callable[[], torch.Tensor]:
         """Track ``rows``'s permutation of each forward (one pre-hook on its source per tracer)."""
         key = id(rows)
@@ -166,6 +163,7 @@ class Tracer:
         point = self.points[name]
         if point.rows is not None:
             fn = in_canonical_order(fn, self._perm(point.rows))
+        fn = as_keys(fn) if point.flat_keys else fn
         if point.kind == "output":
 
             def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -185,19 +183,12 @@ class Tracer:
 
             in_hook._mmlens = True  # type: ignore[attr-defined]
             self._handles.append(point.module.register_forward_pre_hook(in_hook, with_kwargs=True))
-        elif point.kind == "image_features":
-            original = point.module.get_image_features
-
-            def features(*args: Any, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                flat, restore = flatten_features(out.pooler_output)
-                new = fn(flat)
-                if new is not None:
-                    out.pooler_output = restore(new)
-                return out
-
-            features._mmlens = True  # type: ignore[attr-defined]
-            self._handles.append(MethodPatch(point.module, "get_image_features", features))
+        elif point.kind == "image_features":  # a video's features too (get_video_features), where the family has them
+            busy = [False]
+            for method in ("get_image_features", "get_video_features"):
+                if hasattr(point.module, method):
+                    patch = features_patch(getattr(point.module, method), fn, busy)
+                    self._handles.append(MethodPatch(point.module, method, patch))
         else:
             raise InputError(f"{name!r} holds attention weights: use capture_attention / block_attention")
 
@@ -263,6 +254,15 @@ class Tracer:
                 self._tap(name).weight_callbacks.append((index, keep))
         return names
 
+    def recompute_attention(self, name: str, rows: int, on_chunk: ChunkReader, on_done: Callable[[], None]) -> None:
+        """Run LM attention point ``name``'s attention in chunks of ``rows`` query rows that keep no probabilities
+        for backward; backward recomputes each chunk and calls ``on_chunk(first row, P, dtarget/dP)``, then
+        ``on_done()`` (:mod:`mmlens.hooks.attention_chunks`)."""
+        point = self.points[self.resolve(name)[0]]
+        if point.kind != "attn_weights" or point.chunked or point.rows is not None:
+            raise InputError(f"{name!r} is not a language-model attention-weights point: recompute_attention needs one")
+        self._tap(name).row_chunks = RowChunks(rows, on_chunk, on_done)
+
     def _gather_chunks(self, name: str, rows: torch.Tensor | None, keep: Callable[[torch.Tensor], None]) -> None:
         """Collect every attention call of one module forward (one per chunk) and hand ``keep`` the
         block-diagonal matrix over all chunks, in canonical row order (its query ``rows`` if given)."""
@@ -292,8 +292,7 @@ class Tracer:
 
     def edit(self, pattern: str, fn: Edit) -> list[str]:
         """Replace the tensor at matching points with ``fn(tensor)``."""
-        names = self.resolve(pattern)
-        for name in names:
+        for name in (names := self.resolve(pattern)):
             self._hook(name, fn)
         return names
 

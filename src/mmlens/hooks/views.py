@@ -40,6 +40,30 @@ def flatten_features(feats: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor],
     return flat, restore
 
 
+def features_patch(original: Callable[..., Any], fn: Callable[[torch.Tensor], Any],
+                   busy: list[bool]) -> Callable[..., Any]:
+    """``original`` (a ``get_image_features`` / ``get_video_features``) with ``fn`` applied to its features as one
+    ``(tokens, d)`` tensor (an edit when ``fn`` returns a tensor). Patches sharing ``busy`` apply ``fn`` once per
+    call: a ``get_video_features`` that calls ``get_image_features`` (Qwen3-VL) is seen once, from outside."""
+
+    def features(*args: Any, **kwargs: Any) -> Any:
+        if busy[0]:
+            return original(*args, **kwargs)
+        busy[0] = True
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            busy[0] = False
+        flat, restore = flatten_features(out.pooler_output)
+        new = fn(flat)
+        if new is not None:
+            out.pooler_output = restore(new)
+        return out
+
+    features._mmlens = True  # type: ignore[attr-defined]  (counted by count_hooks while installed)
+    return features
+
+
 class MethodPatch:
     """Replaces ``owner.<name>`` by a wrapper for the life of a trace; ``remove`` restores what was there."""
 
@@ -76,5 +100,15 @@ def in_canonical_order(fn: Callable[[torch.Tensor], Any], perm: Callable[[], tor
         p = perm().to(t.device)
         new = fn(t.index_select(-2, torch.argsort(p)))
         return None if new is None else new.index_select(-2, p)
+
+    return wrapped
+
+
+def as_keys(fn: Callable[[torch.Tensor], Any]) -> Callable:
+    """``fn`` seeing a ``(batch, ..., d)`` tensor as ``(batch, keys, d)`` (its edit reshaped back)."""
+
+    def wrapped(t: torch.Tensor) -> Any:
+        new = fn(t.reshape(t.shape[0], -1, t.shape[-1]))
+        return None if new is None else new.reshape(t.shape)
 
     return wrapped

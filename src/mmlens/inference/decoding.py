@@ -149,6 +149,9 @@ def generate_with(
     if steering is not None:
         steering.vector.check(subject)
     batch = subject.prepare(images, prompt)
+    if pai is not None and batch.in_key_space:
+        raise InputError("pai re-weights attention to image tokens in the sequence, and this model's images are "
+                         "cross-attention keys, where one bias on every key cancels in the softmax: use vcd or steering")
     budget = subject.token_budget(batch, max_new_tokens)
     processor = _Contrast(vcd) if vcd is not None else None
     if vcd is not None:

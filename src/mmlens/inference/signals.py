@@ -73,7 +73,7 @@ def generate_explained(
                              reduce=lambda w: w[0, :, :, image_pos.to(w.device)].mean(0))
         tr.capture("lm.logits", reduce=lambda t: t[:, rows.to(t.device)].float().log_softmax(-1))
         if answer is None:
-            gen = subject.generate(batch.images, prompt, max_new_tokens=max_new_tokens)
+            gen = subject.generate(batch.visual_input(), prompt, max_new_tokens=max_new_tokens)
             batch = gen.batch
         else:
             subject.model(**subject.model_inputs(perturbed_inputs(subject, batch, [batch.images, bad])),

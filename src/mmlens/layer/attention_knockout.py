@@ -25,11 +25,13 @@ class KnockoutGrid(GridResult):
 
 
 def position_groups(batch: Batch, target: Target) -> dict[str, torch.Tensor]:
-    """The standard groups: every image token, the question (prompt text), the target's query positions."""
+    """The standard groups: every image token, the question (prompt text), the target's query positions. Images
+    that enter through cross-attention (Mllama): ``image`` is every cross-attention key."""
     last = target.query_positions(batch)
     text = batch.text_positions()
     question = text[~torch.isin(text, last)]
-    return {"image": batch.image_positions(), "question": question, "last": last}
+    image = batch.key_positions() if batch.in_key_space else batch.image_positions()
+    return {"image": image, "question": question, "last": last}
 
 
 DEFAULT_PAIRS = {"image -> question": ("question", "image"), "image -> last": ("last", "image"),
@@ -60,7 +62,10 @@ def attention_knockout(
     """Knockout grid: rows are layer windows (centred on each layer; ``window=None`` = one row, all layers),
     columns the ``pairs`` ``name -> (query group, key group)``: group names (``image``, ``question``,
     ``last``) or explicit position lists. Edges ``keys -> queries`` (information flowing from key to query
-    positions) are blocked. One batched forward per ``batch_size`` cells.
+    positions) are blocked. One batched forward per ``batch_size`` cells. Images that enter through cross-attention
+    (Mllama): a pair whose key group is ``image`` cuts every edge from the image keys to its queries in the window's
+    cross-attention layers (their cross-attention output is zero at those queries: no image information reaches
+    them there); other pairs block edges in the window's self-attention layers.
 
     >>> grid = attention_knockout(lm, batch, window=3)                  # doctest: +SKIP
     >>> grid.values[:, grid.col_labels.index("image -> last")]          # doctest: +SKIP
@@ -70,6 +75,7 @@ def attention_knockout(
     groups = position_groups(batch, tgt)
     chosen = dict(DEFAULT_PAIRS if pairs is None else pairs)
     resolved = {name: (_group(groups, batch, q), _group(groups, batch, k)) for name, (q, k) in chosen.items()}
+    to_keys = {name for name, (_, k) in chosen.items() if batch.in_key_space and isinstance(k, str) and k == "image"}
     windows = [layers_] if window is None else _windows(layers_, window)
     cells = [(w, name) for w in range(len(windows)) for name in resolved]
     inputs = subject.model_inputs(batch)
@@ -83,7 +89,13 @@ def attention_knockout(
             for r, (w, name) in enumerate(chunk):
                 q, k = resolved[name]
                 for layer in windows[w]:
-                    tr.block_attention(f"lm.blocks.{layer}.attn.weights", q, k, rows=[r])
+                    kind = "xattn" if name in to_keys else "attn"
+                    if f"lm.blocks.{layer}.{kind}.weights" not in subject.hook_point_map():
+                        continue  # a cross-attention layer has no self-attention edges, and vice versa
+                    if kind == "xattn":
+                        tr.edit(f"lm.blocks.{layer}.xattn.out", _cut(r, q))
+                    else:
+                        tr.block_attention(f"lm.blocks.{layer}.attn.weights", q, k, rows=[r])
             logits = subject.model(**cat_inputs([inputs] * len(chunk)), use_cache=False).logits
         n_forwards += 1
         p = tgt.value(logits, batch).exp().cpu()
@@ -98,6 +110,17 @@ def attention_knockout(
               "target": tgt.label, "p_clean": p_clean, "forward_calls": n_forwards},
         extras={"pairs": {n: [q.tolist(), k.tolist()] for n, (q, k) in resolved.items()}},
     )
+
+
+def _cut(row: int, queries: torch.Tensor):
+    """Edit: zero a cross-attention output at ``queries`` of batch row ``row`` (every image-key edge cut)."""
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        t[row, queries.to(t.device)] = 0
+        return t
+
+    return fn
 
 
 def _group(groups: dict[str, torch.Tensor], batch: Batch, spec: Any) -> torch.Tensor:

@@ -56,7 +56,7 @@ def _corrupted(subject: Subject, batch: Batch, corrupt: str, corrupt_with: Any) 
         images = corrupt_with if isinstance(corrupt_with, (list, tuple)) else [corrupt_with]
         other = subject.prepare(images, batch.prompt, answer=batch.answer_ids.tolist())
     else:
-        other = subject.prepare(batch.images, str(corrupt_with), answer=batch.answer_ids.tolist())
+        other = subject.prepare(batch.visual_input(), str(corrupt_with), answer=batch.answer_ids.tolist())
     if other.seq_len != batch.seq_len or other.prompt_len != batch.prompt_len:
         raise InputError(f"the corrupted {corrupt} gives {other.seq_len} tokens, the clean input {batch.seq_len}: "
                          f"pass a {corrupt} of the same size / token length")
@@ -87,7 +87,7 @@ def causal_trace(
     """Indirect-effect grid over ``layers`` x position groups.
 
     ``corrupt``: ``"noise"`` (Gaussian noise, ``noise_scale`` x the std of the image-token embeddings, added
-    to the image tokens at the LM input), ``"image"`` (``corrupt_with`` = other image(s) of the same size) or
+    to the image tokens at the LM input; Mllama: to the image keys of the cross-attention states), ``"image"`` (``corrupt_with`` = other image(s) of the same size) or
     ``"prompt"`` (``corrupt_with`` = another prompt of the same token length). ``positions``: ``"each"``, a
     list of positions, or a dict ``name -> positions`` of groups. ``component``: ``resid`` | ``attn`` | ``mlp``.
     Forward passes: 1 (clean + corrupted rows together) + ceil(cells / batch_size).
@@ -113,7 +113,9 @@ def causal_trace(
 
     def values(inputs: dict[str, Any], noise_rows: torch.Tensor | None, tr) -> torch.Tensor:
         if corrupt == "noise" and noise_rows is not None:
-            img = batch.image_positions().to(subject.device)
+            # the image rows of the LM input; Mllama's images are the cross-attention states' keys instead
+            key_space = batch.in_key_space
+            img = (batch.key_positions() if key_space else batch.image_positions()).to(subject.device)
 
             def add_noise(h: torch.Tensor) -> torch.Tensor:
                 if "value" not in noise:
@@ -122,7 +124,7 @@ def causal_trace(
                 h[noise_rows[:, None], img[None, :]] += noise["value"].to(h.device, h.dtype)
                 return h
 
-            tr.edit("lm.blocks.0.resid_pre", add_noise)
+            tr.edit("xattn.states" if key_space else "lm.blocks.0.resid_pre", add_noise)
         logits = subject.model(**inputs, use_cache=False).logits
         return tgt.value(logits, batch).exp().cpu()
 

@@ -51,7 +51,8 @@ def head_image_share(subject: Subject, batch: Batch, target: Any = "answer",
 @torch.no_grad()
 def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
                   layers: Sequence[int] | None = None) -> GridResult:
-    """``values[layer, head]`` = p(answer | head zeroed) - p(answer); one batched forward per layer."""
+    """``values[layer, head]`` = p(answer | head zeroed) - p(answer); one batched forward per layer (a block that
+    cross-attends instead of self-attending, as in Mllama: its cross-attention heads)."""
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     n_heads = subject.n_heads
@@ -59,8 +60,11 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
     p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
     values = torch.zeros(len(layers_), n_heads)
     for i, layer in enumerate(layers_):
+        point = f"lm.blocks.{layer}.attn.heads"
+        if point not in subject.hook_point_map():  # a cross-attention block (Mllama): its cross-attention heads
+            point = f"lm.blocks.{layer}.xattn.heads"
         with subject.trace() as tr:
-            tr.edit(f"lm.blocks.{layer}.attn.heads", _zero_heads(n_heads))
+            tr.edit(point, _zero_heads(n_heads))
             logits = subject.model(**cat_inputs([inputs] * n_heads), use_cache=False).logits
         values[i] = tgt.value(logits, batch).exp().cpu() - p_clean
     return GridResult("head_ablation", values, [f"layer {layer}" for layer in layers_],

@@ -28,6 +28,22 @@ class Batch:
     answer: str | None = None
     answer_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     conversions: list[str] = field(default_factory=list)
+    #: frames per second when ``images`` are the frames of one :class:`~mmlens.model.video.Video` (else None)
+    video_fps: float | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.video_fps is not None
+
+    def visual_input(self, images: list[Image.Image] | None = None) -> Any:
+        """``images`` (default: this batch's) in the form :meth:`Subject.prepare` takes for this batch: the
+        frames of a :class:`~mmlens.model.video.Video` at this batch's rate, or the image list."""
+        images = list(self.images if images is None else images)
+        if self.video_fps is None:
+            return images
+        from mmlens.model.video import Video
+
+        return Video(images, self.video_fps)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -41,17 +57,43 @@ class Batch:
     def answer_positions(self) -> torch.Tensor:
         return torch.arange(self.prompt_len, self.prompt_len + self.answer_ids.numel())
 
+    @property
+    def in_key_space(self) -> bool:
+        """True when the images enter through cross-attention keys, not sequence positions (see
+        :class:`~mmlens.model.geometry.ImageGeometry` ``space``)."""
+        return any(g.space == "keys" for g in self.geometry)
+
+    def require_sequence_images(self) -> None:
+        """One-line InputError when the images are cross-attention keys (no sequence position holds them): what a
+        method that reads or edits image tokens in the language model's sequence calls first."""
+        if self.in_key_space:
+            from mmlens.errors import InputError
+
+            raise InputError("this needs image tokens in the language model's sequence, and this model's images "
+                             "enter only through cross-attention keys: use attention, relevancy, attention_x_gradient, "
+                             "saliency, gradcam, input_x_gradient, integrated_gradients, smoothgrad or a perturbation "
+                             "method (occlusion, ...)")
+
     def image_positions(self) -> torch.Tensor:
-        """Every image-token position of every image (separators included), sorted."""
+        """Every image-token position of every image (separators included), sorted, each once (video frames
+        that share tokens, e.g. Qwen2-VL's two frames per token, list them once); see
+        :meth:`require_sequence_images`."""
+        self.require_sequence_images()
         if not self.geometry:
             return torch.zeros(0, dtype=torch.long)
-        return torch.cat([g.positions for g in self.geometry]).sort().values
+        return torch.unique(torch.cat([g.positions for g in self.geometry]))
+
+    def key_positions(self) -> torch.Tensor:
+        """Every cross-attention key of every image (separators included), sorted; empty for sequence images."""
+        keys = [g.positions for g in self.geometry if g.space == "keys"]
+        return torch.cat(keys).sort().values if keys else torch.zeros(0, dtype=torch.long)
 
     def text_positions(self) -> torch.Tensor:
         """Prompt positions that hold no image token (template, question)."""
         keep = torch.ones(self.prompt_len, dtype=torch.bool)
-        img = self.image_positions()
-        keep[img[img < self.prompt_len]] = False
+        if not self.in_key_space:
+            img = self.image_positions()
+            keep[img[img < self.prompt_len]] = False
         return torch.nonzero(keep).flatten()
 
     def to(self, device: torch.device | str) -> Batch:

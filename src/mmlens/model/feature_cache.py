@@ -46,24 +46,38 @@ def cached_image_features(subject: Any) -> Iterator[dict[str, int]]:
     if owner is None:
         yield counts
         return
-    original = owner.get_image_features
+    busy = [False]  # a get_video_features that calls get_image_features (Qwen3-VL) is cached once, from outside
+    patches = [MethodPatch(owner, name, _cached(getattr(owner, name), counts, busy))  # a video's features too
+               for name in ("get_image_features", "get_video_features") if hasattr(owner, name)]
+    try:
+        yield counts
+    finally:
+        for patch in reversed(patches):
+            patch.remove()
+
+
+def _cached(original: Any, counts: dict[str, int], busy: list[bool]) -> Any:
+    """``original`` computing once per distinct input (the last :data:`ENTRIES`), counted in ``counts``; a call
+    made while another cached call of ``busy``'s group runs goes straight to ``original``."""
     cache: list[tuple[list[Any], Any]] = []  # (inputs, features), newest last
 
     def features(*args: Any, **kwargs: Any) -> Any:
+        if busy[0]:
+            return original(*args, **kwargs)
         key = _tensors(args, kwargs)
         hit = next((out for k, out in cache if _same(k, key)), None)
         if hit is not None:
             counts["reused"] += 1
         else:
-            with torch.no_grad():
-                hit = original(*args, **kwargs)
+            busy[0] = True
+            try:
+                with torch.no_grad():
+                    hit = original(*args, **kwargs)
+            finally:
+                busy[0] = False
             cache[:] = [*cache[-(ENTRIES - 1):], (key, hit)]
             counts["computed"] += 1
         return copy.copy(hit)  # a trace may replace the copy's fields; the cached one stays
 
     features._mmlens = True  # type: ignore[attr-defined]  (counted by count_hooks while installed)
-    patch = MethodPatch(owner, "get_image_features", features)
-    try:
-        yield counts
-    finally:
-        patch.remove()
+    return features

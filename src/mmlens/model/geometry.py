@@ -1,5 +1,8 @@
 """Image geometry: which sequence positions hold an image's tokens, and which pixels each one sees.
 
+Video: one :class:`ImageGeometry` per frame (``frame``, ``time``), whose grid(s) name the frames their tokens
+read (``ImageGrid.frames``): a token that covers two frames (Qwen2-VL) belongs to both frames' geometries.
+
 Every family lays image tokens out differently (one square grid for LLaVA-1.5 and PaliGemma, a base grid
 plus unpadded any-resolution tiles with a newline token per row for LLaVA-NeXT, 2x2-merged dynamic grids
 for Qwen2-VL). Adapters describe that layout with :class:`ImageGrid` blocks; everything downstream turns
@@ -27,7 +30,9 @@ class ImageGrid:
 
     positions: torch.Tensor  # (rows, cols) long
     box: Box
-    kind: str = "image"  # "image" | "base" | "tiles" | "crop" (one grid per crop)
+    kind: str = "image"  # "image" | "base" | "tiles" | "crop" (one grid per crop) | "frames" (video)
+    #: video: the frame indices whose pixels these tokens read (Qwen2-VL: 2 frames per token), else ()
+    frames: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,6 +52,11 @@ class ImageGeometry:
 
     ``positions``: every placeholder position of this image (sorted), including ``separators``
     (e.g. LLaVA-NeXT newline tokens or a CLS token) that belong to no grid cell.
+
+    ``space``: what the positions index. ``"sequence"``: the language model's token sequence (image tokens are
+    sequence positions, every family but one). ``"keys"``: the keys of the LM's cross-attention layers (Mllama:
+    the images never enter the sequence; the LM cross-attends to the vision features, one key per patch of each
+    tile plus the tile's CLS and padding tiles as separators). Scores for a key-space geometry are indexed by key.
     """
 
     image_index: int
@@ -55,6 +65,11 @@ class ImageGeometry:
     grids: list[ImageGrid]
     separators: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     notes: dict = field(default_factory=dict)
+    #: video: this geometry is frame ``frame`` (``image_index`` too) of the video, shown at ``time`` seconds;
+    #: its positions may be shared with other frames (see :attr:`ImageGrid.frames`)
+    frame: int | None = None
+    time: float | None = None
+    space: str = "sequence"  # "sequence" | "keys"
 
     @property
     def n_tokens(self) -> int:

@@ -12,7 +12,7 @@ def position_labels(tokenizer, batch: Batch) -> list[str]:
     ['user', ':', 'img0[0,0]']
     """
     labels = [t.replace("\n", "\\n") for t in tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist())]
-    for geo in batch.geometry:
+    for geo in (g for g in batch.geometry if g.space == "sequence"):  # cross-attention keys hold no token
         for g_index, grid in enumerate(geo.grids):
             rows, cols = grid.shape
             prefix = f"img{geo.image_index}" + (f".{grid.kind}" if len(geo.grids) > 1 else "")

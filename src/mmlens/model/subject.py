@@ -16,6 +16,7 @@ from mmlens.hooks.points import HookPoint
 from mmlens.hooks.tracing import Tracer
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.images import ImageLike, to_rgb
+from mmlens.model.video import Video, video_frames
 from mmlens.util.options import check_int
 
 
@@ -81,17 +82,24 @@ class Subject:
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare(
         self,
-        images: ImageLike | Sequence[ImageLike],
+        images: ImageLike | Sequence[ImageLike] | Video,
         prompt: str,
         answer: str | Sequence[int] | None = None,
         candidates: Sequence[str] | None = None,
     ) -> Batch:
         """Build model inputs for ``prompt`` about ``images`` (one or several), optionally followed by
-        ``answer`` (text or token ids) for teacher forcing, with each image's geometry.
+        ``answer`` (text or token ids) for teacher forcing, with each image's geometry. A :class:`Video` (families
+        with video input) gives a batch whose images are its frames, with one geometry per frame.
 
         ``candidates`` (dual encoders): other captions the prompt (a caption) competes with, so the answer
         ``<match>`` becomes the prompt's zero-shot class among them (see :func:`mmlens.zero_shot`)."""
         self._check_text("prompt", prompt)
+        if isinstance(images, Video):
+            if candidates is not None:
+                raise InputError("candidates (zero-shot classes among captions) take an image, not a video: leave "
+                                 "candidates out")
+            batch = self._prepare_video(images, prompt)
+            return self.with_answer(batch, answer) if answer is not None else batch
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         if not image_list:
             raise InputError("no image given: pass at least one image path or PIL image")
@@ -130,6 +138,18 @@ class Subject:
                       prompt_len=prompt_len, conversions=notes)
         return self.with_answer(batch, answer) if answer is not None else batch
 
+    def _prepare_video(self, video: Video, prompt: str) -> Batch:
+        """The batch of one video: ``images`` are its frames, one geometry per frame (see :mod:`mmlens.model.video`)."""
+        self.adapter.require_video()
+        frames, notes = video_frames(video)
+        text = self.adapter.video_prompt_text(prompt)
+        inputs = self.adapter.video_inputs(frames, float(video.fps), text)
+        geometry = self.adapter.video_geometry(inputs, frames, float(video.fps))
+        prompt_len = int(inputs["input_ids"].shape[1])
+        self._check_length(prompt_len, "the prompt with its video tokens")
+        return Batch(inputs=inputs, images=frames, prompt=prompt, text=text, geometry=geometry, prompt_len=prompt_len,
+                     conversions=notes, video_fps=float(video.fps))
+
     def with_answer(self, batch: Batch, answer: str | Sequence[int]) -> Batch:
         """A copy of ``batch`` (prompt only) with ``answer`` appended for teacher forcing."""
         if isinstance(answer, str):
@@ -148,7 +168,8 @@ class Subject:
         inputs = self.adapter.extend_inputs(base, ids)
         return Batch(inputs=inputs, images=batch.images, prompt=batch.prompt, text=batch.text,
                      geometry=batch.geometry, prompt_len=batch.prompt_len, answer=text,
-                     answer_ids=torch.tensor(ids, dtype=torch.long), conversions=batch.conversions)
+                     answer_ids=torch.tensor(ids, dtype=torch.long), conversions=batch.conversions,
+                     video_fps=batch.video_fps)
 
     def _placeholders(self) -> list[str]:
         """Texts of the image / video placeholder tokens (mmlens inserts them; users must not)."""
@@ -237,7 +258,7 @@ class Subject:
 
     @torch.no_grad()
     def generate(
-        self, images: ImageLike | Sequence[ImageLike], prompt: str, max_new_tokens: int = 32,
+        self, images: ImageLike | Sequence[ImageLike] | Video, prompt: str, max_new_tokens: int = 32,
         candidates: Sequence[str] | None = None, **kwargs: Any
     ) -> Generation:
         """Greedy answer to ``prompt`` about ``images``; the result carries the teacher-forced batch.

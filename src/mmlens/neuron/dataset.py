@@ -52,6 +52,7 @@ class TopPatches(SampleStat):
 
     def per_sample(self, subject: Subject, batch: Any) -> dict[str, torch.Tensor]:
         neuron = self.neuron
+        batch.require_sequence_images()  # LM neurons fire on sequence positions; cross-attention keys have none
         with subject.trace() as tr:
             tr.capture(f"lm.blocks.{self.layer}.mlp.act", reduce=lambda h: h[0, :, neuron].float().cpu())
             subject.forward(batch)

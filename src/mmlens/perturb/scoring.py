@@ -62,7 +62,10 @@ def perturbed_inputs(
     if rows == 0:
         raise InputError("no image sets given: pass one list of images per perturbed row")
     _check_sizes(batch, image_sets)
-    out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
+    if batch.is_video:  # one video per row: the frames of the row (same size and count, so the same layout)
+        out = cat_inputs([subject.adapter.video_inputs(list(s), float(batch.video_fps), batch.text) for s in image_sets])
+    else:
+        out = subject.adapter.rows_inputs([list(s) for s in image_sets], [batch.text] * rows)
     inputs = {k: v for k, v in out.items() if k in batch.inputs}
     for key in batch.inputs.keys() - out.keys():  # made beside the processor (a dual encoder's candidates)
         value = batch.inputs[key]

@@ -104,6 +104,24 @@ class Explanation:
         row = self.position_scores[self._index(target)]
         return [(self.tokens[p], float(row[p])) for p in self.text_positions]
 
+    @property
+    def is_video(self) -> bool:
+        """True when ``images`` are the frames of one video (``metadata["video"]``: fps, frame times)."""
+        return bool(self.metadata.get("video"))
+
+    def frame_curve(self, target: TargetKey = None) -> np.ndarray:
+        """Per-frame (per-image) importance: the sum of ``target``'s scores over each frame's tokens."""
+        from mmlens.results.video_strip import frame_curve
+
+        return frame_curve(self, target)
+
+    def save_strip(self, path: str | os.PathLike, target: TargetKey = None) -> Path:
+        """Write a video's frames with their heatmaps side by side and the frame curve under them (PNG)."""
+        from mmlens.results.video_strip import strip_png
+
+        data = strip_png(self, target, dpi=120)
+        return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data), suffixes=(".png",))
+
     # -- plotting -----------------------------------------------------------------------------------------
     def plot(self, target: TargetKey = None, ax: Any = None, image: int | None = None,
              alpha: float = 0.5, cmap: str = "jet") -> Any:

@@ -26,7 +26,14 @@ def plot(ex: Explanation, new_figure: Callable[..., Any], target: TargetKey, ax:
     from mmlens.viz.overlay import overlay
 
     targets = range(len(ex.labels)) if target is None else [ex._index(target)]
-    images = range(len(ex.images)) if image is None else [ex._image(image)]
+    if image is not None:
+        images = [ex._image(image)]
+    elif ex.is_video:  # at most the strip's frames, evenly spaced (a long video would make a huge figure)
+        from mmlens.results.video_strip import shown_frames
+
+        images = shown_frames(len(ex.images))
+    else:
+        images = range(len(ex.images))
     panels = [(t, i) for t in targets for i in images]
     if ax is not None:
         if len(panels) != 1:
@@ -41,7 +48,8 @@ def plot(ex: Explanation, new_figure: Callable[..., Any], target: TargetKey, ax:
     for a, (t, i) in zip(axes, panels):
         mappable = overlay(ex.images[i], ex.pixel_maps[t][i], a, alpha=alpha, cmap=cmap)
         fig.colorbar(mappable, ax=a, fraction=0.046, pad=0.04)
-        title = f"{ex.method}: {ex.labels[t]!r}" + (f" (image {i})" if len(ex.images) > 1 else "")
+        which = "frame" if ex.is_video else "image"
+        title = f"{ex.method}: {ex.labels[t]!r}" + (f" ({which} {i})" if len(ex.images) > 1 else "")
         a.set_title(_no_mathtext(title), fontsize=9)
     for a in axes[len(panels):]:
         a.axis("off")
@@ -66,11 +74,19 @@ def explanation_html(ex: Explanation) -> str:
         cells = "".join(f"<td>{float(ex.position_scores[t, p]):.4g}</td>" for t in range(len(ex.labels)))
         rows.append(f"<tr><td>{esc(ex.tokens[p])}</td>{cells}</tr>")
     model = esc(str(ex.metadata.get("model_id", "")))
+    strips = ""
+    if ex.is_video:
+        from mmlens.results.video_strip import strip_png
+
+        strips = "".join(f'<p>frames over time: {esc(label)}</p><img alt="{esc(ex.method)} frame strip" '
+                         f'src="data:image/png;base64,{base64.b64encode(strip_png(ex, t)).decode("ascii")}"/>'
+                         for t, label in enumerate(ex.labels))
     return (
         '<div class="mmlens-explanation">'
         f"<p><b>{esc(ex.method)}</b> on <code>{model}</code><br>"
         f"prompt: {esc(ex.prompt)}<br>answer: {esc(ex.answer)}</p>"
         f'<img alt="{esc(ex.method)} heatmaps" src="data:image/png;base64,{img}"/>'
+        f"{strips}"
         f"<table><thead><tr><th>prompt token</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         "</div>"
     )

@@ -70,6 +70,9 @@ paligemma (SigLIP 32x32, patch 8, no CLS; ``SiglipImageProcessorPil`` resizes to
     The processor adds 1024 ``<locXXXX>`` + 128 ``<segXXX>`` tokens to the tokenizer, so ``len(tokenizer)``
     (= model vocab) is ~1.2k.
 
+mllama (:mod:`mmlens.testing.tiny_mllama`): no image tokens in the sequence (one ``<|image|>`` text token per
+image); the language model cross-attends to 17 keys per 32 px tile (4 x 4 patches + CLS), 4 tile slots per image.
+
 paligemma2 (a variant in ``VARIANTS``, not ``FAMILIES``: same tower, processor and layout as paligemma)
     Gemma 2 language model as in PaliGemma 2: attention logits soft-capped at 50, final logits at 30, layer 0
     a sliding-window layer (window 8), 4 query heads over 2 key/value heads, eager attention.
@@ -124,13 +127,15 @@ from mmlens.testing.tiny_configs import (
     tiny_prompt_words,
     tiny_tokenizer,
 )
+from mmlens.testing.tiny_mllama import BUILDERS as MLLAMA_BUILDERS
+from mmlens.testing.tiny_mllama import IMAGE_SIZES as MLLAMA_IMAGE_SIZES
 from mmlens.testing.tiny_recent import BUILDERS as RECENT_BUILDERS
 from mmlens.testing.tiny_recent import IMAGE_SIZES as RECENT_IMAGE_SIZES
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
-__all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
+__all__ = ["FAMILIES", "VARIANTS", "tiny_images", "tiny_video", "tiny_model_and_processor", "tiny_prompt", "tiny_prompt_words"]
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS)
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", *RECENT_BUILDERS, *MLLAMA_BUILDERS)
 #: Extra tiny subjects of a registered family with a different language model, built on request only (not
 #: in the family-parametrized suite): "paligemma2" = PaliGemma 2 (Gemma 2 LM: attention logit soft-capping,
 #: sliding-window layers, grouped-query attention); see :func:`_build_paligemma2`.
@@ -144,6 +149,7 @@ _IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
     "paligemma": ((48, 40), (32, 32), (40, 56)),
     "paligemma2": ((48, 40), (32, 32), (40, 56)),
     **RECENT_IMAGE_SIZES,
+    **MLLAMA_IMAGE_SIZES,
 }
 
 def _check_family(family: str) -> None:
@@ -172,6 +178,14 @@ def tiny_images(family: str, n: int = 1, seed: int = 0) -> list[Image.Image]:
         arr += rng.normal(0.0, 8.0, size=arr.shape)
         images.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB"))
     return images
+
+
+def tiny_video(family: str, n_frames: int = 3, fps: float = 2.0, seed: int = 0):
+    """A :class:`~mmlens.Video` of ``n_frames`` different frames of ``family``'s first (non-square) image size."""
+    from mmlens.model.video import Video
+
+    size = _IMAGE_SIZES[family][0]
+    return Video([img.resize(size) for img in tiny_images(family, n_frames, seed=seed)], fps=fps)
 
 
 def tiny_prompt(
@@ -323,6 +337,7 @@ _BUILDERS = {
     "paligemma": _build_paligemma,
     "paligemma2": lambda: _build_paligemma(gemma2=True),
     **RECENT_BUILDERS,
+    **MLLAMA_BUILDERS,
 }
 
 
@@ -337,6 +352,7 @@ def tiny_model_and_processor(family: str, seed: int = 0) -> tuple[PreTrainedMode
         model, processor = _BUILDERS[family]()
     tok = processor.tokenizer
     eos = [tok.eos_token_id]
-    if "<|im_end|>" in tok.get_vocab():  # chat templates that end a turn with <|im_end|> stop there
-        eos.append(tok.convert_tokens_to_ids("<|im_end|>"))
+    for end in ("<|im_end|>", "<|eot_id|>"):  # chat templates that end a turn with this token stop there
+        if end in tok.get_vocab():
+            eos.append(tok.convert_tokens_to_ids(end))
     return finish_model(model, tok, eos), processor

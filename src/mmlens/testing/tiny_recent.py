@@ -9,6 +9,10 @@ more than one tile's worth of features are bilinearly shrunk, as ``anyres_max_9`
     - 40x80 -> 2x1 tiles -> 8x4 (ratio sqrt(2) > 1.1: shrunk to 5x2) -> 16 + 5*3 = 31.
     The processor is :func:`mmlens.adapters.image_only.image_only_processor` of ``LlavaOnevisionProcessor``.
 
+llava_next_video (LLaVA-NeXT's CLIP 32 px / patch 8 tower, pinpoints and image layout: 34, 56, 70 tokens for the
+three sizes; videos: each frame shortest edge 32 + centre crop 32, 4x4 patches average-pooled to 2x2 = 4 tokens per
+frame, no newline). The processor is :class:`mmlens.adapters.llava_next_video.ImageOnlyLlavaNextVideoProcessor`.
+
 gemma3 (SigLIP 48 px / patch 8 = 6x6 patches, average-pooled 2x2 to ``mm_tokens_per_image=9`` = 3x3 tokens;
 Gemma 3 LM: layer 0 sliding window 8, 4 query / 2 kv heads, bidirectional attention inside each image block)
     Pan & scan on (min crop 16 px, at most 3 crops, from aspect 1.2): 80x40 -> whole image + 2 crops = 27 tokens,
@@ -27,6 +31,8 @@ smolvlm: the same sizes, layout and token counts as idefics3, with SmolVLM's cla
 qwen3_vl (``Qwen2VLImageProcessorPil`` with 16 px patches, merge 2: images resized to multiples of 32 px; vision
 tower with learned 4x4 position embeddings (interpolated), DeepStack from vision block 0 into LM block 0)
     96x64 -> grid_thw (1, 4, 6) -> 2x3 = 6 tokens; 64x128 -> (1, 8, 4) -> 4x2 = 8; 64x64 -> 2x2 = 4.
+    Videos: at most 32*32*64 pixels for all frames together (Qwen3-VL's video budget), so 3-4 frames of 96x64 keep
+    their size: grid_thw (2, 4, 6), 2x3 tokens per pair of frames.
 
 internvl (InternVL vision 32 px / patch 8 + CLS (dropped), pixel shuffle 0.5 -> 2x2 = 4 tokens per tile; Qwen2 LM;
 ``GotOcr2ImageProcessorPil`` tiles of 32 px, 1..4 tiles, thumbnail when more than one)
@@ -53,6 +59,9 @@ from transformers import (
     InternVLForConditionalGeneration,
     InternVLProcessor,
     InternVLVisionConfig,
+    LlavaNextImageProcessorPil,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
@@ -69,6 +78,7 @@ from transformers import (
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from mmlens.adapters.image_only import image_only_processor
+from mmlens.adapters.llava_next_video import ImageOnlyLlavaNextVideoProcessor
 from mmlens.adapters.smolvlm import ImageOnlySmolVLMProcessor
 from mmlens.testing.tiny_configs import (
     HEADS,
@@ -76,6 +86,7 @@ from mmlens.testing.tiny_configs import (
     LAYERS,
     QWEN_CHAT_TEMPLATE,
     QWEN_SPECIALS,
+    clip_vision_config,
     llama_config,
     special_ids,
     tiny_tokenizer,
@@ -83,6 +94,7 @@ from mmlens.testing.tiny_configs import (
 from mmlens.testing.word_tokenizer import LLAVA_CHAT_TEMPLATE
 
 IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
+    "llava_next_video": ((80, 24), (40, 80), (72, 56)),
     "llava_onevision": ((80, 24), (40, 80), (72, 56)),
     "gemma3": ((80, 40), (40, 100), (48, 48)),
     "idefics3": ((80, 40), (40, 100), (48, 48)),
@@ -92,6 +104,11 @@ IMAGE_SIZES: dict[str, tuple[tuple[int, int], ...]] = {  # PIL (width, height)
 }
 
 _PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+#: LLaVA's template with a video slot (``<video>``), as LLaVA-OneVision's / LLaVA-NeXT-Video's real templates have
+LLAVA_VIDEO_CHAT_TEMPLATE = LLAVA_CHAT_TEMPLATE.replace(
+    "{% if item['type'] == 'image' %}<image>\n{% endif %}",
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'video' %}<video>\n{% endif %}")
+assert LLAVA_VIDEO_CHAT_TEMPLATE != LLAVA_CHAT_TEMPLATE
 
 
 def siglip_config(image_size: int = 32, patch_size: int = 8, **extra) -> SiglipVisionConfig:
@@ -102,18 +119,36 @@ def siglip_config(image_size: int = 32, patch_size: int = 8, **extra) -> SiglipV
 
 def build_llava_onevision():
     tok = tiny_tokenizer(("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"},
-                         LLAVA_CHAT_TEMPLATE)
+                         LLAVA_VIDEO_CHAT_TEMPLATE)
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
                                                       image_grid_pinpoints=_PINPOINTS)
     processor = image_only_processor(LlavaOnevisionProcessor)(
         image_processor=image_processor, tokenizer=tok, num_image_tokens=16, vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_1", chat_template=LLAVA_CHAT_TEMPLATE)
+        vision_aspect_ratio="anyres_max_1", chat_template=LLAVA_VIDEO_CHAT_TEMPLATE)
     text = llama_config(tok).to_dict() | {"model_type": "qwen2"}
     config = LlavaOnevisionConfig(vision_config=siglip_config(), text_config=text, image_token_index=tok.image_token_id,
                                   video_token_index=tok.video_token_id, vision_feature_select_strategy="full",
                                   vision_feature_layer=-1, vision_aspect_ratio="anyres_max_1",
                                   image_grid_pinpoints=_PINPOINTS)
     return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def build_llava_next_video():
+    """LLaVA-NeXT's tiny CLIP tower + Llama with LLaVA-NeXT-Video's classes: images as LLaVA-NeXT, video frames
+    resized / centre-cropped to 32 px, 4x4 patches average-pooled to 2x2 = 4 tokens per frame."""
+    tok = tiny_tokenizer(("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"},
+                         LLAVA_VIDEO_CHAT_TEMPLATE)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=_PINPOINTS)
+    processor = ImageOnlyLlavaNextVideoProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_VIDEO_CHAT_TEMPLATE)
+    config = LlavaNextVideoConfig(vision_config=clip_vision_config(), text_config=llama_config(tok),
+                                  image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+                                  vision_feature_select_strategy="default", vision_feature_layer=-2,
+                                  image_grid_pinpoints=_PINPOINTS, spatial_pool_mode="average", spatial_pool_stride=2,
+                                  image_seq_length=16, video_seq_length=4)
+    return LlavaNextVideoForConditionalGeneration(config), processor
 
 
 GEMMA3_CHAT_TEMPLATE = (
@@ -186,6 +221,8 @@ def build_qwen3_vl():
                                                temporal_patch_size=2)
     processor = image_only_processor(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                                        chat_template=QWEN_CHAT_TEMPLATE)
+    # video pixel bounds (for all frames together), as a saved video_preprocessor_config.json would give them
+    processor._mmlens_video_settings = {"size": {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}}
     text = {"vocab_size": len(tok), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
             "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
             "head_dim": HIDDEN // HEADS, "max_position_embeddings": 512,
@@ -223,6 +260,7 @@ def build_internvl():
 
 
 BUILDERS = {
+    "llava_next_video": build_llava_next_video,
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
     "idefics3": build_idefics3,

@@ -3,7 +3,8 @@
 Images: a file over :data:`MAX_IMAGE_BYTES`, or an image (file, PIL image or array) that declares more than
 :data:`MAX_IMAGE_PIXELS` pixels, is refused before its pixels are decoded (decompression bombs); an image over
 :data:`SOFT_IMAGE_PIXELS` is downscaled (aspect kept) to at most that many pixels, with a conversion note.
-Animated images: the first frame is used (with a note). Prompts: at most :data:`MAX_PROMPT_CHARS` characters,
+Animated images: the first frame is used (with a note). Videos (:class:`mmlens.Video`): 1 to
+:data:`MAX_VIDEO_FRAMES` frames of one size, each checked as an image. Prompts: at most :data:`MAX_PROMPT_CHARS` characters,
 and the prompt + answer tokens must fit the model's context length. Option values: :data:`OPTION_RANGES`.
 """
 
@@ -18,6 +19,7 @@ MAX_IMAGE_PIXELS = 100_000_000         # refused above this (e.g. 10000 x 10000)
 SOFT_IMAGE_PIXELS = 4096 * 4096        # downscaled above this (no model reads more; maps stay small)
 MAX_PROMPT_CHARS = 100_000             # checked before tokenising
 MAX_SAMPLES = 1_000_000                # benchmark --n
+MAX_VIDEO_FRAMES = 256                 # frames of one video (each frame costs a vision-tower pass)
 
 #: Inclusive integer ranges of method options that size the work (memory or time grows with them).
 OPTION_RANGES: dict[str, tuple[int, int]] = {

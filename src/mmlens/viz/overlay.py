@@ -8,11 +8,13 @@ import numpy as np
 from PIL import Image
 
 
-def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: float = 0.6, cmap: str = "jet") -> Any:
+def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: float = 0.6, cmap: str = "jet",
+            scale: tuple[float, float] | None = None) -> Any:
     """Draw ``image`` on matplotlib axes ``ax`` with ``heat`` (``(H, W)``, same size) blended on top,
     more opaque where the score is high.
 
-    The colour scale spans ``heat``'s own range; returns the heat layer (pass it to ``fig.colorbar``).
+    The colour scale spans ``heat``'s own range, or ``scale = (low, high)`` (one scale for several panels, e.g.
+    a video's frames); returns the heat layer (pass it to ``fig.colorbar``).
 
     >>> from matplotlib.figure import Figure
     >>> ax = Figure().subplots()
@@ -26,6 +28,8 @@ def overlay(image: Image.Image | np.ndarray, heat: np.ndarray, ax: Any, alpha: f
         raise ValueError(f"heatmap {heat.shape} and image {pixels.shape[:2]} differ in size")
     finite = heat[np.isfinite(heat)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if scale is not None:
+        lo, hi = float(scale[0]), float(scale[1])
     if hi <= lo:
         hi = lo + 1e-12
     ax.imshow(pixels)

@@ -21,7 +21,7 @@ def run(ctx: Context, s: Session, word: str) -> Any:
 def table_html(s: Session, lens: Any) -> str:
     """Text positions only (image tokens are shown as the image map); the cell text is the layer's top word."""
     positions = lens.extras["positions"]
-    image = set(s.batch.image_positions().tolist())
+    image = set() if s.batch.in_key_space else set(s.batch.image_positions().tolist())  # keys: not in the table
     cols = [j for j, p in enumerate(positions) if p not in image]
     values = lens.values.float().numpy()[:, cols]
     topk = lens.extras["topk"]
@@ -44,6 +44,9 @@ def summary_html(s: Session, lens: Any) -> str:
 
 
 def image_map_html(s: Session, lens: Any, layer: int) -> str:
+    if s.batch.in_key_space:
+        return message("this model's images enter through cross-attention keys, not the sequence: the lens has no "
+                       "image rows to map", "info")
     n = lens.values.shape[0]
     layer = int(np.clip(layer, 0, n - 1))
     m = lens.image_map(s.batch, image=0, layer=layer)
