@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
-from benchmarks.common import MID_MODELS, image, median_time, mid_llava, mid_model, peak_memory_mb
+from benchmarks.common import MID_MODELS, image, median_time, mid_llava, mid_model, peak_memory_mb, run_fresh
 
 MODES = ("forward", "attention", "forward_backward", "relevancy", "attention_x_gradient", "input_x_gradient",
          "ig_mmlens", "ig_captum", "ig_embeds")
@@ -189,10 +187,7 @@ def main() -> None:
     for length in lengths:
         results = {}
         for mode in [m for m in MODES if m in args.modes.split(",")]:
-            cmd = [sys.executable, "-m", "benchmarks.attribution_cost", "--one", mode, *sys.argv[1:],
-                   "--answer-len", str(length)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results[mode] = json.loads(out)
+            results[mode] = run_fresh("benchmarks.attribution_cost", mode, "--answer-len", str(length))
             r = results[mode]
             print(f"[{length:3d} tokens] {mode:21s} {r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB", flush=True)
         args.answer_len = length

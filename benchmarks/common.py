@@ -3,7 +3,10 @@ Gemma 3 for issue 16), and timers."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -222,3 +225,11 @@ def peak_memory_mb(fn: Callable[[], object], device: str = "cpu") -> float:
     base = _status_kb("VmRSS")
     fn()
     return (_status_kb("VmHWM") - base) / 1024
+
+
+def run_fresh(module: str, mode: str, *extra: str) -> dict:
+    """Run ``python -m module --one mode`` with this process's arguments (+ ``extra``) in a fresh process, so
+    its peak memory is one job alone; the JSON its last output line holds."""
+    cmd = [sys.executable, "-m", module, "--one", mode, *sys.argv[1:], *extra]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import torch
 
 from benchmarks.attribution_cost import answer_words
-from benchmarks.common import image, median_time, mid_llava, peak_memory_mb
+from benchmarks.common import image, median_time, mid_llava, peak_memory_mb, run_fresh
 from benchmarks.peer_rules import answer_targets, chefer_rows, lvlm_interpret_maps
 
 MODES = ("forward_backward", "mmlens", "chefer", "lvlm_interpret")
@@ -122,9 +120,7 @@ def main() -> None:
         return
     started, results = time.time(), {}
     for mode in [m for m in MODES if m in args.modes.split(",")]:
-        cmd = [sys.executable, "-m", "benchmarks.peer_cost", "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        results[mode] = r = json.loads(out)
+        results[mode] = r = run_fresh("benchmarks.peer_cost", mode)
         print(f"{mode:17s} {r['seconds']:9.3f}s  peak +{r['peak_mb']:8.1f} MB", flush=True)
     report(results, args)
     print(f"(total {time.time() - started:.0f}s)")
