@@ -44,9 +44,9 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     if args.family == "llava":
         subject = mid_llava(args.layers, args.hidden, args.image_size, device=args.device, heads=args.heads,
-                            tiles=args.tiles)
-    elif args.heads or args.tiles:
-        raise SystemExit("--heads / --tiles are options of the llava family's model")
+                            tiles=args.tiles, dtype=getattr(torch, args.dtype))
+    elif args.heads or args.tiles or args.dtype != "float32":
+        raise SystemExit("--heads / --tiles / --dtype are options of the llava family's model")
     else:
         subject = mid_model(args.family, args.layers, args.hidden, args.image_size, device=args.device)
     answer = answer_words(args.answer_len)
@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per measuring process")
     ap.add_argument("--target-batch", type=int, default=None, help="target_batch for the gradient methods")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="model weights' dtype (bfloat16 for the GPU measurement of issue 18)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -26,6 +26,7 @@ import torch
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode, input_point
 from mmlens.errors import InputError
+from mmlens.hooks.attention import graph_tensor
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
 from mmlens.model.targets import Target, check_objective
@@ -95,15 +96,16 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
 
     def capture(layer: int) -> Callable[[torch.Tensor], None]:
         def reduce(w: torch.Tensor) -> None:
-            if not w.requires_grad:
+            used = graph_tensor(w)
+            if not used.requires_grad:
                 raise RuntimeError(f"layer {layer}'s attention probabilities are not in the autograd graph")
             a = w.detach()[0]
 
             def on_backward(g: torch.Tensor) -> None:
                 reached.append(layer)
-                carry.layer(layer, a, g[0])
+                carry.layer(layer, a, g[0].float())
 
-            w.register_hook(on_backward)
+            used.register_hook(on_backward)
 
         return reduce
 

@@ -43,6 +43,7 @@ from mmlens.attribution.relevancy import _CrossRelevancy, row_seeds
 from mmlens.attribution.tower_pass import block_geometry, reaches, tower_forward, tower_output
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
+from mmlens.hooks.attention import graph_tensor
 from mmlens.hooks.points import HookPoint
 from mmlens.hooks.views import RowOrder
 from mmlens.model.batch import Batch
@@ -149,11 +150,12 @@ class _TowerRelevancy(Carry):
 def _hook(fn: Callable[[int, torch.Tensor, torch.Tensor], None], layer: int, batch_axis: bool,
           seen: dict[tuple[str, int], Any], kind: str) -> Callable[[torch.Tensor], None]:
     def reduce(w: torch.Tensor) -> None:
-        if not w.requires_grad:
+        used = graph_tensor(w)
+        if not used.requires_grad:
             raise RuntimeError(f"{kind} layer {layer}'s attention probabilities are not in the autograd graph")
-        seen[kind, layer] = w
+        seen[kind, layer] = used
         a = w.detach()[0] if batch_axis else w.detach()
-        w.register_hook(lambda g: fn(layer, a, g[0] if batch_axis else g))
+        used.register_hook(lambda g: fn(layer, a, (g[0] if batch_axis else g).float()))
 
     return reduce
 
@@ -230,9 +232,10 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
         def reduce(w: torch.Tensor) -> None:
             index = len(carry.chunks.setdefault(layer, []))
             carry.chunks[layer].append(int(w.shape[-1]))
-            seen.setdefault(("vision", layer), []).append(w)
+            used = graph_tensor(w)
+            seen.setdefault(("vision", layer), []).append(used)
             a = w.detach()
-            w.register_hook(lambda g: carry.vision_chunk(layer, index, a, g))
+            used.register_hook(lambda g: carry.vision_chunk(layer, index, a, g.float()))
 
         return reduce
 

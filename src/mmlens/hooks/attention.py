@@ -265,19 +265,27 @@ def _apply_edits(tap: AttentionTap, call: AttentionCall) -> torch.Tensor | None:
 def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
     """Float32 probabilities of ``rows`` (absolute positions) in this call, or None if it has none of them.
 
-    All rows of an implementation that returned its weights: those very weights (in the autograd graph),
-    with the exact float32 values swapped in when the model runs in lower precision.
+    All rows of an implementation that returned its weights: those very weights (in the autograd graph). When
+    the model runs in lower precision: their exact float32 values, and :func:`graph_tensor` gives the weights the
+    forward used (whose gradient is this map's gradient: a tensor derived from them would get none).
     """
     local = call.local_rows(rows)
     if local is None:
         return None
     if rows is None and weights is not None and weights.shape[2] == call.query.shape[2]:
-        p = weights if weights.dtype == torch.float32 else weights.float()
+        p = weights
         if weights.dtype != torch.float32:
-            p = p + (call.probs(local) - p).detach()  # exact values, gradient of the weights the forward used
+            p = call.probs(local).detach()
+            p._mmlens_graph = weights  # type: ignore[attr-defined]
     else:
         p = call.probs(local)
     return call.absolute_keys(p)
+
+
+def graph_tensor(p: torch.Tensor) -> torch.Tensor:
+    """The tensor of the autograd graph behind probabilities ``p`` from :func:`captured_probs` (``p`` itself in
+    float32; in lower precision the weights the forward used): register gradient hooks on this one."""
+    return getattr(p, "_mmlens_graph", p)
 
 
 def mmlens_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
