@@ -266,7 +266,7 @@ def _cross_relevancy(subject: Subject, batch: Batch, targets: list[Target], obje
              for i in range(subject.n_layers)]
     rows, _ = target_rows(targets, batch)
     seeds, counts = row_seeds(targets, batch)
-    carry = _CrossRelevancy(kinds, n, k, seeds.shape[1])
+    carry = CrossRelevancy(kinds, n, k, seeds.shape[1])
     out = attention_gradients(subject, batch, targets, list(range(subject.n_layers)), carry, seeds, objective,
                               target_batch, kind="any", emit_at="lm.blocks.0.resid_pre")  # (T, R, N + K)
     scores = torch.stack([out[t, :c].mean(0) for t, c in enumerate(counts)])
@@ -281,7 +281,7 @@ def _residual_normalised(r: torch.Tensor) -> torch.Tensor:
     return hat / torch.where(total > 0, total, torch.ones_like(total)) + eye
 
 
-class _CrossRelevancy(AttentionCarry):
+class CrossRelevancy(AttentionCarry):
     """:func:`_cross_relevancy`'s recursion: the layers' ``B`` are kept as backward delivers them (text x text and
     text x keys: no image tokens in the sequence, so small), and folded first to last at the end."""
 

@@ -39,7 +39,7 @@ import torch
 from mmlens.attribution.batched import Carry, carried_backward, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
-from mmlens.attribution.relevancy import _CrossRelevancy, row_seeds
+from mmlens.attribution.relevancy import CrossRelevancy, row_seeds
 from mmlens.attribution.tower_pass import block_geometry, reaches, tower_forward, tower_output
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -62,7 +62,7 @@ class _TowerRelevancy(Carry):
     rule's layers kept and folded first to last), then ``v`` (the LM image-token or key relevance split over the
     tower rows, or the CLS seed) folded through the tower blocks, last first."""
 
-    def __init__(self, n_lm: int, dual: bool, cross: _CrossRelevancy | None = None) -> None:
+    def __init__(self, n_lm: int, dual: bool, cross: CrossRelevancy | None = None) -> None:
         self.n_lm, self.dual, self.cross = n_lm, dual, cross  # cross: the LM part over cross-attention keys
         #: chunked towers: each layer's chunk sizes in call order, and held row i = canonical row ``perm[i]``
         self.chunks: dict[int, list[int]] = {}
@@ -195,7 +195,7 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
                  else f"lm.blocks.{i}.xattn.weights" for i in range(n_lm)]
     cross = None
     if batch.in_key_space:
-        cross = _CrossRelevancy([p.split(".")[3] for p in lm_points], batch.seq_len,
+        cross = CrossRelevancy([p.split(".")[3] for p in lm_points], batch.seq_len,
                                 int(batch.key_positions().max()) + 1, row_seeds(targets, batch)[0].shape[1])
     carry = _TowerRelevancy(n_lm, dual, cross)
     if dual:
