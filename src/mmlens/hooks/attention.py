@@ -273,13 +273,13 @@ def captured_probs(call: AttentionCall, weights: torch.Tensor | None, rows: torc
     if local is None:
         return None
     if rows is None and weights is not None and weights.shape[2] == call.query.shape[2]:
-        p = weights
-        if weights.dtype != torch.float32:
-            p = call.probs(local).detach()
+        if weights.dtype == torch.float32:
+            return call.absolute_keys(weights)
+        p = call.absolute_keys(call.probs(local).detach())
+        if p.shape == weights.shape:  # (keys at absolute positions: the gradient lines up with the weights')
             p._mmlens_graph = weights  # type: ignore[attr-defined]
-    else:
-        p = call.probs(local)
-    return call.absolute_keys(p)
+        return p
+    return call.absolute_keys(call.probs(local))
 
 
 def graph_tensor(p: torch.Tensor) -> torch.Tensor:
