@@ -231,3 +231,19 @@ def test_feature_cache_reuses_only_the_same_pixels_and_is_removed_also_on_errors
             raise RuntimeError("boom")
     assert count_hooks(subject.model) == 0
     assert "get_image_features" not in subject.adapter.parts().image_features.__dict__
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_embeddings_stop_at_the_input_point(family):
+    """The embeddings the gradient methods start from: the forward stops where they are made (the language model
+    does not run), bit-identical to a full traced forward's capture, and no hook is left."""
+    from mmlens.attribution.gradient import input_point
+    from mmlens.hooks.tracing import count_hooks
+
+    subject = subject_for(family)
+    batch = subject.prepare(tiny_images(family, 1)[0], "what color?", answer="red")
+    with torch.no_grad(), subject.trace() as tr:
+        tr.capture(input_point(subject))
+        subject.forward(batch)
+    assert torch.equal(input_embeddings(subject, batch), tr[input_point(subject)])
+    assert count_hooks(subject.model) == 0

@@ -41,13 +41,29 @@ MODALITIES = ("image", "text", "both")
 # -- Captum on a function of the embeddings ---------------------------------------------------------------------
 
 
+class _Reached(Exception):
+    """Raised inside the forward once the input point is reached: the rest of the model need not run."""
+
+
 def input_embeddings(subject: Subject, batch: Batch) -> torch.Tensor:
-    """The input embeddings ``(1, N, D)`` of ``batch`` (detached; see :func:`~mmlens.attribution.gradient.input_point`)."""
-    point = input_point(subject)
-    with torch.no_grad(), subject.trace() as tr:
-        tr.capture(point)
-        subject.forward(batch)
-    return tr[point]
+    """The input embeddings ``(1, N, D)`` of ``batch`` (detached; see :func:`~mmlens.attribution.gradient.input_point`).
+
+    The forward stops at the input point (the language model does not run)."""
+    got: list[torch.Tensor] = []
+
+    def stop(t: torch.Tensor) -> torch.Tensor:
+        got.append(t.detach())
+        raise _Reached
+
+    try:
+        with torch.no_grad(), subject.trace() as tr:
+            tr.edit(input_point(subject), stop)
+            subject.forward(batch)
+    except _Reached:
+        pass
+    if not got:
+        raise RuntimeError(f"the forward never reached {input_point(subject)!r}")
+    return got[0]
 
 
 def attributed_positions(batch: Batch, modality: str) -> torch.Tensor:
