@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from mmlens.cli_runs import AddressOpt, EngineOpt, GpusOpt, ModelOpt, ReplicasOpt, _engine_args
+from mmlens.cli_runs import AddressOpt, EngineOpt, GpusOpt, ModelOpt, ReplicasOpt, check_run_args
 
 stats_app = typer.Typer(no_args_is_help=True, help="Dataset statistics (neurons, heads, pruning) as resumable runs")
 
@@ -28,17 +28,7 @@ StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable r
 def _common(model: str, data: str | None, n: int | None, seed: int, out: Path, shard_size: int, strict: bool,
             engine: str, address: str | None, replicas: int, gpus: float) -> dict[str, Any]:
     """The shared options, checked before the model loads."""
-    from mmlens.runs.sources import open_source
-    from mmlens.util.io import check_output_folder
-    from mmlens.util.limits import MAX_SAMPLES
-    from mmlens.util.options import check_int
-
-    if n is not None:
-        check_int("--n", n, 1, MAX_SAMPLES)
-    check_output_folder(out, "--out")
-    _engine_args(engine, address, replicas, gpus)
-    if data is not None:
-        open_source(data, n=n)  # a missing or unreadable dataset fails before the model loads
+    check_run_args(out, n, data, engine, address, replicas, gpus)
     return {"model": model, "out": out, "data": data, "n": n, "seed": seed, "shard_size": shard_size,
             "strict": strict, "engine": engine, "show_progress": sys.stderr.isatty(),
             **({"address": address, "replicas": replicas, "gpus_per_replica": gpus} if engine == "ray" else {})}

@@ -39,6 +39,22 @@ def _engine_args(engine: str, address: str | None, replicas: int, gpus: float) -
     return []
 
 
+def check_run_args(out: Path, n: int | None, data: str | Path | None, engine: str, address: str | None,
+                   replicas: int, gpus: float) -> None:
+    """A dataset run's options, checked before the model loads (a missing or unreadable dataset fails here)."""
+    from mmlens.runs.sources import open_source
+    from mmlens.util.io import check_output_folder
+    from mmlens.util.limits import MAX_SAMPLES
+    from mmlens.util.options import check_int
+
+    if n is not None:
+        check_int("--n", n, 1, MAX_SAMPLES)
+    check_output_folder(out, "--out")
+    _engine_args(engine, address, replicas, gpus)
+    if data is not None:
+        open_source(data, n=n)
+
+
 def benchmark_cmd(
     model: str = ModelOpt,
     methods: str = typer.Option("all", "--methods", help="'all' or comma-separated attribution methods, each optionally with options, e.g. all,occlusion:regions=slic"),
@@ -147,17 +163,7 @@ def explain_dataset_cmd(
     """Explain every sample of a dataset (resumable: re-run the same command after a crash)."""
     from mmlens.cli import _option
     from mmlens.runs.explain_job import INDEX, SHEET, explain_dataset
-    from mmlens.runs.sources import open_source
-    from mmlens.util.io import check_output_folder
-    from mmlens.util.limits import MAX_SAMPLES
-    from mmlens.util.options import check_int
-
-    if n is not None:
-        check_int("--n", n, 1, MAX_SAMPLES)
-    check_output_folder(out, "--out")
-    _engine_args(engine, address, replicas, gpus_per_replica)
-    if data is not None:
-        open_source(data, n=n)  # a missing or unreadable dataset fails before the model loads
+    check_run_args(out, n, data, engine, address, replicas, gpus_per_replica)
     options: dict[str, Any] = dict(_option(o) for o in option)
     run = explain_dataset(model, data, method, out, n=n if n is not None or data is not None else 100, seed=seed,
                           target=target, answer=answer, options=options, sheet=sheet, strict=strict,
