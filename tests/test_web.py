@@ -94,8 +94,19 @@ def generate(pg, prompt: str | None = None, forced: str | None = None) -> None:
         pg.fill("#prompt textarea", prompt)
     if forced is not None:
         pg.get_by_text("teacher-force an answer (optional)").click()
-        pg.fill("#forced textarea", forced)
+        fill_settled(pg, "#forced textarea", forced)
     click_and_wait(pg, "#generate", "ask-msg")
+
+
+def fill_settled(pg, selector: str, value: str, tries: int = 5) -> None:
+    """Fill a textbox inside an accordion that has just opened. Gradio may mount the accordion's content again
+    while it opens, which drops a value filled too early (CI saw the default used); refill until it holds."""
+    for _ in range(tries):
+        pg.fill(selector, value)
+        pg.wait_for_timeout(250)
+        if pg.input_value(selector) == value:
+            return
+    raise AssertionError(f"{selector} did not keep {value!r}")
 
 
 def click_and_wait(pg, button: str, msg: str) -> None:
@@ -264,7 +275,7 @@ def test_bad_inputs_give_one_message_and_server_keeps_serving(page, lm, server, 
 
     page.fill("#target textarea", "answer")
     page.get_by_text("options", exact=True).click()
-    page.fill("#opt-attention-aggregate textarea", "bogus")
+    fill_settled(page, "#opt-attention-aggregate textarea", "bogus")
     explain(page)
     assert "bogus" in message(page, "explain-msg")
     assert mmlens.count_hooks(lm.model) == 0
