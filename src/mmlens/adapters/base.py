@@ -6,6 +6,7 @@ plus a tiny-model parity / geometry test.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -170,9 +171,15 @@ class Adapter:
         """Row of ``model.get_input_embeddings()`` that embeds tokenizer id ``token_id``."""
         return int(token_id)
 
-    def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """Logits ``(B, seq, V)`` of one forward over prepared ``inputs`` (on the model's device)."""
-        return self.model(**inputs, use_cache=False).logits
+    def joint_logits(self, inputs: dict[str, Any], tail: int | None = None) -> torch.Tensor:
+        """Logits ``(B, seq, V)`` of one forward over prepared ``inputs`` (on the model's device); with ``tail=K``
+        those of the last ``K`` positions, ``(B, K, V)``: the LM head then runs on those alone (transformers'
+        ``logits_to_keep``), which saves its share of the time and the ``seq x V`` logits' memory."""
+        if tail is None:
+            return self.model(**inputs, use_cache=False).logits
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            return self.model(**inputs, use_cache=False, logits_to_keep=tail).logits
+        return self.model(**inputs, use_cache=False).logits[:, -tail:]
 
     def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
         """Token ids of ``answer`` as they follow the prompt (tokenizers that merge across the seam are

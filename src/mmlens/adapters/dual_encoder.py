@@ -195,9 +195,10 @@ class DualEncoderAdapter(Adapter):
         bias = getattr(self.model, "logit_bias", None)
         return out + bias if bias is not None else out
 
-    def joint_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+    def joint_logits(self, inputs: dict[str, Any], tail: int | None = None) -> torch.Tensor:
         """``(B, seq, 2)`` logits of the joint sequence: ``[r, s]`` at the last caption position, 0 elsewhere;
         with candidates ``(B, seq, 2 + K)``: ``[-inf, s, s_1 .. s_K]`` there (:meth:`with_candidates`).
+        ``tail`` is ignored: these logits are cheap and always cover the whole sequence.
 
         Both towers run from the joint input embeddings (``joint.embed``, see
         :mod:`mmlens.adapters.joint_embedding`); an edit there that makes ``k`` rows of a one-row batch

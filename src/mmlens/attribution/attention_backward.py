@@ -29,7 +29,7 @@ from mmlens.errors import InputError
 from mmlens.hooks.attention import graph_tensor
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective
+from mmlens.model.targets import Target, check_objective, targets_tail
 from mmlens.util.options import check_int
 
 
@@ -141,7 +141,7 @@ def attention_gradients(subject: Subject, batch: Batch, targets: list[Target], l
                     tr.capture_attention(name, rows=None, reduce=capture(layer), detach=False)
                 else:
                     tr.recompute_attention(name, chunk, *read_rows(layer))
-            logits = subject.forward(batch)
+            logits = subject.forward(batch, tail=targets_tail(targets, batch))
         parts = list(chunks(len(targets), size))
         for c, part in enumerate(parts):
             reached.clear()

@@ -31,7 +31,7 @@ from mmlens.model.batch import Batch, repeat_inputs
 from mmlens.model.feature_cache import cached_image_features
 from mmlens.model.images import blurred
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective, foil_batch
+from mmlens.model.targets import Target, check_objective, foil_batch, targets_tail
 from mmlens.util.options import check_choice, check_float, check_int
 
 BASELINES = ("black", "blur", "noise", "zero")
@@ -83,10 +83,12 @@ def attributed_positions(batch: Batch, modality: str) -> torch.Tensor:
     return torch.cat([image, text]).sort().values
 
 
-def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor,
+                     tail: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``g(emb) -> logits (k, seq, V)`` when the LM input embeddings at ``positions`` are ``emb``
     (``(k, len(positions), D)``; the other positions keep ``batch``'s embeddings). The ``k`` rows run as one
-    batch of ``k`` through the language model (the vision tower runs once per call)."""
+    batch of ``k`` through the language model (the vision tower runs once per call). ``tail``: logits of the
+    last ``tail`` positions only (see :meth:`~mmlens.model.subject.Subject.forward`)."""
     pos = torch.as_tensor(positions, dtype=torch.long)
 
     def g(emb: torch.Tensor) -> torch.Tensor:
@@ -101,7 +103,7 @@ def embedding_logits(subject: Subject, batch: Batch, positions: torch.Tensor) ->
 
         with subject.trace() as tr:
             tr.edit(input_point(subject), put)
-            return subject.forward(rows)
+            return subject.forward(rows, tail=tail)
 
     return g
 
@@ -117,10 +119,10 @@ def embedding_function(
     >>> f = embedding_function(lm, batch, target, batch.image_positions())      # doctest: +SKIP
     >>> IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x))      # doctest: +SKIP
     """
-    logits = embedding_logits(subject, batch, positions)
+    logits = embedding_logits(subject, batch, positions, target.tail(batch))
     if not target.needs_foil_forward:
         return lambda emb: target.value(logits(emb), batch, objective)
-    foil = embedding_logits(subject, foil_batch(subject, batch, target), positions)
+    foil = embedding_logits(subject, foil_batch(subject, batch, target), positions, target.foil_tail)
     return lambda emb: target.value(logits(emb), batch, objective, foil(emb))
 
 
@@ -226,7 +228,7 @@ def _batch_size(value: Any) -> int:
 def foil_logits(subject: Subject, batch: Batch, targets: list[Target],
                 positions: torch.Tensor) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
     """``{t: logits function of the embeddings}`` for the targets whose contrast foil needs its own forward."""
-    return {t: embedding_logits(subject, foil_batch(subject, batch, target), positions)
+    return {t: embedding_logits(subject, foil_batch(subject, batch, target), positions, target.foil_tail)
             for t, target in enumerate(targets) if target.needs_foil_forward}
 
 
@@ -240,7 +242,7 @@ def path_gradients(subject: Subject, batch: Batch, targets: list[Target], positi
     ``(len(part), k, P, D)`` of targets ``part`` (each row's target value w.r.t. that row)."""
     size = resolve_target_batch(target_batch, subject, batch, rows_per_target)
     parts = list(chunks(len(targets), size))
-    logits_of = embedding_logits(subject, batch, positions)
+    logits_of = embedding_logits(subject, batch, positions, targets_tail(targets, batch))
     with gradient_mode(subject):
         for i, emb in enumerate(rows):
             emb = emb.detach().requires_grad_(True)
@@ -322,7 +324,7 @@ def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target],
     path_gradients(subject, batch, targets, positions, rows, fold, foils, objective, target_batch, min(ibs, steps))
     with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
         ends_in = torch.cat([x, base])
-        end_logits = embedding_logits(subject, batch, positions)(ends_in)
+        end_logits = embedding_logits(subject, batch, positions, targets_tail(targets, batch))(ends_in)
         ends = torch.stack([t.value(end_logits, batch, objective, foils[i](ends_in) if i in foils else None)
                             for i, t in enumerate(targets)], dim=1).double()  # (2, T)
     scores = torch.zeros(len(targets), full.shape[1])

@@ -35,7 +35,7 @@ from mmlens.errors import UnsupportedModelError
 from mmlens.model.batch import Batch
 from mmlens.model.feature_cache import cached_image_features
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective, foil_batch
+from mmlens.model.targets import Target, check_objective, foil_batch, targets_tail
 
 INPUT = "lm.blocks.0.resid_pre"
 
@@ -135,7 +135,7 @@ def tied_foil_logits(subject: Subject, batch: Batch, target: Target, x: torch.Te
 
     with subject.trace() as tr:
         tr.edit(input_point(subject), tie)
-        return subject.forward(foil_batch(subject, batch, target))
+        return subject.forward(foil_batch(subject, batch, target), tail=target.foil_tail)
 
 
 #: reduces one chunk's gradients ``(k, N, D)`` (float32) given the input embeddings ``(N, D)`` to ``(k, ...)``
@@ -156,7 +156,7 @@ def input_gradients(subject: Subject, batch: Batch, targets: list[Target], objec
     with gradient_mode(subject), cached_image_features(subject):  # a foil forward reuses the image features
         with subject.trace() as tr:
             holder = leaf_input(tr, input_point(subject))
-            logits = subject.forward(batch)
+            logits = subject.forward(batch, tail=targets_tail(targets, batch))
         x = holder[0]
         xf = x[0].detach().float()
         parts = list(chunks(len(targets), size))

@@ -30,7 +30,7 @@ from mmlens.model.batch import Batch
 from mmlens.model.images import blurred
 from mmlens.model.pixels import PixelPipeline, check_pixels, image_tensor
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective, foil_batch
+from mmlens.model.targets import Target, check_objective, foil_batch, targets_tail
 from mmlens.util.options import check_choice, check_float, check_int
 
 PIXEL_BASELINES = ("black", "blur")
@@ -46,13 +46,13 @@ def pixel_function(subject: Subject, batch: Batch, targets: list[Target], object
     check_pixels(pipe, batch)
     foils = {t: foil_batch(subject, batch, target) for t, target in enumerate(targets) if target.needs_foil_forward}
 
-    def run(b: Batch, pixels: torch.Tensor) -> torch.Tensor:
-        return subject.forward(replace(b, inputs={**b.inputs, "pixel_values": pixels}))
+    def run(b: Batch, pixels: torch.Tensor, tail: int) -> torch.Tensor:
+        return subject.forward(replace(b, inputs={**b.inputs, "pixel_values": pixels}), tail=tail)
 
     def f(images: Images) -> torch.Tensor:
         pixels = pipe(images, exact)
-        logits = run(batch, pixels)
-        values = [t.value(logits, batch, objective, run(foils[i], pixels) if i in foils else None)[0]
+        logits = run(batch, pixels, targets_tail(targets, batch))
+        values = [t.value(logits, batch, objective, run(foils[i], pixels, t.foil_tail) if i in foils else None)[0]
                   for i, t in enumerate(targets)]
         return torch.stack(values)
 

@@ -55,10 +55,11 @@ class TowerPass:
 
 
 def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] | None = None,
-                  points: dict[str, HookPoint] | None = None) -> TowerPass:
+                  points: dict[str, HookPoint] | None = None, tail: int | None = None) -> TowerPass:
     """Forward ``batch`` (inside :func:`~mmlens.attribution.gradient.gradient_mode`) with the tower in the graph.
     ``extra(tracer)`` adds captures / edits to the same trace (e.g. a carried backward's emitting identity);
-    ``points``: hook points added to the subject's for this trace."""
+    ``points``: hook points added to the subject's for this trace; ``tail``: logits of the last positions
+    only (:meth:`~mmlens.model.subject.Subject.forward`)."""
     parts = subject.adapter.parts()
     if not parts.vision_blocks or parts.vision_embed is None:
         raise InputError(f"this {subject.family} model names no vision tower blocks or patch embeddings: use an "
@@ -85,7 +86,7 @@ def tower_forward(subject: Subject, batch: Batch, extra: Callable[[Any], None] |
             tr.edit(f"vision.blocks.{i}.resid_post", keeper(i))
         if extra is not None:
             extra(tr)
-        logits = subject.forward(batch)
+        logits = subject.forward(batch, tail=tail)
     calls = {len(o) for o in outputs} | {len(embeds)}
     if calls != {1}:
         raise InputError(f"the {subject.family} vision tower ran {max(calls)} times in one forward: vision-tower maps "

@@ -32,7 +32,7 @@ from mmlens.attribution.tower_pass import block_geometry, tower_forward, tower_o
 from mmlens.catalog import register_method
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective
+from mmlens.model.targets import Target, check_objective, targets_tail
 from mmlens.model.tower_geometry import TowerGeometry
 
 
@@ -77,7 +77,7 @@ def vision_gradcam_rows(subject: Subject, batch: Batch, targets: list[Target], o
     check_objective(objective)
     size = resolve_target_batch(target_batch, subject, batch)
     with gradient_mode(subject):
-        run = tower_forward(subject, batch)
+        run = tower_forward(subject, batch, tail=targets_tail(targets, batch))
         values = [t.value(run.logits, batch, objective).sum() for t in targets]
         block = run.feature_block(values, layer)
         parts = list(chunks(len(targets), size))

@@ -48,7 +48,7 @@ from mmlens.hooks.points import HookPoint
 from mmlens.hooks.views import RowOrder
 from mmlens.model.batch import Batch
 from mmlens.model.subject import Subject
-from mmlens.model.targets import Target, check_objective
+from mmlens.model.targets import Target, check_objective, targets_tail
 from mmlens.model.tower_geometry import TowerGeometry
 
 
@@ -261,7 +261,7 @@ def vision_relevancy_rows(subject: Subject, batch: Batch, targets: list[Target],
     with gradient_mode(subject, eager=True):
         handle = rows_order[0].source.register_forward_pre_hook(record_order, with_kwargs=True) if rows_order else None
         try:
-            run = tower_forward(subject, batch, extra, points=calls)
+            run = tower_forward(subject, batch, extra, points=calls, tail=targets_tail(targets, batch))
         finally:
             if handle is not None:
                 handle.remove()

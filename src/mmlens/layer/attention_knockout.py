@@ -79,7 +79,7 @@ def attention_knockout(
     windows = [layers_] if window is None else _windows(layers_, window)
     cells = [(w, name) for w in range(len(windows)) for name in resolved]
     inputs = subject.model_inputs(batch)
-    p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
+    p_clean = float(tgt.value(subject.adapter.joint_logits(inputs, tgt.tail(batch)), batch).exp())
     values = torch.zeros(len(windows), len(resolved))
     names = list(resolved)
     n_forwards = 1
@@ -96,7 +96,7 @@ def attention_knockout(
                         tr.edit(f"lm.blocks.{layer}.xattn.out", _cut(r, q))
                     else:
                         tr.block_attention(f"lm.blocks.{layer}.attn.weights", q, k, rows=[r])
-            logits = subject.model(**cat_inputs([inputs] * len(chunk)), use_cache=False).logits
+            logits = subject.adapter.joint_logits(cat_inputs([inputs] * len(chunk)), tgt.tail(batch))
         n_forwards += 1
         p = tgt.value(logits, batch).exp().cpu()
         for r, (w, name) in enumerate(chunk):

@@ -125,7 +125,7 @@ def causal_trace(
                 return h
 
             tr.edit("xattn.states" if key_space else "lm.blocks.0.resid_pre", add_noise)
-        logits = subject.model(**inputs, use_cache=False).logits
+        logits = subject.adapter.joint_logits(inputs, tgt.tail(batch))
         return tgt.value(logits, batch).exp().cpu()
 
     # 1) clean and corrupted rows in one forward; keep the clean activations at every traced layer

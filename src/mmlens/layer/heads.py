@@ -57,7 +57,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     n_heads = subject.n_heads
     inputs = subject.model_inputs(batch)
-    p_clean = float(tgt.value(subject.model(**inputs, use_cache=False).logits, batch).exp())
+    p_clean = float(tgt.value(subject.adapter.joint_logits(inputs, tgt.tail(batch)), batch).exp())
     values = torch.zeros(len(layers_), n_heads)
     for i, layer in enumerate(layers_):
         point = f"lm.blocks.{layer}.attn.heads"
@@ -65,7 +65,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
             point = f"lm.blocks.{layer}.xattn.heads"
         with subject.trace() as tr:
             tr.edit(point, _zero_heads(n_heads))
-            logits = subject.model(**cat_inputs([inputs] * n_heads), use_cache=False).logits
+            logits = subject.adapter.joint_logits(cat_inputs([inputs] * n_heads), tgt.tail(batch))
         values[i] = tgt.value(logits, batch).exp().cpu() - p_clean
     return GridResult("head_ablation", values, [f"layer {layer}" for layer in layers_],
                       [f"head {h}" for h in range(n_heads)], f"head ablation: change in p({tgt.label!r})",

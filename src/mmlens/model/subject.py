@@ -16,6 +16,7 @@ from mmlens.hooks.points import HookPoint
 from mmlens.hooks.tracing import Tracer
 from mmlens.model.batch import AnswerScore, Batch, Generation
 from mmlens.model.images import ImageLike, to_rgb
+from mmlens.model.targets import tail_rows
 from mmlens.model.video import Video, video_frames
 from mmlens.util.options import check_int
 
@@ -232,17 +233,28 @@ class Subject:
             out[k] = v
         return out
 
-    def forward(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        """Logits ``(1, seq, vocab)`` of a plain forward over ``batch``."""
-        if self.adapter.dual_encoder:  # the joint sequence's similarity readout (see adapters.dual_encoder)
-            return self.adapter.joint_logits(self.model_inputs(batch))
-        return self.model(**self.model_inputs(batch), use_cache=False, **kwargs).logits
+    def forward(self, batch: Batch, tail: int | None = None, **kwargs: Any) -> torch.Tensor:
+        """Logits ``(1, seq, vocab)`` of a plain forward over ``batch``; with ``tail=K`` only those of the last
+        ``K`` positions, ``(1, K, vocab)``, the LM head running on those alone. :meth:`Target.value
+        <mmlens.model.targets.Target.value>` and :meth:`answer_log_probs` read either (``Target.tail`` says how
+        many positions a target needs). A dual encoder's similarity readout always covers the whole sequence.
+
+        >>> lm.forward(batch, tail=len(batch.answer_ids) + 1).shape[1]   # doctest: +SKIP
+        """
+        if tail is not None:
+            tail = check_int("tail", tail, 1, batch.seq_len)
+        if self.adapter.dual_encoder or not kwargs:  # dual encoder: the joint similarity readout (adapters.dual_encoder)
+            return self.adapter.joint_logits(self.model_inputs(batch), tail)
+        logits = self.model(**self.model_inputs(batch), use_cache=False, **kwargs).logits
+        return logits if tail is None else logits[:, -tail:]
 
     def answer_log_probs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Differentiable per-token log-probs of ``batch``'s answer from ``logits`` (any leading batch dim)."""
+        """Differentiable per-token log-probs of ``batch``'s answer from ``logits`` (any leading batch dim; all
+        positions, or the last ones as ``forward(batch, tail=len(answer) + 1)`` gives them)."""
         if batch.answer_ids.numel() == 0:
             raise InputError("this batch has no answer: pass answer=... to prepare() or use generate()")
-        rows = logits[..., batch.answer_positions - 1, :].float().log_softmax(-1)
+        rows = logits[..., tail_rows(logits.shape[-2], batch.seq_len, batch.answer_positions - 1), :]
+        rows = rows.float().log_softmax(-1)
         ids = batch.answer_ids.to(rows.device)
         return rows.gather(-1, ids.expand(*rows.shape[:-1])[..., None])[..., 0]
 

@@ -31,9 +31,21 @@ def check_objective(objective: Any) -> str:
     return check_choice("objective", objective, OBJECTIVES)
 
 
-def _span_value(logits: torch.Tensor, query: torch.Tensor, ids: torch.Tensor, objective: str) -> torch.Tensor:
-    """Per row of ``logits`` ``(B, seq, V)``: the objective of tokens ``ids`` read at positions ``query``."""
-    rows = logits[:, query.to(logits.device)].float()  # (B, k, V)
+def tail_rows(kept: int, seq_len: int, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of logits that cover the last ``kept`` of ``seq_len`` positions (``Subject.forward(batch, tail=kept)``;
+    ``kept == seq_len``: all) holding sequence ``positions``."""
+    first = seq_len - kept
+    if first < 0 or (positions.numel() and int(positions.min()) < first):
+        raise RuntimeError(f"logits of the last {kept} of {seq_len} positions do not cover position "
+                           f"{int(positions.min())}: run the forward with a larger tail (Target.tail)")
+    return positions - first
+
+
+def _span_value(logits: torch.Tensor, query: torch.Tensor, ids: torch.Tensor, objective: str,
+                seq_len: int) -> torch.Tensor:
+    """Per row of ``logits`` ``(B, L, V)`` (the last ``L`` of ``seq_len`` positions): the objective of tokens
+    ``ids`` read at positions ``query``."""
+    rows = logits[:, tail_rows(logits.shape[1], seq_len, query).to(logits.device)].float()  # (B, k, V)
     if objective != "logit":
         rows = rows.log_softmax(-1)
     picked = rows.gather(-1, ids.to(rows.device).expand(rows.shape[0], -1)[..., None])[..., 0].sum(-1)
@@ -53,6 +65,20 @@ class Target:
     def query_positions(self, batch: Batch) -> torch.Tensor:
         """Sequence positions whose logits predict the target tokens."""
         return batch.answer_positions[list(self.indices)] - 1
+
+    def tail(self, batch: Batch) -> int:
+        """How many of the sequence's last positions :meth:`value` reads logits of (the answer span, and a
+        one-token foil, which shares its position): ``Subject.forward(batch, tail=...)``."""
+        return batch.seq_len - int(self.query_positions(batch).min())
+
+    @property
+    def foil_tail(self) -> int:
+        """Like :meth:`tail` for the foil sequence's own forward (:func:`foil_batch`): its span and the position after."""
+        return len(self.contrast_ids or ()) + 1
+
+    def foil_len(self, batch: Batch) -> int:
+        """Length of the foil sequence (:func:`foil_batch`): the prompt, the answer before the span, the foil."""
+        return batch.prompt_len + self.indices[0] + len(self.contrast_ids or ())
 
     @property
     def needs_foil_forward(self) -> bool:
@@ -74,21 +100,30 @@ class Target:
               foil_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable target value, shape ``(logits.shape[0],)``.
 
-        For a contrast, ``foil_logits`` are the logits of the foil sequence's forward (same rows, same
-        ``prompt_len`` offset as ``logits``); a one-token foil may omit them (its position is shared).
+        ``logits`` cover all of ``batch``'s positions or its last ones (``Subject.forward(batch, tail=...)``, at
+        least :meth:`tail`). For a contrast, ``foil_logits`` are those of the foil sequence's forward (same rows;
+        all positions or at least the last :attr:`foil_tail`); a one-token foil may omit them (its position is
+        shared).
         """
         ids = batch.answer_ids[list(self.indices)]
-        out = _span_value(logits, self.query_positions(batch), ids, objective)
+        out = _span_value(logits, self.query_positions(batch), ids, objective, batch.seq_len)
         if self.contrast_ids is None:
             return out
+        foil_len = self.foil_len(batch)
         if foil_logits is None:
             if self.needs_foil_forward:
                 raise InputError(f"contrast {self.label!r} has a foil of {len(self.contrast_ids)} tokens, which "
                                  "needs its own forward that this method does not run: pass a one-token foil or "
                                  "use a gradient or perturbation attribution method")
-            foil_logits = logits
-        foil = _span_value(foil_logits, self.foil_positions(batch), torch.tensor(self.contrast_ids), objective)
+            foil_logits, foil_len = logits, batch.seq_len
+        foil = _span_value(foil_logits, self.foil_positions(batch), torch.tensor(self.contrast_ids), objective, foil_len)
         return out - foil
+
+
+def targets_tail(targets: list[Target], batch: Batch) -> int:
+    """How many of ``batch``'s last positions the ``targets`` read logits of: ``Subject.forward(batch, tail=...)``
+    then runs the LM head on those alone."""
+    return max(t.tail(batch) for t in targets)
 
 
 def foil_batch(subject: Any, batch: Batch, target: Target) -> Batch:

@@ -64,7 +64,7 @@ def neuron_scores(subject: Subject, batch: Batch, target: Any = "answer", layers
         for layer in layers_:
             tr.capture(f"lm.blocks.{layer}.mlp.act", detach=False, reduce=_keep_grad)
         tr.capture(f"lm.blocks.{last}.resid_post", detach=False, reduce=_keep_grad)
-        logits = subject.forward(batch)
+        logits = subject.forward(batch, tail=tgt.tail(batch))
         tgt.value(logits, batch).sum().backward()
     q = tgt.query_positions(batch)
     rows = []
@@ -102,7 +102,7 @@ def ablate_neurons(subject: Subject, batch: Batch, neurons: Sequence[tuple[int, 
             raise InputError(f"neuron index {index} is beyond the MLP width: use 0..{width - 1}")
         by_layer.setdefault(layer, []).append(int(index))
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
-    p_clean = float(tgt.value(subject.forward(batch), batch).exp())
+    p_clean = float(tgt.value(subject.forward(batch, tail=tgt.tail(batch)), batch).exp())
     pos = None if positions is None else torch.as_tensor(positions)
 
     def scaler(idx: list[int]):
@@ -118,5 +118,5 @@ def ablate_neurons(subject: Subject, batch: Batch, neurons: Sequence[tuple[int, 
     with subject.trace() as tr:
         for layer, idx in by_layer.items():
             tr.edit(f"lm.blocks.{layer}.mlp.act", scaler(idx))
-        p_edit = float(tgt.value(subject.forward(batch), batch).exp())
+        p_edit = float(tgt.value(subject.forward(batch, tail=tgt.tail(batch)), batch).exp())
     return {"p_clean": p_clean, "p_edited": p_edit, "delta": p_edit - p_clean}

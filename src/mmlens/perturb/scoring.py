@@ -21,10 +21,8 @@ torch.Size([2, 1])
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -109,19 +107,15 @@ def forward_values(subject: Subject, batch: Batch, inputs: dict[str, Any], targe
         inputs = with_foils(subject, batch, inputs, [list(f) for f in foils])
     model_inputs = subject.model_inputs(inputs)
     seq = int(inputs["input_ids"].shape[1])
-    keep = seq - batch.prompt_len + 1  # logits at prompt_len - 1 ... seq - 1
-    if "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
-        model_inputs["logits_to_keep"] = keep
-    logits = subject.adapter.joint_logits(model_inputs)
-    # with logits_to_keep, logits index 0 is sequence position prompt_len - 1: shift the answer there
-    view = batch if logits.shape[1] == seq else replace(batch, prompt_len=1)
+    logits = subject.adapter.joint_logits(model_inputs, tail=seq - batch.prompt_len + 1)  # prompt_len - 1 ... seq - 1
+    first = seq - logits.shape[1]  # the sequence position of row 0; rows past a sequence's end (padding) are cut
 
     def value(t: Target) -> torch.Tensor:
         foil = None
         if t.needs_foil_forward:
             k = foils.index(tuple(t.foil_continuation(batch))) + 1
-            foil = logits[k * rows : (k + 1) * rows]
-        return t.value(logits[:rows], view, "log_prob", foil).float()
+            foil = logits[k * rows : (k + 1) * rows, : t.foil_len(batch) - first]
+        return t.value(logits[:rows, : batch.seq_len - first], batch, "log_prob", foil).float()
 
     return torch.stack([value(t) for t in targets], dim=1).cpu()
 

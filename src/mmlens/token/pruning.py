@@ -20,7 +20,7 @@ from mmlens.layer.logit_lens import check_layers
 from mmlens.model.batch import Batch, cat_inputs
 from mmlens.model.samples import RunningMean, SampleStat, reduce_samples
 from mmlens.model.subject import Subject
-from mmlens.model.targets import resolve_targets
+from mmlens.model.targets import resolve_targets, tail_rows
 from mmlens.util.io import save_plot_or_json
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -100,9 +100,10 @@ def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFA
                 tr.block_attention(f"lm.blocks.{after_layer}.attn.weights", everyone, pruned, rows=[row])
                 for layer in range(after_layer + 1, n):
                     tr.block_attention(f"lm.blocks.{layer}.attn.weights", everyone, pruned, rows=[row])
-        logits = subject.model(**cat_inputs([subject.model_inputs(batch)] * len(ratios)), use_cache=False).logits
+        inputs = cat_inputs([subject.model_inputs(batch)] * len(ratios))
+        logits = subject.adapter.joint_logits(inputs, batch.seq_len - batch.prompt_len + 1)  # the answer's positions
     prob = tgt.value(logits, batch).exp().cpu()
-    q = batch.answer_positions - 1
+    q = tail_rows(logits.shape[1], batch.seq_len, batch.answer_positions - 1)
     agree = (logits[:, q].argmax(-1).cpu() == batch.answer_ids).float().mean(-1)
     return PruningCurve([float(r) for r in ratios], prob.tolist(), agree.tolist(),
                         {"model": subject.model_id, "rank": rank, "after_layer": after_layer, "target": tgt.label,
