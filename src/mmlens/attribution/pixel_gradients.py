@@ -120,10 +120,11 @@ def pixel_integrated_gradients(subject: Subject, batch: Batch, targets: list[Tar
     """Captum's ``IntegratedGradients`` rule (Gauss-Legendre nodes and weights, ``n_steps=steps``) on the
     original pixels, from a blurred (Gaussian, ``blur_radius`` px, default 1/16 of the longer side; the
     default) or black copy of each image (from black, every bright background pixel differs from the baseline
-    and collects attribution: on the demo data its maps point at the background, see benchmarks/RESULTS.md); map = attributions summed over RGB (signed), so a map sums to its share of
-    ``f(input) - f(baseline)``; ``extras["convergence_delta"]`` is Captum's (sum - that difference). The
-    path runs ``internal_batch_size`` points per forward (as Captum's internal batching; each point's pixel
-    pipeline and vision tower run in that forward) and every target shares each forward. With
+    and collects attribution: on the demo data its maps point at the background, see benchmarks/RESULTS.md);
+    map = attributions summed over RGB (signed), so a map sums to its share of ``f(input) - f(baseline)``;
+    ``extras["convergence_delta"]`` is Captum's (sum - that difference). The path runs
+    ``internal_batch_size`` points per forward (Captum's internal batching: each point's pixel pipeline and
+    vision tower run in that forward; fewer use less memory), every target sharing each forward. With
     ``exact=True`` the path's forward rounds to 8 bits as the processor does (gradients straight-through),
     which adds to the delta; ``exact=False`` integrates the smooth copy of the processor.
     """
