@@ -75,6 +75,20 @@ def test_integrated_gradients_equals_direct_captum_call_and_is_complete(family, 
         assert out.position_scores[t, others].abs().max() == 0  # nothing outside the image positions
 
 
+def test_integrated_gradients_without_the_convergence_delta_gives_the_same_scores():
+    subject, batch, targets = setup("qwen2_vl")
+    rows, outs = {}, {}
+    for delta in (True, False):
+        rows[delta] = []
+        with subject.trace() as tr:  # the rows that run the LM's first block: the path's (8) and the delta's (2)
+            tr.capture("lm.blocks.0.resid_post", reduce=lambda t, d=delta: rows[d].append(t.shape[0]) or t[:0])
+            outs[delta] = integrated_gradients(subject, batch, targets, steps=8, convergence_delta=delta)
+    assert rows == {True: [8, 2], False: [8]}
+    full, fast = outs[True], outs[False]
+    assert "convergence_delta" in full.extras and "convergence_delta" not in fast.extras
+    torch.testing.assert_close(fast.position_scores, full.position_scores, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("baseline, steps", [("black", 32), ("zero", 128)])
 def test_integrated_gradients_over_text_and_both_modalities(baseline, steps):
     subject, batch, targets = setup("llava", answer="red")

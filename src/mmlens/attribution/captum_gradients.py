@@ -271,12 +271,14 @@ def integrated_gradients(
     blur_radius: float | None = None,
     objective: str = "log_prob",
     target_batch: int | None = None,
+    convergence_delta: bool = True,
 ) -> MethodOutput:
     """Captum's ``IntegratedGradients`` rule on :func:`embedding_function` with ``n_steps=steps``
     (Gauss-Legendre, Captum's nodes and weights and its internal batching: ``internal_batch_size`` path
     points per forward), from :func:`baseline_embeddings` to the input. Score of position ``p`` = the
     attributions of its embedding summed over the hidden dimension, so the scores sum to ``f(input) -
-    f(baseline)`` up to the convergence delta (``extras["convergence_delta"]``, Captum's definition).
+    f(baseline)`` up to the convergence delta (``extras["convergence_delta"]``, Captum's definition; one
+    forward of two rows, skipped with ``convergence_delta=False`` as Captum's ``return_convergence_delta``).
 
     Every target shares each forward along the path (one batched backward per ``target_batch`` targets), and
     the vision tower runs once for all of them: the numbers equal a Captum call per target.
@@ -292,12 +294,12 @@ def integrated_gradients(
 
     with cached_image_features(subject):  # the vision tower runs once per distinct image
         return _integrated_gradients(subject, batch, targets, steps, baseline, modality, ibs, blur_radius, objective,
-                                     target_batch, approximation_parameters("gausslegendre"))
+                                     target_batch, approximation_parameters("gausslegendre"), bool(convergence_delta))
 
 
 def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target], steps: int, baseline: str,
                           modality: str, ibs: int, blur_radius: float | None, objective: str,
-                          target_batch: int | None, rule: tuple[Callable, Callable]) -> MethodOutput:
+                          target_batch: int | None, rule: tuple[Callable, Callable], delta: bool = True) -> MethodOutput:
     positions = attributed_positions(batch, modality)
     full = input_embeddings(subject, batch)
     x = full[:, positions.to(subject.device)]
@@ -322,13 +324,15 @@ def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target],
 
     rows = (torch.cat([base + alphas[j] * diff for j in span]) for span in spans)
     path_gradients(subject, batch, targets, positions, rows, fold, foils, objective, target_batch, min(ibs, steps))
+    scores = torch.zeros(len(targets), full.shape[1])
+    scores[:, positions] = attr.float().cpu()
+    if not delta:
+        return scores_output(batch, scores, {"positions": modality})
     with torch.no_grad():  # f(input) and f(baseline) of every target from one forward of two rows
         ends_in = torch.cat([x, base])
         end_logits = embedding_logits(subject, batch, positions, targets_tail(targets, batch))(ends_in)
         ends = torch.stack([t.value(end_logits, batch, objective, foils[i](ends_in) if i in foils else None)
                             for i, t in enumerate(targets)], dim=1).double()  # (2, T)
-    scores = torch.zeros(len(targets), full.shape[1])
-    scores[:, positions] = attr.float().cpu()
     # Captum's convergence delta: sum of attributions - (f(input) - f(baseline))
     deltas = [float(attr[t].sum() - (ends[0, t] - ends[1, t])) for t in range(len(targets))]
     return scores_output(batch, scores, {"convergence_delta": deltas, "positions": modality})
