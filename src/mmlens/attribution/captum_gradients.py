@@ -25,6 +25,7 @@ from PIL import Image
 from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode, input_point, scores_output
 from mmlens.attribution.output import MethodOutput
+from mmlens.attribution.path_rule import gauss_legendre
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
 from mmlens.model.batch import Batch, repeat_inputs
@@ -290,21 +291,20 @@ def integrated_gradients(
     check_target_batch(target_batch)
     if blur_radius is not None:
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
     with cached_image_features(subject):  # the vision tower runs once per distinct image
         return _integrated_gradients(subject, batch, targets, steps, baseline, modality, ibs, blur_radius, objective,
-                                     target_batch, approximation_parameters("gausslegendre"), bool(convergence_delta))
+                                     target_batch, gauss_legendre(steps), bool(convergence_delta))
 
 
 def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target], steps: int, baseline: str,
                           modality: str, ibs: int, blur_radius: float | None, objective: str,
-                          target_batch: int | None, rule: tuple[Callable, Callable], delta: bool = True) -> MethodOutput:
+                          target_batch: int | None, rule: tuple[list[float], list[float]],
+                          delta: bool = True) -> MethodOutput:
     positions = attributed_positions(batch, modality)
     full = input_embeddings(subject, batch)
     x = full[:, positions.to(subject.device)]
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
-    step_sizes, alphas = rule[0](steps), rule[1](steps)
+    step_sizes, alphas = rule
     spans = list(chunks(steps, ibs))
     foils = foil_logits(subject, batch, targets, positions)
     diff = x - base

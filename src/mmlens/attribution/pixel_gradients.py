@@ -23,6 +23,7 @@ import torch
 from mmlens.attribution.batched import batched_grad, check_target_batch, chunks, resolve_target_batch
 from mmlens.attribution.gradient import gradient_mode
 from mmlens.attribution.output import MethodOutput
+from mmlens.attribution.path_rule import gauss_legendre
 from mmlens.attribution.perturbation_masks import position_scores
 from mmlens.catalog import register_method
 from mmlens.errors import InputError
@@ -134,9 +135,8 @@ def pixel_integrated_gradients(subject: Subject, batch: Batch, targets: list[Tar
     if blur_radius is not None:
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
     ibs = check_int("internal_batch_size", internal_batch_size)
-    from captum.attr._utils.approximation_methods import approximation_parameters
 
-    step_sizes, alphas = (fn(steps) for fn in approximation_parameters("gausslegendre"))
+    step_sizes, alphas = gauss_legendre(steps)
     with gradient_mode(subject):
         f, images, size = _setup(subject, batch, targets, objective, exact, target_batch, min(ibs, steps))
         bases = ([torch.zeros_like(x) for x in images] if baseline == "black"
