@@ -17,6 +17,9 @@ from mmlens.evaluation.baselines import (
     reexplain,
 )
 from mmlens.testing import tiny_subject
+from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_subject
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
+from mmlens.evaluation.metrics.randomisation import randomise_block, restored_weights
 
 PROMPT = "what color is the square ?"
 
@@ -69,6 +72,75 @@ def test_randomisation_cascade_follows_what_the_model_reads(family):
                 assert (after - before).abs().max() > 1e-4, name  # each step changes what the model computes
                 before = after
     assert _same(lm.model, snap)
+
+
+def _tiny(family):
+    return tiny_dual_subject(family) if family in DUAL_FAMILIES else subject_for(family)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, *DUAL_FAMILIES])
+def test_the_vision_embed_step_resets_every_weight_the_first_vision_block_reads(family):
+    """Perturb each weight that is in no cascade step: the first vision block's input must not move (Mllama's
+    patch / class / positional embeddings before ``layernorm_pre``, CLIP's ``pre_layrnorm`` after its
+    embeddings, Qwen3-VL's learned position embedding were such weights)."""
+    lm = _tiny(family)
+    images = tiny_images(family if family in FAMILIES else "llava", n=1)
+    batch = lm.prepare(images, PROMPT)
+    in_steps = {id(p) for _, block in cascade_blocks(lm) for p in block.parameters()}
+    parts = lm.adapter.parts()
+
+    def block0_input() -> torch.Tensor:
+        got = []
+
+        def keep(module, args, kwargs):
+            got.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+        handle = parts.vision_blocks[0].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                lm.forward(batch)
+        finally:
+            handle.remove()
+        return torch.cat([g.flatten() for g in got])
+
+    clean = block0_input()
+    moved = []
+    for name, p in lm.model.named_parameters():
+        if id(p) in in_steps or not p.is_floating_point():
+            continue
+        with torch.no_grad():
+            saved = p.detach().clone()
+            p.add_(torch.randn_like(p) * (p.std() if p.numel() > 1 else 1.0) + 0.5)
+            try:
+                if not torch.equal(block0_input(), clean):
+                    moved.append(name)
+            finally:
+                p.copy_(saved)
+    assert moved == [], f"{family}: weights before vision block 0 that no randomisation step resets: {moved}"
+    assert parts.vision_blocks is not None
+
+
+@pytest.mark.parametrize("family", DUAL_FAMILIES)
+def test_dual_encoder_cascade_covers_every_weight_once_and_each_step_moves_the_similarity(family):
+    lm = tiny_dual_subject(family)
+    batch = lm.prepare(tiny_images("llava")[0], "a red square", answer="<match>")
+    blocks = cascade_blocks(lm)
+    assert [n for n, _ in blocks] == ["heads", "vision.blocks.1+text.blocks.1", "vision.blocks.0+text.blocks.0",
+                                      "vision.embed+text.embed"]
+    ids = [id(p) for _, b in blocks for p in b.parameters()]
+    assert sorted(ids) == sorted(id(p) for p in lm.model.parameters())  # every weight, each in one step
+    snap = _snapshot(lm.model)
+    with torch.no_grad(), restored_weights(lm.model) as saved:
+        before = lm.forward(batch)
+        for step, (name, block) in enumerate(blocks):
+            randomise_block(block, saved, step)
+            after = lm.forward(batch)
+            assert (after - before).abs().max() > 1e-4, name
+            before = after
+    assert _same(lm.model, snap)
+    ex = mmlens.explain(lm, tiny_images("llava")[0], "a red square", method="saliency")
+    score = randomisation(lm, ex)
+    assert len(score.correlations) == 4 and all(np.isfinite(score.correlations)) and _same(lm.model, snap)
 
 
 def test_randomisation_correlations_equal_an_independent_computation():

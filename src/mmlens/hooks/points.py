@@ -48,6 +48,9 @@ class ModelParts:
     unembed: nn.Module | None
     vision_blocks: nn.ModuleList | None = None
     vision_embed: nn.Module | None = None
+    #: every module / parameter that makes the vision blocks' input, where ``vision_embed`` (the hook point) is
+    #: only its last step (a norm after the patch and position embeddings): what model randomisation resets
+    vision_stem: nn.Module | None = None
     projector: nn.Module | None = None
     lm_attn: str = "self_attn"
     lm_mlp: str = "mlp"
@@ -134,6 +137,16 @@ class ModelParts:
 
 #: hook points whose tensors have no per-position rows of the LM sequence
 _UNSUPPORTED = re.compile(r"(^vision\.|^text\.|^xattn\.|\.x?attn\.weights$)")
+
+
+def weights_of(*items: nn.Module | nn.Parameter | None) -> nn.Module:
+    """One module whose parameters are those of ``items`` (modules and bare parameters of the model; ``None``
+    skipped), for a :class:`ModelParts` field whose weights lie in several places (``vision_stem``). It holds
+    references only: the model's own modules and parameters stay where they are."""
+    holder = nn.Module()
+    holder.modules_ = nn.ModuleList([i for i in items if isinstance(i, nn.Module)])
+    holder.params_ = nn.ParameterList([i for i in items if isinstance(i, nn.Parameter)])
+    return holder
 
 
 def compact_names(names: list[str]) -> str:

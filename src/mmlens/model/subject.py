@@ -199,7 +199,7 @@ class Subject:
 
     def _check_ids(self, answer: Any) -> list[int]:
         """Answer token ids as ints inside the vocabulary, image placeholder excluded."""
-        vocab = self.model.get_input_embeddings().num_embeddings
+        vocab = self.adapter.token_embedding().num_embeddings
         try:
             items = list(answer.tolist() if torch.is_tensor(answer) else answer)
         except TypeError:

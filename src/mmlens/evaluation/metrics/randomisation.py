@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
+from mmlens.hooks.points import weights_of
 from mmlens.evaluation.registry import register_metric
 from mmlens.model.subject import Subject
 from mmlens.perturb.scoring import check_int
@@ -106,6 +107,8 @@ def cascade_blocks(subject: Subject) -> list[tuple[str, nn.Module]]:
     >>> [name for name, _ in cascade_blocks(tiny_subject("llava"))]       # doctest: +SKIP
     ['lm.unembed', 'lm.blocks.1', 'lm.blocks.0', 'lm.embed', 'projector', 'vision.blocks.0', 'vision.embed']
     """
+    if subject.adapter.dual_encoder:
+        return tower_cascade(subject)
     parts = subject.adapter.parts()
     embed = subject.model.get_input_embeddings()
     tied = embed is not None and any(p is q for p in parts.unembed.parameters() for q in embed.parameters())
@@ -117,9 +120,29 @@ def cascade_blocks(subject: Subject) -> list[tuple[str, nn.Module]]:
         out.append(("projector", parts.projector))
     vision = list(parts.vision_blocks or [])[: vision_blocks_read(subject)]
     out += [(f"vision.blocks.{i}", vision[i]) for i in reversed(range(len(vision)))]
-    if parts.vision_embed is not None:
-        out.append(("vision.embed", parts.vision_embed))
+    stem = parts.vision_stem if parts.vision_stem is not None else parts.vision_embed
+    if stem is not None:
+        out.append(("vision.embed", stem))
     return out
+
+
+def tower_cascade(subject: Subject) -> list[tuple[str, nn.Module]]:
+    """A dual encoder's cascade (CLIP, SigLIP): the heads (every weight outside the towers' blocks and embeddings:
+    pooling, final norms, projections), then both towers' blocks top-down, block ``-k`` of each in one step,
+    then both towers' embeddings.
+
+    >>> [name for name, _ in tower_cascade(tiny_dual_subject("clip"))]      # doctest: +SKIP
+    ['heads', 'vision.blocks.1+text.blocks.1', 'vision.blocks.0+text.blocks.0', 'vision.embed+text.embed']
+    """
+    parts = subject.adapter.parts()
+    towers = {"vision": list(parts.vision_blocks or []), "text": list(parts.text_blocks or [])}
+    stem = weights_of(parts.vision_stem if parts.vision_stem is not None else parts.vision_embed, parts.text_embed)
+    inner = {id(p) for m in [*towers["vision"], *towers["text"], stem] for p in m.parameters()}
+    out = [("heads", weights_of(*[p for p in subject.model.parameters() if id(p) not in inner]))]
+    for k in range(1, max(len(b) for b in towers.values()) + 1):
+        step = [(f"{t}.blocks.{len(b) - k}", b[-k]) for t, b in towers.items() if k <= len(b)]
+        out.append(("+".join(name for name, _ in step), weights_of(*[m for _, m in step])))
+    return out + [("vision.embed+text.embed", stem)]
 
 
 @contextmanager
