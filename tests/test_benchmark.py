@@ -33,9 +33,33 @@ def tiny_dir(tmp_path_factory):
     return folder
 
 
-def test_cli_benchmark_n20_writes_every_method_and_baseline(tmp_path, tiny_dir):
+#: One method per way an attribution map is made: the default suite benchmarks these, `--methods all` (every
+#: method, about 5x the time) runs in the slow suite.
+ONE_PER_KIND = {
+    "saliency": "gradient of the LM's input embeddings",
+    "occlusion": "black box: perturbed images scored in batches",
+    "pixel_saliency": "gradient of the original pixels through the image processor",
+    "attention": "attention weights, no gradient",
+    "gradcam": "attention x gradient inside the LM",
+    "vision_gradcam": "the vision tower's own patch rows",
+}
+
+
+def test_the_default_benchmark_methods_cover_every_kind_of_method():
+    every = mmlens.methods(kind="attribution")
+    chosen = [m for m in every if m.name in ONE_PER_KIND]
+    assert len(chosen) == len(ONE_PER_KIND) and set(FAST) <= set(ONE_PER_KIND)
+    assert {m.tier for m in chosen} == {m.tier for m in every}  # gradient, black-box, attention
+    assert {m.leaf for m in chosen} == {m.leaf for m in every}
+    # maps read off the vision tower's patches / the original pixels, not the LM's image tokens
+    assert {m.name.split("_")[0] for m in every} & {"vision", "pixel"} <= {m.name.split("_")[0] for m in chosen}
+
+
+@pytest.mark.parametrize("methods, n", [pytest.param(",".join(ONE_PER_KIND), 8, id="one-per-kind"),
+                                        pytest.param("all", 20, id="all-n20", marks=pytest.mark.slow)])
+def test_cli_benchmark_writes_every_method_and_baseline(tmp_path, tiny_dir, methods, n):
     out = tmp_path / "bench"
-    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--methods", "all", "--n", "20",
+    result = runner.invoke(app, ["benchmark", "--model", str(tiny_dir), "--methods", methods, "--n", str(n),
                                  "--sanity-n", "1", "--cells", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
@@ -43,16 +67,17 @@ def test_cli_benchmark_n20_writes_every_method_and_baseline(tmp_path, tiny_dir):
         rows = list(csv.DictReader(f))
     every = [m.name for m in mmlens.methods(kind="attribution")]
     assert len(every) >= 14 and set(FAST) <= set(every)
-    assert [r["method"] for r in rows] == every + list(BASELINE_NAMES)
+    chosen = every if methods == "all" else methods.split(",")
+    assert [r["method"] for r in rows] == chosen + list(BASELINE_NAMES)
     for r in rows:
-        assert r["n"] == "20" and int(r["n_localisation"]) < 20 and r["n_sanity"] == "1" and r["failures"] == "0"
+        assert r["n"] == str(n) and int(r["n_localisation"]) < n and r["n_sanity"] == "1" and r["failures"] == "0"
         for key in ("pointing_game", "energy_in_mask", "topk_iou", "sparseness", "deletion", "insertion",
                     "randomisation", "max_sensitivity", "seconds_per_explanation"):
             assert r[key] != "" and np.isfinite(float(r[key])), (r["method"], key)
         assert r["sanity"] in ("pass", "fail")
     assert all(r["sanity"] == "fail" for r in rows if r["kind"] == "baseline")  # a baseline ignores the model
     data = json.loads((out / "results.json").read_text())
-    assert data["meta"]["n"] == 20 and set(data["curves"]) == set(every) | set(BASELINE_NAMES)
+    assert data["meta"]["n"] == n and set(data["curves"]) == set(chosen) | set(BASELINE_NAMES)
     assert len(data["curves"]["gradcam"]["deletion"]) == len(data["fractions"]["deletion"]) == 17
     md = (out / "results.md").read_text()
     assert "deletion AUC ↓" in md and "insertion AUC ↑" in md and "pointing game ↑" in md

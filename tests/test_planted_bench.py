@@ -234,5 +234,5 @@ def test_a_saved_suite_loads_back_with_the_same_tables(tmp_path):
                         metrics="pointing_game,energy_in_mask", out=tmp_path / "out")
     back = PlantedResult.load(tmp_path / "out")
     assert back.to_markdown() == res.to_markdown() and back.to_csv() == res.to_csv()
-    with pytest.raises(InputError, match="no readable planted.json"):
+    with pytest.raises(InputError, match="planted.json' not found: pass the --out folder"):
         PlantedResult.load(tmp_path)

@@ -20,6 +20,7 @@ try:  # typer >= 0.20 carries its own copy of click; its exceptions are the ones
 except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as click_errors
 
+from mmlens.cli_options import AnswerOpt, ImageArg, LayersOpt, ModelOpt, PromptArg, png_out
 from mmlens.errors import MMLensError
 
 _STATE = {"debug": False}
@@ -107,11 +108,6 @@ def _unexpected(err: BaseException) -> int:
 app = typer.Typer(cls=_Boundary, add_completion=False, no_args_is_help=True,
                   help="Explain and interpret multimodal LLMs.", pretty_exceptions_enable=False)
 console = Console(stderr=True)
-
-ModelOpt = typer.Option("demo", "--model", "-m", help="HF id, local folder, or 'demo' (the bundled model)")
-AnswerOpt = typer.Option(None, "--answer", help="teacher-force this answer instead of the model's own")
-LayersOpt = typer.Option(None, "--layers", help="comma-separated layer indices (default: all)")
-ImageArg = typer.Argument(..., help="image file (local path; URLs are not fetched)")
 
 
 @app.callback()
@@ -205,7 +201,7 @@ def methods_cmd() -> None:
 @app.command("explain")
 def explain_cmd(
     image: str = ImageArg,
-    prompt: str = typer.Argument(..., help="question or instruction"),
+    prompt: str = PromptArg,
     model: str = ModelOpt,
     method: str = typer.Option("relevancy", "--method", help="attribution method (see `mmlens methods`)"),
     target: str | None = typer.Option(None, "--target", help="answer word/phrase, 'answer', or 'red - blue' (default: every token)"),
@@ -262,13 +258,13 @@ def _option(text: str) -> tuple[str, Any]:
 @app.command("lens")
 def lens_cmd(
     image: str = ImageArg,
-    prompt: str = typer.Argument(..., help="question or instruction"),
+    prompt: str = PromptArg,
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
     target: str | None = typer.Option(None, "--target", help="word whose probability to track (default: first answer token)"),
     layers: str | None = LayersOpt,
     tuned: Path | None = typer.Option(None, "--tuned", help="tuned-lens .safetensors for this model (mmlens tuned-lens)"),
-    out: Path = typer.Option(Path("lens.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
+    out: Path = png_out("lens.png"),
 ) -> None:
     """Logit lens (or, with --tuned, the tuned lens) over layers x positions (image tokens included)."""
     from mmlens.inference.tuned_lens import TunedLens
@@ -286,14 +282,14 @@ def lens_cmd(
 @app.command("trace")
 def trace_cmd(
     image: str = ImageArg,
-    prompt: str = typer.Argument(..., help="question or instruction"),
+    prompt: str = PromptArg,
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
     component: str = typer.Option("resid", "--component", help="resid | attn | mlp"),
     corrupt_image: str | None = typer.Option(None, "--corrupt-image", help="corrupt with this image instead of noise"),
     noise_scale: float = typer.Option(3.0, "--noise-scale"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    out: Path = typer.Option(Path("trace.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
+    out: Path = png_out("trace.png"),
 ) -> None:
     """Causal tracing: restore clean activations per (layer, position) in a corrupted run."""
     from mmlens.layer.causal_trace import causal_trace
@@ -313,11 +309,11 @@ def trace_cmd(
 @app.command("knockout")
 def knockout_cmd(
     image: str = ImageArg,
-    prompt: str = typer.Argument(..., help="question or instruction"),
+    prompt: str = PromptArg,
     model: str = ModelOpt,
     answer: str | None = AnswerOpt,
     window: int | None = typer.Option(None, "--window", help="layers per window (default: all layers at once)"),
-    out: Path = typer.Option(Path("knockout.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
+    out: Path = png_out("knockout.png"),
 ) -> None:
     """Attention knockout between image, question and last positions."""
     from mmlens.layer.attention_knockout import attention_knockout

@@ -13,16 +13,23 @@ from typing import Any
 
 import typer
 
-from mmlens.cli_runs import AddressOpt, EngineOpt, GpusOpt, ModelOpt, ReplicasOpt, check_run_args
+from mmlens.cli_options import (
+    AddressOpt,
+    EngineOpt,
+    GpusOpt,
+    ModelOpt,
+    ReplicasOpt,
+    RunDataOpt,
+    RunNOpt,
+    ShardSizeOpt,
+    StrictOpt,
+)
+from mmlens.cli_runs import check_run_args
 
 stats_app = typer.Typer(no_args_is_help=True, help="Dataset statistics (neurons, heads, pruning) as resumable runs")
 
-DataOpt = typer.Option(None, "--data", help=".jsonl, image folder with metadata.jsonl, .parquet file(s) or a datasets folder (default: ShapesVQA)")
-NOpt = typer.Option(None, "--n", help="first n samples (default: all; ShapesVQA: 100)")
 SeedOpt = typer.Option(0, "--seed", help="seed of ShapesVQA")
 OutOpt = typer.Option(..., "--out", "-o", help="run folder: manifest, shards, result.json")
-ShardOpt = typer.Option(50, "--shard-size", help="samples per shard (the unit of resuming)")
-StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable row instead of listing it")
 
 
 def _common(model: str, data: str | None, n: int | None, seed: int, out: Path, shard_size: int, strict: bool,
@@ -40,8 +47,8 @@ def neurons_cmd(
     layer: int = typer.Option(..., "--layer", help="LM block whose MLP neurons are read"),
     neuron: int | None = typer.Option(None, "--neuron", help="top_patches: the neuron index"),
     k: int = typer.Option(10, "--k", help="top_patches: how many patches"),
-    model: str = ModelOpt, data: str | None = DataOpt, n: int | None = NOpt, seed: int = SeedOpt,
-    out: Path = OutOpt, shard_size: int = ShardOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
+    model: str = ModelOpt, data: str | None = RunDataOpt, n: int | None = RunNOpt, seed: int = SeedOpt,
+    out: Path = OutOpt, shard_size: int = ShardSizeOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
     address: str | None = AddressOpt, replicas: int = ReplicasOpt, gpus_per_replica: float = GpusOpt,
 ) -> None:
     """Top-activating image patches of a neuron, or neuron specificity, over a dataset."""
@@ -56,8 +63,8 @@ def neurons_cmd(
 def heads_cmd(
     stats: str = typer.Option("image_share,ablation", "--stats", help="image_share and / or ablation"),
     layers: str | None = typer.Option(None, "--layers", help="comma-separated layers (default: all)"),
-    model: str = ModelOpt, data: str | None = DataOpt, n: int | None = NOpt, seed: int = SeedOpt,
-    out: Path = OutOpt, shard_size: int = ShardOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
+    model: str = ModelOpt, data: str | None = RunDataOpt, n: int | None = RunNOpt, seed: int = SeedOpt,
+    out: Path = OutOpt, shard_size: int = ShardSizeOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
     address: str | None = AddressOpt, replicas: int = ReplicasOpt, gpus_per_replica: float = GpusOpt,
 ) -> None:
     """Mean attention share on the image and mean ablation effect per head over a dataset."""
@@ -76,8 +83,8 @@ def heads_cmd(
 def pruning_cmd(
     ratios: str = typer.Option("0,0.1,0.25,0.5,0.75,0.9,1", "--ratios", help="shares of image tokens pruned"),
     after_layer: int = typer.Option(2, "--after-layer", help="prune from this layer on (FastV ranks one layer before)"),
-    model: str = ModelOpt, data: str | None = DataOpt, n: int | None = NOpt, seed: int = SeedOpt,
-    out: Path = OutOpt, shard_size: int = ShardOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
+    model: str = ModelOpt, data: str | None = RunDataOpt, n: int | None = RunNOpt, seed: int = SeedOpt,
+    out: Path = OutOpt, shard_size: int = ShardSizeOpt, strict: bool = StrictOpt, engine: str = EngineOpt,
     address: str | None = AddressOpt, replicas: int = ReplicasOpt, gpus_per_replica: float = GpusOpt,
 ) -> None:
     """The mean FastV visual-token pruning curve over a dataset."""

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import typer
 
-from mmlens.cli import ImageArg, ModelOpt, _image, _layers, app, console
+from mmlens.cli import _image, _layers, app, console
+from mmlens.cli_options import ImageArg, ModelOpt, PromptArg
 
 
 @app.command("generate")
 def generate_cmd(
     image: str = ImageArg,
-    prompt: str = typer.Argument(..., help="question or instruction"),
+    prompt: str = PromptArg,
     model: str = ModelOpt,
     signal: str = typer.Option("visual_reliance", "--signal", help="colour the answer by this grounding signal"),
     distortion: str = typer.Option("noise", "--distortion", help="noise | blur | remove (for visual reliance, VCD)"),

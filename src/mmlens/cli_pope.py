@@ -11,9 +11,9 @@ from pathlib import Path
 
 import typer
 
+from mmlens.cli_options import ModelVariantOpt
 from mmlens.evaluation.pope import POPE_TEMPLATE
 
-_MODEL = typer.Option("demo", "--model", "-m", help="HF id, local folder, 'demo' or 'demo:VARIANT'")
 _N = typer.Option(100, "--n", help="ShapesVQA images (or the first n rows of --data)")
 _NEGATIVES = typer.Option("all", "--negatives", help="'all' or comma-separated: random, popular, adversarial")
 _DATA = typer.Option(None, "--data", help="JSONL: image and objects per line (or question and yes / no answer)")
@@ -25,7 +25,7 @@ _OUT = typer.Option(Path("pope"), "--out", "-o", help="folder for pope.json, pop
 
 
 def pope_cmd(
-    model: str = _MODEL,
+    model: str = ModelVariantOpt,
     n: int = _N,
     negatives: str = _NEGATIVES,
     data: Path | None = _DATA,

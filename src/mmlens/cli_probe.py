@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-_MODEL = typer.Option("demo", "--model", "-m", help="HF id, local folder, 'demo' or 'demo:VARIANT'")
+from mmlens.cli_options import ModelVariantOpt
+
 _POINT = typer.Option("lm.blocks.*.resid_post", "--point", help="hook point(s): a name, a glob or a comma list")
 _GROUP = typer.Option("object", "--group", help="positions: object (its image tokens), image, question or answer")
 _PROPERTY = typer.Option("color", "--property", help="color, shape, present, location, question_type, answer, "
@@ -32,7 +33,7 @@ _OUT = typer.Option(Path("probes"), "--out", "-o", help="folder for probes.json,
 
 
 def probe_cmd(
-    model: str = _MODEL,
+    model: str = ModelVariantOpt,
     point: str = _POINT,
     group: str = _GROUP,
     prop: str = _PROPERTY,

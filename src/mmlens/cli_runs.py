@@ -13,15 +13,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mmlens.cli_options import (
+    AddressOpt,
+    EngineOpt,
+    GpusOpt,
+    ModelOpt,
+    ReplicasOpt,
+    RunDataOpt,
+    RunNOpt,
+    ShardSizeOpt,
+    StrictOpt,
+)
 from mmlens.errors import InputError
 
 console = Console(stderr=True)
-
-EngineOpt = typer.Option("local", "--engine", help="local (one process) or ray (Ray Data, one model replica per actor)")
-AddressOpt = typer.Option(None, "--address", help="Ray: auto, ray://HOST:PORT or HOST:PORT (default: a local Ray)")
-ReplicasOpt = typer.Option(1, "--replicas", help="Ray: model replicas (actors)")
-GpusOpt = typer.Option(0.0, "--gpus-per-replica", help="Ray: GPUs per replica (0: CPU)")
-ModelOpt = typer.Option("demo", "--model", "-m", help="HF id, local folder, or 'demo' (the bundled model)")
 
 
 def _engine_args(engine: str, address: str | None, replicas: int, gpus: float) -> list[str]:
@@ -143,18 +148,18 @@ def _planted(model: str, methods: str, n: int, seed: int, data: Path | None, out
 
 
 def explain_dataset_cmd(
-    data: str | None = typer.Option(None, "--data", help=".jsonl, image folder with metadata.jsonl, .parquet file(s) or a datasets folder (default: ShapesVQA)"),
+    data: str | None = RunDataOpt,
     method: str = typer.Option(..., "--method", help="attribution method (see `mmlens methods`)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder: manifest, shards, index.jsonl, contact_sheet.png"),
     model: str = ModelOpt,
-    n: int | None = typer.Option(None, "--n", help="first n samples (default: all; ShapesVQA: 100)"),
+    n: int | None = RunNOpt,
     seed: int = typer.Option(0, "--seed", help="seed of ShapesVQA and of every random choice"),
     target: str = typer.Option("answer", "--target", help="'answer' (whole answer) or an answer word"),
     answer: str = typer.Option("given", "--answer", help="given (the data's answer when it has one) or model"),
     option: list[str] = typer.Option([], "--option", "-O", help="method option key=value (repeatable)"),
     sheet: int = typer.Option(16, "--sheet", help="overlays on the contact sheet (0: none)"),
-    shard_size: int = typer.Option(50, "--shard-size", help="samples per shard (the unit of resuming)"),
-    strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable row instead of listing it"),
+    shard_size: int = ShardSizeOpt,
+    strict: bool = StrictOpt,
     engine: str = EngineOpt,
     address: str | None = AddressOpt,
     replicas: int = ReplicasOpt,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders: train on a hook point, inspect features")
+from mmlens.cli_options import ModelOpt, png_out
 
-ModelOpt = typer.Option("demo", "--model", "-m", help="HF id, local folder, or 'demo' (the bundled model)")
+sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders: train on a hook point, inspect features")
 
 
 def _show() -> bool:
@@ -118,7 +118,7 @@ def inspect_cmd(
     n: int = typer.Option(100, "--n", help="ShapesVQA samples to read the features on"),
     seed: int = typer.Option(1, "--seed", help="seed of the samples"),
     top: int = typer.Option(6, "--top", help="top patches / texts per feature"),
-    out: Path = typer.Option(Path("sae_features.png"), "--out", "-o", help="PNG path; the JSON goes beside it"),
+    out: Path = png_out("sae_features.png"),
 ) -> None:
     """Top-activating image patches and texts, logit effect and concept AUROC of SAE features."""
     import mmlens

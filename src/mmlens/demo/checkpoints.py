@@ -24,7 +24,7 @@ from typing import Any
 
 from mmlens.data.shapes_vqa import COLORS, ShapesSample, ShapesVQA
 from mmlens.errors import InputError
-from mmlens.util.io import atomic_write, check_output_folder
+from mmlens.util.io import atomic_write, check_output_folder, read_json
 
 MANIFEST = "manifest.json"
 
@@ -99,10 +99,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{str(folder)!r} holds no {MANIFEST}: pass a folder written by python -m mmlens.demo.train "
                          "--save-every N --checkpoint-dir DIR")
+    manifest = read_json(path, "checkpoint manifest", "rerun the training with --checkpoint-dir")
     try:
-        manifest = json.loads(path.read_text())
         names = [c["name"] for c in manifest["checkpoints"]]
-    except (ValueError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise InputError(f"{str(path)!r} is not a checkpoint manifest ({err}): rerun the training with "
                          "--checkpoint-dir") from None
     missing = [n for n in names if not (folder / n / "config.json").is_file()]

@@ -38,7 +38,7 @@ import numpy as np
 
 from mmlens.demo.suite import PLANTED_VARIANTS, PlantedVariant
 from mmlens.errors import InputError
-from mmlens.util.io import write_files_together
+from mmlens.util.io import read_json, write_files_together
 
 #: Benchmark suites by name.
 SUITES = {"default": "one model on ShapesVQA object masks or a user data file",
@@ -165,11 +165,8 @@ class PlantedResult:
         """The suite saved in ``folder`` (its ``planted.json``), e.g. to redraw the figure or the tables."""
         from mmlens.evaluation.benchmark_result import BenchmarkResult
 
-        try:
-            data = json.loads((Path(folder) / "planted.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise InputError(f"{folder}: no readable planted.json ({err.__class__.__name__}): pass the --out "
-                             "folder of a planted-suite run") from None
+        data = read_json(Path(folder) / "planted.json", "planted-suite result",
+                         "pass the --out folder of a planted-suite run")
         ref = BenchmarkResult.from_dict(data["reference"]) if data.get("reference") else None
         return cls(ref, {k: BenchmarkResult.from_dict(v) for k, v in data["variants"].items()}, data["meta"])
 

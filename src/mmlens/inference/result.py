@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.errors import InputError
-from mmlens.util.io import atomic_write
+from mmlens.util.io import atomic_write, read_json
 from mmlens.util.options import check_choice
 
 FORMAT = "mmlens.grounding/1"
@@ -84,14 +84,7 @@ class GroundingResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GroundingResult:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"grounding result {str(p)!r} not found: pass a .json saved by GroundingResult.save")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"{str(p)!r} is not JSON ({type(err).__name__}): pass a saved grounding result") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "grounding result", "pass a .json saved by GroundingResult.save"))
 
     # -- rendering --------------------------------------------------------------------------------------
     def colors(self, name: str) -> list[tuple[int, int, int]]:

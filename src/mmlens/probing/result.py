@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmlens.errors import InputError
-from mmlens.util.io import atomic_write, check_output_folder
+from mmlens.util.io import atomic_write, check_output_folder, read_json
 
 FORMAT, FORMAT_VERSION = "mmlens.probes", 1
 JSON, WEIGHTS, PLOT = "probes.json", "probes.safetensors", "layer_curve.png"
@@ -115,13 +115,7 @@ class ProbeResult:
     def load(cls, folder: str | os.PathLike) -> ProbeResult:
         folder = Path(folder)
         path = folder / JSON if folder.is_dir() else folder
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"{str(path)!r} is not a readable probe result ({err.__class__.__name__}): pass the "
-                             "folder `mmlens probe` wrote") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{str(path)!r} is not an mmlens probe result: pass the folder `mmlens probe` wrote")
+        data = read_json(path, "mmlens probe result", "pass the folder `mmlens probe` wrote", format=FORMAT)
         weights: dict[str, np.ndarray] = {}
         if (path.parent / WEIGHTS).is_file():
             from safetensors.numpy import load_file

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from mmlens.errors import InputError
-from mmlens.util.io import save_plot_or_json
+from mmlens.util.io import read_json, save_plot_or_json
 
 
 @dataclass
@@ -54,10 +53,12 @@ class GridResult:
 
     @classmethod
     def load(cls, path: str | Path) -> GridResult:
+        fix = "pass a .json written by save()"
+        data = read_json(path, "grid result", fix)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError) as err:
-            raise InputError(f"cannot read a result from {str(path)!r} ({type(err).__name__}): pass a .json written by save()") from None
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"cannot read a result from {str(path)!r} ({type(err).__name__}): {fix}") from None
 
     def plot(self, ax: Any = None, cmap: str = "RdBu_r") -> Any:
         """Heatmap of the grid with labelled axes and a colour bar; returns the matplotlib figure."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from mmlens.demo.checkpoints import read_manifest
 from mmlens.errors import InputError
-from mmlens.util.io import atomic_write, check_output_folder
+from mmlens.util.io import atomic_write, check_output_folder, read_json
 from mmlens.util.options import check_int
 
 JSON, PLOT = "checkpoints.json", "checkpoints.png"
@@ -32,7 +32,7 @@ _IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
 def check_same_model(folder: Path, names: Sequence[str]) -> None:
     """One line if the checkpoints are not of one architecture (a folder mixing runs of different models)."""
     def arch(name: str) -> dict:
-        cfg = json.loads((folder / name / "config.json").read_text())
+        cfg = read_json(folder / name / "config.json", "model config", "pass the checkpoint folder of one training run")
         return {k: v for k, v in cfg.items() if k not in _IGNORED}
 
     first = arch(names[0])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.errors import InputError
-from mmlens.util.io import atomic_write, check_output_folder
+from mmlens.util.io import atomic_write, check_output_folder, read_json
 
 FORMAT, FORMAT_VERSION = "mmlens.run", 1
 MANIFEST = "manifest.json"
@@ -140,17 +140,8 @@ class RunStore:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{str(path)!r} is not a readable run manifest ({err.__class__.__name__}): delete the "
-                         "folder to start again, or choose another one") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{str(path)!r} is not an mmlens run manifest: choose another output folder")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{str(path)!r} was written by another mmlens run format "
-                         f"({manifest.get('format_version')}): choose another output folder")
-    return manifest
+    return read_json(path, "mmlens run manifest", "delete the folder to start again, or choose another one",
+                     format=FORMAT, version=FORMAT_VERSION, format_fix="choose another output folder")
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:

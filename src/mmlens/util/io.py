@@ -1,4 +1,5 @@
-"""Writing result files atomically: a failure never leaves a half-written file behind."""
+"""Writing result files atomically (a failure never leaves a half-written file behind), and reading a saved JSON
+file back with one clear line for every way it can be wrong."""
 
 from __future__ import annotations
 
@@ -138,3 +139,46 @@ def check_output_folder(path: str | Path, what: str = "--out") -> Path:
         raise InputError(f"{what} {str(path)!r}: {str(existing)!r} is a file, not a folder: pass a folder")
     _writable(existing, what)
     return path
+
+
+def read_json(path: str | Path, what: str, fix: str, *, format: str | None = None, version: int | None = None,
+              format_fix: str | None = None) -> dict[str, Any]:
+    """The JSON object saved in ``path``, or one :class:`InputError` line ending in ``fix``: the file is missing
+    (or a folder), unreadable, not JSON, not a JSON object, or (when given) its ``"format"`` is not ``format`` or
+    its ``"format_version"`` is not ``version`` (these two end in ``format_fix`` when given, else ``fix``).
+
+    ``what`` names the content in the message, e.g. ``"mmlens probe result"``.
+
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = p.write_text('{"format": "demo", "x": 1}')
+    >>> read_json(p, "demo result", "pass a saved result", format="demo")["x"]
+    1
+    >>> _ = p.write_text("[1, 2]")
+    >>> read_json(p, "demo result", "pass a saved result")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    mmlens.errors.InputError: '...r.json' holds no demo result (a JSON list, not an object): pass a saved result
+    """
+    path = Path(path)
+    shown = str(path)
+    if not path.is_file():
+        raise InputError(f"{what} {shown!r} not found: {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or bad JSON
+        raise InputError(f"{shown!r} is not a readable {what} ({type(err).__name__}): {fix}") from None
+    if not isinstance(data, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(data), "number")
+        raise InputError(f"{shown!r} holds no {what} (a JSON {kind}, not an object): {fix}")
+    fix = format_fix or fix
+    if format is not None and data.get("format") != format:
+        raise InputError(f"{shown!r} holds no {what} (format {_brief(data.get('format'))}, not {format!r}): {fix}")
+    if version is not None and data.get("format_version") != version:
+        raise InputError(f"{shown!r} holds {what} format version {_brief(data.get('format_version'))}; this mmlens "
+                         f"reads version {version}: {fix}")
+    return data
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

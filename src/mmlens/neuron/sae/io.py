@@ -26,7 +26,7 @@ import torch
 from mmlens._version import __version__
 from mmlens.errors import InputError
 from mmlens.neuron.sae.model import ARCHITECTURES, SparseAutoencoder
-from mmlens.util.io import atomic_write, check_output_folder
+from mmlens.util.io import atomic_write, check_output_folder, read_json
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 #: the SAELens config format written here (6.x: hook name and model name under ``metadata``)
@@ -62,14 +62,7 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike) -> Path:
 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((folder / CFG_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{str(folder / CFG_FILE)!r} is not a readable SAE config ({type(err).__name__}): "
-                         "pass a folder written by save_sae or SAELens") from None
-    if not isinstance(cfg, dict):
-        raise InputError(f"{str(folder / CFG_FILE)!r} does not hold a JSON object: pass an SAELens cfg.json")
-    return cfg
+    return read_json(folder / CFG_FILE, "SAE config", "pass a folder written by save_sae or SAELens")
 
 
 def load_sae(folder: str | os.PathLike) -> SparseAutoencoder:
