@@ -61,12 +61,19 @@ class Video:
             with Image.open(p) as im:
                 n = int(getattr(im, "n_frames", 1) or 1)
                 _check_count(n)
+                if n * im.width * im.height > limits.MAX_VIDEO_PIXELS:
+                    raise InputError(f"video {str(path)!r} declares {n} frames of {im.width}x{im.height} "
+                                     f"({n * im.width * im.height:,} pixels), over the {limits.MAX_VIDEO_PIXELS:,}-"
+                                     "pixel limit: pass fewer or smaller frames")
                 for k in range(n):
                     im.seek(k)
                     frames.append(im.convert("RGB"))
                     ms.append(float(im.info.get("duration", 0) or 0))
         except InputError:
             raise
+        except Image.DecompressionBombError:
+            raise InputError(f"video {str(path)!r} declares frames over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+                             f"(a decompression bomb?): pass frames of at most {limits.MAX_IMAGE_PIXELS:,} pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise InputError(f"video {str(path)!r} is not a readable animated image ({err.__class__.__name__}): "
                              "pass a GIF or a folder of frames") from None

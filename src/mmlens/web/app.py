@@ -38,7 +38,7 @@ def build(ctx: Context) -> gr.Blocks:
                         if ctx.is_demo:
                             gallery = gr.Gallery(ask.gallery_items(), label="ShapesVQA samples: click one",
                                                  columns=4, height=230, allow_preview=False, elem_id="samples")
-                        upload = ask.upload_box()
+                        upload = ask.upload_box(ctx)
                         preview = gr.Image(label="image", interactive=False, height=220, elem_id="preview",
                                            buttons=[])
                         prompt = gr.Textbox(label="prompt", placeholder="ask about the image", elem_id="prompt",
@@ -117,7 +117,8 @@ def build(ctx: Context) -> gr.Blocks:
         reset = [chips, target, heat, tokens, ask_msg, ex_msg]
 
         def cleared(s: Session, note: str = "") -> dict:
-            return {state: s, preview: s.image, prompt: s.prompt, chips: gr.update(choices=[], value=[]),
+            return {state: s, preview: gr.update(value=s.image, label=ask.preview_label(s)), prompt: s.prompt,
+                    chips: gr.update(choices=[], value=[]),
                     target: "answer", heat: "", tokens: "", ask_msg: note, ex_msg: ""}
 
         if gallery is not None:
@@ -129,13 +130,13 @@ def build(ctx: Context) -> gr.Blocks:
             gallery.select(on_sample, [state], [state, preview, prompt, *reset])
 
         @guard(ask_msg, lm.model)
-        def load_upload(s: Session, path: str | None) -> dict:
-            new = ask.load_upload(s, path)
-            return cleared(new, message(f"loaded {new.image_name}: type a prompt and press Generate", "info"))
+        def load_upload(s: Session, paths: list[str] | None) -> dict:
+            new = ask.load_upload(ctx, s, paths)
+            return cleared(new, ask.loaded_note(new))
 
-        def on_upload(s: Session, path: str | None) -> dict:
+        def on_upload(s: Session, paths: list[str] | None) -> dict:
             # the drop zone is emptied again at once: the image shows in the preview, the file is not kept
-            return {**load_upload(s, path), upload: None}
+            return {**load_upload(s, paths), upload: None}
 
         upload.upload(on_upload, [state, upload], [state, preview, prompt, upload, *reset], api_name="upload")
 
