@@ -1,6 +1,6 @@
 """Video on the page: a tiny Qwen2-VL (a real HF video family, random weights) served on loopback and driven by
 Playwright + Debian's chromium; an animated GIF becomes a video, the Explain panel shows every frame's map and the
-frame-importance bars, and bad videos get one line while the server keeps serving.
+frame-importance curve, and bad videos get one line while the server keeps serving.
 
 One server and one browser for the module; two page loads.
 """
@@ -8,7 +8,9 @@ One server and one browser for the module; two page loads.
 from __future__ import annotations
 
 import base64
+import html
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from mmlens.web.render import heat_layer
 
 FAMILY = "qwen2_vl"     # temporal patch 2: frames (0, 1) share tokens, frame 2 has its own
 FORCED = "red cat"
+XSS = "<img src=x onerror=\"document.title='pwned'\">"
 TIMEOUT_MS = 30_000
 
 
@@ -111,7 +114,7 @@ def test_a_gif_is_explained_frame_by_frame_and_a_marked_frame_moves_its_own_map(
     for k in range(3):  # the layer of frame k is the API's map of frame k on that scale
         np.testing.assert_array_equal(layers[k], np.asarray(heat_layer(maps[k], scale)))
     assert np.array_equal(layers[0], layers[1]) and not np.array_equal(layers[1], layers[2])  # frames 0, 1 share tokens
-    scores = [float(x) for x in page.eval_on_selector_all("#heatmap .mm-fbar", "els => els.map(e => e.dataset.score)")]
+    scores = [float(x) for x in page.eval_on_selector_all("#heatmap .mm-pt", "els => els.map(e => e.dataset.score)")]
     np.testing.assert_allclose(scores, want.frame_curve(), rtol=1e-5)
     assert scores[0] == scores[1]  # frames 0 and 1 share their tokens
 
@@ -153,7 +156,7 @@ def test_bad_videos_get_one_line_and_the_server_keeps_serving(page, lm, tmp_path
     assert page.locator("#heatmap .mm-frame").count() == 0 and page.locator("#heatmap .mm-heat").count() == 1
 
 
-def test_video_panels_without_a_browser(lm, tmp_path):
+def test_video_panels_without_a_browser(lm, tmp_path, monkeypatch):
     """An image-only family refuses a GIF with the API's own line; the Export tab's report carries the strip."""
     from mmlens.web import ask as ask_panel
     from mmlens.web import explain as explain_panel
@@ -170,11 +173,23 @@ def test_video_panels_without_a_browser(lm, tmp_path):
     assert FAMILY in str(page_err.value) and "\n" not in str(page_err.value)
 
     ctx = Context(lm, "tiny", str(tmp_path))
-    s = ask_panel.generate(ctx, ask_panel.load_upload(ctx, Session(), [str(gif)]), "what is this?", FORCED)
+    loaded = ask_panel.load_upload(ctx, Session(), [str(gif)])
+    s = ask_panel.generate(ctx, loaded, XSS, XSS)  # the answer (the strip's title and the curve's label) is text
+    s, heat, _ = explain_panel.run(ctx, s, "attention", "answer", {}, 0.6)
+    label = s.explanation.labels[0]  # the tiny tokenizer reads the payload as "<unk> ...": markup all the same
+    assert "<" in label and label not in heat and html.escape(label) in heat and "<img src=x" not in heat
+    s = ask_panel.generate(ctx, loaded, "what is this?", FORCED)
     s, heat, _ = explain_panel.run(ctx, s, "saliency", "answer", {}, 0.6)
-    assert heat.count('class="mm-frame"') == heat.count('class="mm-fbar"') == 3
-    report = open(export.save(ctx, s, "HTML report"), encoding="utf-8").read()
+    assert heat.count('class="mm-frame"') == heat.count('class="mm-pt"') == 3
+    report = Path(export.save(ctx, s, "HTML report")).read_text(encoding="utf-8")
     assert report.count("data:image/png;base64") == 2  # the heatmaps + the frame strip
     code = export.code(ctx, s)
     assert "mmlens.Video.load('your_video.gif')" in code and "ex.save_strip(" in code
     assert mmlens.count_hooks(lm.model) == 0
+
+    from mmlens.util import limits  # an animated file's declared pixels over all frames are refused before decoding
+
+    w, h = loaded.video.frames[0].size
+    monkeypatch.setattr(limits, "MAX_VIDEO_PIXELS", 3 * w * h - 1)
+    with pytest.raises(mmlens.InputError, match=f"declares 3 frames of {w}x{h}"):
+        ask_panel.load_upload(ctx, Session(), [str(gif)])

@@ -126,7 +126,7 @@ def run(ctx: Context, s: Session, method: str, target: str, opts: dict[str, Any]
     s.explanation = ex
     s.call = {"method": method, "target": target, "options": opts}
     label = ex.labels[0]
-    if ex.is_video:  # every frame's map on one scale, and the frame-importance bars
+    if ex.is_video:  # every frame's map on one scale, and the frame-importance curve
         heat = strip_html(ex, 0, f"{method}: {label!r}", opacity)
     else:
         heat = heatmap_html(s.image, ex.image_map(0), f"{method}: {label!r}", opacity)

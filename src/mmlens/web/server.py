@@ -76,8 +76,8 @@ def serve(subject: Any = "demo", host: str = "127.0.0.1", port: int = 7860, bloc
     atexit.register(shutil.rmtree, tmp, True)
     from mmlens.web.app import build, theme
     from mmlens.web.render import CSS
-    from mmlens.web.video import CSS as VIDEO_CSS
     from mmlens.web.session import Context
+    from mmlens.web.video import CSS as VIDEO_CSS
 
     page = build(Context(lm, spec, tmp))
     page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)

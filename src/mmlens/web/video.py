@@ -1,6 +1,6 @@
 """Video on the page: an upload (an animated GIF / PNG / WebP, or several frame files) becomes a
 :class:`mmlens.Video` when the loaded family takes video; a video explanation shows as a strip of every frame's
-heatmap (one colour scale, frame index and time under each) over the frame-importance bars.
+heatmap (one colour scale, frame index and time under each) over the frame-importance curve.
 
 The checks are the API's (frame limit, frames of one size, the families that take video), so the page says what
 ``mmlens.explain`` would say.
@@ -70,7 +70,7 @@ def describe(video: Any) -> str:
 
 def strip_html(ex: Any, target: int, title: str, opacity: float = 0.6) -> str:
     """Every frame's heatmap on one colour scale (at most the API strip's frames, evenly spaced), frame index and
-    time under each, then the frame-importance bars (``ex.frame_curve``: every frame)."""
+    time under each, then the frame-importance curve (``ex.frame_curve``: every frame)."""
     times = list(ex.metadata["video"]["frame_times"])
     n = len(ex.images)
     shown = _api.shown_frames(n)
@@ -82,22 +82,43 @@ def strip_html(ex: Any, target: int, title: str, opacity: float = 0.6) -> str:
         + heatmap_html(ex.images[k], m, "", opacity, scale=(lo, hi), caption=f"frame {k} · {times[k]:.2f} s")
         + "</div>" for k, m in zip(shown, maps))
     note = "" if len(shown) == n else \
-        f'<div class="mm-sub">{len(shown)} of {n} frames shown, evenly spaced; the bars below have every frame</div>'
+        f'<div class="mm-sub">{len(shown)} of {n} frames shown, evenly spaced; the curve below has every frame</div>'
     return (f'<div class="mm-video"><div class="mm-title">{esc(title)}</div>{note}'
             f'<div class="mm-strip">{frames}</div>{colour_bar(lo, hi)}'
             f'{curve_html(ex.frame_curve(target), times, ex.labels[target])}</div>')
 
 
 def curve_html(curve: np.ndarray, times: Sequence[float], label: str) -> str:
-    """One bar per frame, height = |score| / max |score| (negative scores in blue); hover for the number."""
+    """The frame curve as a small inline SVG plot (score against time, one dot per frame; hover a dot for its
+    number), on the curve's own range like the API strip's plot: the axis labels say where it starts."""
     values = np.nan_to_num(np.asarray(curve, dtype=np.float64))
-    top = float(np.abs(values).max()) or 1.0
-    bars = "".join(
-        f'<div class="mm-fbar" data-frame="{k}" data-score="{v:.6g}" title="frame {k} · {times[k]:.2f} s: {v:.4g}">'
-        f'<div class="{"mm-neg" if v < 0 else "mm-pos"}" style="height:{100 * abs(v) / top:.1f}%"></div>'
-        f"<span>{k}</span></div>" for k, v in enumerate(values))
-    return (f'<div class="mm-curve"><div class="mm-sub">frame importance: the sum of {esc(repr(label))}\'s scores '
-            f"over each frame's tokens (hover a bar for its value)</div><div class=\"mm-bars\">{bars}</div></div>")
+    n = len(values)
+    lo, hi = float(values.min()), float(values.max())
+    pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
+    lo, hi = lo - pad, hi + pad
+    width, height, left, right, top, bottom = 640, 120, 56, 12, 8, 22
+
+    def at(k: int, v: float) -> tuple[float, float]:
+        x = left + (width - left - right) * (k / (n - 1) if n > 1 else 0.5)
+        return x, top + (height - top - bottom) * (hi - v) / (hi - lo)
+
+    points = [at(k, v) for k, v in enumerate(values)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    r = 3.0 if n <= 64 else 1.5
+    dots = "".join(
+        f'<circle class="mm-pt" data-frame="{k}" data-score="{v:.9g}" cx="{x:.1f}" cy="{y:.1f}" r="{r}">'
+        f"<title>frame {k} · {times[k]:.2f} s: {v:.4g}</title></circle>" for k, (v, (x, y)) in enumerate(zip(values, points)))
+    base = height - bottom
+    axes = (f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}"/><line x1="{left}" y1="{base}" '
+            f'x2="{width - right}" y2="{base}"/>'
+            f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{hi - pad:.3g}</text>'
+            f'<text x="{left - 4}" y="{base}" text-anchor="end">{lo + pad:.3g}</text>'
+            f'<text x="{left}" y="{height - 6}">{times[0]:.2f} s</text>'
+            f'<text x="{width - right}" y="{height - 6}" text-anchor="end">{times[-1]:.2f} s</text>')
+    return (f'<div class="mm-curve"><div class="mm-sub">frame importance over time: the sum of the scores for '
+            f"{esc(repr(label))} over each frame's tokens (hover a dot for its value)</div>"
+            f'<svg class="mm-plot" viewBox="0 0 {width} {height}" role="img" aria-label="frame importance">{axes}'
+            f'<polyline points="{line}"/>{dots}</svg></div>')
 
 
 CSS = """
@@ -106,12 +127,8 @@ CSS = """
 .mm-frame .mm-heat {max-width: none}
 .mm-caption {font-size: 12px; color: #444; text-align: center; margin-top: 2px; font-family: ui-monospace, monospace}
 .mm-curve {margin-top: 8px}
-.mm-bars {display: flex; align-items: flex-end; gap: 2px; height: 80px; border-bottom: 1px solid #999;
-  padding-bottom: 14px; position: relative}
-.mm-fbar {flex: 1 1 0; height: 100%; display: flex; flex-direction: column; justify-content: flex-end;
-  position: relative; min-width: 2px; max-width: 40px}
-.mm-fbar > div {width: 100%; border-radius: 2px 2px 0 0}
-.mm-pos {background: #4f46e5}
-.mm-neg {background: #38bdf8}
-.mm-fbar span {position: absolute; bottom: -14px; width: 100%; text-align: center; font-size: 10px; color: #555}
+.mm-plot {width: 100%; max-width: 640px; height: auto; font-size: 11px; fill: #555}
+.mm-plot line {stroke: #999; stroke-width: 1}
+.mm-plot polyline {fill: none; stroke: #4f46e5; stroke-width: 1.5}
+.mm-plot .mm-pt {fill: #4f46e5}
 """
