@@ -149,6 +149,14 @@ def test_bad_videos_get_one_line_and_the_server_keeps_serving(page, lm, tmp_path
 
     b.save(tmp_path / "b.png")  # two frames of one size: a video of 2 frames at 1 fps, in name order
     assert "a.png … b.png (a video of 2 frames at 1 fps)" in upload(page, tmp_path / "b.png", tmp_path / "a.png")
+    for rate, words in (("-1", "fps=-1: pass the frame rate as a number in (0, 1000]"), ("2.5", "2 frames at 2.5 fps")):
+        now = "(document.querySelector('#ask-msg .mm-msg') || {}).innerText"
+        page.evaluate(f"window.__msg = {now}")
+        page.fill("#fps input", rate)
+        page.press("#fps input", "Enter")
+        page.wait_for_function(f"{now} !== window.__msg")
+        assert words in message(page, "ask-msg")
+    assert "2 frames at 2.5 fps" in page.inner_text("#preview")
     text = upload(page, tmp_path / "a.png")  # a still image on a video model: one heatmap, as before
     assert "an image" in text and page.inner_text("#preview").strip().startswith("image")
     ask(page, "what is this?")
@@ -184,7 +192,7 @@ def test_video_panels_without_a_browser(lm, tmp_path, monkeypatch):
     report = Path(export.save(ctx, s, "HTML report")).read_text(encoding="utf-8")
     assert report.count("data:image/png;base64") == 2  # the heatmaps + the frame strip
     code = export.code(ctx, s)
-    assert "mmlens.Video.load('your_video.gif')" in code and "ex.save_strip(" in code
+    assert "mmlens.Video.load('your_video.gif', fps=4.0)" in code and "ex.save_strip(" in code
     assert mmlens.count_hooks(lm.model) == 0
 
     from mmlens.util import limits  # an animated file's declared pixels over all frames are refused before decoding
@@ -193,3 +201,8 @@ def test_video_panels_without_a_browser(lm, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "MAX_VIDEO_PIXELS", 3 * w * h - 1)
     with pytest.raises(mmlens.InputError, match=f"declares 3 frames of {w}x{h}"):
         ask_panel.load_upload(ctx, Session(), [str(gif)])
+    frames = [str(tmp_path / f"f{k}.png") for k in range(4)]  # frame files: decided from frame 0, in one line
+    for f, frame in zip(frames, loaded.video.frames * 2):
+        frame.save(f)
+    with pytest.raises(mmlens.InputError, match=f"4 frames of {w}x{h} .* over the {3 * w * h - 1:,}-pixel limit"):
+        ask_panel.load_upload(ctx, Session(), frames)

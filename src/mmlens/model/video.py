@@ -93,7 +93,8 @@ def _check_count(n: int) -> None:
 
 def video_frames(video: Video) -> tuple[list[Image.Image], list[str]]:
     """The video's frames as RGB PIL images of one size, and their conversion notes; one-line InputError for
-    no frames, too many, a bad fps, or frames of different sizes.
+    no frames, too many, too many pixels in all (decided from frame 0, before the others are read), a bad fps, or
+    frames of different sizes.
 
     >>> frames, notes = video_frames(Video([Image.new("L", (8, 6))] * 2))
     >>> [f.mode for f in frames], notes
@@ -109,6 +110,10 @@ def video_frames(video: Video) -> tuple[list[Image.Image], list[str]]:
     frames, notes = [], []
     for k, frame in enumerate(video.frames):
         rgb, note = to_rgb(frame, name=f"frame {k}")
+        if not frames and len(video.frames) * rgb.width * rgb.height > limits.MAX_VIDEO_PIXELS:  # before the rest
+            raise InputError(f"the video has {len(video.frames)} frames of {rgb.width}x{rgb.height} "
+                             f"({len(video.frames) * rgb.width * rgb.height:,} pixels), over the "
+                             f"{limits.MAX_VIDEO_PIXELS:,}-pixel limit: pass fewer or smaller frames")
         if frames and rgb.size != frames[0].size:
             raise InputError(f"frame {k} is {rgb.width}x{rgb.height} but frame 0 is {frames[0].width}x"
                              f"{frames[0].height}: pass frames of one size (resize them first)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -32,10 +33,12 @@ def load_sample(ctx: Context, s: Session, index: int) -> tuple[Session, Any, str
     return new, sample.image, sample.question
 
 
-def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None) -> Session:
+def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None, fps: float | None = None) -> Session:
     """Session with the uploaded file(s) as the input, after the size / type / pixel checks of the API: one still
-    image; an animated GIF / PNG / WebP, or several files (frames in name order), as a video when the family takes
-    video (else the API's one-line refusal, naming the families that do)."""
+    image; an animated GIF / PNG / WebP, or several files (frames in name order), as a video at ``fps`` (default:
+    the file's own, 1 for frame files; so is 0, the fps box's default) when the family takes video (else the API's
+    one-line refusal, naming the families that do)."""
+    fps = fps or None
     paths = [paths] if isinstance(paths, str) else [p for p in (paths or []) if p]
     if not paths:
         raise mmlens.InputError("the upload is empty: pick an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)")
@@ -43,12 +46,12 @@ def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None) -> 
         if os.path.getsize(path) == 0:
             raise mmlens.InputError(f"the file {os.path.basename(path)!r} is empty: pick an image file")
     if len(paths) > 1:
-        return video.from_frames(ctx, paths)
+        return video.from_frames(ctx, paths, fps)
     name = os.path.basename(paths[0])
     image, _note = _api.to_rgb(paths[0], name=f"the file {name!r}")  # byte, pixel and type limits of the API
     n_frames = video.frame_count(paths[0])
     if n_frames > 1:
-        return video.from_file(ctx, paths[0], name, n_frames)
+        return video.from_file(ctx, paths[0], name, n_frames, fps)
     return Session(image=image, image_name=name, image_code="Image.open('your_image.png')")
 
 
@@ -79,8 +82,8 @@ def generate(ctx: Context, s: Session, prompt: str, forced: str) -> Session:
     else:
         batch = lm.prepare(s.visual, prompt, answer=forced)
     tokens = [lm.tokenizer.decode([t]).strip() for t in batch.answer_ids.tolist()]
-    return Session(image=s.image, video=s.video, image_code=s.image_code, image_name=s.image_name, prompt=prompt,
-                   answer=forced, batch=batch, answer_tokens=tokens)
+    return dataclasses.replace(s, prompt=prompt, answer=forced, batch=batch, answer_tokens=tokens, explanation=None,
+                               call={})
 
 
 def chip_choices(s: Session) -> list[tuple[str, int]]:
@@ -110,6 +113,12 @@ def answer_note(s: Session) -> str:
 
 def gallery_items() -> list[tuple[Any, str]]:
     return [(x.image.resize((128, 128), 0), f"#{i} {x.question}") for i, x in enumerate(samples())]
+
+
+def fps_box(ctx: Context) -> gr.Number:
+    """The frame rate of an uploaded video (shown for families with video only)."""
+    return gr.Number(0, label="video fps (0: the file's own; frame files: 1)", elem_id="fps",
+                     visible=bool(ctx.subject.adapter.supports_video))
 
 
 def upload_box(ctx: Context) -> gr.File:

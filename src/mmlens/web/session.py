@@ -23,6 +23,8 @@ class Session:
 
     image: Image.Image | None = None  # the image, or a video's first frame (the preview)
     video: Any = None             # mmlens.Video when the input is a video (its frames, checked, and fps)
+    video_fps: float = 1.0        # the upload's own frame rate (the fps box, when emptied, goes back to it)
+    video_code: str = ""          # the call that loads the video, up to its fps argument (for "copy as code")
     image_code: str = ""          # Python expression that rebuilds the image or video (for "copy as code")
     image_name: str = ""
     prompt: str = ""

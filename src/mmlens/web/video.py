@@ -35,26 +35,37 @@ def require_video(ctx: Context, what: str) -> None:
         raise mmlens.InputError(f"{what} is a video, but {err}") from None
 
 
-def from_file(ctx: Context, path: str, name: str, n_frames: int) -> Session:
-    """Session holding the animated file at ``path`` as a video (fps from its frame durations)."""
+def from_file(ctx: Context, path: str, name: str, n_frames: int, fps: float | None = None) -> Session:
+    """Session holding the animated file at ``path`` as a video (at ``fps``, default its frame durations')."""
     require_video(ctx, f"the file {name!r} ({n_frames} frames)")
-    return _session(ctx, mmlens.Video.load(path), name, f"mmlens.Video.load({_code_name(name)!r})")
+    video = mmlens.Video.load(path)
+    return _session(video.frames, video.fps, fps, name, f"mmlens.Video.load({_code_name(name)!r}")
 
 
-def from_frames(ctx: Context, paths: Sequence[str]) -> Session:
-    """Session holding several uploaded files as the frames of one video, in name order, at 1 fps (as
+def from_frames(ctx: Context, paths: Sequence[str], fps: float | None = None) -> Session:
+    """Session holding several uploaded files as the frames of one video, in name order, at ``fps`` (default 1, as
     ``Video.load`` reads a folder)."""
     named = sorted((os.path.basename(p), p) for p in paths)
     names = [n for n, _ in named]
     require_video(ctx, f"a set of {len(names)} files ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})")
-    return _session(ctx, mmlens.Video([p for _, p in named], fps=1.0), f"{names[0]} … {names[-1]}",
-                    f"mmlens.Video({names!r}, fps=1.0)")
+    return _session([p for _, p in named], 1.0, fps, f"{names[0]} … {names[-1]}", f"mmlens.Video({names!r}")
 
 
-def _session(ctx: Context, video: Any, name: str, code: str) -> Session:
-    frames, _notes = _api.video_frames(video)  # the API's checks: frame limit, fps, each frame an image, one size
-    video = mmlens.Video(frames, float(video.fps))
-    return Session(image=frames[0], video=video, image_name=name, image_code=code)
+def with_fps(s: Session, fps: float | None) -> Session:
+    """The session's video at another frame rate (None or 0: the upload's own); its answer and explanation are
+    dropped. The same session when there is no video or the rate is the same."""
+    fps = fps or None
+    if s.video is None or float(s.video_fps if fps is None else fps) == float(s.video.fps):
+        return s
+    return _session(s.video.frames, s.video_fps, fps, s.image_name, s.video_code)
+
+
+def _session(frames: Sequence[Any], native: float, fps: float | None, name: str, code: str) -> Session:
+    rate = native if fps is None else fps
+    # the API's checks: frame limit, pixels, fps, each frame an image, all of one size
+    checked, _notes = _api.video_frames(mmlens.Video(list(frames), rate))
+    return Session(image=checked[0], video=mmlens.Video(checked, float(rate)), video_fps=float(native),
+                   video_code=code, image_name=name, image_code=f"{code}, fps={float(rate)!r})")
 
 
 def _code_name(name: str) -> str:
