@@ -72,8 +72,9 @@ class Video:
         except InputError:
             raise
         except Image.DecompressionBombError:
-            raise InputError(f"video {str(path)!r} declares frames over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
-                             f"(a decompression bomb?): pass frames of at most {limits.MAX_IMAGE_PIXELS:,} pixels") from None
+            raise InputError(f"video {str(path)!r} declares frames over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                             f"pixels (a decompression bomb?): pass frames of at most {limits.MAX_IMAGE_PIXELS:,} "
+                             "pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise InputError(f"video {str(path)!r} is not a readable animated image ({err.__class__.__name__}): "
                              "pass a GIF or a folder of frames") from None

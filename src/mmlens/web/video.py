@@ -28,16 +28,16 @@ def frame_count(path: str) -> int:
 
 
 def require_video(ctx: Context, what: str) -> None:
-    """The API's one-line refusal (it names the families with video), prefixed with what was uploaded."""
+    """The API's one-line refusal (it names the families with video), after ``what`` was uploaded."""
     try:
         ctx.subject.adapter.require_video()
     except mmlens.InputError as err:
-        raise mmlens.InputError(f"{what} is a video, but {err}") from None
+        raise mmlens.InputError(f"{what}, but {err}") from None
 
 
 def from_file(ctx: Context, path: str, name: str, n_frames: int, fps: float | None = None) -> Session:
     """Session holding the animated file at ``path`` as a video (at ``fps``, default its frame durations')."""
-    require_video(ctx, f"the file {name!r} ({n_frames} frames)")
+    require_video(ctx, f"the file {name!r} has {n_frames} frames (a video)")
     video = mmlens.Video.load(path)
     return _session(video.frames, video.fps, fps, name, f"mmlens.Video.load({_code_name(name)!r}")
 
@@ -47,7 +47,8 @@ def from_frames(ctx: Context, paths: Sequence[str], fps: float | None = None) ->
     ``Video.load`` reads a folder)."""
     named = sorted((os.path.basename(p), p) for p in paths)
     names = [n for n, _ in named]
-    require_video(ctx, f"a set of {len(names)} files ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})")
+    listed = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    require_video(ctx, f"{len(names)} files at once ({listed}) are the frames of a video")
     return _session([p for _, p in named], 1.0, fps, f"{names[0]} … {names[-1]}", f"mmlens.Video({names!r}")
 
 
@@ -118,7 +119,8 @@ def curve_html(curve: np.ndarray, times: Sequence[float], label: str) -> str:
     r = 3.0 if n <= 64 else 1.5
     dots = "".join(
         f'<circle class="mm-pt" data-frame="{k}" data-score="{v:.9g}" cx="{x:.1f}" cy="{y:.1f}" r="{r}">'
-        f"<title>frame {k} · {times[k]:.2f} s: {v:.4g}</title></circle>" for k, (v, (x, y)) in enumerate(zip(values, points)))
+        f"<title>frame {k} · {times[k]:.2f} s: {v:.4g}</title></circle>"
+        for k, (v, (x, y)) in enumerate(zip(values, points)))
     base = height - bottom
     axes = (f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}"/><line x1="{left}" y1="{base}" '
             f'x2="{width - right}" y2="{base}"/>'
