@@ -61,12 +61,20 @@ class Video:
             with Image.open(p) as im:
                 n = int(getattr(im, "n_frames", 1) or 1)
                 _check_count(n)
+                if n * im.width * im.height > limits.MAX_VIDEO_PIXELS:
+                    raise InputError(f"video {str(path)!r} declares {n} frames of {im.width}x{im.height} "
+                                     f"({n * im.width * im.height:,} pixels), over the {limits.MAX_VIDEO_PIXELS:,}-"
+                                     "pixel limit: pass fewer or smaller frames")
                 for k in range(n):
                     im.seek(k)
                     frames.append(im.convert("RGB"))
                     ms.append(float(im.info.get("duration", 0) or 0))
         except InputError:
             raise
+        except Image.DecompressionBombError:
+            raise InputError(f"video {str(path)!r} declares frames over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                             f"pixels (a decompression bomb?): pass frames of at most {limits.MAX_IMAGE_PIXELS:,} "
+                             "pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise InputError(f"video {str(path)!r} is not a readable animated image ({err.__class__.__name__}): "
                              "pass a GIF or a folder of frames") from None
@@ -86,7 +94,8 @@ def _check_count(n: int) -> None:
 
 def video_frames(video: Video) -> tuple[list[Image.Image], list[str]]:
     """The video's frames as RGB PIL images of one size, and their conversion notes; one-line InputError for
-    no frames, too many, a bad fps, or frames of different sizes.
+    no frames, too many, too many pixels in all (decided from frame 0, before the others are read), a bad fps, or
+    frames of different sizes.
 
     >>> frames, notes = video_frames(Video([Image.new("L", (8, 6))] * 2))
     >>> [f.mode for f in frames], notes
@@ -102,6 +111,10 @@ def video_frames(video: Video) -> tuple[list[Image.Image], list[str]]:
     frames, notes = [], []
     for k, frame in enumerate(video.frames):
         rgb, note = to_rgb(frame, name=f"frame {k}")
+        if not frames and len(video.frames) * rgb.width * rgb.height > limits.MAX_VIDEO_PIXELS:  # before the rest
+            raise InputError(f"the video has {len(video.frames)} frames of {rgb.width}x{rgb.height} "
+                             f"({len(video.frames) * rgb.width * rgb.height:,} pixels), over the "
+                             f"{limits.MAX_VIDEO_PIXELS:,}-pixel limit: pass fewer or smaller frames")
         if frames and rgb.size != frames[0].size:
             raise InputError(f"frame {k} is {rgb.width}x{rgb.height} but frame 0 is {frames[0].width}x"
                              f"{frames[0].height}: pass frames of one size (resize them first)")

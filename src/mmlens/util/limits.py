@@ -2,10 +2,11 @@
 
 Images: a file over :data:`MAX_IMAGE_BYTES`, or an image (file, PIL image or array) that declares more than
 :data:`MAX_IMAGE_PIXELS` pixels, is refused before its pixels are decoded (decompression bombs); an image over
-:data:`SOFT_IMAGE_PIXELS` is downscaled (aspect kept) to at most that many pixels, with a conversion note.
-Animated images: the first frame is used (with a note). Videos (:class:`mmlens.Video`): 1 to
-:data:`MAX_VIDEO_FRAMES` frames of one size, each checked as an image. Prompts: at most :data:`MAX_PROMPT_CHARS` characters,
-and the prompt + answer tokens must fit the model's context length. Option values: :data:`OPTION_RANGES`.
+:data:`SOFT_IMAGE_PIXELS` is downscaled (aspect kept) to at most that many pixels, with a conversion note. Animated
+images: the first frame is used (with a note). Videos (:class:`mmlens.Video`): 1 to :data:`MAX_VIDEO_FRAMES` frames
+of one size, each checked as an image, at most :data:`MAX_VIDEO_PIXELS` pixels over all frames (an animated file's
+declared size is checked before decoding). Prompts: at most :data:`MAX_PROMPT_CHARS` characters, and the prompt +
+answer tokens must fit the model's context length. Option values: :data:`OPTION_RANGES`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ SOFT_IMAGE_PIXELS = 4096 * 4096        # downscaled above this (no model reads m
 MAX_PROMPT_CHARS = 100_000             # checked before tokenising
 MAX_SAMPLES = 1_000_000                # benchmark --n
 MAX_VIDEO_FRAMES = 256                 # frames of one video (each frame costs a vision-tower pass)
+MAX_VIDEO_PIXELS = 300_000_000         # frames x width x height of a video (an animated file's: before decoding)
 
 #: Inclusive integer ranges of method options that size the work (memory or time grows with them).
 OPTION_RANGES: dict[str, tuple[int, int]] = {

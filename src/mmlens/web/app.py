@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from mmlens.web import ask, explain, export, heads, knockout, lens, trace
+from mmlens.web import ask, explain, export, heads, knockout, lens, trace, video
 from mmlens.web.render import esc, message, result_grid_html
 from mmlens.web.session import Context, Session, guard
 
@@ -38,9 +38,10 @@ def build(ctx: Context) -> gr.Blocks:
                         if ctx.is_demo:
                             gallery = gr.Gallery(ask.gallery_items(), label="ShapesVQA samples: click one",
                                                  columns=4, height=230, allow_preview=False, elem_id="samples")
-                        upload = ask.upload_box()
+                        upload = ask.upload_box(ctx)
                         preview = gr.Image(label="image", interactive=False, height=220, elem_id="preview",
                                            buttons=[])
+                        fps = ask.fps_box(ctx)
                         prompt = gr.Textbox(label="prompt", placeholder="ask about the image", elem_id="prompt",
                                             max_length=10_000)
                         with gr.Accordion("teacher-force an answer (optional)", open=False):
@@ -117,7 +118,8 @@ def build(ctx: Context) -> gr.Blocks:
         reset = [chips, target, heat, tokens, ask_msg, ex_msg]
 
         def cleared(s: Session, note: str = "") -> dict:
-            return {state: s, preview: s.image, prompt: s.prompt, chips: gr.update(choices=[], value=[]),
+            return {state: s, preview: gr.update(value=s.image, label=ask.preview_label(s)), prompt: s.prompt,
+                    chips: gr.update(choices=[], value=[]),
                     target: "answer", heat: "", tokens: "", ask_msg: note, ex_msg: ""}
 
         if gallery is not None:
@@ -129,15 +131,26 @@ def build(ctx: Context) -> gr.Blocks:
             gallery.select(on_sample, [state], [state, preview, prompt, *reset])
 
         @guard(ask_msg, lm.model)
-        def load_upload(s: Session, path: str | None) -> dict:
-            new = ask.load_upload(s, path)
-            return cleared(new, message(f"loaded {new.image_name}: type a prompt and press Generate", "info"))
+        def load_upload(s: Session, paths: list[str] | None, rate: float | None) -> dict:
+            new = ask.load_upload(ctx, s, paths, rate)
+            return cleared(new, ask.loaded_note(new))
 
-        def on_upload(s: Session, path: str | None) -> dict:
+        def on_upload(s: Session, paths: list[str] | None, rate: float | None) -> dict:
             # the drop zone is emptied again at once: the image shows in the preview, the file is not kept
-            return {**load_upload(s, path), upload: None}
+            return {**load_upload(s, paths, rate), upload: None}
 
-        upload.upload(on_upload, [state, upload], [state, preview, prompt, upload, *reset], api_name="upload")
+        upload.upload(on_upload, [state, upload, fps], [state, preview, prompt, upload, *reset], api_name="upload")
+
+        @guard(ask_msg, lm.model)
+        def on_fps(s: Session, rate: float | None, text: str) -> dict:
+            new = video.with_fps(s, rate)
+            if new is s:  # no video yet, or the same rate: nothing to do
+                return {}
+            new.prompt = text or ""
+            return cleared(new, ask.loaded_note(new))
+
+        fps.submit(on_fps, [state, fps, prompt], [state, preview, prompt, *reset])
+        fps.blur(on_fps, [state, fps, prompt], [state, preview, prompt, *reset])
 
         @guard(ask_msg, lm.model)
         def on_generate(s: Session, text: str, forced_text: str) -> dict:

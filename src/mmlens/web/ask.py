@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
 
 import mmlens
 from mmlens.data import ShapesVQA
-from mmlens.web import _api
+from mmlens.web import _api, video
 from mmlens.web.render import message
 from mmlens.web.session import Context, Session
 
@@ -31,36 +33,57 @@ def load_sample(ctx: Context, s: Session, index: int) -> tuple[Session, Any, str
     return new, sample.image, sample.question
 
 
-def load_upload(s: Session, path: str | None) -> Session:
-    """Session with an uploaded file as the input, after the size / type / pixel checks of the API."""
-    if not path:
+def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None, fps: float | None = None) -> Session:
+    """Session with the uploaded file(s) as the input, after the size / type / pixel checks of the API: one still
+    image; an animated GIF / PNG / WebP, or several files (frames in name order), as a video at ``fps`` (default:
+    the file's own, 1 for frame files; so is 0, the fps box's default) when the family takes video (else the API's
+    one-line refusal, naming the families that do)."""
+    fps = fps or None
+    paths = [paths] if isinstance(paths, str) else [p for p in (paths or []) if p]
+    if not paths:
         raise mmlens.InputError("the upload is empty: pick an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)")
-    name = os.path.basename(path)
-    if os.path.getsize(path) == 0:
-        raise mmlens.InputError(f"the file {name!r} is empty: pick an image file")
-    image, _note = _api.to_rgb(path, name=f"the file {name!r}")  # byte, pixel and type limits of the API
+    for path in paths:
+        if os.path.getsize(path) == 0:
+            raise mmlens.InputError(f"the file {os.path.basename(path)!r} is empty: pick an image file")
+    if len(paths) > 1:
+        return video.from_frames(ctx, paths, fps)
+    name = os.path.basename(paths[0])
+    image, _note = _api.to_rgb(paths[0], name=f"the file {name!r}")  # byte, pixel and type limits of the API
+    n_frames = video.frame_count(paths[0])
+    if n_frames > 1:
+        return video.from_file(ctx, paths[0], name, n_frames, fps)
     return Session(image=image, image_name=name, image_code="Image.open('your_image.png')")
+
+
+def loaded_note(s: Session) -> str:
+    """What the page says after a sample or an upload was loaded."""
+    what = f"a video of {video.describe(s.video)}" if s.video is not None else "an image"
+    return message(f"loaded {s.image_name} ({what}): type a prompt and press Generate", "info")
+
+
+def preview_label(s: Session) -> str:
+    return f"video: {video.describe(s.video)} (first frame shown)" if s.video is not None else "image"
 
 
 def generate(ctx: Context, s: Session, prompt: str, forced: str) -> Session:
     """The model's answer (or the teacher-forced one) to ``prompt``; the session keeps its batch."""
     if s.image is None:
-        raise mmlens.InputError("no image yet: pick a sample or upload an image first")
+        raise mmlens.InputError("no image yet: pick a sample or upload an image (or a video) first")
     if not prompt or not prompt.strip():
         raise mmlens.InputError("the prompt is empty: type a question about the image")
     lm = ctx.subject
     forced = (forced or "").strip() or None
     if forced is None:
-        gen = lm.generate(s.image, prompt, max_new_tokens=16)
+        gen = lm.generate(s.visual, prompt, max_new_tokens=16)
         if not gen.token_ids.numel():
             raise mmlens.InputError("the model's answer is empty (it stopped at once): type an answer to "
                                     "teacher-force")
         batch = gen.batch
     else:
-        batch = lm.prepare(s.image, prompt, answer=forced)
+        batch = lm.prepare(s.visual, prompt, answer=forced)
     tokens = [lm.tokenizer.decode([t]).strip() for t in batch.answer_ids.tolist()]
-    return Session(image=s.image, image_code=s.image_code, image_name=s.image_name, prompt=prompt, answer=forced,
-                   batch=batch, answer_tokens=tokens)
+    return dataclasses.replace(s, prompt=prompt, answer=forced, batch=batch, answer_tokens=tokens, explanation=None,
+                               call={})
 
 
 def chip_choices(s: Session) -> list[tuple[str, int]]:
@@ -92,6 +115,14 @@ def gallery_items() -> list[tuple[Any, str]]:
     return [(x.image.resize((128, 128), 0), f"#{i} {x.question}") for i, x in enumerate(samples())]
 
 
-def upload_box() -> gr.File:
-    return gr.File(label="…or upload an image", file_types=IMAGE_TYPES, file_count="single", elem_id="upload",
-                   height=120)
+def fps_box(ctx: Context) -> gr.Number:
+    """The frame rate of an uploaded video (shown for families with video only)."""
+    return gr.Number(0, label="video fps (0: the file's own; frame files: 1)", elem_id="fps",
+                     visible=bool(ctx.subject.adapter.supports_video))
+
+
+def upload_box(ctx: Context) -> gr.File:
+    label = "…or upload an image"
+    if ctx.subject.adapter.supports_video:
+        label += ", or a video: an animated GIF / PNG / WebP, or several frames at once (name order, 1 fps)"
+    return gr.File(label=label, file_types=IMAGE_TYPES, file_count="multiple", elem_id="upload", height=120)

@@ -12,6 +12,7 @@ import mmlens
 from mmlens.web.faithfulness import figures_html
 from mmlens.web.render import esc, heatmap_html, token_scores_html
 from mmlens.web.session import Context, Session
+from mmlens.web.video import strip_html
 
 DEFAULT_METHOD = "attention"
 
@@ -110,7 +111,8 @@ def method_html(ctx: Context, name: str) -> str:
 
 def run(ctx: Context, s: Session, method: str, target: str, opts: dict[str, Any], opacity: float,
         progress: Any = None) -> tuple[Session, str, str]:
-    """Explain the session's answer with ``method`` for ``target``; returns (session, heatmap, token scores)."""
+    """Explain the session's answer with ``method`` for ``target``; returns (session, heatmap or a video's strip,
+    token scores)."""
     ctx.need_answer(s)
     if method not in {m.name for m in attribution_methods()}:
         raise mmlens.InputError(f"unknown method {method!r}: pick one from the list")
@@ -119,11 +121,14 @@ def run(ctx: Context, s: Session, method: str, target: str, opts: dict[str, Any]
         progress(0.1, desc=f"{method}: explaining {target!r}")
     # the session's answer: teacher-forced text, or the ids Generate produced (no second generation)
     answer = s.answer if s.answer is not None else s.batch.answer_ids.tolist()
-    ex = mmlens.explain(ctx.subject, s.image, s.prompt, method=method, target=target, answer=answer,
+    ex = mmlens.explain(ctx.subject, s.visual, s.prompt, method=method, target=target, answer=answer,
                         max_new_tokens=16, **opts)
     s.explanation = ex
     s.call = {"method": method, "target": target, "options": opts}
     label = ex.labels[0]
-    heat = heatmap_html(s.image, ex.image_map(0), f"{method}: {label!r}", opacity)
+    if ex.is_video:  # every frame's map on one scale, and the frame-importance curve
+        heat = strip_html(ex, 0, f"{method}: {label!r}", opacity)
+    else:
+        heat = heatmap_html(s.image, ex.image_map(0), f"{method}: {label!r}", opacity)
     toks = token_scores_html(ex.text_scores(0), f"prompt tokens coloured by {method} score for {label!r}")
     return s, heat, toks

@@ -31,13 +31,15 @@ def code(ctx: Context, s: Session) -> str:
     opts = "".join(f", {k}={v!r}" for k, v in call["options"].items())
     answer = f", answer={s.answer!r}" if s.answer is not None else ""
     imports = "from mmlens.data import ShapesVQA\n" if s.image_code.startswith("ShapesVQA") else \
-        "from PIL import Image\n"
+        "" if s.video is not None else "from PIL import Image\n"
+    name = "video" if s.video is not None else "image"
+    strip = f"ex.save_strip('strip.png', {s.explanation.labels[0]!r})\n" if s.video is not None else ""
     return (
         "import mmlens\n" + imports + "\n"
         f"lm = mmlens.load({ctx.model_spec!r})\n"
-        f"image = {s.image_code}\n"
-        f"ex = mmlens.explain(lm, image, {s.prompt!r}, method={call['method']!r}, target={call['target']!r}"
+        f"{name} = {s.image_code}\n"
+        f"ex = mmlens.explain(lm, {name}, {s.prompt!r}, method={call['method']!r}, target={call['target']!r}"
         f"{answer}{opts})\n"
         f"fig = ex.plot({s.explanation.labels[0]!r})\n"
-        "ex.save('explanation.html')\n"
+        + strip + "ex.save('explanation.html')\n"
     )

@@ -50,7 +50,8 @@ def image_map_html(s: Session, lens: Any, layer: int) -> str:
     n = lens.values.shape[0]
     layer = int(np.clip(layer, 0, n - 1))
     m = lens.image_map(s.batch, image=0, layer=layer)
-    title = f"logit lens: p({lens.meta['target']!r}) on the image tokens, {lens.row_labels[layer]}"
+    where = "the first frame's tokens" if s.video is not None else "the image tokens"
+    title = f"logit lens: p({lens.meta['target']!r}) on {where}, {lens.row_labels[layer]}"
     return heatmap_html(s.image, m, title)
 
 

@@ -44,36 +44,48 @@ def png_data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def normalise(m: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Min-max to [0, 1] (a constant map becomes zeros); returns (normalised, min, max)."""
+def normalise(m: np.ndarray, scale: tuple[float, float] | None = None) -> tuple[np.ndarray, float, float]:
+    """Min-max to [0, 1] (a constant map becomes zeros), or onto a given ``(lo, hi)`` ``scale`` shared by several
+    maps (clipped); returns (normalised, lo, hi)."""
     m = np.nan_to_num(np.asarray(m, dtype=np.float64))
-    lo, hi = float(m.min()), float(m.max())
-    return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)), lo, hi
+    lo, hi = (float(m.min()), float(m.max())) if scale is None else (float(scale[0]), float(scale[1]))
+    return (np.clip((m - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(m)), lo, hi
 
 
-def heat_layer(m: np.ndarray) -> Image.Image:
+def heat_layer(m: np.ndarray, scale: tuple[float, float] | None = None) -> Image.Image:
     """RGBA layer: colour and alpha both grow with the score, so the peak is the most opaque pixel."""
-    v, _, _ = normalise(m)
+    v, _, _ = normalise(m, scale)
     rgba = np.concatenate([colormap(v), np.round(255 * (0.25 + 0.75 * v))[..., None].astype(np.uint8)], axis=-1)
     return Image.fromarray(rgba, "RGBA")
 
 
-def heatmap_html(image: Image.Image, m: np.ndarray, title: str, opacity: float = 0.6) -> str:
-    """The original image, the heat layer on top (CSS opacity, set by the slider), the title and a colour bar."""
+def heatmap_html(image: Image.Image, m: np.ndarray, title: str, opacity: float = 0.6,
+                 scale: tuple[float, float] | None = None, caption: str = "") -> str:
+    """The original image, the heat layer on top (CSS opacity, set by the slider), the title and a colour bar.
+
+    With a ``scale`` shared by several maps (a video's frames) the colour bar is left to the caller, and
+    ``caption`` (if any) goes under the image.
+    """
     if m.shape != (image.height, image.width):
         m = np.asarray(Image.fromarray(np.asarray(m, dtype=np.float32)).resize(image.size, Image.Resampling.BILINEAR))
-    _, lo, hi = normalise(m)
-    peak_y, peak_x = np.unravel_index(int(np.argmax(m)), m.shape)
+    _, lo, hi = normalise(m, scale)
+    peak_y, peak_x = np.unravel_index(int(np.argmax(np.nan_to_num(m))), m.shape)
+    head = f'<figcaption class="mm-title">{esc(title)}</figcaption>' if title else ""
+    foot = colour_bar(lo, hi) if scale is None else ""
+    foot += f'<figcaption class="mm-caption">{esc(caption)}</figcaption>' if caption else ""
     return (
-        f'<figure class="mm-heat" data-peak-x="{peak_x}" data-peak-y="{peak_y}">'
-        f'<figcaption class="mm-title">{esc(title)}</figcaption>'
+        f'<figure class="mm-heat" data-peak-x="{peak_x}" data-peak-y="{peak_y}">{head}'
         f'<div class="mm-stack" style="aspect-ratio:{image.width}/{image.height}">'
         f'<img class="mm-base" alt="input image" src="{png_data_url(image.convert("RGB"))}"/>'
         f'<img class="mm-layer" alt="heatmap" style="opacity:var(--mm-opacity,{opacity})" '
-        f'src="{png_data_url(heat_layer(m))}"/></div>'
-        f'<div class="mm-bar"><span>{lo:.3g}</span><div class="mm-grad" style="background:linear-gradient(90deg,'
-        f'{_css_gradient()})"></div><span>{hi:.3g}</span></div></figure>'
+        f'src="{png_data_url(heat_layer(m, scale))}"/></div>{foot}</figure>'
     )
+
+
+def colour_bar(lo: float, hi: float) -> str:
+    """The colour scale from ``lo`` to ``hi`` as a gradient bar."""
+    return (f'<div class="mm-bar"><span>{lo:.3g}</span><div class="mm-grad" style="background:linear-gradient(90deg,'
+            f'{_css_gradient()})"></div><span>{hi:.3g}</span></div>')
 
 
 def token_scores_html(pairs: Sequence[tuple[str, float]], title: str) -> str:

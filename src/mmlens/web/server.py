@@ -77,12 +77,13 @@ def serve(subject: Any = "demo", host: str = "127.0.0.1", port: int = 7860, bloc
     from mmlens.web.app import build, theme
     from mmlens.web.render import CSS
     from mmlens.web.session import Context
+    from mmlens.web.video import CSS as VIDEO_CSS
 
     page = build(Context(lm, spec, tmp))
     page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     page.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False, quiet=True,
                 max_file_size=MAX_UPLOAD, prevent_thread_lock=True, ssr_mode=False,
-                theme=theme(), css=CSS, footer_links=[])
+                theme=theme(), css=CSS + VIDEO_CSS, footer_links=[])
     page.mmlens_tmp = tmp  # type: ignore[attr-defined]
     print(f"mmlens: serving {lm.model_id} at http://{host}:{port}  (Ctrl-C to stop)", file=sys.stderr)
     if not block:

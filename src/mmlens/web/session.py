@@ -21,8 +21,11 @@ log = logging.getLogger("mmlens.web")
 class Session:
     """What one browser tab is looking at: the input, the answer and the last explanation."""
 
-    image: Image.Image | None = None
-    image_code: str = ""          # Python expression that rebuilds the image (for "copy as code")
+    image: Image.Image | None = None  # the image, or a video's first frame (the preview)
+    video: Any = None             # mmlens.Video when the input is a video (its frames, checked, and fps)
+    video_fps: float = 1.0        # the upload's own frame rate (the fps box, when emptied, goes back to it)
+    video_code: str = ""          # the call that loads the video, up to its fps argument (for "copy as code")
+    image_code: str = ""          # Python expression that rebuilds the image or video (for "copy as code")
     image_name: str = ""
     prompt: str = ""
     answer: str | None = None     # teacher-forced answer (None: the model's own)
@@ -30,6 +33,11 @@ class Session:
     answer_tokens: list[str] = field(default_factory=list)
     explanation: Any = None       # mmlens.Explanation of the current view
     call: dict[str, Any] = field(default_factory=dict)  # the explain() arguments of the current view
+
+    @property
+    def visual(self) -> Any:
+        """What the model sees: the video if there is one, else the image."""
+        return self.video if self.video is not None else self.image
 
 
 class Context:
