@@ -175,10 +175,16 @@ def test_video_panels_without_a_browser(lm, tmp_path, monkeypatch):
     image_only = subject_for("llava")
     with pytest.raises(mmlens.InputError) as api:
         image_only.prepare(mmlens.Video.load(gif), "what is this?")
-    with pytest.raises(mmlens.InputError) as page_err:
-        ask_panel.load_upload(Context(image_only, "tiny-llava", str(tmp_path)), Session(), [str(gif)])
-    assert str(api.value) in str(page_err.value) and "clip.gif" in str(page_err.value)
+    frames = [tmp_path / f"f{i}.png" for i in range(2)]
+    for i, f in enumerate(frames):
+        tiny_video(FAMILY, 2).frames[i].save(f)
+    with pytest.raises(mmlens.InputError) as page_err:  # several files are a video: refused as the API does
+        ask_panel.load_upload(Context(image_only, "tiny-llava", str(tmp_path)), Session(), [str(f) for f in frames])
+    assert str(api.value) in str(page_err.value) and "f0.png" in str(page_err.value)
     assert FAMILY in str(page_err.value) and "\n" not in str(page_err.value)
+    first = ask_panel.load_upload(Context(image_only, "tiny-llava", str(tmp_path)), Session(), [str(gif)])
+    assert first.video is None and "first frame of 3" in ask_panel.loaded_note(first)  # as the API reads a GIF
+    np.testing.assert_array_equal(np.asarray(first.image), np.asarray(mmlens.Video.load(gif).frames[0]))
 
     ctx = Context(lm, "tiny", str(tmp_path))
     loaded = ask_panel.load_upload(ctx, Session(), [str(gif)])

@@ -36,8 +36,8 @@ def load_sample(ctx: Context, s: Session, index: int) -> tuple[Session, Any, str
 def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None, fps: float | None = None) -> Session:
     """Session with the uploaded file(s) as the input, after the size / type / pixel checks of the API: one still
     image; an animated GIF / PNG / WebP, or several files (frames in name order), as a video at ``fps`` (default:
-    the file's own, 1 for frame files; so is 0, the fps box's default) when the family takes video (else the API's
-    one-line refusal, naming the families that do)."""
+    the file's own, 1 for frame files; so is 0, the fps box's default) when the family takes video; else an animated
+    file's first frame, as the API reads it, and several files get the API's one-line refusal."""
     fps = fps or None
     paths = [paths] if isinstance(paths, str) else [p for p in (paths or []) if p]
     if not paths:
@@ -50,8 +50,10 @@ def load_upload(ctx: Context, s: Session, paths: str | Sequence[str] | None, fps
     name = os.path.basename(paths[0])
     image, _note = _api.to_rgb(paths[0], name=f"the file {name!r}")  # byte, pixel and type limits of the API
     n_frames = video.frame_count(paths[0])
-    if n_frames > 1:
+    if n_frames > 1 and ctx.subject.adapter.supports_video:
         return video.from_file(ctx, paths[0], name, n_frames, fps)
+    if n_frames > 1:  # as the API reads an animated image for a model without video: its first frame
+        name = f"{name}, its first frame of {n_frames} (the {ctx.subject.family} model takes no video)"
     return Session(image=image, image_name=name, image_code="Image.open('your_image.png')")
 
 
