@@ -29,6 +29,7 @@ def test_tail_logits_are_the_full_forwards_last_rows_and_give_the_same_values(fa
             assert cut.shape == full.shape
         else:
             assert cut.shape == (1, tail, full.shape[-1]) and tail == len(batch.answer_ids) + 1 < batch.seq_len
+            assert subject.adapter.keeps_logits  # the LM head itself runs on the tail (not a slice of all logits)
             torch.testing.assert_close(cut, full[:, -tail:], atol=1e-5, rtol=1e-5)
         for t in targets:
             foils = (None, None)

@@ -6,6 +6,7 @@ plus a tiny-model parity / geometry test.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -177,9 +178,14 @@ class Adapter:
         ``logits_to_keep``), which saves its share of the time and the ``seq x V`` logits' memory."""
         if tail is None:
             return self.model(**inputs, use_cache=False).logits
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+        if self.keeps_logits:
             return self.model(**inputs, use_cache=False, logits_to_keep=tail).logits
         return self.model(**inputs, use_cache=False).logits[:, -tail:]
+
+    @functools.cached_property
+    def keeps_logits(self) -> bool:
+        """Whether the model's forward takes ``logits_to_keep`` (every family's transformers class does)."""
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
         """Token ids of ``answer`` as they follow the prompt (tokenizers that merge across the seam are
