@@ -42,6 +42,26 @@ def test_joint_forward_is_the_models_similarity_and_tracing_changes_nothing(subj
     assert int((plain != 0).sum()) <= 2  # only the readout position holds logits
 
 
+def test_a_caption_has_one_text_embedding_on_every_path(subject) -> None:
+    """The joint readout's caption, a zero-shot candidate and the embedding tools' plain texts embed a caption
+    alike, as the model does with its tokenizer's ids and mask (SigLIP's plain texts went unmasked, 1.29 apart)."""
+    a = subject.adapter
+    batch = subject.prepare(_image(), CAPTION, answer="<match>")
+    inputs = subject.model_inputs(batch)
+    with torch.no_grad():
+        plain = a.encode_texts([CAPTION])[0]
+        other = "a blue circle"
+        cand = a.with_candidates(dict(batch.inputs), other, [other, CAPTION])["candidate_embeds"][0, 0]
+        enc = subject.processor.tokenizer([CAPTION], return_tensors="pt", **a.text_kwargs())
+        hf = subject.model.get_text_features(**enc)
+        hf = getattr(hf, "pooler_output", hf)[0]
+        readout = subject.forward(batch)[0, batch.prompt_len - 1, 1]
+        mine = a.similarity_logits(a.image_embeds(inputs), plain[None])[0]
+    torch.testing.assert_close(plain, hf, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cand, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(readout, mine, atol=1e-5, rtol=1e-5)
+
+
 def test_a_mark_in_one_patch_changes_only_that_patch_token(subject) -> None:
     image = _image()
     batch = subject.prepare(image, CAPTION)

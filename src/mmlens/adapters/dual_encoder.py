@@ -17,7 +17,7 @@ Token ids in the joint sequence are shifted by :data:`OFFSET` so the three virtu
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from PIL import Image
@@ -155,18 +155,16 @@ class DualEncoderAdapter(Adapter):
         """Text embeddings ``(B, D)`` (projected, not normalised) of the text tower's own ids."""
         raise NotImplementedError
 
-    #: whether :meth:`encode_texts` hands the tokenizer's attention mask to the text tower
-    text_mask: ClassVar[bool] = True
-
     def text_kwargs(self) -> dict[str, Any]:
         """Tokenizer keyword arguments for plain texts (padding / truncation as the text tower was trained)."""
         raise NotImplementedError
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Text embeddings ``(B, D)`` (projected, not normalised) of plain texts (the embedding methods' side)."""
+        """Text embeddings ``(B, D)`` (projected, not normalised) of plain texts (the embedding methods' side), as
+        the joint sequence's caption and :meth:`with_candidates` embed them: the tokenizer's ids and attention mask."""
         enc = self.processor.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs())
         device = next(self.model.parameters()).device
-        mask = enc.get("attention_mask") if self.text_mask else None
+        mask = enc.get("attention_mask")
         return self.text_embeds(enc["input_ids"].to(device), mask.to(device) if mask is not None else None)
 
     def with_candidates(self, inputs: dict[str, Any], caption: str, candidates: list[str]) -> dict[str, Any]:

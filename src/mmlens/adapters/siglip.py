@@ -34,9 +34,6 @@ class SiglipAdapter(DualEncoderAdapter):
     def parts(self) -> ModelParts:
         return tower_parts(self.model, self.joint)
 
-    #: plain texts go through the text tower unmasked, padded to its length, as SigLIP was trained
-    text_mask = False
-
     def processor_kwargs(self) -> dict[str, Any]:
         """Captions padded to the text tower's length, as SigLIP was trained (it pools the last position)."""
         return SiglipAdapter.text_kwargs(self)
