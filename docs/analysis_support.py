@@ -41,8 +41,9 @@ class Ctx:
         self.subject = tiny_dual_subject(family) if self.dual else tiny_subject(family)
         self.images = tiny_images("llava" if self.dual else family, n=1)
         self.prompt, self.answer = ("a red cat", None) if self.dual else ("what color is the cat ?", "red cat")
-        self.samples = [(im, self.prompt, self.answer or "red") for im in tiny_images(
+        self.samples = [(im, self.prompt, self.answer) for im in tiny_images(
             "llava" if self.dual else family, n=2, seed=1)]
+        self.hook = "vision.blocks.0.resid_post" if self.dual else HOOK  # a dual encoder has no language model
         self._cache: dict[str, Any] = {}
 
     def batch(self):
@@ -59,11 +60,11 @@ class Ctx:
             acts = []
             for im, prompt, answer in self.samples:
                 with self.subject.trace() as tr:
-                    tr.capture(HOOK, reduce=lambda h: h[0].detach())
+                    tr.capture(self.hook, reduce=lambda h: h[0].detach())
                     self.subject.forward(self.subject.prepare(im, prompt, answer=answer))
-                acts.append(tr[HOOK])
+                acts.append(tr[self.hook])
             data = torch.cat(acts).float()
-            self._cache["sae"] = mmlens.train_sae([data], d_sae=8, k=2, batch_size=64, hook_name=HOOK,
+            self._cache["sae"] = mmlens.train_sae([data], d_sae=8, k=2, batch_size=64, hook_name=self.hook,
                                                   show_progress=False).sae
         return self._cache["sae"]
 
@@ -153,7 +154,7 @@ def _pruning(ctx: Ctx) -> None:
 
 
 def _signals(ctx: Ctx) -> None:
-    mmlens.generate_explained(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2).to_html()
+    mmlens.generate_explained(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2).html()
 
 
 def _vcd(ctx: Ctx) -> None:
@@ -171,11 +172,11 @@ def _steering(ctx: Ctx) -> None:
 
 
 def _collect(ctx: Ctx) -> None:
-    mmlens.collect_activations(ctx.subject, HOOK, "image", ctx.tmp / "acts", n=2, show_progress=False)
+    mmlens.collect_activations(ctx.subject, ctx.hook, "image", ctx.tmp / "acts", n=2, show_progress=False)
 
 
 def _sae_ce(ctx: Ctx) -> None:
-    mmlens.ce_recovered(ctx.subject, ctx.sae(), ctx.samples[:1], HOOK, show_progress=False)
+    mmlens.ce_recovered(ctx.subject, ctx.sae(), ctx.samples[:1], ctx.hook, show_progress=False)
 
 
 def _sae_edit(ctx: Ctx) -> None:
@@ -195,7 +196,7 @@ def _textspan(ctx: Ctx) -> None:
 
 
 def _splice(ctx: Ctx) -> None:
-    mmlens.splice(ctx.subject, ctx.images, ["red", "blue", "cat", "dog"], steps=20)
+    mmlens.splice(ctx.subject, ctx.images * 2, ["red", "blue", "cat", "dog"], steps=20)
 
 
 def _gap(ctx: Ctx) -> None:
@@ -239,7 +240,7 @@ ANALYSES: tuple[tuple[str, str, Callable[[Ctx], None]], ...] = (
     ("top_patches", "neuron.dataset.top_activating_patches", _top_patches),
     ("neuron_specificity", "neuron.dataset.neuron_specificity", _specificity),
     ("token_pruning", "token.pruning.pruning_curve", _pruning),
-    ("grounding_signals", "generate_explained + to_html", _signals),
+    ("grounding_signals", "generate_explained + html", _signals),
     ("vcd", "generate_with(vcd=VCD())", _vcd),
     ("pai", "generate_with(pai=PAI(0.5))", _pai),
     ("steering", "steering_vector + generate_with(steering=)", _steering),

@@ -53,6 +53,7 @@ def generate_explained(
     >>> r = mmlens.generate_explained(lm, "shapes.png", "is there a red circle?")   # doctest: +SKIP
     >>> r.signals["visual_reliance"]                                         # doctest: +SKIP
     """
+    subject.require_language_model("generate_explained (grounding signals)")
     from mmlens.util.limits import OPTION_RANGES
 
     subject.require("activations")

@@ -29,6 +29,7 @@ def head_image_share(subject: Subject, batch: Batch, target: Any = "answer",
     >>> head_image_share(lm, batch).values.shape        # doctest: +SKIP
     torch.Size([4, 4])
     """
+    subject.require_language_model("head_image_share")
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     rows = tgt.query_positions(batch)
@@ -53,6 +54,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
                   layers: Sequence[int] | None = None) -> GridResult:
     """``values[layer, head]`` = p(answer | head zeroed) - p(answer); one batched forward per layer (a block that
     cross-attends instead of self-attending, as in Mllama: its cross-attention heads)."""
+    subject.require_language_model("head_ablation")
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     n_heads = subject.n_heads

@@ -72,6 +72,7 @@ def logit_lens(
     >>> lens = logit_lens(lm, batch, target="red")        # doctest: +SKIP
     >>> lens.save("lens.png")                              # doctest: +SKIP
     """
+    subject.require_language_model("the logit lens")
     layers_ = check_layers(subject, layers)
     pos = check_positions(batch, positions)
     if top_k < 1:

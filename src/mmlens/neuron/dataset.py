@@ -105,6 +105,7 @@ def top_activating_patches(subject: Subject, samples: Iterable[Any], layer: int,
 
     >>> hits = top_activating_patches(lm, ShapesVQA().samples(100), layer=2, neuron=17)   # doctest: +SKIP
     """
+    subject.require_language_model("top_activating_patches")
     return reduce_samples(subject, samples, TopPatches(layer, neuron, k), "top patches", show_progress)
 
 
@@ -197,6 +198,7 @@ def neuron_specificity(subject: Subject, samples: Iterable[Any] | Mapping[str, I
     entropy across groups. ``samples`` is an iterable (groups = image tokens vs text tokens: modality) or a
     dict ``domain -> samples`` (groups = domains, all prompt tokens). Streaming counts only.
     """
+    subject.require_language_model("neuron_specificity")
     if not isinstance(samples, Mapping):
         return reduce_samples(subject, samples, NeuronSpecificity(layer), "specificity", show_progress)
     groups = list(samples)

@@ -82,6 +82,7 @@ def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFA
 
     >>> curve = pruning_curve(lm, batch); curve.save("pruning.png")     # doctest: +SKIP
     """
+    subject.require_language_model("token pruning")
     n = subject.n_layers
     if not 1 <= after_layer < n:
         raise InputError(f"after_layer={after_layer} is out of range: use 1..{n - 1}")

@@ -95,6 +95,7 @@ def generate_with_feature(subject: Subject, images: Any, prompt: str, sae: Spars
     >>> generate_with_feature(lm, img, "what color is the circle?", sae, 17, "clamp", 30.0).text   # doctest: +SKIP
     'red'
     """
+    subject.require_language_model("generate_with_feature")
     hook = check_point(subject, sae.hook_name)
     batch = subject.prepare(images, prompt)
     edit = feature_edit(sae, feature, mode, value, _positions(batch, positions), seed=seed)
