@@ -30,6 +30,7 @@ from mmlens.testing.tiny_models import FAMILIES, tiny_images, tiny_model_and_pro
 COLUMNS = (*FAMILIES, *DUAL_FAMILIES)
 DOC = Path(__file__).resolve().parent / "ANALYSES.md"
 HOOK = "lm.blocks.0.resid_post"
+DUAL_HOOK = "vision.blocks.0.resid_post"  # the hook point the rows that name one use on a dual encoder
 
 
 class Ctx:
@@ -43,7 +44,7 @@ class Ctx:
         self.prompt, self.answer = ("a red cat", None) if self.dual else ("what color is the cat ?", "red cat")
         self.samples = [(im, self.prompt, self.answer) for im in tiny_images(
             "llava" if self.dual else family, n=2, seed=1)]
-        self.hook = "vision.blocks.0.resid_post" if self.dual else HOOK  # a dual encoder has no language model
+        self.hook = DUAL_HOOK if self.dual else HOOK  # a dual encoder has no language model
         self._cache: dict[str, Any] = {}
 
     def batch(self):
@@ -292,16 +293,16 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("probe", "probe -m {m} --point " + HOOK + " --n 12 --seeds 1 -o {o}/probe"),
     ("benchmark", "benchmark -m {m} --methods saliency --n 2 --sanity-n 1 --cells 2 -o {o}/bench"),
     ("explain-dataset", "explain-dataset --method saliency -o {o}/ed -m {m} --n 2 --sheet 2"),
-    ("embed decompose", "embed decompose -m {m} --shapes 2 -o {o}/dec"),
-    ("embed textspan", "embed textspan -m {m} --shapes 2 --n-texts 2 -o {o}/ts"),
-    ("embed splice", "embed splice -m {m} --shapes 2 -o {o}/splice"),
-    ("embed gap", "embed gap -m {m} --shapes 4 -o {o}/gap"),
-    ("embed cbm", "embed cbm -m {m} --n 6 -o {o}/cbm"),
+    ("embed decompose", "embed decompose -m {m} --shapes 2 -o {o}/dec.png"),
+    ("embed textspan", "embed textspan -m {m} --shapes 2 --n-texts 2 -o {o}/ts.png"),
+    ("embed splice", "embed splice -m {m} --shapes 2 -o {o}/splice.png"),
+    ("embed gap", "embed gap -m {m} --shapes 4 -o {o}/gap.png"),
+    ("embed cbm", "embed cbm -m {m} --n 6 -o {o}/cbm.png"),
     ("sae train", "sae train -m {m} --hook " + HOOK + " --n 2 --eval-n 1 --d-sae 8 --k 2 -o {o}/sae"),
-    ("sae inspect", "sae inspect {o}/sae -m {m} --n 2 --top 2 -o {o}/sae_inspect"),
-    ("dataset-stats neurons", "dataset-stats neurons 0 {o}/neurons -m {m} --n 2 --k 2"),
-    ("dataset-stats heads", "dataset-stats heads {o}/heads -m {m} --n 2"),
-    ("dataset-stats pruning", "dataset-stats pruning {o}/pruning -m {m} --n 2 --after-layer 1"),
+    ("sae inspect", "sae inspect {o}/sae -m {m} --n 2 --top 2 -o {o}/sae_inspect.png"),
+    ("dataset-stats neurons", "dataset-stats neurons --layer 0 --neuron 0 -o {o}/neurons -m {m} --n 2 --k 2"),
+    ("dataset-stats heads", "dataset-stats heads -o {o}/heads -m {m} --n 2"),
+    ("dataset-stats pruning", "dataset-stats pruning -o {o}/pruning -m {m} --n 2 --after-layer 1"),
 )
 
 
@@ -351,6 +352,8 @@ def cli_column(family: str, log: bool = True) -> dict[str, str]:
         prompt = "a red cat" if family in DUAL_FAMILIES else "what color is the cat ?"
         cells = {}
         for name, line in COMMANDS:
+            if family in DUAL_FAMILIES:  # a dual encoder's answer is the match, its hook points are the towers'
+                line = line.replace(" --answer red", "").replace(HOOK, DUAL_HOOK)
             args = [a.format(m=root / "model", i=image, o=root, p="PROMPT") for a in line.split()]
             cells[name] = cli_outcome([prompt if a == "PROMPT" else a for a in args])
             if log:
@@ -394,7 +397,8 @@ What each row calls:
 
 {table([c[0] for c in COMMANDS], cli, "command")}
 
-The commands, with `MODEL` a saved tiny model folder:
+The commands, with `MODEL` a saved tiny model folder (on a dual encoder without `--answer red`, and with
+`--hook` / `--point` {DUAL_HOOK}):
 
 {chr(10).join(f"- `{name}`: `mmlens {line.format(m='MODEL', i='IMAGE', o='OUT', p='PROMPT')}`" for name, line in COMMANDS)}
 """

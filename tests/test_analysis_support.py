@@ -1,0 +1,143 @@
+"""Regression tests for what docs/analysis_support.py found (every analysis x every family runs or refuses in one
+line), and the sync check of the table it writes (docs/ANALYSES.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mmlens
+from mmlens import InputError
+from mmlens.cli import app
+from mmlens.data.shapes_vqa import ShapesVQA
+from mmlens.model.positions import group_rows
+from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_subject
+from mmlens.testing.tiny_models import FAMILIES, tiny_images
+from tests.conftest import subject_for
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = tiny_images("llava", 1)[0]
+PROMPT = "what color is the cat ?"
+
+
+def _lm_calls(s, batch):
+    """Every language-model analysis, called as a user would (the answer slot left out: a dual encoder's)."""
+    from mmlens.layer.attention_knockout import attention_knockout
+    from mmlens.layer.causal_trace import causal_trace
+    from mmlens.layer.heads import head_ablation, head_image_share
+    from mmlens.layer.logit_lens import logit_lens
+    from mmlens.neuron.dataset import neuron_specificity, top_activating_patches
+    from mmlens.neuron.scores import ablate_neurons, neuron_scores
+    from mmlens.token.pruning import pruning_curve
+
+    samples = [(IMAGE, "a red cat")]
+    return {
+        "the logit lens": lambda: logit_lens(s, batch),
+        "causal tracing": lambda: causal_trace(s, batch),
+        "attention knockout": lambda: attention_knockout(s, batch),
+        "head_image_share": lambda: head_image_share(s, batch),
+        "head_ablation": lambda: head_ablation(s, batch),
+        "neuron_scores": lambda: neuron_scores(s, batch),
+        "ablate_neurons": lambda: ablate_neurons(s, batch, [(0, 0)]),
+        "top_activating_patches": lambda: top_activating_patches(s, samples, layer=0, neuron=0),
+        "neuron_specificity": lambda: neuron_specificity(s, samples, layer=0),
+        "token pruning": lambda: pruning_curve(s, batch),
+        "generate_explained": lambda: mmlens.generate_explained(s, IMAGE, "a red cat", max_new_tokens=2),
+        "generate_with": lambda: mmlens.generate_with(s, IMAGE, "a red cat", max_new_tokens=2, vcd=mmlens.VCD()),
+        "steering_vector": lambda: mmlens.steering_vector(s, [batch], [batch], layer=0),
+        "the tuned lens": lambda: mmlens.train_tuned_lens(s, samples, show=False),
+        "lens_kl": lambda: mmlens.lens_kl(s, samples),
+        "ce_recovered": lambda: mmlens.ce_recovered(s, lambda x: x, samples, "vision.blocks.0.resid_post"),
+    }
+
+
+@pytest.mark.parametrize("family", DUAL_FAMILIES)
+def test_language_model_analyses_refuse_on_a_dual_encoder_in_one_line_naming_the_analysis(family):
+    s = tiny_dual_subject(family)
+    batch = s.prepare(IMAGE, "a red cat")
+    assert s.n_layers == 0 and batch.seq_len > 0  # no language model: what used to crash or read "0..-1"
+    calls = _lm_calls(s, batch)
+    assert len(calls) == 16
+    for what, call in calls.items():
+        with pytest.raises(InputError) as err:
+            call()
+        message = str(err.value)
+        assert len(message.splitlines()) == 1 and message.startswith(what), message
+        assert f"this {family} model is an image-text dual encoder" in message and "0..-1" not in message
+        assert mmlens.count_hooks(s.model) == 0
+    # the dataset-level runs refuse the same way before loading any sample
+    for run in (lambda out: mmlens.run_pruning_curve(s, out, n=1, after_layer=1),
+                lambda out: mmlens.run_head_stats(s, out, n=1)):
+        with pytest.raises(InputError, match=r"^the dataset statistic \w+ reads a language model"):
+            run(ROOT / "never-written")
+    assert not (ROOT / "never-written").exists()
+
+
+def test_unknown_hook_point_on_a_dual_encoder_names_its_real_points():
+    s = tiny_dual_subject("clip")
+    with pytest.raises(InputError) as err, s.trace() as tr:
+        tr.capture("lm.blocks.0.resid_post")
+    message = str(err.value)
+    names = re.findall(r"'([\w.]+)'", message)[1:]
+    assert len(names) == 2 and all(n in s.hook_points() for n in names), message
+    assert "no language model" in message and "{0..-1}" not in message
+    assert mmlens.count_hooks(s.model) == 0
+
+
+def test_cross_attention_images_have_no_image_rows_and_all_rows_stay_in_the_sequence():
+    s = subject_for("mllama")
+    sample = ShapesVQA(seed=0).sample(0)
+    batch = s.prepare(sample.image, sample.question, answer=sample.answer)
+    assert batch.in_key_space and int(batch.key_positions().max()) >= batch.seq_len  # keys index past the sequence
+    for group in ("image", "object"):
+        with pytest.raises(InputError, match=f"position group '{group}' reads image tokens"):
+            group_rows(group, sample, batch, s.tokenizer)
+    rows = group_rows("all", sample, batch, s.tokenizer)  # used to index the sequence with key positions
+    assert [r["position"] for r in rows] == list(range(batch.seq_len))
+    assert all(r["grid"] == -1 for r in rows)
+    assert len(group_rows("text", sample, batch, s.tokenizer)) == batch.seq_len
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_mllm_decomposition_counts_the_blocks_it_covers(family, tmp_path):
+    from mmlens.embedding.plots import decomposition_figure
+
+    s = subject_for(family)
+    dec = mmlens.decompose_embedding(s, tiny_images(family, 1), show=False)
+    layers = {int(m.group(1)) for n in dec.names if (m := re.match(r"L(\d+)\.", n))}
+    assert layers == set(range(dec.n_layers)) and dec.n_layers >= 1  # llava reads block 0 of 2 (layer -2)
+    assert len(dec.heads()) == dec.n_layers * dec.n_heads
+    assert dec.error() < 1e-3 * float(dec.embedding.norm())
+    decomposition_figure(dec).savefig(tmp_path / "d.png")  # used to fail: 'L1.H0' is not in list
+    assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_a_subcommand_usage_error_names_the_whole_command():
+    result = CliRunner().invoke(app, ["dataset-stats", "neurons"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "mmlens dataset-stats neurons --help" in errors[0]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("analysis_support", ROOT / "docs" / "analysis_support.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_analyses_table_names_every_family_analysis_and_command_and_holds_no_crash():
+    script = _script()
+    text = (ROOT / "docs" / "ANALYSES.md").read_text(encoding="utf-8")
+    assert "CRASH" not in text, "a sweep cell crashed: fix it and rerun `PYTHONPATH=src python docs/analysis_support.py`"
+    tables = [[ln for ln in part.split("\n\n", 2)[1].splitlines()] for part in text.split("## ")[1:]]
+    expected = ([a[0] for a in script.ANALYSES], [c[0] for c in script.COMMANDS])
+    for lines, rows in zip(tables, expected, strict=True):
+        assert re.findall(r"`(\w+)`", lines[0]) == [*FAMILIES, *DUAL_FAMILIES], "rerun docs/analysis_support.py"
+        assert [re.match(r"\| `([^`]+)` \|", ln).group(1) for ln in lines[2:]] == rows, "rerun the script"
+        assert all(len(ln.strip("|").split("|")) == len(FAMILIES) + len(DUAL_FAMILIES) + 1 for ln in lines)
+    assert "docs/ANALYSES.md" in (ROOT / "README.md").read_text(encoding="utf-8")
