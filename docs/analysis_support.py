@@ -23,9 +23,16 @@ from typing import Any
 import torch
 
 import mmlens
+from mmlens.layer.attention_knockout import attention_knockout
+from mmlens.layer.causal_trace import causal_trace
+from mmlens.layer.heads import head_ablation, head_image_share
+from mmlens.layer.logit_lens import logit_lens
+from mmlens.neuron.dataset import neuron_specificity, top_activating_patches
+from mmlens.neuron.scores import ablate_neurons, neuron_scores
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_model_and_processor, tiny_dual_subject
 from mmlens.testing.tiny_models import FAMILIES, tiny_images, tiny_model_and_processor
+from mmlens.token.pruning import pruning_curve
 
 COLUMNS = (*FAMILIES, *DUAL_FAMILIES)
 DOC = Path(__file__).resolve().parent / "ANALYSES.md"
@@ -80,77 +87,53 @@ def _grid(result: Any, ctx: Ctx) -> None:
 
 
 def _lens(ctx: Ctx) -> None:
-    from mmlens.layer.logit_lens import logit_lens
-
     _grid(logit_lens(ctx.subject, ctx.batch(), top_k=2), ctx)
 
 
 def _lens_map(ctx: Ctx) -> None:
-    from mmlens.layer.logit_lens import logit_lens
-
     batch = ctx.batch()
     logit_lens(ctx.subject, batch, top_k=1).image_map(batch, image=0)
 
 
 def _tuned(ctx: Ctx) -> None:
-    from mmlens.layer.logit_lens import logit_lens
-
     lens = mmlens.train_tuned_lens(ctx.subject, ctx.samples, show=False)
     mmlens.lens_kl(ctx.subject, ctx.samples[:1], lens)
     logit_lens(ctx.subject, ctx.batch(), tuned=lens)
 
 
 def _trace(ctx: Ctx) -> None:
-    from mmlens.layer.causal_trace import causal_trace
-
     _grid(causal_trace(ctx.subject, ctx.batch(), layers=[0], batch_size=64), ctx)
 
 
 def _knockout(ctx: Ctx) -> None:
-    from mmlens.layer.attention_knockout import attention_knockout
-
     _grid(attention_knockout(ctx.subject, ctx.batch()), ctx)
 
 
 def _head_share(ctx: Ctx) -> None:
-    from mmlens.layer.heads import head_image_share
-
     _grid(head_image_share(ctx.subject, ctx.batch()), ctx)
 
 
 def _head_ablation(ctx: Ctx) -> None:
-    from mmlens.layer.heads import head_ablation
-
     _grid(head_ablation(ctx.subject, ctx.batch(), layers=[0]), ctx)
 
 
 def _neuron_scores(ctx: Ctx) -> None:
-    from mmlens.neuron.scores import neuron_scores
-
     neuron_scores(ctx.subject, ctx.batch(), layers=[0]).top(3)
 
 
 def _ablate(ctx: Ctx) -> None:
-    from mmlens.neuron.scores import ablate_neurons
-
     ablate_neurons(ctx.subject, ctx.batch(), [(0, 0)])
 
 
 def _top_patches(ctx: Ctx) -> None:
-    from mmlens.neuron.dataset import top_activating_patches
-
     top_activating_patches(ctx.subject, ctx.samples, layer=0, neuron=0, k=2, show_progress=False)
 
 
 def _specificity(ctx: Ctx) -> None:
-    from mmlens.neuron.dataset import neuron_specificity
-
     neuron_specificity(ctx.subject, ctx.samples, layer=0, show_progress=False)
 
 
 def _pruning(ctx: Ctx) -> None:
-    from mmlens.token.pruning import pruning_curve
-
     pruning_curve(ctx.subject, ctx.batch(), ratios=(0.0, 0.5), after_layer=1)
 
 
@@ -286,8 +269,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("trace", "trace {i} {p} -m {m} --answer red --batch-size 64 -o {o}/trace.png"),
     ("knockout", "knockout {i} {p} -m {m} --answer red -o {o}/knockout.png"),
     ("generate", "generate {i} {p} -m {m} --max-new-tokens 2 -o {o}/gen.html"),
-    ("generate --vcd-alpha --pai-alpha", "generate {i} {p} -m {m} --max-new-tokens 2 --vcd-alpha 1 --pai-alpha 0.5 "
-                                         "-o {o}/gen.json"),
+    ("generate --vcd-alpha --pai-alpha", ("generate {i} {p} -m {m} --max-new-tokens 2 --vcd-alpha 1 "
+                                          "--pai-alpha 0.5 -o {o}/gen.json")),
     ("tuned-lens", "tuned-lens {o}/tuned.safetensors -m {m} --n 2"),
     ("pope", "pope -m {m} --n 2 --per-image 1 -o {o}/pope"),
     ("probe", "probe -m {m} --point " + HOOK + " --n 12 --seeds 1 -o {o}/probe"),
@@ -336,7 +319,7 @@ def api_column(family: str, log: bool = True) -> dict[str, str]:
         ctx = Ctx(family, Path(tmp))
         cells = {}
         for name, _, call in ANALYSES:
-            cells[name] = outcome(lambda: call(ctx), ctx.subject.model)
+            cells[name] = outcome(lambda call=call: call(ctx), ctx.subject.model)
             if log:
                 print(f"{family:16s} {name:26s} {cells[name]}", file=sys.stderr, flush=True)
     return cells

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.conftest import subject_for
 from typer.testing import CliRunner
 
 import mmlens
@@ -17,7 +18,6 @@ from mmlens.data.shapes_vqa import ShapesVQA
 from mmlens.model.positions import group_rows
 from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_subject
 from mmlens.testing.tiny_models import FAMILIES, tiny_images
-from tests.conftest import subject_for
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = tiny_images("llava", 1)[0]
