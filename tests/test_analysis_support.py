@@ -7,7 +7,9 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from tests.conftest import subject_for
 from typer.testing import CliRunner
 
@@ -100,6 +102,29 @@ def test_cross_attention_images_have_no_image_rows_and_all_rows_stay_in_the_sequ
     assert [r["position"] for r in rows] == list(range(batch.seq_len))
     assert all(r["grid"] == -1 for r in rows)
     assert len(group_rows("text", sample, batch, s.tokenizer)) == batch.seq_len
+    # the question's rows are its words (the image is one text token before it, no placeholder expansion)
+    question = group_rows("question", sample, batch, s.tokenizer)
+    assert [r["token"] for r in question] == sample.question.replace("?", " ?").split()
+    assert [r["position"] for r in question] == list(range(question[0]["position"], question[-1]["position"] + 1))
+
+
+def test_cross_attention_activations_collect_question_rows_equal_to_a_plain_forward(tmp_path):
+    s = subject_for("mllama")
+    mmlens.collect_activations(s, "lm.blocks.1.resid_post", "question", tmp_path / "q", n=2, batch_size=2,
+                               show_progress=False)  # used to fail reading image positions of a key-space batch
+    x, meta = mmlens.ActivationReader(tmp_path / "q").load("lm.blocks.1.resid_post")
+    from mmlens.evaluation.benchmark import shapes_image_size
+
+    sample = ShapesVQA(image_size=shapes_image_size(s), seed=0).sample(1)
+    batch = s.prepare(sample.image, sample.question)
+    with s.trace() as tr:
+        tr.capture("lm.blocks.1.resid_post")
+        s.forward(batch)
+    keep = meta["index"] == 1
+    rows = torch.as_tensor(np.asarray(meta["position"][keep]))
+    want = tr["lm.blocks.1.resid_post"][0, rows].float()
+    assert int(keep.sum()) == len(sample.question.replace("?", " ?").split())
+    assert torch.allclose(torch.as_tensor(x[keep]), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])

@@ -98,8 +98,11 @@ def question_positions(tokenizer: Any, batch: Any, question: str) -> torch.Tenso
     template's tokens after the question (counted by tokenizing that tail)."""
     text = batch.text
     at = text.rfind(question)
-    after = batch.image_positions()
-    start = int(after.max()) + 1 if after.numel() else 0
+    if batch.in_key_space:  # images as cross-attention keys: the text is the sequence, no placeholder expanded
+        start = len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]) if at > 0 else 0
+    else:
+        after = batch.image_positions()
+        start = int(after.max()) + 1 if after.numel() else 0
     positions = batch.text_positions()
     positions = positions[positions >= start]
     if at < 0:
