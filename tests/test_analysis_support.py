@@ -166,3 +166,27 @@ def test_analyses_table_names_every_family_analysis_and_command_and_holds_no_cra
         assert [re.match(r"\| `([^`]+)` \|", ln).group(1) for ln in lines[2:]] == rows, "rerun the script"
         assert all(len(ln.strip("|").split("|")) == len(FAMILIES) + len(DUAL_FAMILIES) + 1 for ln in lines)
     assert "docs/ANALYSES.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_cli_shapes_images_follow_a_vision_tower_whose_image_size_is_height_and_width(tmp_path):
+    """InternVL's vision config names ``image_size`` as ``[H, W]``: `embed` and `sae train` used to crash on it."""
+    import json
+
+    from mmlens.cli_options import shapes_side
+    from mmlens.testing.tiny_models import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor("internvl")
+    side = model.config.vision_config.image_size
+    assert isinstance(side, (list, tuple)) and shapes_side(model.config.vision_config) == max(side)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", "decompose", "-m", str(tmp_path / "m"), "--shapes", "2",
+                                 "-o", str(tmp_path / "dec.png")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "dec.json").read_text())
+    assert summary["n_images"] == 2 and summary["reconstruction_error"] < 1e-3
+    result = runner.invoke(app, ["sae", "train", "-m", str(tmp_path / "m"), "--hook", "lm.blocks.0.resid_post",
+                                 "--n", "2", "--eval-n", "1", "--d-sae", "8", "--k", "2", "-o", str(tmp_path / "sae")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["d_sae"] == 8
