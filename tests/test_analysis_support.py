@@ -190,3 +190,35 @@ def test_cli_shapes_images_follow_a_vision_tower_whose_image_size_is_height_and_
                                  "--n", "2", "--eval-n", "1", "--d-sae", "8", "--k", "2", "-o", str(tmp_path / "sae")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["d_sae"] == 8
+
+
+def test_sequence_image_analyses_on_cross_attention_images_name_themselves_and_their_alternative_runs():
+    from mmlens.layer.heads import head_ablation, head_image_share
+    from mmlens.layer.logit_lens import logit_lens
+    from mmlens.neuron.dataset import neuron_specificity, top_activating_patches
+    from mmlens.token.pruning import pruning_curve
+
+    s = subject_for("mllama")
+    images = tiny_images("mllama", 1)
+    batch = s.prepare(images, PROMPT, answer="red")
+    samples = [(images[0], PROMPT, "red")]
+    refusals = {
+        "the logit lens' image map": lambda: logit_lens(s, batch).image_map(batch),
+        "head_image_share": lambda: head_image_share(s, batch),
+        "top_patches": lambda: top_activating_patches(s, samples, layer=0, neuron=0, show_progress=False),
+        "neuron_specificity over image vs text tokens": lambda: neuron_specificity(s, samples, layer=0),
+        "token pruning": lambda: pruning_curve(s, batch, after_layer=1),
+        "grounding signals": lambda: mmlens.generate_explained(s, images, PROMPT, max_new_tokens=2),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(InputError) as err:
+            call()
+        assert str(err.value).startswith(what) and len(str(err.value).splitlines()) == 1, str(err.value)
+        assert "cross-attention keys" in str(err.value) and mmlens.count_hooks(s.model) == 0
+    # what the refusals suggest instead runs
+    heads = head_ablation(s, batch, layers=[1])
+    assert heads.values.shape[0] == 1 and torch.isfinite(heads.values).all()
+    spec = neuron_specificity(s, {"a": samples, "b": samples}, layer=0, show_progress=False)
+    assert spec.tokens["a"] == spec.tokens["b"] == batch.prompt_len
+    out = mmlens.generate_with(s, images, PROMPT, max_new_tokens=2, vcd=mmlens.VCD())
+    assert 1 <= out.token_ids.numel() <= 2

@@ -61,6 +61,8 @@ def generate_explained(
     seed = check_int("seed", seed, 0)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
     batch = subject.prepare(images, prompt, answer=answer)
+    batch.require_sequence_images("grounding signals (generate_explained, mmlens generate)",
+                                  "use generate_with(vcd=VCD()) (mmlens generate --vcd-alpha) or mmlens.explain")
     image_pos = batch.image_positions()
     bad = distorted_all(batch.images, distortion, seed)
     n_layers = subject.n_layers

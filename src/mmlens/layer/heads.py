@@ -33,6 +33,8 @@ def head_image_share(subject: Subject, batch: Batch, target: Any = "answer",
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     rows = tgt.query_positions(batch)
+    batch.require_sequence_images("head_image_share", "use head_ablation (it ablates the cross-attention heads) "
+                                  "or the attention method")
     image = batch.image_positions()
     with subject.trace() as tr:
         tr.capture_attention("lm.blocks.*.attn.weights", rows=rows,

@@ -52,7 +52,7 @@ class TopPatches(SampleStat):
 
     def per_sample(self, subject: Subject, batch: Any) -> dict[str, torch.Tensor]:
         neuron = self.neuron
-        batch.require_sequence_images()  # LM neurons fire on sequence positions; cross-attention keys have none
+        batch.require_sequence_images("top_patches", "use neuron_scores or ablate_neurons (every sequence position)")
         with subject.trace() as tr:
             tr.capture(f"lm.blocks.{self.layer}.mlp.act", reduce=lambda h: h[0, :, neuron].float().cpu())
             subject.forward(batch)
@@ -152,6 +152,9 @@ class NeuronSpecificity(SampleStat):
             tr.capture(f"lm.blocks.{self.layer}.mlp.act", reduce=lambda h: (h[0] > 0).cpu())
             subject.forward(batch)
         fired = tr[f"lm.blocks.{self.layer}.mlp.act"][: batch.prompt_len]
+        if self.domain is None:
+            batch.require_sequence_images("neuron_specificity over image vs text tokens", "pass samples as a dict "
+                                          "domain -> samples (it compares domains over every prompt token)")
         parts = {self.domain: torch.arange(batch.prompt_len)} if self.domain is not None else \
             {"image": batch.image_positions(), "text": batch.text_positions()}
         counts = torch.zeros(len(self.groups), fired.shape[-1], dtype=torch.float64)

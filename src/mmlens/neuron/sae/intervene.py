@@ -76,6 +76,7 @@ def _positions(batch: Any, positions: str | Sequence[int] | None) -> torch.Tenso
     if positions is None or positions == "all":
         return None
     if positions == "image":
+        batch.require_sequence_images("positions='image'", "pass positions='all' or a list of sequence positions")
         return batch.image_positions()
     if isinstance(positions, str):
         raise InputError(f"positions={positions!r}: use 'all', 'image' or a list of sequence positions")
