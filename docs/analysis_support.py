@@ -32,7 +32,7 @@ from mmlens.neuron.dataset import neuron_specificity, top_activating_patches
 from mmlens.neuron.scores import ablate_neurons, neuron_scores
 from mmlens.testing import tiny_subject
 from mmlens.testing.tiny_dual import DUAL_FAMILIES, tiny_dual_model_and_processor, tiny_dual_subject
-from mmlens.testing.tiny_models import FAMILIES, tiny_images, tiny_model_and_processor
+from mmlens.testing.tiny_models import FAMILIES, tiny_images, tiny_model_and_processor, tiny_video
 from mmlens.token.pruning import pruning_curve
 
 COLUMNS = (*FAMILIES, *DUAL_FAMILIES)
@@ -54,6 +54,12 @@ class Ctx:
             "llava" if self.dual else family, n=2, seed=1)]
         self.hook = DUAL_HOOK if self.dual else HOOK  # a dual encoder has no language model
         self._cache: dict[str, Any] = {}
+
+    def video(self):
+        """A 3-frame video (of a video family's processor size; a non-video family refuses it in one line)."""
+        from mmlens.adapters.base import video_families
+
+        return tiny_video(self.family if self.family in video_families() else "qwen2_vl", 3)
 
     def batch(self):
         return self.subject.prepare(self.images, self.prompt, answer=self.answer)
@@ -200,13 +206,36 @@ def _zero_shot(ctx: Ctx) -> None:
     mmlens.zero_shot(ctx.subject, ctx.images[0], ["a red cat", "a blue dog"])
 
 
-def _metric(name: str, **options: Any) -> Callable[[Ctx], None]:
-    def run(ctx: Ctx) -> None:
+def _metric(name: str, **options: Any) -> Callable[..., None]:
+    def run(ctx: Ctx, explanation: Any = None) -> None:
         import importlib
 
         module = {"deletion": "deletion_insertion", "insertion": "deletion_insertion"}.get(name, name)
         fn = getattr(importlib.import_module(f"mmlens.evaluation.metrics.{module}"), name)
-        fn(ctx.subject, ctx.explanation(), **options)
+        fn(ctx.subject, explanation or ctx.explanation(), **options)
+
+    return run
+
+
+def _video(name: str) -> Callable[[Ctx], None]:
+    """An analysis of a video input (a video family's frames; the others refuse videos in one line)."""
+    def run(ctx: Ctx) -> None:
+        video, prompt = ctx.video(), "what is this ?"
+        answer = None if ctx.dual else "red"
+        if name in ("grounding_signals", "vcd"):
+            options = {"vcd": mmlens.VCD()} if name == "vcd" else {}
+            call = mmlens.generate_with if options else mmlens.generate_explained
+            call(ctx.subject, video, prompt, max_new_tokens=2, **options)
+            return
+        if name == "deletion":
+            _metric("deletion", cells=2, steps=2)(ctx, mmlens.explain(ctx.subject, video, prompt, method="saliency",
+                                                                      answer=answer))
+            return
+        batch = ctx.subject.prepare(video, prompt, answer=answer)
+        {"logit_lens": lambda: logit_lens(ctx.subject, batch).image_map(batch, 0),
+         "causal_trace": lambda: causal_trace(ctx.subject, batch, layers=[0], batch_size=64),
+         "attention_knockout": lambda: attention_knockout(ctx.subject, batch),
+         "token_pruning": lambda: pruning_curve(ctx.subject, batch, ratios=(0.0, 0.5), after_layer=1)}[name]()
 
     return run
 
@@ -243,6 +272,8 @@ ANALYSES: tuple[tuple[str, str, Callable[[Ctx], None]], ...] = (
     ("road", "metrics.road (saliency map)", _metric("road", fractions=(0.5,))),
     ("randomisation", "metrics.randomisation (saliency map)", _metric("randomisation", max_steps=2)),
     ("max_sensitivity", "metrics.max_sensitivity (saliency map)", _metric("max_sensitivity", n=1)),
+    *((f"{name} (video)", f"{name} of a 3-frame video", _video(name)) for name in (
+        "logit_lens", "causal_trace", "attention_knockout", "token_pruning", "grounding_signals", "vcd", "deletion")),
 )
 
 
@@ -263,9 +294,11 @@ def outcome(call: Callable[[], Any], model: torch.nn.Module | None = None) -> st
     return "yes"
 
 
-#: every row of the CLI table: (name, arguments; {m} = the saved model folder, {i} = an image, {o} = a scratch folder)
+#: every row of the CLI table: (name, arguments; {m} = the saved model folder, {i} = an image, {v} = a folder of 3
+#: video frames, {o} = a scratch folder)
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("explain", "explain {i} {p} -m {m} --method saliency --answer red -o {o}/ex.png"),
+    ("explain --video", "explain {v} {p} -m {m} --video --method saliency --answer red -o {o}/video.png"),
     ("lens", "lens {i} {p} -m {m} --answer red -o {o}/lens.png"),
     ("trace", "trace {i} {p} -m {m} --answer red --batch-size 64 -o {o}/trace.png"),
     ("knockout", "knockout {i} {p} -m {m} --answer red -o {o}/knockout.png"),
@@ -339,12 +372,17 @@ def cli_column(family: str, log: bool = True) -> dict[str, str]:
         save_tiny(family, root / "model")
         image = root / "image.png"
         tiny_images("llava" if family in DUAL_FAMILIES else family)[0].save(image)
+        from mmlens.adapters.base import video_families
+
+        (root / "frames").mkdir()
+        for k, frame in enumerate(tiny_video(family if family in video_families() else "qwen2_vl", 3).frames):
+            frame.save(root / "frames" / f"{k}.png")
         prompt = "a red cat" if family in DUAL_FAMILIES else "what color is the cat ?"
         cells = {}
         for name, line in COMMANDS:
             if family in DUAL_FAMILIES:  # a dual encoder's answer is the match, its hook points are the towers'
                 line = line.replace(" --answer red", "").replace(HOOK, DUAL_HOOK)
-            args = [a.format(m=root / "model", i=image, o=root, p="PROMPT") for a in line.split()]
+            args = [a.format(m=root / "model", i=image, v=root / "frames", o=root, p="PROMPT") for a in line.split()]
             cells[name] = generic(cli_outcome([prompt if a == "PROMPT" else a for a in args]), family, root)
             if log:
                 print(f"{family:16s} {name:34s} {cells[name]}", file=sys.stderr, flush=True)
@@ -367,7 +405,7 @@ def document() -> str:
         api.update({(row, family): c for row, c in api_column(family).items()})
         cli.update({(row, family): c for row, c in cli_column(family).items()})
     calls = "\n".join(f"- `{name}`: {what}" for name, what, _ in ANALYSES)
-    commands = "\n".join(f"- `{name}`: `mmlens {line.format(m='MODEL', i='IMAGE', o='OUT', p='PROMPT')}`"
+    commands = "\n".join(f"- `{name}`: `mmlens {line.format(m='MODEL', i='IMAGE', v='FRAMES', o='OUT', p='PROMPT')}`"
                          for name, line in COMMANDS)
     return f"""# Analyses x families
 

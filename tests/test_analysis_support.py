@@ -222,3 +222,16 @@ def test_sequence_image_analyses_on_cross_attention_images_name_themselves_and_t
     assert spec.tokens["a"] == spec.tokens["b"] == batch.prompt_len
     out = mmlens.generate_with(s, images, PROMPT, max_new_tokens=2, vcd=mmlens.VCD())
     assert 1 <= out.token_ids.numel() <= 2
+
+
+def test_grounding_signals_of_an_empty_generated_answer_are_empty():
+    """The tiny LLaVA-OneVision stops at once on this video: the distorted run used to be read at a row it never
+    had (IndexError)."""
+    from mmlens.testing.tiny_models import tiny_video
+
+    s = subject_for("llava_onevision")
+    video = tiny_video("llava_onevision", 3)
+    assert s.generate(video, "what is this ?", max_new_tokens=2).token_ids.numel() == 0
+    result = mmlens.generate_explained(s, video, "what is this ?", max_new_tokens=2)
+    assert result.tokens == [] and all(values == [] for values in result.to_dict()["signals"].values())
+    assert "<html" in result.html() and mmlens.count_hooks(s.model) == 0

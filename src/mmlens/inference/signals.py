@@ -87,8 +87,8 @@ def generate_explained(
         logps = torch.cat(tr.all("lm.logits"), dim=1)
     ids = batch.answer_ids
     lp = logps[0, :n].gather(-1, ids[:, None].to(logps.device))[:, 0].cpu()
-    if answer is None and n:
-        lp_bad = _distorted_log_probs(subject, batch, bad)
+    if answer is None:  # generated: the distorted run scores the answer afterwards (nothing when it is empty)
+        lp_bad = _distorted_log_probs(subject, batch, bad) if n else lp
     else:
         lp_bad = logps[1, :n].gather(-1, ids[:, None].to(logps.device))[:, 0].cpu()
     first, entropy = _lens_features(subject, resid, ids)
