@@ -93,67 +93,10 @@ def _grid(result: Any, ctx: Ctx) -> None:
     result.save(ctx.tmp / "grid.png")
 
 
-def _lens(ctx: Ctx) -> None:
-    _grid(logit_lens(ctx.subject, ctx.batch(), top_k=2), ctx)
-
-
-def _lens_map(ctx: Ctx) -> None:
-    batch = ctx.batch()
-    logit_lens(ctx.subject, batch, top_k=1).image_map(batch, image=0)
-
-
 def _tuned(ctx: Ctx) -> None:
     lens = mmlens.train_tuned_lens(ctx.subject, ctx.samples, show=False)
     mmlens.lens_kl(ctx.subject, ctx.samples[:1], lens)
     logit_lens(ctx.subject, ctx.batch(), tuned=lens)
-
-
-def _trace(ctx: Ctx) -> None:
-    _grid(causal_trace(ctx.subject, ctx.batch(), layers=[0], batch_size=64), ctx)
-
-
-def _knockout(ctx: Ctx) -> None:
-    _grid(attention_knockout(ctx.subject, ctx.batch()), ctx)
-
-
-def _head_share(ctx: Ctx) -> None:
-    _grid(head_image_share(ctx.subject, ctx.batch()), ctx)
-
-
-def _head_ablation(ctx: Ctx) -> None:
-    _grid(head_ablation(ctx.subject, ctx.batch(), layers=[0]), ctx)
-
-
-def _neuron_scores(ctx: Ctx) -> None:
-    neuron_scores(ctx.subject, ctx.batch(), layers=[0]).top(3)
-
-
-def _ablate(ctx: Ctx) -> None:
-    ablate_neurons(ctx.subject, ctx.batch(), [(0, 0)])
-
-
-def _top_patches(ctx: Ctx) -> None:
-    top_activating_patches(ctx.subject, ctx.samples, layer=0, neuron=0, k=2, show_progress=False)
-
-
-def _specificity(ctx: Ctx) -> None:
-    neuron_specificity(ctx.subject, ctx.samples, layer=0, show_progress=False)
-
-
-def _pruning(ctx: Ctx) -> None:
-    pruning_curve(ctx.subject, ctx.batch(), ratios=(0.0, 0.5), after_layer=1)
-
-
-def _signals(ctx: Ctx) -> None:
-    mmlens.generate_explained(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2).html()
-
-
-def _vcd(ctx: Ctx) -> None:
-    mmlens.generate_with(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2, vcd=mmlens.VCD())
-
-
-def _pai(ctx: Ctx) -> None:
-    mmlens.generate_with(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2, pai=mmlens.PAI(0.5))
 
 
 def _steering(ctx: Ctx) -> None:
@@ -166,28 +109,12 @@ def _collect(ctx: Ctx) -> None:
     mmlens.collect_activations(ctx.subject, ctx.hook, "image", ctx.tmp / "acts", n=2, show_progress=False)
 
 
-def _sae_ce(ctx: Ctx) -> None:
-    mmlens.ce_recovered(ctx.subject, ctx.sae(), ctx.samples[:1], ctx.hook, show_progress=False)
-
-
-def _sae_edit(ctx: Ctx) -> None:
-    mmlens.generate_with_feature(ctx.subject, ctx.images, ctx.prompt, ctx.sae(), 0, max_new_tokens=2)
-
-
-def _decompose(ctx: Ctx) -> None:
-    mmlens.decompose_embedding(ctx.subject, ctx.images, show=False)
-
-
 def _textspan(ctx: Ctx) -> None:
     from mmlens.embedding import text_bank
 
     t = ctx.tower()
     dec = mmlens.decompose_embedding(t, ctx.images + ctx.images, show=False)
     mmlens.text_spans(dec, text_bank(t, ["red", "blue", "a cat", "a dog"], show=False), n_texts=2)
-
-
-def _splice(ctx: Ctx) -> None:
-    mmlens.splice(ctx.subject, ctx.images * 2, ["red", "blue", "cat", "dog"], steps=20)
 
 
 def _gap(ctx: Ctx) -> None:
@@ -202,78 +129,83 @@ def _cbm(ctx: Ctx) -> None:
                      t.encode_texts(words), steps=20)
 
 
-def _zero_shot(ctx: Ctx) -> None:
-    mmlens.zero_shot(ctx.subject, ctx.images[0], ["a red cat", "a blue dog"])
-
-
 def _metric(name: str, **options: Any) -> Callable[..., None]:
-    def run(ctx: Ctx, explanation: Any = None) -> None:
+    def run(ctx: Ctx | None, explanation: Any = None, subject: Any = None) -> None:
         import importlib
 
         module = {"deletion": "deletion_insertion", "insertion": "deletion_insertion"}.get(name, name)
         fn = getattr(importlib.import_module(f"mmlens.evaluation.metrics.{module}"), name)
-        fn(ctx.subject, explanation or ctx.explanation(), **options)
+        fn(subject or ctx.subject, explanation or ctx.explanation(), **options)
 
     return run
 
 
-def _video(name: str) -> Callable[[Ctx], None]:
-    """An analysis of a video input (a video family's frames; the others refuse videos in one line)."""
-    def run(ctx: Ctx) -> None:
-        video, prompt = ctx.video(), "what is this ?"
-        answer = None if ctx.dual else "red"
-        if name in ("grounding_signals", "vcd"):
-            options = {"vcd": mmlens.VCD()} if name == "vcd" else {}
-            call = mmlens.generate_with if options else mmlens.generate_explained
-            call(ctx.subject, video, prompt, max_new_tokens=2, **options)
-            return
-        if name == "deletion":
-            _metric("deletion", cells=2, steps=2)(ctx, mmlens.explain(ctx.subject, video, prompt, method="saliency",
-                                                                      answer=answer))
-            return
-        batch = ctx.subject.prepare(video, prompt, answer=answer)
-        {"logit_lens": lambda: logit_lens(ctx.subject, batch).image_map(batch, 0),
-         "causal_trace": lambda: causal_trace(ctx.subject, batch, layers=[0], batch_size=64),
-         "attention_knockout": lambda: attention_knockout(ctx.subject, batch),
-         "token_pruning": lambda: pruning_curve(ctx.subject, batch, ratios=(0.0, 0.5), after_layer=1)}[name]()
-
-    return run
+VQ = "what is this ?"
+#: the video rows: (subject, video, answer) -> None
+VIDEO: dict[str, Callable[..., Any]] = {
+    "logit_lens": lambda s, v, a: logit_lens(s, b := s.prepare(v, VQ, answer=a)).image_map(b, 0),
+    "causal_trace": lambda s, v, a: causal_trace(s, s.prepare(v, VQ, answer=a), layers=[0], batch_size=64),
+    "attention_knockout": lambda s, v, a: attention_knockout(s, s.prepare(v, VQ, answer=a)),
+    "token_pruning": lambda s, v, a: pruning_curve(s, s.prepare(v, VQ, answer=a), ratios=(0.0, 0.5), after_layer=1),
+    "grounding_signals": lambda s, v, a: mmlens.generate_explained(s, v, VQ, max_new_tokens=2),
+    "vcd": lambda s, v, a: mmlens.generate_with(s, v, VQ, max_new_tokens=2, vcd=mmlens.VCD()),
+    "deletion": lambda s, v, a: _metric("deletion", cells=2, steps=2)(
+        None, mmlens.explain(s, v, VQ, method="saliency", answer=a), s),
+}
 
 
 #: every row of the API table: (name, what it calls, the call)
 ANALYSES: tuple[tuple[str, str, Callable[[Ctx], None]], ...] = (
-    ("logit_lens", "layer.logit_lens + GridResult.save", _lens),
-    ("logit_lens_image_map", "LogitLens.image_map", _lens_map),
+    ("logit_lens", "layer.logit_lens + GridResult.save",
+     lambda ctx: _grid(logit_lens(ctx.subject, ctx.batch(), top_k=2), ctx)),
+    ("logit_lens_image_map", "LogitLens.image_map",
+     lambda ctx: logit_lens(ctx.subject, b := ctx.batch(), top_k=1).image_map(b, image=0)),
     ("tuned_lens", "train_tuned_lens, lens_kl, logit_lens(tuned=)", _tuned),
-    ("causal_trace", "layer.causal_trace", _trace),
-    ("attention_knockout", "layer.attention_knockout", _knockout),
-    ("head_image_share", "layer.heads.head_image_share", _head_share),
-    ("head_ablation", "layer.heads.head_ablation", _head_ablation),
-    ("neuron_scores", "neuron.scores.neuron_scores", _neuron_scores),
-    ("ablate_neurons", "neuron.scores.ablate_neurons", _ablate),
-    ("top_patches", "neuron.dataset.top_activating_patches", _top_patches),
-    ("neuron_specificity", "neuron.dataset.neuron_specificity", _specificity),
-    ("token_pruning", "token.pruning.pruning_curve", _pruning),
-    ("grounding_signals", "generate_explained + html", _signals),
-    ("vcd", "generate_with(vcd=VCD())", _vcd),
-    ("pai", "generate_with(pai=PAI(0.5))", _pai),
+    ("causal_trace", "layer.causal_trace",
+     lambda ctx: _grid(causal_trace(ctx.subject, ctx.batch(), layers=[0], batch_size=64), ctx)),
+    ("attention_knockout", "layer.attention_knockout",
+     lambda ctx: _grid(attention_knockout(ctx.subject, ctx.batch()), ctx)),
+    ("head_image_share", "layer.heads.head_image_share",
+     lambda ctx: _grid(head_image_share(ctx.subject, ctx.batch()), ctx)),
+    ("head_ablation", "layer.heads.head_ablation",
+     lambda ctx: _grid(head_ablation(ctx.subject, ctx.batch(), layers=[0]), ctx)),
+    ("neuron_scores", "neuron.scores.neuron_scores",
+     lambda ctx: neuron_scores(ctx.subject, ctx.batch(), layers=[0]).top(3)),
+    ("ablate_neurons", "neuron.scores.ablate_neurons", lambda ctx: ablate_neurons(ctx.subject, ctx.batch(), [(0, 0)])),
+    ("top_patches", "neuron.dataset.top_activating_patches",
+     lambda ctx: top_activating_patches(ctx.subject, ctx.samples, layer=0, neuron=0, k=2, show_progress=False)),
+    ("neuron_specificity", "neuron.dataset.neuron_specificity",
+     lambda ctx: neuron_specificity(ctx.subject, ctx.samples, layer=0, show_progress=False)),
+    ("token_pruning", "token.pruning.pruning_curve",
+     lambda ctx: pruning_curve(ctx.subject, ctx.batch(), ratios=(0.0, 0.5), after_layer=1)),
+    ("grounding_signals", "generate_explained + html",
+     lambda ctx: mmlens.generate_explained(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2).html()),
+    ("vcd", "generate_with(vcd=VCD())",
+     lambda ctx: mmlens.generate_with(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2, vcd=mmlens.VCD())),
+    ("pai", "generate_with(pai=PAI(0.5))",
+     lambda ctx: mmlens.generate_with(ctx.subject, ctx.images, ctx.prompt, max_new_tokens=2, pai=mmlens.PAI(0.5))),
     ("steering", "steering_vector + generate_with(steering=)", _steering),
     ("collect_activations", "collect_activations (ShapesVQA, image tokens)", _collect),
-    ("sae_ce_recovered", "train_sae on a hook point + ce_recovered", _sae_ce),
-    ("sae_generate_with_feature", "generate_with_feature", _sae_edit),
-    ("decompose_embedding", "decompose_embedding", _decompose),
+    ("sae_ce_recovered", "train_sae on a hook point + ce_recovered",
+     lambda ctx: mmlens.ce_recovered(ctx.subject, ctx.sae(), ctx.samples[:1], ctx.hook, show_progress=False)),
+    ("sae_generate_with_feature", "generate_with_feature",
+     lambda ctx: mmlens.generate_with_feature(ctx.subject, ctx.images, ctx.prompt, ctx.sae(), 0, max_new_tokens=2)),
+    ("decompose_embedding", "decompose_embedding",
+     lambda ctx: mmlens.decompose_embedding(ctx.subject, ctx.images, show=False)),
     ("text_spans", "text_bank + text_spans", _textspan),
-    ("splice", "splice", _splice),
+    ("splice", "splice",
+     lambda ctx: mmlens.splice(ctx.subject, ctx.images * 2, ["red", "blue", "cat", "dog"], steps=20)),
     ("modality_gap", "tower encode_images / encode_texts + modality_gap", _gap),
     ("concept_bottleneck", "train_cbm", _cbm),
-    ("zero_shot", "zero_shot", _zero_shot),
+    ("zero_shot", "zero_shot", lambda ctx: mmlens.zero_shot(ctx.subject, ctx.images[0], ["a red cat", "a blue dog"])),
     ("deletion", "metrics.deletion (saliency map)", _metric("deletion", cells=2, steps=2)),
     ("insertion", "metrics.insertion (saliency map)", _metric("insertion", cells=2, steps=2)),
     ("road", "metrics.road (saliency map)", _metric("road", fractions=(0.5,))),
     ("randomisation", "metrics.randomisation (saliency map)", _metric("randomisation", max_steps=2)),
     ("max_sensitivity", "metrics.max_sensitivity (saliency map)", _metric("max_sensitivity", n=1)),
-    *((f"{name} (video)", f"{name} of a 3-frame video", _video(name)) for name in (
-        "logit_lens", "causal_trace", "attention_knockout", "token_pruning", "grounding_signals", "vcd", "deletion")),
+    *((f"{name} (video)", f"{name} of a 3-frame video (other families refuse videos)",
+       lambda ctx, call=call: call(ctx.subject, ctx.video(), None if ctx.dual else "red"))
+      for name, call in VIDEO.items()),
 )
 
 
@@ -415,6 +347,11 @@ ran and left no hook behind; "no (k)": it refused in one line, note k (the attri
 table in the README). A crash (an exception other than the one-line `InputError`, or a CLI exit code other than
 0 / 2) is a bug: the script names it, and the table ships without any. In the notes, FAMILY stands for the
 column's family, MODEL for the model (its id or folder) and OUT for the scratch folder.
+
+Not in the tables: `tracin` and `probe_checkpoints` / `mmlens probe --checkpoints` read the training checkpoints
+that `mmlens.demo.train` writes (the demo's), `run_planted` / `mmlens benchmark --suite planted` the planted demo
+variants, `mmlens serve` is the web page (tests/test_web.py drives its panels); `pointing_game`, `topk_iou`,
+`sparseness` and `energy_in_mask` score arrays, with no model.
 
 ## Python API
 
