@@ -235,3 +235,19 @@ def test_grounding_signals_of_an_empty_generated_answer_are_empty():
     result = mmlens.generate_explained(s, video, "what is this ?", max_new_tokens=2)
     assert result.tokens == [] and all(values == [] for values in result.to_dict()["signals"].values())
     assert "<html" in result.html() and mmlens.count_hooks(s.model) == 0
+
+
+def test_a_generated_image_placeholder_ends_the_answer():
+    """The tiny Qwen3-VL emits its image placeholder on ShapesVQA sample 0: teacher-forcing that answer refused
+    ("leave it out of the answer"), which stopped every dataset run that explains the model's own answer."""
+    from mmlens.evaluation.benchmark import shapes_image_size
+
+    s = subject_for("qwen3_vl")
+    sample = ShapesVQA(image_size=shapes_image_size(s), seed=0).sample(0)
+    batch = s.prepare(sample.image, sample.question)
+    raw = s.model.generate(**s.model_inputs(batch), max_new_tokens=8, do_sample=False)[0, batch.prompt_len:].tolist()
+    placeholder = s.adapter.image_token_id
+    assert placeholder in raw and not set(raw[: raw.index(placeholder)]) & s._stop_ids()
+    gen = s.generate(sample.image, sample.question, max_new_tokens=8)
+    assert gen.token_ids.tolist() == raw[: raw.index(placeholder)]
+    assert gen.batch.answer_ids.tolist() == gen.token_ids.tolist()

@@ -310,8 +310,9 @@ class Subject:
 
     def generation(self, batch: Batch, new_ids: torch.Tensor | Sequence[int]) -> Generation:
         """The :class:`Generation` of ``new_ids`` (generated after ``batch``'s prompt), cut before the first stop
-        token, with the teacher-forced batch that reproduces it."""
-        stop = self._stop_ids()
+        token (or image placeholder: a teacher-forced batch would read it as an image slot), with the
+        teacher-forced batch that reproduces it."""
+        stop = self._stop_ids() | {self.adapter.image_token_id}
         ids = []
         for t in (new_ids.tolist() if torch.is_tensor(new_ids) else list(new_ids)):
             if t in stop:
