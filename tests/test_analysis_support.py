@@ -251,3 +251,13 @@ def test_a_generated_image_placeholder_ends_the_answer():
     gen = s.generate(sample.image, sample.question, max_new_tokens=8)
     assert gen.token_ids.tolist() == raw[: raw.index(placeholder)]
     assert gen.batch.answer_ids.tolist() == gen.token_ids.tolist()
+
+
+def test_zero_shot_on_an_mllm_names_zero_shot_not_candidates():
+    s = subject_for("paligemma")
+    with pytest.raises(InputError) as err:
+        mmlens.zero_shot(s, IMAGE, ["a red cat", "a blue dog"])
+    message = str(err.value)
+    assert message.startswith("zero_shot ") and "paligemma model has no text tower" in message
+    assert "candidates" not in message and len(message.splitlines()) == 1
+    assert sum(mmlens.zero_shot(tiny_dual_subject("siglip"), IMAGE, ["a red cat", "a blue dog"]).probs) == pytest.approx(1.0)
