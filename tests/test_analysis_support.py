@@ -158,7 +158,7 @@ def _script():
 def test_analyses_table_names_every_family_analysis_and_command_and_holds_no_crash():
     script = _script()
     text = (ROOT / "docs" / "ANALYSES.md").read_text(encoding="utf-8")
-    assert "CRASH" not in text, "a sweep cell crashed: fix it and rerun `PYTHONPATH=src python docs/analysis_support.py`"
+    assert "CRASH" not in text, "a cell crashed: fix it, rerun `PYTHONPATH=src python docs/analysis_support.py`"
     tables = [[ln for ln in part.split("\n\n", 2)[1].splitlines()] for part in text.split("## ")[1:]]
     expected = ([a[0] for a in script.ANALYSES], [c[0] for c in script.COMMANDS])
     for lines, rows in zip(tables, expected, strict=True):
@@ -260,4 +260,5 @@ def test_zero_shot_on_an_mllm_names_zero_shot_not_candidates():
     message = str(err.value)
     assert message.startswith("zero_shot ") and "paligemma model has no text tower" in message
     assert "candidates" not in message and len(message.splitlines()) == 1
-    assert sum(mmlens.zero_shot(tiny_dual_subject("siglip"), IMAGE, ["a red cat", "a blue dog"]).probs) == pytest.approx(1.0)
+    probs = mmlens.zero_shot(tiny_dual_subject("siglip"), IMAGE, ["a red cat", "a blue dog"]).probs
+    assert sum(probs) == pytest.approx(1.0)
