@@ -262,3 +262,13 @@ def test_zero_shot_on_an_mllm_names_zero_shot_not_candidates():
     assert "candidates" not in message and len(message.splitlines()) == 1
     probs = mmlens.zero_shot(tiny_dual_subject("siglip"), IMAGE, ["a red cat", "a blue dog"]).probs
     assert sum(probs) == pytest.approx(1.0)
+
+
+def test_benchmark_on_a_dual_encoder_refuses_before_any_sample(tmp_path):
+    from mmlens.evaluation.benchmark import run_benchmark
+
+    with pytest.raises(InputError) as err:
+        run_benchmark(tiny_dual_subject("clip"), methods="saliency", n=1, sanity_n=0, out=tmp_path / "bench")
+    message = str(err.value)  # it used to fail at sample 0 suggesting answer='<match>', which the CLI cannot pass
+    assert message.startswith("the benchmark explains") and "clip model is an image-text dual encoder" in message
+    assert len(message.splitlines()) == 1 and not (tmp_path / "bench").exists()
