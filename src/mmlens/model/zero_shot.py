@@ -53,7 +53,7 @@ def zero_shot(subject: Any, image: ImageLike, texts: Sequence[str]) -> ZeroShot:
     if adapter is not None and not adapter.dual_encoder:
         raise InputError(f"zero_shot compares an image with captions in a shared embedding space, and this "
                          f"{adapter.family} model has no text tower aligned with its images: load an image-text dual "
-                         "encoder (CLIP, SigLIP), or ask this model (Subject.generate, mmlens.explain)")
+                         "encoder, or ask this model (Subject.generate, mmlens.explain)")
     if len({t.strip() for t in texts}) != len(texts) or len(texts) < 2:
         raise InputError(f"{len(texts)} caption(s) given ({len({t.strip() for t in texts})} distinct): zero-shot "
                          "classification needs at least 2 distinct captions")
