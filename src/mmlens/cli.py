@@ -65,8 +65,12 @@ def _report(err: BaseException) -> int:
         _say(str(err))
         return 2
     if isinstance(err, click_errors.UsageError):
-        command = f"mmlens {err.ctx.info_name} --help" if err.ctx is not None and err.ctx.parent is not None \
-            else "mmlens --help"
+        names = []  # the subcommand's whole path (``dataset-stats neurons``), not only its last word
+        ctx = err.ctx
+        while ctx is not None and ctx.parent is not None:
+            names.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(["mmlens", *names, "--help"])
         _say(f"{err.format_message()} — run `{command}` for the arguments and options")
         return 2
     if isinstance(err, click_errors.ClickException):

@@ -49,11 +49,11 @@ def _tower(model: str) -> Any:
 
 
 def _samples(t: Any, n: int, seed: int = 0, single: bool = False) -> list:
+    from mmlens.cli_options import shapes_side
     from mmlens.data.shapes_vqa import ShapesVQA
 
-    size = int(getattr(t.vision_config, "image_size", 64) or 64)
     kw = {"min_objects": 1, "max_objects": 1} if single else {"min_objects": 1, "max_objects": 4}
-    return list(ShapesVQA(image_size=min(max(size, 32), 448), seed=seed, **kw).samples(n))
+    return list(ShapesVQA(image_size=shapes_side(t.vision_config), seed=seed, **kw).samples(n))
 
 
 def _images(t: Any, files: list[str] | None, shapes: int) -> list:

@@ -39,3 +39,17 @@ StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable r
 def png_out(default: str) -> Any:
     """``--out`` / ``-o`` of a command writing a PNG and its JSON beside it, defaulting to ``default``."""
     return typer.Option(Path(default), "--out", "-o", help="PNG path; the JSON goes beside it")
+
+
+def shapes_side(vision_config: Any) -> int:
+    """The ShapesVQA image side for a vision tower: its ``image_size`` (an int, or ``(H, W)`` as InternVL's), within
+    ShapesVQA's range (64 when the config names none).
+
+    >>> shapes_side(type("C", (), {"image_size": [448, 448]})()), shapes_side(None)
+    (448, 64)
+    """
+    from mmlens.data.shapes_vqa import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+    size = getattr(vision_config, "image_size", None) or 64
+    size = max(size) if isinstance(size, (list, tuple)) else size
+    return min(max(int(size), MIN_IMAGE_SIZE), MAX_IMAGE_SIZE)

@@ -20,11 +20,11 @@ def _show() -> bool:
 
 
 def _shapes(subject, n: int, seed: int) -> list:
+    from mmlens.cli_options import shapes_side
     from mmlens.data.shapes_vqa import ShapesVQA
 
-    size = int(getattr(subject.model.config, "vision_config", None) and
-               getattr(subject.model.config.vision_config, "image_size", 64) or 64)
-    return list(ShapesVQA(image_size=min(max(size, 32), 448), seed=seed).samples(n))
+    vision = getattr(subject.model.config, "vision_config", None)
+    return list(ShapesVQA(image_size=shapes_side(vision), seed=seed).samples(n))
 
 
 @sae_app.command("train")

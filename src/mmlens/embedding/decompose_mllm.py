@@ -146,7 +146,8 @@ def decompose_mllm(t: Tower, images: list, show: bool | None = None) -> Any:
         names = [n for n, _ in comps]
         rows_out.append(torch.stack([v.mean(0) for v in vecs]))
         embs.append(p.reshape(-1, p.shape[-1]).mean(0) if p.shape[-1] == stream.shape[-1] else _rows(stream, stream, drop).mean(0))
-    return Decomposition(names, torch.stack(rows_out).cpu(), torch.stack(embs).cpu(), t.n_layers, H,
+    # n_layers: the blocks the decomposition covers (the projector may read an earlier block than the last)
+    return Decomposition(names, torch.stack(rows_out).cpu(), torch.stack(embs).cpu(), k, H,
                          notes=sorted(notes) + ["rows averaged: contributions to the mean image-token embedding"])
 
 

@@ -238,6 +238,11 @@ def run_benchmark(
         from mmlens.model.loading import load
 
         subject = load(subject)
+    if subject.adapter.dual_encoder:  # the samples' answers are teacher-forced: a dual encoder answers no question
+        raise InputError(f"the benchmark explains each sample's answer to its question, and this {subject.family} "
+                         "model is an image-text dual encoder, which answers none (its answer is the image-caption "
+                         "match): benchmark an MLLM, or score a dual encoder's maps with mmlens.explain and the metrics "
+                         "(deletion, insertion, road, randomisation)")
 
     if data_file is not None:
         source: Any = DataFileSource(data_file, int(n))

@@ -120,10 +120,10 @@ class Tracer(Interventions):
         names = [n for n in self.points if fnmatch.fnmatchcase(n, pattern)]
         if not names:
             blocks = sum(1 for n in self.points if n.endswith(".resid_post") and n.startswith("lm."))
-            raise InputError(
-                f"unknown hook point {pattern!r}: use names like 'lm.blocks.{{0..{blocks - 1}}}.resid_post', "
-                f"'projector.out' or a glob (Subject.hook_points() lists all {len(self.points)})"
-            )
+            like = (f"'lm.blocks.{{0..{blocks - 1}}}.resid_post', 'projector.out'" if blocks else  # no language model
+                    ", ".join(f"'{n}'" for n in list(self.points)[:2]) + " (this model has no language model)")
+            raise InputError(f"unknown hook point {pattern!r}: use names like {like} or a glob "
+                             f"(Subject.hook_points() lists all {len(self.points)})")
         return names
 
     def __getitem__(self, name: str) -> Any:

@@ -136,6 +136,7 @@ def generate_with(
     >>> out = generate_with(lm, "shapes.png", "is there a blue square?", vcd=VCD(alpha=1.0, beta=0.1))  # doctest: +SKIP
     >>> out.text, out.settings                                                                       # doctest: +SKIP
     """
+    subject.require_language_model("generate_with (VCD, PAI, steering)")
     from mmlens.util.limits import OPTION_RANGES
 
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])

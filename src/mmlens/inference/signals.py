@@ -53,6 +53,7 @@ def generate_explained(
     >>> r = mmlens.generate_explained(lm, "shapes.png", "is there a red circle?")   # doctest: +SKIP
     >>> r.signals["visual_reliance"]                                         # doctest: +SKIP
     """
+    subject.require_language_model("generate_explained (grounding signals)")
     from mmlens.util.limits import OPTION_RANGES
 
     subject.require("activations")
@@ -60,6 +61,8 @@ def generate_explained(
     seed = check_int("seed", seed, 0)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, *OPTION_RANGES["max_new_tokens"])
     batch = subject.prepare(images, prompt, answer=answer)
+    batch.require_sequence_images("grounding signals (generate_explained, mmlens generate)",
+                                  "use generate_with(vcd=VCD()) (mmlens generate --vcd-alpha) or mmlens.explain")
     image_pos = batch.image_positions()
     bad = distorted_all(batch.images, distortion, seed)
     n_layers = subject.n_layers
@@ -84,8 +87,8 @@ def generate_explained(
         logps = torch.cat(tr.all("lm.logits"), dim=1)
     ids = batch.answer_ids
     lp = logps[0, :n].gather(-1, ids[:, None].to(logps.device))[:, 0].cpu()
-    if answer is None and n:
-        lp_bad = _distorted_log_probs(subject, batch, bad)
+    if answer is None:  # generated: the distorted run scores the answer afterwards (nothing when it is empty)
+        lp_bad = _distorted_log_probs(subject, batch, bad) if n else lp
     else:
         lp_bad = logps[1, :n].gather(-1, ids[:, None].to(logps.device))[:, 0].cpu()
     first, entropy = _lens_features(subject, resid, ids)

@@ -95,6 +95,7 @@ def steering_vector(subject: Subject, grounded: Sequence[Batch], hallucinated: S
 
     >>> v = steering_vector(lm, grounded_batches, hallucinated_batches, layer=1)   # doctest: +SKIP
     """
+    subject.require_language_model("steering_vector")
     subject.require("activations")
     layer = check_int("layer", layer, 0, subject.n_layers - 1)
     if not grounded or not hallucinated:

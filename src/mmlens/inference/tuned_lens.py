@@ -145,6 +145,7 @@ def train_tuned_lens(subject: Subject, samples: Sequence[Any], lr: float = 1e-2,
     >>> lens = train_tuned_lens(lm, list(ShapesVQA(seed=100).samples(200)))       # doctest: +SKIP
     >>> lens.save("demo.tuned_lens.safetensors")                                   # doctest: +SKIP
     """
+    subject.require_language_model("the tuned lens")
     subject.require("activations")
     lr = check_float("lr", lr, 0.0, 10.0, open_low=True)
     epochs = check_int("epochs", epochs, 1, 1000)
@@ -184,6 +185,7 @@ def lens_kl(subject: Subject, samples: Sequence[Any], lens: TunedLens | None = N
 
     >>> lens_kl(lm, held_out), lens_kl(lm, held_out, lens)                       # doctest: +SKIP
     """
+    subject.require_language_model("lens_kl")
     lens = lens or TunedLens.identity(subject)
     lens.check(subject)
     total = None

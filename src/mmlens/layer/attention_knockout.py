@@ -70,6 +70,7 @@ def attention_knockout(
     >>> grid = attention_knockout(lm, batch, window=3)                  # doctest: +SKIP
     >>> grid.values[:, grid.col_labels.index("image -> last")]          # doctest: +SKIP
     """
+    subject.require_language_model("attention knockout")
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     groups = position_groups(batch, tgt)

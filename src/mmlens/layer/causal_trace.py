@@ -95,6 +95,7 @@ def causal_trace(
     >>> grid = causal_trace(lm, lm.generate(img, "what color is the circle?").batch)   # doctest: +SKIP
     >>> grid.save("trace.png")                                                          # doctest: +SKIP
     """
+    subject.require_language_model("causal tracing")
     if corrupt not in CORRUPTIONS:
         raise InputError(f"unknown corruption {corrupt!r}: use one of {', '.join(CORRUPTIONS)}")
     if component not in COMPONENTS:

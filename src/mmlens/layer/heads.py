@@ -29,9 +29,12 @@ def head_image_share(subject: Subject, batch: Batch, target: Any = "answer",
     >>> head_image_share(lm, batch).values.shape        # doctest: +SKIP
     torch.Size([4, 4])
     """
+    subject.require_language_model("head_image_share")
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     rows = tgt.query_positions(batch)
+    batch.require_sequence_images("head_image_share", "use head_ablation (it ablates the cross-attention heads) "
+                                  "or the attention method")
     image = batch.image_positions()
     with subject.trace() as tr:
         tr.capture_attention("lm.blocks.*.attn.weights", rows=rows,
@@ -53,6 +56,7 @@ def head_ablation(subject: Subject, batch: Batch, target: Any = "answer",
                   layers: Sequence[int] | None = None) -> GridResult:
     """``values[layer, head]`` = p(answer | head zeroed) - p(answer); one batched forward per layer (a block that
     cross-attends instead of self-attending, as in Mllama: its cross-attention heads)."""
+    subject.require_language_model("head_ablation")
     layers_ = check_layers(subject, layers)
     (tgt,) = resolve_targets(subject.tokenizer, batch, target)[:1]
     n_heads = subject.n_heads

@@ -43,7 +43,8 @@ class LogitLens(GridResult):
 
     def image_map(self, batch: Batch, image: int = 0, layer: int = -1) -> np.ndarray:
         """The target word's probability at each image token of ``layer``, as a map over the image pixels."""
-        batch.require_sequence_images()  # images as cross-attention keys have no residual stream to decode
+        batch.require_sequence_images(  # images as cross-attention keys have no residual stream to decode
+            "the logit lens' image map", "read its grid over the sequence (values), or use an attribution method")
         positions = torch.tensor(self.extras["positions"])
         scores = torch.zeros(batch.seq_len)
         scores[positions] = self.values[layer].float()
@@ -72,6 +73,7 @@ def logit_lens(
     >>> lens = logit_lens(lm, batch, target="red")        # doctest: +SKIP
     >>> lens.save("lens.png")                              # doctest: +SKIP
     """
+    subject.require_language_model("the logit lens")
     layers_ = check_layers(subject, layers)
     pos = check_positions(batch, positions)
     if top_k < 1:

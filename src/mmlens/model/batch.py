@@ -63,12 +63,16 @@ class Batch:
         :class:`~mmlens.model.geometry.ImageGeometry` ``space``)."""
         return any(g.space == "keys" for g in self.geometry)
 
-    def require_sequence_images(self) -> None:
+    def require_sequence_images(self, what: str | None = None, instead: str | None = None) -> None:
         """One-line InputError when the images are cross-attention keys (no sequence position holds them): what a
-        method that reads or edits image tokens in the language model's sequence calls first."""
+        method that reads or edits image tokens in the language model's sequence calls first (an analysis other
+        than an attribution method names itself, ``what``, and what to use ``instead``)."""
         if self.in_key_space:
             from mmlens.errors import InputError
 
+            if what is not None:
+                raise InputError(f"{what} needs image tokens in the language model's sequence, and this model's "
+                                 f"images enter only through cross-attention keys: {instead}")
             raise InputError("this needs image tokens in the language model's sequence, and this model's images "
                              "enter only through cross-attention keys: use attention, relevancy, attention_x_gradient, "
                              "saliency, gradcam, input_x_gradient, integrated_gradients, smoothgrad or a perturbation "

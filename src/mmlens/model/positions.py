@@ -98,8 +98,11 @@ def question_positions(tokenizer: Any, batch: Any, question: str) -> torch.Tenso
     template's tokens after the question (counted by tokenizing that tail)."""
     text = batch.text
     at = text.rfind(question)
-    after = batch.image_positions()
-    start = int(after.max()) + 1 if after.numel() else 0
+    if batch.in_key_space:  # images as cross-attention keys: the text is the sequence, no placeholder expanded
+        start = len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]) if at > 0 else 0
+    else:
+        after = batch.image_positions()
+        start = int(after.max()) + 1 if after.numel() else 0
     positions = batch.text_positions()
     positions = positions[positions >= start]
     if at < 0:
@@ -112,15 +115,21 @@ def question_positions(tokenizer: Any, batch: Any, question: str) -> torch.Tenso
 def group_rows(group: str, sample: Any, batch: Any, tokenizer: Any, min_overlap: float = 0.5) -> list[dict[str, Any]]:
     """The rows (metadata dicts with ``position``) of ``group`` for one prepared ``sample``, in row order."""
     labels = sample_labels(sample)
+    keys = batch.in_key_space  # images as cross-attention keys: no sequence position holds an image token
     if group in IMAGE_GROUPS:
+        if keys:
+            raise InputError(f"position group {group!r} reads image tokens in the language model's sequence, and "
+                             "this model's images enter only through cross-attention keys: use group question, "
+                             "answer, text or all")
         rows = _image_rows(group, sample, batch, min_overlap)
     elif group == "question":
         rows = [_text_row(int(p)) for p in question_positions(tokenizer, batch, sample.question)]
     elif group == "answer":
         rows = [_text_row(batch.prompt_len - 1)]
     else:  # all / text: every position, image-grid ones as in "image"
-        cells = {} if group == "text" else {c["position"]: c for c in _image_rows("image", sample, batch, min_overlap)}
-        grid = set() if group == "all" else set(batch.image_positions().tolist())
+        cells = {} if group == "text" or keys else {
+            c["position"]: c for c in _image_rows("image", sample, batch, min_overlap)}
+        grid = set() if group == "all" or keys else set(batch.image_positions().tolist())
         rows = [cells.get(p) or _text_row(p) for p in range(batch.seq_len) if p not in grid]
     ids = batch.input_ids[0]
     for k, row in enumerate(rows):

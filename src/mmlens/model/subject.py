@@ -48,8 +48,14 @@ class Subject:
                              "load it with access='all' or pick a black-box method")
 
     # -- basics -------------------------------------------------------------------------------------------
-    def require_language_model(self) -> None:
-        """One-line InputError for a method that reads the language model's attention when this subject has none."""
+    def require_language_model(self, what: str | None = None) -> None:
+        """One-line InputError for a method that reads the language model's attention (or, naming ``what``, an
+        analysis that reads any part of the language model) when this subject has none."""
+        if self.adapter.dual_encoder and what is not None:
+            raise InputError(f"{what} reads a language model, and this {self.family} model is an image-text dual "
+                             "encoder without one (its image and caption meet only in their similarity): use an "
+                             "attribution method (mmlens.explain), zero_shot or the embedding tools "
+                             "(decompose_embedding, text_spans, splice, modality_gap, train_cbm)")
         if self.adapter.dual_encoder:
             raise InputError("this method reads a language model's attention over the whole sequence, and a dual "
                              "encoder has none (its image and caption meet only in the similarity): use "
@@ -304,8 +310,9 @@ class Subject:
 
     def generation(self, batch: Batch, new_ids: torch.Tensor | Sequence[int]) -> Generation:
         """The :class:`Generation` of ``new_ids`` (generated after ``batch``'s prompt), cut before the first stop
-        token, with the teacher-forced batch that reproduces it."""
-        stop = self._stop_ids()
+        token (or image placeholder: a teacher-forced batch would read it as an image slot), with the
+        teacher-forced batch that reproduces it."""
+        stop = self._stop_ids() | {self.adapter.image_token_id}
         ids = []
         for t in (new_ids.tolist() if torch.is_tensor(new_ids) else list(new_ids)):
             if t in stop:

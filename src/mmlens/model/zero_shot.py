@@ -49,6 +49,11 @@ def zero_shot(subject: Any, image: ImageLike, texts: Sequence[str]) -> ZeroShot:
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise InputError(f"texts={texts!r}: pass a list of captions (strings), one per class")
     texts = list(texts)
+    adapter = getattr(subject, "adapter", None)
+    if adapter is not None and not adapter.dual_encoder:
+        raise InputError(f"zero_shot compares an image with captions in a shared embedding space, and this "
+                         f"{adapter.family} model has no text tower aligned with its images: load an image-text dual "
+                         "encoder, or ask this model (Subject.generate, mmlens.explain)")
     if len({t.strip() for t in texts}) != len(texts) or len(texts) < 2:
         raise InputError(f"{len(texts)} caption(s) given ({len({t.strip() for t in texts})} distinct): zero-shot "
                          "classification needs at least 2 distinct captions")

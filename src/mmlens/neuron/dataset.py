@@ -52,7 +52,7 @@ class TopPatches(SampleStat):
 
     def per_sample(self, subject: Subject, batch: Any) -> dict[str, torch.Tensor]:
         neuron = self.neuron
-        batch.require_sequence_images()  # LM neurons fire on sequence positions; cross-attention keys have none
+        batch.require_sequence_images("top_patches", "use neuron_scores or ablate_neurons (every sequence position)")
         with subject.trace() as tr:
             tr.capture(f"lm.blocks.{self.layer}.mlp.act", reduce=lambda h: h[0, :, neuron].float().cpu())
             subject.forward(batch)
@@ -105,6 +105,7 @@ def top_activating_patches(subject: Subject, samples: Iterable[Any], layer: int,
 
     >>> hits = top_activating_patches(lm, ShapesVQA().samples(100), layer=2, neuron=17)   # doctest: +SKIP
     """
+    subject.require_language_model("top_activating_patches")
     return reduce_samples(subject, samples, TopPatches(layer, neuron, k), "top patches", show_progress)
 
 
@@ -151,6 +152,9 @@ class NeuronSpecificity(SampleStat):
             tr.capture(f"lm.blocks.{self.layer}.mlp.act", reduce=lambda h: (h[0] > 0).cpu())
             subject.forward(batch)
         fired = tr[f"lm.blocks.{self.layer}.mlp.act"][: batch.prompt_len]
+        if self.domain is None:
+            batch.require_sequence_images("neuron_specificity over image vs text tokens", "pass samples as a dict "
+                                          "domain -> samples (it compares domains over every prompt token)")
         parts = {self.domain: torch.arange(batch.prompt_len)} if self.domain is not None else \
             {"image": batch.image_positions(), "text": batch.text_positions()}
         counts = torch.zeros(len(self.groups), fired.shape[-1], dtype=torch.float64)
@@ -197,6 +201,7 @@ def neuron_specificity(subject: Subject, samples: Iterable[Any] | Mapping[str, I
     entropy across groups. ``samples`` is an iterable (groups = image tokens vs text tokens: modality) or a
     dict ``domain -> samples`` (groups = domains, all prompt tokens). Streaming counts only.
     """
+    subject.require_language_model("neuron_specificity")
     if not isinstance(samples, Mapping):
         return reduce_samples(subject, samples, NeuronSpecificity(layer), "specificity", show_progress)
     groups = list(samples)

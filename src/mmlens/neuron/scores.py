@@ -55,6 +55,7 @@ def neuron_scores(subject: Subject, batch: Batch, target: Any = "answer", layers
 
     >>> ns = neuron_scores(lm, batch); ns.top(5)          # doctest: +SKIP
     """
+    subject.require_language_model("neuron_scores")
     if method not in SCORINGS:
         raise InputError(f"unknown neuron scoring {method!r}: use one of {', '.join(SCORINGS)}")
     layers_ = check_layers(subject, layers)
@@ -94,6 +95,7 @@ def ablate_neurons(subject: Subject, batch: Batch, neurons: Sequence[tuple[int, 
     >>> ablate_neurons(lm, batch, [(2, 17), (3, 5)])     # doctest: +SKIP
     {'p_clean': 0.98, 'p_edited': 0.41, 'delta': -0.57}
     """
+    subject.require_language_model("ablate_neurons")
     width = mlp_width(subject)
     by_layer: dict[int, list[int]] = {}
     for layer, index in neurons:

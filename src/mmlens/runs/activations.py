@@ -68,7 +68,8 @@ class ActivationJob(Job):
         out: dict[int, list[dict[str, Any]]] = {}
         by_shape: dict[tuple[int, int], list[int]] = {}
         for k, (_, _, batch, _) in enumerate(prepared):
-            by_shape.setdefault((batch.seq_len, int(batch.image_positions().numel())), []).append(k)
+            image = batch.key_positions() if batch.in_key_space else batch.image_positions()  # keys: Mllama
+            by_shape.setdefault((batch.seq_len, int(image.numel())), []).append(k)
         for ks in by_shape.values():
             batches = [prepared[k][2] for k in ks]
             inputs = cat_inputs([b.inputs for b in batches]) if len(batches) > 1 else batches[0].inputs

@@ -93,6 +93,7 @@ def run_stat(stat: SampleStat, model: Any, out: str | os.PathLike, *, data: Any 
         from mmlens.model.loading import load
 
         subject = load(model)
+    subject.require_language_model(f"the dataset statistic {stat.name}")  # every SampleStat reads the LM
     stat.check(subject)  # bad options fail before any folder is made
     source = _source(subject, data, n, seed)
     job = StatJob(subject.model_id, stat)

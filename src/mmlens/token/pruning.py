@@ -82,11 +82,14 @@ def pruning_curve(subject: Subject, batch: Batch, ratios: Sequence[float] = DEFA
 
     >>> curve = pruning_curve(lm, batch); curve.save("pruning.png")     # doctest: +SKIP
     """
+    subject.require_language_model("token pruning")
     n = subject.n_layers
     if not 1 <= after_layer < n:
         raise InputError(f"after_layer={after_layer} is out of range: use 1..{n - 1}")
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
         raise InputError(f"ratios must lie in [0, 1], got {list(ratios)}")
+    batch.require_sequence_images("token pruning", "use attention_knockout or causal_trace (they block / corrupt "
+                                  "the cross-attention keys)")
     rank = "fastv" if scores is None else "given scores"
     scores = fastv_scores(subject, batch, after_layer - 1) if scores is None else torch.as_tensor(scores).float()
     image = batch.image_positions()

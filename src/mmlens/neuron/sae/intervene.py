@@ -76,6 +76,7 @@ def _positions(batch: Any, positions: str | Sequence[int] | None) -> torch.Tenso
     if positions is None or positions == "all":
         return None
     if positions == "image":
+        batch.require_sequence_images("positions='image'", "pass positions='all' or a list of sequence positions")
         return batch.image_positions()
     if isinstance(positions, str):
         raise InputError(f"positions={positions!r}: use 'all', 'image' or a list of sequence positions")
@@ -95,6 +96,7 @@ def generate_with_feature(subject: Subject, images: Any, prompt: str, sae: Spars
     >>> generate_with_feature(lm, img, "what color is the circle?", sae, 17, "clamp", 30.0).text   # doctest: +SKIP
     'red'
     """
+    subject.require_language_model("generate_with_feature")
     hook = check_point(subject, sae.hook_name)
     batch = subject.prepare(images, prompt)
     edit = feature_edit(sae, feature, mode, value, _positions(batch, positions), seed=seed)

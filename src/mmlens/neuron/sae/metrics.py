@@ -149,6 +149,7 @@ def ce_recovered(subject: Subject, reconstruct: Callable[[torch.Tensor], torch.T
     >>> ce_recovered(lm, sae, ShapesVQA().samples(50), "lm.blocks.1.resid_post")["ce_recovered"]  # doctest: +SKIP
     0.97
     """
+    subject.require_language_model("ce_recovered")
     return reduce_samples(subject, samples, CeRecovered(reconstruct, hook_name, positions, answer), "CE recovered",
                           show_progress)
 
