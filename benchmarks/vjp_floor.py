@@ -99,19 +99,22 @@ def check_floor(subject: Any, batch: Any, grads: dict[str, torch.Tensor]) -> flo
     return worst / scale
 
 
-def breakdown(subject: Any, batch: Any, variant: str) -> dict[str, float]:
-    """Seconds of one run of ``variant`` split into its parts: building the input embeddings (vision tower,
-    no graph), the forward with a graph, and the K vector-Jacobian products."""
+def breakdown(subject: Any, batch: Any, variant: str, repeats: int = 3) -> dict[str, float]:
+    """Median seconds (over ``repeats`` runs) of the parts of ``variant``: building the input embeddings
+    (vision tower, no graph), the forward with a graph, and the K vector-Jacobian products."""
+    import statistics
     import time
 
     model, inputs = subject.model, subject.model_inputs(batch)
     query = (batch.answer_positions - 1).to(subject.device)
     ids = batch.answer_ids.to(subject.device)
-    t0 = time.perf_counter()
-    leaf = plain_embeddings(model, inputs).requires_grad_(True)
-    t1 = time.perf_counter()
-    values = answer_log_probs(model, leaf, inputs["attention_mask"], query, ids)
-    t2 = time.perf_counter()
-    input_gradients(values, leaf, variant)
-    t3 = time.perf_counter()
-    return {"embed_s": t1 - t0, "forward_s": t2 - t1, "vjps_s": t3 - t2}
+    runs = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        leaf = plain_embeddings(model, inputs).requires_grad_(True)
+        t1 = time.perf_counter()
+        values = answer_log_probs(model, leaf, inputs["attention_mask"], query, ids)
+        t2 = time.perf_counter()
+        input_gradients(values, leaf, variant)
+        runs.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+    return {name: statistics.median(r[i] for r in runs) for i, name in enumerate(("embed_s", "forward_s", "vjps_s"))}
