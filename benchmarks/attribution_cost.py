@@ -19,6 +19,7 @@ that of one job alone), once per answer length:
   hooks, parameters frozen, one forward with ``logits_to_keep``, K vector-Jacobian products batched over one
   graph or looped; the faster variant counts); every gradient mode is reported against it too.
 
+``--flops`` counts each mode's matrix-product FLOPs instead of timing it (the work, free of noise).
 ``--vocab N`` gives the random LM a real model's vocabulary (LLaVA-1.5 32064, Qwen2-VL 151936, Gemma 3 262208)
 so that the LM head costs what it does there.
 """
@@ -136,6 +137,14 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     }
     shape = {"seq_len": batch.seq_len, "image_tokens": int(batch.image_positions().numel()),
              "answer_tokens": int(batch.answer_ids.numel())}
+    if args.flops:  # the work, counted once (the floor's two variants do the same products)
+        from benchmarks.flops import FlopCount
+        from benchmarks.vjp_floor import floor_functions
+
+        fn = floor_functions(subject, batch)["loop"] if mode == "vjp_floor" else fns[mode]
+        with FlopCount() as count:
+            fn()
+        return {"mode": mode, "gflops": count.total / 1e9, **shape}
     if mode == "vjp_floor":
         return {"mode": mode, **floor(subject, batch, args), **shape}
     return {"mode": mode, **measure(fns[mode], args), **shape}
@@ -236,6 +245,15 @@ def report_floor(r: dict, length: int) -> None:
                   f"peak memory {m['peak_mb'] / fl['peak_mb']:.2f}x")
 
 
+def report_flops(r: dict, args: argparse.Namespace, length: int) -> None:
+    """Every mode's counted work in units of the others' (``--flops``)."""
+    print(f"\nwork (matrix-product FLOPs, {length} answer tokens, vocab {args.vocab or 'the word tokenizer'}):")
+    for base in ("forward", "forward_backward", "forward_backward_tail", "vjp_floor"):
+        if base in r:
+            ratios = ", ".join(f"{m} {x['gflops'] / r[base]['gflops']:.2f}" for m, x in r.items() if m != base)
+            print(f"  in units of {base}: {ratios}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", choices=sorted(MID_MODELS), default="llava", help="mid-size random model family")
@@ -256,6 +274,8 @@ def main() -> None:
                     help="model weights' dtype (bfloat16 for the GPU measurement of issue 18)")
     ap.add_argument("--vocab", type=int, default=None,
                     help="LM vocabulary rows (default: the small word tokenizer's), e.g. 32064 as LLaVA-1.5")
+    ap.add_argument("--flops", action="store_true",
+                    help="count each mode's matrix-product FLOPs (one run, benchmarks.flops) instead of timing it")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -269,9 +289,10 @@ def main() -> None:
         for mode in [m for m in MODES if m in args.modes.split(",")]:
             results[mode] = run_fresh("benchmarks.attribution_cost", mode, "--answer-len", str(length))
             r = results[mode]
-            print(f"[{length:3d} tokens] {mode:21s} {r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB", flush=True)
+            got = f"{r['gflops']:9.3f} GFLOP" if args.flops else f"{r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB"
+            print(f"[{length:3d} tokens] {mode:21s} {got}", flush=True)
         args.answer_len = length
-        report(results, args, length)
+        (report_flops if args.flops else report)(results, args, length)
     print(f"(total {time.time() - started:.0f}s)")
 
 
