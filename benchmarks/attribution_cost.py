@@ -289,7 +289,8 @@ def main() -> None:
         for mode in [m for m in MODES if m in args.modes.split(",")]:
             results[mode] = run_fresh("benchmarks.attribution_cost", mode, "--answer-len", str(length))
             r = results[mode]
-            got = f"{r['gflops']:9.3f} GFLOP" if args.flops else f"{r['seconds']:8.3f}s  peak +{r['peak_mb']:8.1f} MB"
+            timed = f"{r.get('seconds', 0):8.3f}s (CPU {r.get('cpu_seconds', 0):8.3f}s)  peak +{r.get('peak_mb', 0):8.1f} MB"
+            got = f"{r['gflops']:9.3f} GFLOP" if args.flops else timed
             print(f"[{length:3d} tokens] {mode:21s} {got}", flush=True)
         args.answer_len = length
         (report_flops if args.flops else report)(results, args, length)
