@@ -19,6 +19,10 @@ that of one job alone), once per answer length:
   hooks, parameters frozen, one forward with ``logits_to_keep``, K vector-Jacobian products batched over one
   graph or looped; the faster variant counts); every gradient mode is reported against it too.
 
+    python -m benchmarks.attribution_cost --layers 4 --hidden 256 --image-size 112 --answer-lens 10 \
+        --modes forward_backward,forward_backward_tail,vjp_floor,relevancy,attention_x_gradient,input_x_gradient \
+        [--vocab 32064] [--flops]
+
 ``--flops`` counts each mode's matrix-product FLOPs instead of timing it (the work, free of noise).
 ``--vocab N`` gives the random LM a real model's vocabulary (LLaVA-1.5 32064, Qwen2-VL 151936, Gemma 3 262208)
 so that the LM head costs what it does there.
@@ -35,8 +39,9 @@ import torch
 
 from benchmarks.common import MID_MODELS, image, mid_llava, mid_model, peak_memory_mb, run_fresh
 
-MODES = ("forward", "attention", "forward_backward", "forward_backward_tail", "relevancy", "attention_x_gradient", "input_x_gradient",
-         "ig_mmlens", "ig_captum", "ig_embeds", "vjp_floor")
+MODES = ("forward", "attention", "forward_backward", "forward_backward_tail", "relevancy", "attention_x_gradient",
+         "input_x_gradient", "ig_mmlens", "ig_captum", "ig_embeds", "vjp_floor")
+LLAVA_ONLY = ("vjp_floor",)  # benchmarks.vjp_floor feeds the whole input as inputs_embeds
 WORDS = ["red", "green", "blue", "circle", "square", "triangle", "yellow", "shape", "object", "image"]
 
 
@@ -154,7 +159,7 @@ def measure(fn, args: argparse.Namespace) -> dict:
     """Median wall seconds of ``args.repeats`` runs after a warm-up, process CPU seconds per run, peak MB.
 
     The first timed run is the memory run; only ``fn`` itself is timed (the garbage collection and resets
-    before it take about 0.4 s in this process, as long as a small model's whole forward + backward)."""
+    before it take about 0.4 s in this process, more than a small model's whole forward + backward)."""
     fn()  # warm-up
     wall: list[float] = []
     cpu: list[float] = []
@@ -254,6 +259,17 @@ def report_flops(r: dict, args: argparse.Namespace, length: int) -> None:
             print(f"  in units of {base}: {ratios}")
 
 
+def select_modes(given: str | None, family: str) -> list[str]:
+    """The modes to run, in :data:`MODES` order: ``given`` (comma-separated) or every one ``family`` supports."""
+    wanted = given.split(",") if given else [m for m in MODES if family == "llava" or m not in LLAVA_ONLY]
+    unknown = sorted(set(wanted) - set(MODES))
+    if unknown:
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)}: pass a comma-separated subset of {', '.join(MODES)}")
+    if family != "llava" and set(wanted) & set(LLAVA_ONLY):
+        raise SystemExit(f"--modes {', '.join(LLAVA_ONLY)}: the llava family only (--family llava)")
+    return [m for m in MODES if m in wanted]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", choices=sorted(MID_MODELS), default="llava", help="mid-size random model family")
@@ -276,21 +292,23 @@ def main() -> None:
                     help="LM vocabulary rows (default: the small word tokenizer's), e.g. 32064 as LLaVA-1.5")
     ap.add_argument("--flops", action="store_true",
                     help="count each mode's matrix-product FLOPs (one run, benchmarks.flops) instead of timing it")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    ap.add_argument("--modes", default=None, help="comma-separated subset of " + ", ".join(MODES) + " (default: all "
+                    "that the family supports; " + ", ".join(LLAVA_ONLY) + ": llava only)")
     ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
+    modes = select_modes(args.modes, args.family)
     started = time.time()
     lengths = [args.answer_len] if args.answer_len else [int(n) for n in args.answer_lens.split(",")]
     for length in lengths:
         results = {}
-        for mode in [m for m in MODES if m in args.modes.split(",")]:
+        for mode in modes:
             results[mode] = run_fresh("benchmarks.attribution_cost", mode, "--answer-len", str(length))
             r = results[mode]
-            timed = f"{r.get('seconds', 0):8.3f}s (CPU {r.get('cpu_seconds', 0):8.3f}s)  peak +{r.get('peak_mb', 0):8.1f} MB"
-            got = f"{r['gflops']:9.3f} GFLOP" if args.flops else timed
+            got = (f"{r['gflops']:9.3f} GFLOP" if args.flops else
+                   f"{r['seconds']:8.3f}s (CPU {r['cpu_seconds']:8.3f}s)  peak +{r['peak_mb']:8.1f} MB")
             print(f"[{length:3d} tokens] {mode:21s} {got}", flush=True)
         args.answer_len = length
         (report_flops if args.flops else report)(results, args, length)
