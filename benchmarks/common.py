@@ -47,19 +47,19 @@ WORDS = ["what", "color", "is", "the", "shape", "object", "in", "image", "red", 
 
 def mid_llava(layers: int = 12, hidden: int = 768, image_size: int = 336, patch: int = 14,
               dtype: torch.dtype = torch.float32, device: str = "cpu", heads: int | None = None,
-              tiles: int = 0) -> mmlens.Subject:
+              tiles: int = 0, vocab: int | None = None) -> mmlens.Subject:
     """A random LLaVA: CLIP tower (``image_size / patch``)^2 image tokens (576 by default) + Llama LM with
     ``heads`` heads (default ``hidden / 64``). ``tiles`` (a square: 4 = 2 x 2): a LLaVA-NeXT instead, whose
     images of ``sqrt(tiles) * image_size`` px give a base image + ``tiles`` tiles of that many tokens each
-    (plus one newline token per tile row)."""
+    (plus one newline token per tile row). ``vocab``: see :func:`vocab_size`."""
     tok = build_word_tokenizer(WORDS + [f"w{i}" for i in range(200)], ["<image>"])
     heads = heads or max(2, hidden // 64)
     vision = CLIPVisionConfig(hidden_size=hidden // 2, intermediate_size=hidden * 2, num_hidden_layers=max(2, layers // 3),
                               num_attention_heads=max(2, hidden // 128), image_size=image_size, patch_size=patch)
     text = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 4 * 2 // 3, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=heads,
-                       vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                       vocab_size=vocab_size(tok, vocab), max_position_embeddings=4096,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     grid = round(tiles**0.5)
     if tiles and grid * grid != tiles:
         raise ValueError(f"tiles={tiles}: pass a square number (4 = a 2 x 2 grid)")
@@ -78,15 +78,29 @@ def mid_llava(layers: int = 12, hidden: int = 768, image_size: int = 336, patch:
     return mmlens.load(model, processor)
 
 
+def vocab_size(tokenizer, vocab: int | None) -> int:
+    """The LM's ``vocab_size``: the word tokenizer's size, or ``vocab`` rows (a real model's: LLaVA-1.5 32064,
+    Qwen2-VL 151936, Gemma 3 262208) so that the LM head and the log-softmax cost what they do there; the
+    rows beyond the tokenizer are never inputs."""
+    if vocab is None:
+        return len(tokenizer)
+    if vocab < len(tokenizer):
+        raise SystemExit(f"--vocab {vocab} is smaller than the benchmark tokenizer ({len(tokenizer)} tokens): "
+                         f"pass at least {len(tokenizer)}")
+    return vocab
+
+
 def _tokenizer(specials: tuple[str, ...], named: dict[str, str], template: str):
     return build_word_tokenizer(WORDS + [f"w{i}" for i in range(200)], [*specials, *named.values()], template,
                                 named_tokens=named)
 
 
-def mid_qwen3_vl(layers: int = 12, hidden: int = 768, image_size: int = 336, device: str = "cpu") -> mmlens.Subject:
+def mid_qwen3_vl(layers: int = 12, hidden: int = 768, image_size: int = 336, device: str = "cpu",
+                 vocab: int | None = None) -> mmlens.Subject:
     """A random Qwen3-VL about as long as :func:`mid_llava`: images resized to ``(image_size / 14 * 32)`` px
     squares, 16 px patches merged 2x2, so ``(image_size / 14)^2`` image tokens (576 by default); vision tower
-    ``layers // 3`` blocks of ``hidden / 2`` with DeepStack from 3 of them; Qwen3 LM with interleaved M-RoPE."""
+    ``layers // 3`` blocks of ``hidden / 2`` with DeepStack from 3 of them; Qwen3 LM with interleaved M-RoPE.
+    ``vocab``: see :func:`vocab_size`."""
     named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
              "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
     tok = _tokenizer(QWEN_SPECIALS, named, QWEN_CHAT_TEMPLATE)
@@ -96,7 +110,7 @@ def mid_qwen3_vl(layers: int = 12, hidden: int = 768, image_size: int = 336, dev
     processor = image_only_processor(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok,
                                                        chat_template=QWEN_CHAT_TEMPLATE)
     heads, depth = max(2, hidden // 64), max(2, layers // 3)
-    text = {"vocab_size": len(tok), "hidden_size": hidden, "intermediate_size": hidden * 4 * 2 // 3,
+    text = {"vocab_size": vocab_size(tok, vocab), "hidden_size": hidden, "intermediate_size": hidden * 4 * 2 // 3,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2),
             "head_dim": 64, "max_position_embeddings": 8192, "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
@@ -113,10 +127,12 @@ def mid_qwen3_vl(layers: int = 12, hidden: int = 768, image_size: int = 336, dev
     return mmlens.load(model.eval().to(device=device), processor)
 
 
-def mid_gemma3(layers: int = 12, hidden: int = 768, image_size: int = 336, device: str = "cpu") -> mmlens.Subject:
+def mid_gemma3(layers: int = 12, hidden: int = 768, image_size: int = 336, device: str = "cpu",
+               vocab: int | None = None) -> mmlens.Subject:
     """A random Gemma 3 about as long as :func:`mid_llava`: SigLIP tower (``image_size`` px, patch 14, no
     pooling: ``(image_size / 14)^2`` image tokens between ``<start_of_image>`` / ``<end_of_image>``, attended
-    bidirectionally), Gemma 3 LM with 5 sliding-window (512) layers per global one and grouped-query heads."""
+    bidirectionally), Gemma 3 LM with 5 sliding-window (512) layers per global one and grouped-query heads.
+    ``vocab``: see :func:`vocab_size`."""
     named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
     tok = _tokenizer(("<start_of_turn>", "<end_of_turn>"), named, GEMMA3_CHAT_TEMPLATE)
     tokens = (image_size // 14) ** 2
@@ -125,7 +141,7 @@ def mid_gemma3(layers: int = 12, hidden: int = 768, image_size: int = 336, devic
                                 chat_template=GEMMA3_CHAT_TEMPLATE)
     heads = max(2, hidden // 64)
     text = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+        vocab_size=vocab_size(tok, vocab), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=64, query_pre_attn_scalar=64,
         sliding_window=512, max_position_embeddings=8192, pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -142,14 +158,14 @@ def mid_gemma3(layers: int = 12, hidden: int = 768, image_size: int = 336, devic
     return mmlens.load(model.eval().to(device=device), processor)
 
 
-#: ``--family`` of the benchmark scripts: builder(layers, hidden, image_size, device)
+#: ``--family`` of the benchmark scripts: builder(layers, hidden, image_size, device, vocab)
 MID_MODELS = {"llava": mid_llava, "qwen3_vl": mid_qwen3_vl, "gemma3": mid_gemma3}
 
 
 def mid_model(family: str, layers: int = 12, hidden: int = 768, image_size: int = 336,
-              device: str = "cpu") -> mmlens.Subject:
+              device: str = "cpu", vocab: int | None = None) -> mmlens.Subject:
     """A mid-size random model of ``family`` (one of :data:`MID_MODELS`)."""
-    return MID_MODELS[family](layers, hidden, image_size, device=device)
+    return MID_MODELS[family](layers, hidden, image_size, device=device, vocab=vocab)
 
 
 def image(size: int = 336, seed: int = 0) -> Image.Image:
