@@ -16,7 +16,7 @@ from mmlens.adapters.base import register_adapter
 from mmlens.adapters.dual_encoder import DualEncoderAdapter
 from mmlens.adapters.embedding_parts import EmbeddingParts, encoder_embedding_parts
 from mmlens.adapters.llava import processed_box
-from mmlens.hooks.points import ModelParts, weights_of
+from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import ImageGrid
 
 
@@ -27,7 +27,7 @@ def tower_parts(model: Any, joint: torch.nn.Module) -> ModelParts:
     return ModelParts(
         lm_blocks=torch.nn.ModuleList(), lm_norm=None, unembed=None,
         vision_blocks=vision.encoder.layers, vision_embed=vision.embeddings,
-        vision_stem=weights_of(vision.embeddings, getattr(vision, "pre_layrnorm", None)),  # CLIP: a norm after
+        vision_stem=(vision.embeddings, getattr(vision, "pre_layrnorm", None)),  # CLIP: a norm after
         text_blocks=text.encoder.layers, text_embed=text.embeddings,
         tower_attn_out="out_proj", tower_mlp="mlp", joint_embed=joint,
     )

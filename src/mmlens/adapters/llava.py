@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.hooks.points import ModelParts, weights_of
+from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import Box, ImageGeometry, ImageGrid, resize_crop_box
 
 
@@ -84,7 +84,7 @@ def tower_projector_lm_parts(model: Any) -> ModelParts:
         unembed=model.lm_head,
         vision_blocks=vision.encoder.layers,
         vision_embed=vision.embeddings,
-        vision_stem=weights_of(vision.embeddings, getattr(vision, "pre_layrnorm", None)),  # CLIP: a norm after
+        vision_stem=(vision.embeddings, getattr(vision, "pre_layrnorm", None)),  # CLIP: a norm after
         projector=inner.multi_modal_projector,
         image_features=inner,
     )

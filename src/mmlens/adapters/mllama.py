@@ -33,7 +33,7 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from mmlens.adapters.base import Adapter, register_adapter
-from mmlens.hooks.points import ModelParts, weights_of
+from mmlens.hooks.points import ModelParts
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 
 
@@ -69,8 +69,8 @@ class MllamaAdapter(Adapter):
             # the local layers, then the gated global ones (one list: vision.blocks.{0..local + global - 1})
             vision_blocks=nn.ModuleList([*vision.transformer.layers, *vision.global_transformer.layers]),
             vision_embed=vision.layernorm_pre,
-            vision_stem=weights_of(vision.patch_embedding, vision.class_embedding, vision.gated_positional_embedding,
-                                   vision.pre_tile_positional_embedding, vision.layernorm_pre),
+            vision_stem=(vision.patch_embedding, vision.class_embedding, vision.gated_positional_embedding,
+                         vision.pre_tile_positional_embedding, vision.layernorm_pre),
             lm_cross_attn="cross_attn",
             cross_states=inner.multi_modal_projector,
         )

@@ -17,7 +17,7 @@ from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 from mmlens.adapters.base import Adapter, register_adapter
 from mmlens.adapters.qwen_processor import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
 from mmlens.adapters.video import call_with_frames, qwen_video_geometry
-from mmlens.hooks.points import ModelParts, weights_of
+from mmlens.hooks.points import ModelParts
 from mmlens.hooks.views import RowOrder
 from mmlens.model.geometry import ImageGeometry, ImageGrid
 
@@ -51,7 +51,7 @@ class Qwen2VLAdapter(Adapter):
             unembed=self.model.lm_head,
             vision_blocks=inner.visual.blocks,
             vision_embed=inner.visual.patch_embed,
-            vision_stem=weights_of(inner.visual.patch_embed, getattr(inner.visual, "pos_embed", None)),  # Qwen3-VL
+            vision_stem=(inner.visual.patch_embed, getattr(inner.visual, "pos_embed", None)),  # Qwen3-VL
             projector=inner.visual.merger,
             vision_attn="attn",
             image_features=inner,  # after the merger, back in sequence order (Qwen2.5-VL un-windows there)

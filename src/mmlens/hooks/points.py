@@ -50,7 +50,8 @@ class ModelParts:
     vision_embed: nn.Module | None = None
     #: every module / parameter that makes the vision blocks' input, where ``vision_embed`` (the hook point) is
     #: only its last step (a norm after the patch and position embeddings): what model randomisation resets
-    vision_stem: nn.Module | None = None
+    #: (:func:`weights_of` joins them; ``None`` entries are skipped)
+    vision_stem: tuple[nn.Module | nn.Parameter | None, ...] = ()
     projector: nn.Module | None = None
     lm_attn: str = "self_attn"
     lm_mlp: str = "mlp"
@@ -141,7 +142,7 @@ _UNSUPPORTED = re.compile(r"(^vision\.|^text\.|^xattn\.|\.x?attn\.weights$)")
 
 def weights_of(*items: nn.Module | nn.Parameter | None) -> nn.Module:
     """One module whose parameters are those of ``items`` (modules and bare parameters of the model; ``None``
-    skipped), for a :class:`ModelParts` field whose weights lie in several places (``vision_stem``). It holds
+    skipped), for weights that lie in several places (:attr:`ModelParts.vision_stem`). It holds
     references only: the model's own modules and parameters stay where they are."""
     holder = nn.Module()
     holder.modules_ = nn.ModuleList([i for i in items if isinstance(i, nn.Module)])

@@ -120,7 +120,7 @@ def cascade_blocks(subject: Subject) -> list[tuple[str, nn.Module]]:
         out.append(("projector", parts.projector))
     vision = list(parts.vision_blocks or [])[: vision_blocks_read(subject)]
     out += [(f"vision.blocks.{i}", vision[i]) for i in reversed(range(len(vision)))]
-    stem = parts.vision_stem if parts.vision_stem is not None else parts.vision_embed
+    stem = weights_of(*parts.vision_stem) if parts.vision_stem else parts.vision_embed
     if stem is not None:
         out.append(("vision.embed", stem))
     return out
@@ -136,7 +136,7 @@ def tower_cascade(subject: Subject) -> list[tuple[str, nn.Module]]:
     """
     parts = subject.adapter.parts()
     towers = {"vision": list(parts.vision_blocks or []), "text": list(parts.text_blocks or [])}
-    stem = weights_of(parts.vision_stem if parts.vision_stem is not None else parts.vision_embed, parts.text_embed)
+    stem = weights_of(*(parts.vision_stem or (parts.vision_embed,)), parts.text_embed)
     inner = {id(p) for m in [*towers["vision"], *towers["text"], stem] for p in m.parameters()}
     out = [("heads", weights_of(*[p for p in subject.model.parameters() if id(p) not in inner]))]
     for k in range(1, max(len(b) for b in towers.values()) + 1):
