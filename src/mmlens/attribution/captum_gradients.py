@@ -293,18 +293,17 @@ def integrated_gradients(
         blur_radius = check_float("blur_radius", blur_radius, 0.0, open_low=True)
     with cached_image_features(subject):  # the vision tower runs once per distinct image
         return _integrated_gradients(subject, batch, targets, steps, baseline, modality, ibs, blur_radius, objective,
-                                     target_batch, gauss_legendre(steps), bool(convergence_delta))
+                                     target_batch, bool(convergence_delta))
 
 
 def _integrated_gradients(subject: Subject, batch: Batch, targets: list[Target], steps: int, baseline: str,
                           modality: str, ibs: int, blur_radius: float | None, objective: str,
-                          target_batch: int | None, rule: tuple[list[float], list[float]],
-                          delta: bool = True) -> MethodOutput:
+                          target_batch: int | None, delta: bool = True) -> MethodOutput:
     positions = attributed_positions(batch, modality)
     full = input_embeddings(subject, batch)
     x = full[:, positions.to(subject.device)]
     base = baseline_embeddings(subject, batch, positions, baseline, blur_radius)
-    step_sizes, alphas = rule
+    step_sizes, alphas = gauss_legendre(steps)
     spans = list(chunks(steps, ibs))
     foils = foil_logits(subject, batch, targets, positions)
     diff = x - base

@@ -249,10 +249,10 @@ class Subject:
         """
         if tail is not None:
             tail = check_int("tail", tail, 1, batch.seq_len)
-        if self.adapter.dual_encoder or not kwargs:  # dual encoder: the joint similarity readout (adapters.dual_encoder)
-            return self.adapter.joint_logits(self.model_inputs(batch), tail)
-        logits = self.model(**self.model_inputs(batch), use_cache=False, **kwargs).logits
-        return logits if tail is None else logits[:, -tail:]
+        inputs = self.model_inputs(batch)
+        if not self.adapter.dual_encoder:  # a dual encoder's joint similarity readout takes no model kwargs
+            inputs.update(kwargs)
+        return self.adapter.joint_logits(inputs, tail)
 
     def answer_log_probs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Differentiable per-token log-probs of ``batch``'s answer from ``logits`` (any leading batch dim; all
