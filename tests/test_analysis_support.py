@@ -96,7 +96,7 @@ def test_cross_attention_images_have_no_image_rows_and_all_rows_stay_in_the_sequ
     batch = s.prepare(sample.image, sample.question, answer=sample.answer)
     assert batch.in_key_space and int(batch.key_positions().max()) >= batch.seq_len  # keys index past the sequence
     for group in ("image", "object"):
-        with pytest.raises(InputError, match=f"position group '{group}' reads image tokens"):
+        with pytest.raises(InputError, match=f"position group '{group}' needs image tokens"):
             group_rows(group, sample, batch, s.tokenizer)
     rows = group_rows("all", sample, batch, s.tokenizer)  # used to index the sequence with key positions
     assert [r["position"] for r in rows] == list(range(batch.seq_len))

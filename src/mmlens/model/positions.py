@@ -117,10 +117,7 @@ def group_rows(group: str, sample: Any, batch: Any, tokenizer: Any, min_overlap:
     labels = sample_labels(sample)
     keys = batch.in_key_space  # images as cross-attention keys: no sequence position holds an image token
     if group in IMAGE_GROUPS:
-        if keys:
-            raise InputError(f"position group {group!r} reads image tokens in the language model's sequence, and "
-                             "this model's images enter only through cross-attention keys: use group question, "
-                             "answer, text or all")
+        batch.require_sequence_images(f"position group {group!r}", "use group question, answer, text or all")
         rows = _image_rows(group, sample, batch, min_overlap)
     elif group == "question":
         rows = [_text_row(int(p)) for p in question_positions(tokenizer, batch, sample.question)]
